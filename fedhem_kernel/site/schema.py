@@ -1,0 +1,51 @@
+"""Column types of a site's dataset (declared in the site TOML or inferred from the table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DType = Literal["float", "int", "bool", "category"]
+DTYPES: tuple[str, ...] = ("float", "int", "bool", "category")
+TIME_UNITS: dict[str, float] = {
+    # length of one unit in months
+    "days": 1 / 30.4375,
+    "weeks": 7 / 30.4375,
+    "months": 1.0,
+    "years": 12.0,
+}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column: its name, its type and (for times) its unit."""
+
+    name: str
+    dtype: DType
+    unit: str | None = None
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.dtype in ("float", "int", "bool")
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """The columns of one dataset at one site (names and types only, never values)."""
+
+    site: str
+    dataset: str
+    columns: dict[str, ColumnSpec] = field(default_factory=dict)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def column(self, name: str) -> ColumnSpec:
+        from fedhem_kernel.errors import SchemaError
+
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise SchemaError(
+                "no such column", site=self.site, dataset=self.dataset, column=name
+            ) from None
