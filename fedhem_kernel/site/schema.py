@@ -7,13 +7,6 @@ from typing import Literal
 
 DType = Literal["float", "int", "bool", "category"]
 DTYPES: tuple[str, ...] = ("float", "int", "bool", "category")
-TIME_UNITS: dict[str, float] = {
-    # length of one unit in months
-    "days": 1 / 30.4375,
-    "weeks": 7 / 30.4375,
-    "months": 1.0,
-    "years": 12.0,
-}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""What every analysis module provides: site steps (rows -> checked aggregates) and a combine step.
+
+A site step receives :class:`SiteData` (the cohort after ``where=``, the dataset's schema, the site's
+policy and a :class:`ReleaseLog` for suppressions) and returns a payload of plain values and numpy
+arrays; every count in it must already obey the policy. The coordinator side of an analysis is a
+function ``run(ask, request)`` that asks the sites (one or more rounds) and combines the replies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
+from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.privacy.report import ReleaseLog
+from fedhem_kernel.site.schema import DatasetSchema
+
+Payload = dict[str, Any]
+
+
+class Ask(Protocol):
+    """The coordinator side of one researcher query (see ``engine.coordinator.Query``)."""
+
+    dataset: str
+    where: str | None
+
+    def ask(self, step: str, params: Payload) -> dict[str, Payload]:
+        """Send ``query.<step>`` to every site still taking part; payloads of those that released."""
+        ...
+
+    def note(self, text: str) -> None: ...
+
+
+@dataclass
+class SiteData:
+    """Everything a site step may read. Built by the site executor; never leaves the site."""
+
+    site: str
+    dataset: str
+    cohort: pd.DataFrame
+    schema: DatasetSchema
+    policy: Policy
+    log: ReleaseLog = field(default_factory=ReleaseLog)
+
+    @property
+    def k(self) -> int:
+        return self.policy.min_cell_count
+
+    def err(self, column: str | None = None) -> dict[str, str | None]:
+        return {"site": self.site, "dataset": self.dataset, "column": column}
+
+    def numeric(self, column: str) -> np.ndarray:
+        spec = self.schema.column(column)
+        if not spec.is_numeric:
+            raise SchemaError("expected a numeric column", **self.err(column), rule="schema")
+        return self.cohort[column].to_numpy(dtype=float)
+
+    def survival(self, duration: str, event: str) -> tuple[np.ndarray, np.ndarray]:
+        """Durations and 0/1 events of the cohort, checked (no missing or negative times)."""
+        t = self.numeric(duration)
+        e = self.numeric(event)
+        if np.isnan(t).any():
+            raise SchemaError(
+                "missing survival times (exclude them with where='... is not null')",
+                **self.err(duration),
+                rule="schema",
+            )
+        if (t < 0).any():
+            raise SchemaError("negative survival times", **self.err(duration), rule="schema")
+        if np.isnan(e).any():
+            raise SchemaError("missing event indicators", **self.err(event), rule="schema")
+        if not np.isin(e, (0.0, 1.0)).all():
+            raise SchemaError("event indicator must be 0/1", **self.err(event), rule="schema")
+        return t, e
+
+    def labels(self, column: str) -> pd.Series:
+        """A grouping column as strings (numbers 1.0 -> '1'); missing stays missing."""
+        spec = self.schema.column(column)
+        s = self.cohort[column]
+        if spec.dtype == "category":
+            return s
+        if spec.dtype == "float" and not np.all(np.isnan(s) | (s == np.round(s))):
+            raise SchemaError(
+                "a continuous column cannot be used for grouping",
+                **self.err(column),
+                rule="schema",
+            )
+        return s.map(lambda v: v if pd.isna(v) else str(int(v)))
+
+    def refuse(self, rule: str, reason: str, column: str | None = None) -> DisclosureError:
+        return DisclosureError(reason, **self.err(column), rule=rule)
+
+
+SiteFn = Callable[[SiteData, Payload], Payload]
+
+
+@dataclass(frozen=True)
+class SiteStep:
+    """One message type a site answers (``query.<name>``)."""
+
+    name: str
+    analysis: str
+    run: SiteFn
+    columns: Callable[[Payload], Sequence[str]]
+
+
+def param_columns(*keys: str) -> Callable[[Payload], list[str]]:
+    """Columns named by the given parameters (a string, a list of strings, or None)."""
+
+    def columns(params: Payload) -> list[str]:
+        out: list[str] = []
+        for key in keys:
+            value = params.get(key)
+            if value is None:
+                continue
+            out.extend([value] if isinstance(value, str) else list(value))
+        return [c for c in out if c != "site"]
+
+    return columns
+
+
+def require_str(params: Payload, key: str) -> str:
+    value = params.get(key)
+    if not isinstance(value, str) or not value:
+        raise ParameterError(f"parameter '{key}' must be a column name")
+    return value

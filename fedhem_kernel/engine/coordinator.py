@@ -1,0 +1,149 @@
+"""The coordinator: sends site steps over a Flower Grid and keeps each query's privacy outcomes.
+
+A :class:`Query` is one researcher call (e.g. ``fed.kaplan_meier(...)``), possibly several rounds. A site
+that refuses or fails in one round is not asked again; its outcome and reasons go into the report. When
+no site releases anything the query raises: the sites' own error when they agree it is bad input,
+otherwise :class:`~fedhem_kernel.errors.DisclosureError` with every site's rule.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.serverapp import Grid
+
+from fedhem_kernel.engine.codec import decode_reply, encode_request
+from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
+from fedhem_kernel.privacy.report import PrivacyReport, SiteOutcome
+from fedhem_kernel.site.executor import SiteReply, SiteRequest
+
+_RANK = {"released": 0, "suppressed": 1, "refused": 2, "error": 3}
+
+
+class Coordinator:
+    """Maps node ids to site names and runs request/reply rounds on a Grid."""
+
+    def __init__(self, grid: Grid, sites: dict[int, str], timeout: float | None = 600.0) -> None:
+        self.grid = grid
+        self.sites = dict(sites)
+        self.timeout = timeout
+
+    @property
+    def site_names(self) -> list[str]:
+        return list(self.sites.values())
+
+    def send(
+        self, request: SiteRequest, sites: Iterable[str] | None = None
+    ) -> dict[str, SiteReply]:
+        wanted = set(self.sites.values()) if sites is None else set(sites)
+        messages = []
+        for node_id, name in self.sites.items():
+            if name in wanted:
+                messages.append(
+                    self.grid.create_message(
+                        encode_request(request),
+                        f"query.{request.step}",
+                        node_id,
+                        group_id=request.query_id,
+                    )
+                )
+        replies: dict[str, SiteReply] = {}
+        for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
+            name = self.sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+            if msg.has_error():
+                replies[name] = SiteReply(
+                    name,
+                    "error",
+                    error=FedHemError("the site could not answer", site=name).to_dict(),
+                )
+            else:
+                replies[name] = decode_reply(msg.content)
+        for name in wanted - set(replies):
+            replies[name] = SiteReply(
+                name, "error", error=FedHemError("no reply in time", site=name).to_dict()
+            )
+        return replies
+
+
+class Query:
+    """One researcher query across one or more rounds."""
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        analysis: str,
+        dataset: str,
+        where: str | None = None,
+        who: str = "anonymous",
+    ) -> None:
+        self.coordinator = coordinator
+        self.analysis = analysis
+        self.dataset = dataset
+        self.where = where
+        self.who = who
+        self.query_id = uuid.uuid4().hex
+        self.active = list(coordinator.site_names)
+        self._status: dict[str, str] = {s: "released" for s in self.active}
+        self._details: dict[str, list[tuple[str, str]]] = {s: [] for s in self.active}
+        self._errors: dict[str, FedHemError] = {}
+        self._notes: list[str] = []
+
+    def ask(self, step: str, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        request = SiteRequest(step, self.dataset, params, self.where, self.who, self.query_id)
+        replies = self.coordinator.send(request, self.active)
+        payloads: dict[str, dict[str, Any]] = {}
+        for site in list(self.active):
+            reply = replies[site]
+            self._record(site, reply)
+            if reply.status in ("released", "suppressed") and reply.payload is not None:
+                payloads[site] = reply.payload
+            else:
+                self.active.remove(site)
+        if not payloads:
+            raise self._failure()
+        return payloads
+
+    def _record(self, site: str, reply: SiteReply) -> None:
+        if _RANK[reply.status] > _RANK[self._status[site]]:
+            self._status[site] = reply.status
+        details = self._details[site]
+        for s in reply.suppressions:
+            if (s["rule"], s["detail"]) not in details:
+                details.append((s["rule"], s["detail"]))
+        if reply.error is not None:
+            err = error_from_dict(reply.error)
+            self._errors[site] = err
+            details.append((err.rule or type(err).__name__, err.reason))
+        for note in reply.notes:
+            self.note(f"{site}: {note}")
+
+    def note(self, text: str) -> None:
+        if text not in self._notes:
+            self._notes.append(text)
+
+    def _failure(self) -> FedHemError:
+        errors = list(self._errors.values())
+        input_errors = [e for e in errors if not isinstance(e, DisclosureError)]
+        if input_errors and len(input_errors) == len(errors):
+            return input_errors[0]
+        reasons = "; ".join(f"{e.site}: {e.reason} [{e.rule}]" for e in errors)
+        rules = ",".join(sorted({e.rule for e in errors if e.rule}))
+        return DisclosureError(
+            f"every site refused this query ({reasons})", dataset=self.dataset, rule=rules or None
+        )
+
+    def report(self) -> PrivacyReport:
+        outcomes = []
+        for site in self.coordinator.site_names:
+            details = self._details.get(site, [])
+            outcomes.append(
+                SiteOutcome(
+                    site,
+                    self._status.get(site, "error"),  # type: ignore[arg-type]
+                    tuple(r for r, _ in details),
+                    tuple(d for _, d in details),
+                )
+            )
+        return PrivacyReport(self.analysis, self.dataset, tuple(outcomes), tuple(self._notes))

@@ -1,0 +1,319 @@
+"""The researcher-facing client: ``fh.Federation``.
+
+Every analysis goes through the engine: the coordinator sends a typed Flower message to each site's
+ClientApp, the site executor runs the site step and its privacy checks on its own rows, and only the
+checked release comes back to be combined here. Nothing in this module can read a site's rows.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from flwr.app import Context, RecordDict
+
+from fedhem_kernel.analyses.crosstab import CrosstabResult, run_crosstab
+from fedhem_kernel.analyses.describe import DescribeResult, run_describe
+from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_meier
+from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
+from fedhem_kernel.engine.client_app import make_client_app
+from fedhem_kernel.engine.coordinator import Coordinator, Query
+from fedhem_kernel.engine.local_grid import LocalGrid
+from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
+from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.site.audit import AuditLog
+from fedhem_kernel.site.config import DatasetDecl, SiteConfig
+from fedhem_kernel.site.executor import CATALOG_STEP, SiteExecutor, SiteRequest
+from fedhem_kernel.site.filters import parse_where
+
+
+def _default_user() -> str:
+    try:
+        return os.environ.get("FEDHEM_USER") or getpass.getuser()
+    except OSError:
+        return "researcher"
+
+
+def _embedded_grid(executors: Sequence[SiteExecutor]) -> tuple[LocalGrid, dict[int, str]]:
+    by_name = {ex.name: ex for ex in executors}
+    app = make_client_app(lambda context: by_name[str(context.node_config["site-name"])])
+    nodes = {}
+    names = {}
+    for i, ex in enumerate(executors, start=1):
+        context = Context(
+            run_id=1,
+            node_id=i,
+            node_config={"site-name": ex.name},
+            state=RecordDict(),
+            run_config={},
+        )
+        nodes[i] = (app, context)
+        names[i] = ex.name
+    return LocalGrid(nodes), names
+
+
+class Federation:
+    """A set of sites you can query; results come back checked by each site's policy.
+
+    Build one with :meth:`demo`, :meth:`local` or :meth:`from_config` (all embedded: the sites run
+    in this process behind the same Flower message path a deployment uses).
+    """
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        *,
+        user: str | None = None,
+        name: str = "federation",
+        executors: Sequence[SiteExecutor] = (),
+    ) -> None:
+        self._coordinator = coordinator
+        self.user = user or _default_user()
+        self.name = name
+        self._executors = {ex.name: ex for ex in executors}
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def _embedded(
+        cls, executors: Sequence[SiteExecutor], *, name: str, user: str | None
+    ) -> Federation:
+        if not executors:
+            raise ParameterError("a federation needs at least one site")
+        names = [ex.name for ex in executors]
+        if len(set(names)) != len(names):
+            raise ParameterError("site names must be unique")
+        grid, node_names = _embedded_grid(executors)
+        return cls(Coordinator(grid, node_names), user=user, name=name, executors=executors)
+
+    @classmethod
+    def demo(
+        cls, seed: int = 2026, policy: Policy | None = None, *, user: str | None = None
+    ) -> Federation:
+        """Four synthetic haematology sites (AML, MDS, MM, SCD) with the default policy."""
+        from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
+
+        configs = []
+        for site in DEMO_SITES:
+            tables = make_site_tables(site, seed=seed)
+            datasets = {
+                ds: DatasetDecl(ds, df, COLUMN_TYPES.get(ds, {})) for ds, df in tables.items()
+            }
+            configs.append(SiteConfig(site, datasets, policy or Policy()))
+        return cls._embedded([SiteExecutor.from_config(c) for c in configs], name="demo", user=user)
+
+    @classmethod
+    def local(
+        cls,
+        sites: Mapping[str, Mapping[str, pd.DataFrame | str | Path]],
+        policy: Policy | Mapping[str, Policy] | None = None,
+        *,
+        columns: Mapping[str, Mapping[str, Any]] | None = None,
+        audit_dir: str | Path | None = None,
+        user: str | None = None,
+    ) -> Federation:
+        """Embedded sites from your own tables: ``{"site_a": {"aml": df_or_path}, ...}``.
+
+        ``policy`` is one Policy for every site or a mapping site -> Policy; ``columns`` declares
+        column types per dataset (``{"aml": {"os_months": {"type": "float", "unit": "months"}}}``).
+        """
+        executors = []
+        for site, tables in sites.items():
+            if isinstance(policy, Mapping):
+                site_policy = policy.get(site, Policy())
+            else:
+                site_policy = policy or Policy()
+            decls = {
+                ds: DatasetDecl(ds, src, dict((columns or {}).get(ds, {})))
+                for ds, src in tables.items()
+            }
+            audit = Path(audit_dir) / f"{site}.jsonl" if audit_dir is not None else None
+            executors.append(SiteExecutor.from_config(SiteConfig(site, decls, site_policy, audit)))
+        return cls._embedded(executors, name="local", user=user)
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, user: str | None = None) -> Federation:
+        """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``)."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SchemaError(f"federation config not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SchemaError(f"federation config is not valid TOML ({exc})") from None
+        sites = data.get("sites")
+        if not isinstance(sites, Mapping) or not sites:
+            raise SchemaError("federation config needs at least one [sites.NAME] table")
+        executors = []
+        for site, table in sites.items():
+            if "config" in table:
+                config = SiteConfig.from_toml(path.parent / table["config"], name=site)
+            else:
+                config = SiteConfig.from_mapping(table, base_dir=path.parent, name=site)
+            executors.append(SiteExecutor.from_config(config))
+        name = str(data.get("federation", {}).get("name", path.stem))
+        return cls._embedded(executors, name=name, user=user)
+
+    @classmethod
+    def connect(cls, *args: Any, **kwargs: Any) -> Federation:
+        """Deployment against a real SuperLink: not available yet (see docs/architecture.md)."""
+        raise NotImplementedError(
+            "Federation.connect (deployment against a Flower SuperLink) is not implemented yet; "
+            "use Federation.demo(), .local() or .from_config()"
+        )
+
+    # -- federation info ------------------------------------------------------------------------
+    def _catalog_replies(self) -> dict[str, Any]:
+        request = SiteRequest(CATALOG_STEP, None, {}, None, self.user)
+        return self._coordinator.send(request)
+
+    @property
+    def sites(self) -> pd.DataFrame:
+        """One row per site: its name, whether it answers, and its datasets."""
+        rows = []
+        for site, reply in self._catalog_replies().items():
+            if reply.payload is not None:
+                rows.append(
+                    {
+                        "site": site,
+                        "status": "online",
+                        "datasets": ", ".join(sorted(reply.payload["datasets"])),
+                    }
+                )
+            else:
+                rows.append({"site": site, "status": "error", "datasets": ""})
+        order = {s: i for i, s in enumerate(self._coordinator.site_names)}
+        rows.sort(key=lambda r: order.get(r["site"], 0))
+        return pd.DataFrame(rows, columns=["site", "status", "datasets"])
+
+    def catalog(self, dataset: str | None = None) -> pd.DataFrame:
+        """Columns and types at each site (never values)."""
+        rows = []
+        for site, reply in self._catalog_replies().items():
+            if reply.payload is None:
+                continue
+            for ds, cols in reply.payload["datasets"].items():
+                if dataset is not None and ds != dataset:
+                    continue
+                for c in cols:
+                    rows.append({"site": site, "dataset": ds, **c})
+        df = pd.DataFrame(rows, columns=["site", "dataset", "column", "dtype", "unit"])
+        if dataset is not None and df.empty:
+            raise SchemaError("no such dataset at any site", dataset=dataset)
+        return df
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        """Each site's policy, as the site reports it."""
+        return {
+            site: Policy.from_dict(
+                {
+                    **reply.payload["policy"],
+                    "allowed_analyses": reply.payload["policy"]["allowed_analyses"],
+                }
+            )
+            for site, reply in self._catalog_replies().items()
+            if reply.payload is not None
+        }
+
+    def audit_log(self, site: str | None = None) -> pd.DataFrame:
+        """The audit entries of embedded sites (a deployed site keeps its own)."""
+        chosen = [site] if site is not None else list(self._executors)
+        rows = []
+        for name in chosen:
+            if name not in self._executors:
+                raise ParameterError(f"no embedded site '{name}'")
+            rows += [{"site": name, **e} for e in self._executors[name].audit.entries()]
+        return pd.DataFrame(rows)
+
+    def site_audit(self, site: str) -> AuditLog:
+        return self._executors[site].audit
+
+    # -- analyses -------------------------------------------------------------------------------
+    def _query(self, analysis: str, dataset: str, where: str | None) -> Query:
+        if not isinstance(dataset, str) or not dataset:
+            raise ParameterError("'dataset' must be a dataset name")
+        if where is not None:
+            if not isinstance(where, str):
+                raise ParameterError("'where' must be a string such as \"age >= 60\"")
+            try:
+                parse_where(where)  # syntax here; every site checks it again against its schema
+            except FedHemError as exc:
+                raise type(exc)(
+                    exc.reason, dataset=dataset, column=exc.column, rule=exc.rule
+                ) from None
+        return Query(self._coordinator, analysis, dataset, where, self.user)
+
+    def describe(
+        self,
+        dataset: str,
+        columns: str | Sequence[str] | None = None,
+        by: str | None = None,
+        where: str | None = None,
+    ) -> DescribeResult:
+        """Count, mean, SD and quantiles (from pooled histograms) of numeric columns."""
+        q = self._query("describe", dataset, where)
+        numeric: list[str] = []
+        if columns is None:
+            cat = self.catalog(dataset)
+            numeric = list(
+                dict.fromkeys(cat.loc[cat["dtype"].isin(["float", "int"]), "column"].tolist())
+            )
+        return run_describe(q, columns, by, numeric)
+
+    def crosstab(
+        self, dataset: str, row: str, col: str, where: str | None = None, margins: bool = False
+    ) -> CrosstabResult:
+        """Counts by two categorical columns (``col="site"`` for one column per site)."""
+        return run_crosstab(self._query("crosstab", dataset, where), row, col, margins)
+
+    def kaplan_meier(
+        self,
+        dataset: str,
+        duration: str,
+        event: str,
+        group: str | None = None,
+        where: str | None = None,
+    ) -> KaplanMeierResult:
+        """Pooled Kaplan–Meier curves (one per group) with Greenwood intervals."""
+        q = self._query("kaplan_meier", dataset, where)
+        return run_kaplan_meier(q, duration, event, group)
+
+    def logrank(
+        self, dataset: str, duration: str, event: str, group: str, where: str | None = None
+    ) -> LogrankResult:
+        """Log-rank test of equal survival across the levels of ``group``."""
+        return run_logrank(self._query("logrank", dataset, where), duration, event, group)
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def close(self) -> None:
+        grid = self._coordinator.grid
+        if isinstance(grid, LocalGrid):
+            grid.close()
+
+    def __enter__(self) -> Federation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Federation({self.name!r}, sites={self._coordinator.site_names})"
+
+    def _repr_html_(self) -> str:
+        return f"<b>FedHem federation '{self.name}'</b>" + self.sites.to_html(index=False)
+
+
+def federation_from_env() -> Federation | None:
+    """The kernel's ``fed``: ``FEDHEM_FEDERATION`` = ``demo`` (default), ``none`` or a TOML path."""
+    value = os.environ.get("FEDHEM_FEDERATION", "demo").strip()
+    if value.lower() in ("", "demo"):
+        return Federation.demo()
+    if value.lower() == "none":
+        return None
+    return Federation.from_config(value)

@@ -1,0 +1,144 @@
+"""Disclosure control for survival tables: time coarsening and merging of small KM steps.
+
+A site releases, per group, an *event table*: rows ``(time, at_risk, events, censored)``. Before release
+times are coarsened up to the policy's grid, then consecutive rows are merged until every released
+count is either 0 or at least ``k`` (the site's ``min_cell_count``):
+
+- ``at_risk`` of every row >= k;
+- ``events`` and ``censored`` of every row are 0 or >= k (the censored count is derivable from
+  consecutive at-risk counts, so it is held to the same rule).
+
+A merged row covers source rows ``a..b``: it carries ``at_risk`` of row ``a`` (patients at risk when the
+interval opens), the summed events and censorings, and the time of the last event in the interval (the
+last time if it has no event). Its KM factor is ``1 - events / at_risk``; the table stays consistent
+(``at_risk[r+1] = at_risk[r] - events[r] - censored[r]``). Rows that cannot stand on their own at the
+tail are merged backwards; when even a single row for the whole group breaks a rule, nothing is released
+for that group. With ``k == 1`` and exact times the table is the exact event table (lifelines'
+``event_table``), so pooled results equal the pooled reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def coarsen_times(times: np.ndarray, step: float | None) -> np.ndarray:
+    """Round times *up* to the grid ``step, 2*step, ...`` (0 stays 0); ``None`` keeps them exact."""
+    t = np.asarray(times, dtype=float)
+    if step is None:
+        return t
+    # rounding guards against 3.0000000001 * step landing on the next grid point
+    return np.ceil(np.round(t / step, 9)) * step
+
+
+@dataclass(frozen=True)
+class EventTable:
+    """Event table of one group at one site (distinct times ascending)."""
+
+    time: np.ndarray
+    at_risk: np.ndarray
+    events: np.ndarray
+    censored: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.at_risk[0]) if len(self.at_risk) else 0
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+def event_table(times: np.ndarray, events: np.ndarray) -> EventTable:
+    """Distinct times with at-risk, event and censored counts (vectorised)."""
+    t = np.asarray(times, dtype=float)
+    e = np.asarray(events).astype(bool)
+    uniq, inverse = np.unique(t, return_inverse=True)
+    d = np.bincount(inverse, weights=e, minlength=len(uniq)).astype(np.int64)
+    total = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+    c = total - d
+    leaving_before = np.concatenate(([0], np.cumsum(total)[:-1]))
+    at_risk = len(t) - leaving_before
+    return EventTable(uniq, at_risk.astype(np.int64), d, c)
+
+
+def _ok(x: int, k: int) -> bool:
+    return x == 0 or x >= k
+
+
+def merge_small_steps(table: EventTable, k: int) -> tuple[EventTable | None, int]:
+    """Merge rows until every released count obeys ``k``.
+
+    Returns the releasable table (``None`` when nothing can be released) and the number of source rows
+    that were merged into a neighbour.
+    """
+    if len(table) == 0:
+        return None, 0
+    if k <= 1:
+        return table, 0
+    t, n, d, c = table.time, table.at_risk, table.events, table.censored
+    rows = len(t)
+    blocks: list[list[float]] = []  # [time, at_risk, events, censored, first, last]
+
+    def block_time(first: int, last: int) -> float:
+        ev = np.flatnonzero(d[first : last + 1])
+        return float(t[first + ev[-1]]) if len(ev) else float(t[last])
+
+    i = 0
+    while i < rows and n[i] >= k:
+        dd = cc = 0
+        j = i
+        while j < rows:
+            dd += int(d[j])
+            cc += int(c[j])
+            j += 1
+            if _ok(dd, k) and _ok(cc, k):
+                break
+        if not (_ok(dd, k) and _ok(cc, k)):
+            break  # rows i.. form an incomplete tail
+        blocks.append([block_time(i, j - 1), int(n[i]), dd, cc, i, j - 1])
+        i = j
+    if i < rows:  # tail: rows that cannot stand alone join the previous block
+        dd, cc = int(d[i:].sum()), int(c[i:].sum())
+        if blocks:
+            last = blocks[-1]
+            last[2] += dd
+            last[3] += cc
+            last[5] = rows - 1
+            last[0] = block_time(int(last[4]), rows - 1)
+        else:
+            blocks.append([block_time(0, rows - 1), int(n[0]), dd, cc, 0, rows - 1])
+    while len(blocks) > 1 and not (_ok(blocks[-1][2], k) and _ok(blocks[-1][3], k)):
+        last = blocks.pop()
+        prev = blocks[-1]
+        prev[2] += last[2]
+        prev[3] += last[3]
+        prev[5] = last[5]
+        prev[0] = block_time(int(prev[4]), int(prev[5]))
+    b = blocks[-1]
+    if b[1] < k or not (_ok(int(b[2]), k) and _ok(int(b[3]), k)):
+        return None, rows
+    out = EventTable(
+        np.array([x[0] for x in blocks], dtype=float),
+        np.array([x[1] for x in blocks], dtype=np.int64),
+        np.array([x[2] for x in blocks], dtype=np.int64),
+        np.array([x[3] for x in blocks], dtype=np.int64),
+    )
+    return out, rows - len(blocks)
+
+
+def check_event_table(table: EventTable, k: int) -> list[str]:
+    """Rules a table breaks (empty list = releasable). Used as a last gate before release."""
+    problems = []
+    if k <= 1:
+        return problems
+    if np.any(table.at_risk < k):
+        problems.append("at-risk count below minimum")
+    for name, values in (("event", table.events), ("censored", table.censored)):
+        if np.any((values > 0) & (values < k)):
+            problems.append(f"{name} count below minimum")
+    nxt = table.at_risk[1:]
+    if np.any(table.at_risk[:-1] - table.events[:-1] - table.censored[:-1] != nxt):
+        problems.append("inconsistent table")
+    return problems

@@ -1,0 +1,82 @@
+"""Site configuration from TOML: datasets, column types, policy and audit log location.
+
+```toml
+[site]
+name = "karolinska"
+audit_log = "audit/karolinska.jsonl"     # relative to this file; optional
+
+[policy]                                  # optional; defaults are fh.Policy()
+min_cell_count = 5
+time_resolution = "1 month"
+
+[datasets.aml]
+path = "aml.csv"                          # CSV, TSV or Parquet, relative to this file
+[datasets.aml.columns]                    # optional declared types; others are inferred
+age = "float"
+os_months = { type = "float", unit = "months" }
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.privacy.policy import Policy
+
+
+@dataclass(frozen=True)
+class DatasetDecl:
+    name: str
+    source: Any  # DataFrame or path
+    columns: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    name: str
+    datasets: dict[str, DatasetDecl]
+    policy: Policy = field(default_factory=Policy)
+    audit_log: Path | None = None
+    base_dir: Path | None = None
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, base_dir: Path | None = None, name: str | None = None
+    ) -> SiteConfig:
+        site_table = dict(data.get("site", {}))
+        site_name = site_table.get("name", name)
+        if not isinstance(site_name, str) or not site_name.isidentifier():
+            raise SchemaError("a site needs a name that is an identifier ([site] name = ...)")
+        unknown = set(data) - {"site", "policy", "datasets", "config"}
+        if unknown:
+            raise SchemaError(f"unknown tables {sorted(unknown)} in site config", site=site_name)
+        policy = Policy.from_dict(data.get("policy", {}))
+        datasets: dict[str, DatasetDecl] = {}
+        for ds_name, table in dict(data.get("datasets", {})).items():
+            if "path" not in table:
+                raise SchemaError("dataset needs a 'path'", site=site_name, dataset=ds_name)
+            datasets[ds_name] = DatasetDecl(ds_name, table["path"], dict(table.get("columns", {})))
+        audit = site_table.get("audit_log")
+        audit_path = None
+        if audit:
+            audit_path = Path(audit)
+            if not audit_path.is_absolute() and base_dir is not None:
+                audit_path = base_dir / audit_path
+        return cls(site_name, datasets, policy, audit_path, base_dir)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, *, name: str | None = None) -> SiteConfig:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SchemaError(f"site config file not found: {path.name}", site=name) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SchemaError(f"site config is not valid TOML ({exc})", site=name) from None
+        return cls.from_mapping(data, base_dir=path.parent, name=name)

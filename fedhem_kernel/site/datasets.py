@@ -1,0 +1,171 @@
+"""Datasets held by a site: loading (CSV, Parquet, DataFrame) and schema checks.
+
+Rows never leave this package. Errors name the site, dataset and column and never carry a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.site.schema import DTYPES, ColumnSpec, DatasetSchema
+
+RESERVED_COLUMNS = ("site",)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One table at one site, with canonical dtypes: numbers as float64, categories as strings."""
+
+    name: str
+    frame: pd.DataFrame
+    schema: DatasetSchema
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+
+def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, str | None]:
+    if isinstance(spec, str):
+        dtype, unit = spec, None
+    elif isinstance(spec, Mapping):
+        dtype, unit = spec.get("type"), spec.get("unit")
+        unknown = set(spec) - {"type", "unit"}
+        if unknown:
+            raise SchemaError(
+                f"unknown column settings {sorted(unknown)}",
+                site=site,
+                dataset=dataset,
+                column=column,
+                rule="schema",
+            )
+    else:
+        raise SchemaError(
+            "a column is declared as a type name or {type=..., unit=...}",
+            site=site,
+            dataset=dataset,
+            column=column,
+            rule="schema",
+        )
+    if dtype not in DTYPES:
+        raise SchemaError(
+            f"unknown column type (use one of {', '.join(DTYPES)})",
+            site=site,
+            dataset=dataset,
+            column=column,
+            rule="schema",
+        )
+    if unit is not None and unit not in ("days", "weeks", "months", "years"):
+        raise SchemaError(
+            "unknown time unit (use days, weeks, months or years)",
+            site=site,
+            dataset=dataset,
+            column=column,
+            rule="schema",
+        )
+    return str(dtype), unit
+
+
+def _infer_dtype(series: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(series):
+        return "bool"
+    if pd.api.types.is_integer_dtype(series):
+        return "int"
+    if pd.api.types.is_numeric_dtype(series):
+        return "float"
+    return "category"
+
+
+def _coerce(series: pd.Series, dtype: str, err: dict[str, str]) -> pd.Series:
+    if dtype == "category":
+        out = series.astype(object)
+        return out.where(series.isna(), series.astype(str))
+    if dtype == "bool" and (
+        pd.api.types.is_bool_dtype(series) or pd.api.types.is_object_dtype(series)
+    ):
+        mapping = {True: 1.0, False: 0.0, "true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
+        mapped = series.map(lambda v: mapping.get(v, v))
+        series = mapped
+    numbers = pd.to_numeric(series, errors="coerce").astype(float)
+    if bool((numbers.isna() & series.notna()).any()):
+        raise SchemaError("expected numbers, found text", **err, rule="schema")
+    finite = numbers.dropna()
+    if not np.isfinite(finite.to_numpy()).all():
+        raise SchemaError("infinite values are not allowed", **err, rule="schema")
+    if dtype == "int" and not (finite == np.round(finite)).all():
+        raise SchemaError("expected whole numbers", **err, rule="schema")
+    if dtype == "bool" and not finite.isin([0.0, 1.0]).all():
+        raise SchemaError("expected 0/1 or true/false", **err, rule="schema")
+    return numbers
+
+
+def read_table(site: str, dataset: str, path: Path) -> pd.DataFrame:
+    err = {"site": site, "dataset": dataset}
+    if not path.exists():
+        raise SchemaError("data file not found", **err, rule="schema")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt"):
+            return pd.read_csv(path)
+        if suffix in (".tsv", ".tab"):
+            return pd.read_csv(path, sep="\t")
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        # parser messages may quote file content: never pass them on
+        raise SchemaError("the data file could not be read", **err, rule="schema") from None
+    raise SchemaError("unsupported file type (use .csv, .tsv or .parquet)", **err, rule="schema")
+
+
+def load_dataset(
+    site: str,
+    name: str,
+    source: pd.DataFrame | str | Path,
+    columns: Mapping[str, Any] | None = None,
+    *,
+    base_dir: Path | None = None,
+) -> Dataset:
+    """Load and check one dataset; ``columns`` declares types (``{"age": "float", ...}``)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SchemaError("dataset names must be identifiers", site=site, rule="schema")
+    if isinstance(source, pd.DataFrame):
+        raw = source.copy()
+    else:
+        path = Path(source)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        raw = read_table(site, name, path)
+    raw.columns = [str(c) for c in raw.columns]
+    if raw.columns.duplicated().any():
+        raise SchemaError("duplicate column names", site=site, dataset=name, rule="schema")
+    declared = dict(columns or {})
+    specs: dict[str, ColumnSpec] = {}
+    out: dict[str, pd.Series] = {}
+    for col in declared:
+        if col not in raw.columns:
+            raise SchemaError(
+                "declared column not found in the data",
+                site=site,
+                dataset=name,
+                column=col,
+                rule="schema",
+            )
+    for col in raw.columns:
+        err = {"site": site, "dataset": name, "column": col}
+        if col in RESERVED_COLUMNS:
+            raise SchemaError("'site' is a reserved column name", **err, rule="schema")
+        if col in declared:
+            dtype, unit = _parse_spec(site, name, col, declared[col])
+        else:
+            dtype, unit = _infer_dtype(raw[col]), None
+        out[col] = _coerce(raw[col], dtype, err)
+        specs[col] = ColumnSpec(col, dtype, unit)  # type: ignore[arg-type]
+    frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
+    return Dataset(name, frame, DatasetSchema(site, name, specs))

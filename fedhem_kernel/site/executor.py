@@ -1,0 +1,216 @@
+"""The site executor: the only place where a query meets rows.
+
+For each request it checks, in order: the policy allows the analysis; the dataset and columns exist;
+the ``where=`` filter parses and fits the schema; the cohort and its complement are large enough; the
+cohort does not difference an earlier released one. Then it runs the analysis's site step, records the
+outcome in the audit log, and only then returns the reply. Unexpected exceptions become a generic error
+(their text could quote data); the details go to the site's own log.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedhem_kernel.analyses import SITE_STEPS
+from fedhem_kernel.analyses.base import SiteData
+from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, SchemaError
+from fedhem_kernel.privacy.guard import DifferencingGuard
+from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.privacy.report import ReleaseLog
+from fedhem_kernel.site.audit import AuditLog
+from fedhem_kernel.site.config import SiteConfig
+from fedhem_kernel.site.datasets import Dataset, load_dataset
+from fedhem_kernel.site.filters import compile_where, evaluate_where, to_text
+
+log = logging.getLogger("fedhem.site")
+
+CATALOG_STEP = "catalog"
+
+
+@dataclass(frozen=True)
+class SiteRequest:
+    step: str
+    dataset: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    where: str | None = None
+    who: str = "anonymous"
+    query_id: str = ""
+
+
+@dataclass
+class SiteReply:
+    site: str
+    status: str  # released | suppressed | refused | error
+    payload: dict[str, Any] | None = None
+    suppressions: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+
+class SiteExecutor:
+    """Holds one site's datasets, policy, audit log and differencing memory."""
+
+    def __init__(
+        self,
+        name: str,
+        datasets: dict[str, Dataset],
+        policy: Policy | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self.name = name
+        self.datasets = datasets
+        self.policy = policy or Policy()
+        self.audit = audit or AuditLog()
+        self.guard = DifferencingGuard()
+
+    @classmethod
+    def from_config(cls, config: SiteConfig) -> SiteExecutor:
+        """Load every dataset; a load error is audited and raised (nothing half-loaded is kept)."""
+        audit = AuditLog(config.audit_log)
+        datasets: dict[str, Dataset] = {}
+        for decl in config.datasets.values():
+            try:
+                datasets[decl.name] = load_dataset(
+                    config.name, decl.name, decl.source, decl.columns, base_dir=config.base_dir
+                )
+            except FedHemError as exc:
+                audit.append(
+                    who="site",
+                    analysis="load",
+                    dataset=decl.name,
+                    parameters={},
+                    outcome="error",
+                    rule=exc.rule,
+                    detail=str(exc),
+                )
+                raise
+        audit.append(
+            who="site",
+            analysis="load",
+            dataset=",".join(datasets),
+            parameters={},
+            outcome="ok",
+            rule=None,
+            detail=f"{len(datasets)} datasets loaded",
+        )
+        return cls(config.name, datasets, config.policy, audit)
+
+    # -- the request path -------------------------------------------------------------------
+    def handle(self, request: SiteRequest) -> SiteReply:
+        query_id = request.query_id or uuid.uuid4().hex
+        rlog = ReleaseLog()
+        try:
+            payload = self._run(request, rlog)
+        except FedHemError as exc:
+            exc = exc.with_site(self.name) if exc.site != self.name else exc
+            status = "refused" if isinstance(exc, DisclosureError) else "error"
+            self._audit(request, query_id, status, exc.rule, [str(exc)])
+            return SiteReply(self.name, status, error=exc.to_dict(), notes=rlog.notes)
+        except Exception:  # noqa: BLE001 - never let an unexpected message cross the boundary
+            log.exception("site %s: internal error in step %s", self.name, request.step)
+            exc = FedHemError(
+                "internal error at the site (details are in the site's own log)",
+                site=self.name,
+                dataset=request.dataset,
+            )
+            self._audit(request, query_id, "error", None, [exc.reason])
+            return SiteReply(self.name, "error", error=exc.to_dict())
+        status = "suppressed" if rlog.suppressions else "released"
+        self._audit(
+            request,
+            query_id,
+            status,
+            ",".join(sorted({s["rule"] for s in rlog.suppressions})) or None,
+            [f"{s['rule']}: {s['detail']}" for s in rlog.suppressions],
+        )
+        return SiteReply(self.name, status, payload, rlog.suppressions, rlog.notes)
+
+    def _audit(
+        self, req: SiteRequest, query_id: str, outcome: str, rule: str | None, details: list[str]
+    ) -> None:
+        self.audit.append(
+            who=req.who,
+            query=query_id,
+            analysis=req.step,
+            dataset=req.dataset,
+            parameters={**req.params, "where": req.where},
+            outcome=outcome,
+            rule=rule,
+            detail=details,
+        )
+
+    def _run(self, request: SiteRequest, rlog: ReleaseLog) -> dict[str, Any]:
+        if request.step == CATALOG_STEP:
+            return self.catalog()
+        step = SITE_STEPS.get(request.step)
+        if step is None:
+            raise ParameterError(f"unknown analysis step '{request.step}'", site=self.name)
+        if not self.policy.allows(step.analysis):
+            raise DisclosureError(
+                f"this site does not answer '{step.analysis}' queries",
+                site=self.name,
+                rule="allowed_analyses",
+            )
+        if request.dataset not in self.datasets:
+            raise SchemaError("no such dataset", site=self.name, dataset=request.dataset)
+        ds = self.datasets[request.dataset]
+        for column in step.columns(request.params):
+            ds.schema.column(column)  # raises SchemaError naming the column
+        mask = self._cohort_mask(ds, request.where)
+        data = SiteData(self.name, ds.name, ds.frame[mask], ds.schema, self.policy, rlog)
+        payload = step.run(data, dict(request.params))
+        if self.policy.differencing_guard:
+            self.guard.remember(ds.name, mask)
+        return payload
+
+    def _cohort_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
+        expr = compile_where(where, ds.schema)
+        n = ds.n_rows
+        if expr is None:
+            mask = np.ones(n, dtype=bool)
+        else:
+            mask = np.asarray(evaluate_where(expr, ds.frame), dtype=bool)
+        size = int(mask.sum())
+        rest = n - size
+        m = self.policy.min_subset_size
+        err = {"site": self.name, "dataset": ds.name}
+        if size < m:
+            raise DisclosureError(
+                f"the filtered cohort has fewer than {m} patients", **err, rule="min_subset_size"
+            )
+        if 0 < rest < m:
+            raise DisclosureError(
+                f"the filter leaves out fewer than {m} patients (the complement could be derived)",
+                **err,
+                rule="min_subset_size",
+            )
+        if self.policy.differencing_guard:
+            k = self.policy.min_cell_count
+            diff = self.guard.closest_difference(ds.name, mask)
+            if diff is not None and diff < k:
+                where_text = to_text(expr) if expr is not None else "(all rows)"
+                raise DisclosureError(
+                    f"the cohort of this query ({where_text}) differs from an earlier released "
+                    f"cohort by fewer than {k} patients",
+                    **err,
+                    rule="differencing",
+                )
+        return mask
+
+    def catalog(self) -> dict[str, Any]:
+        """Column names, types and units of every dataset: no values, no row counts."""
+        return {
+            "datasets": {
+                name: [
+                    {"column": c.name, "dtype": c.dtype, "unit": c.unit}
+                    for c in ds.schema.columns.values()
+                ]
+                for name, ds in self.datasets.items()
+            },
+            "policy": self.policy.to_dict(),
+        }
