@@ -46,8 +46,8 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
             f"times coarsened up to a grid of {data.policy.time_resolution}"
             + ("" if unit else " (no unit declared: whole units)")
         )
-    groups = group_index(data, group, params.get("levels"))
-    if group is not None:
+    groups = group_index(data, group, params.get("levels")) if group is not None else None
+    if groups is not None:
         if groups.isna().any():
             data.log.note(f"patients with missing '{group}' are left out")
         if (groups == OTHER).any():
@@ -55,7 +55,7 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
     k = data.k
     out: list[dict[str, Any]] = []
     for label in params.get("levels") or [ALL]:
-        sel = (groups == label).to_numpy()
+        sel = np.ones(len(t), dtype=bool) if group is None else (groups == label).to_numpy()
         if not sel.any():
             out.append({"group": label, "empty": True})
             continue
@@ -222,63 +222,54 @@ class KaplanMeierResult:
         )
 
 
+def _step_values(
+    times: np.ndarray, values: np.ndarray, at: np.ndarray, before: float
+) -> np.ndarray:
+    """Right-continuous step function (value at the last time <= t; ``before`` earlier)."""
+    idx = np.searchsorted(times, at, side="right") - 1
+    return np.where(idx >= 0, values[np.clip(idx, 0, None)], before)
+
+
 def build_km_result(
     q: Ask, per_site: dict[str, Payload], duration: str, event: str, group: str | None
 ) -> KaplanMeierResult:
     labels, by_group, withheld = collect_group_tables(per_site)
-    curves, lowers, uppers, risks, medians, tables, contributing = {}, {}, {}, {}, {}, {}, {}
+    estimates: dict[str, pd.DataFrame] = {}
+    pooled: dict[str, PooledTable] = {}
     for label in labels:
-        sites = by_group.get(label, {})
         if withheld.get(label):
             q.note(
                 f"group '{label}': not released by {', '.join(withheld[label])} "
                 "(the pooled curve uses the other sites)"
             )
-        if not sites:
-            continue
-        pooled = pool_tables(sites)
-        est = km_estimate(pooled)
-        curves[label] = est["survival"]
-        lowers[f"{label}_lower_0.95"] = est["lower"]
-        uppers[f"{label}_upper_0.95"] = est["upper"]
-        risks[label] = pd.Series(pooled.at_risk_at(est.index.to_numpy()), index=est.index)
-        medians[label] = median_time(est["survival"])
-        tab = pd.DataFrame(
-            {"at_risk": pooled.at_risk, "observed": pooled.events}, index=pooled.time
-        ).rename_axis("time")
-        tab.attrs["survival"] = est["survival"]
-        tables[label] = tab
-        contributing[label] = pooled.sites
-    if not curves:
+        if by_group.get(label):
+            pooled[label] = pool_tables(by_group[label])
+            estimates[label] = km_estimate(pooled[label])
+    if not estimates:
         raise DisclosureError(
             "no site could release any step of this curve", dataset=q.dataset, rule="min_cell_count"
         )
-
-    def union(frames: dict[str, pd.Series], fill_start: float) -> pd.DataFrame:
-        df = pd.concat(frames, axis=1).sort_index()
-        df = df.ffill().fillna(fill_start)
-        df.index.name = "timeline"
-        return df
-
-    sf = union(curves, 1.0)
-    ci = pd.concat([union(lowers, 1.0), union(uppers, 1.0)], axis=1)
-    ci = ci[[c for g in curves for c in (f"{g}_lower_0.95", f"{g}_upper_0.95")]]
-    at_risk = pd.concat(risks, axis=1).sort_index()
-    for label in at_risk.columns:  # at risk between a group's own times: the next time's count
-        pooled_t = tables[label]
-        at_risk[label] = pd.Series(
-            PooledTable(
-                pooled_t.index.to_numpy(), pooled_t["at_risk"].to_numpy(), np.array([]), ()
-            ).at_risk_at(at_risk.index.to_numpy()),
-            index=at_risk.index,
+    timeline = np.unique(np.concatenate([est.index.to_numpy() for est in estimates.values()]))
+    sf, ci, risk, tables, medians = {}, {}, {}, {}, {}
+    for label, est in estimates.items():
+        t = est.index.to_numpy()
+        sf[label] = _step_values(t, est["survival"].to_numpy(), timeline, 1.0)
+        ci[f"{label}_lower_0.95"] = _step_values(t, est["lower"].to_numpy(), timeline, 1.0)
+        ci[f"{label}_upper_0.95"] = _step_values(t, est["upper"].to_numpy(), timeline, 1.0)
+        risk[label] = pooled[label].at_risk_at(timeline)
+        medians[label] = median_time(est["survival"])
+        tab = pd.DataFrame(
+            {"at_risk": pooled[label].at_risk, "observed": pooled[label].events},
+            index=pd.Index(pooled[label].time, name="time"),
         )
-    at_risk = at_risk.astype("int64")
-    at_risk.index.name = "timeline"
+        tab.attrs["survival"] = est["survival"]
+        tables[label] = tab
+    index = pd.Index(timeline, name="timeline")
     first = next(iter(per_site.values()))
     return KaplanMeierResult(
-        survival_function=sf,
-        confidence_interval=ci,
-        at_risk=at_risk,
+        survival_function=pd.DataFrame(sf, index=index),
+        confidence_interval=pd.DataFrame(ci, index=index),
+        at_risk=pd.DataFrame(risk, index=index),
         event_tables=tables,
         median_survival=pd.Series(medians, name="median_survival"),
         privacy=q.report(),
@@ -287,7 +278,7 @@ def build_km_result(
         group=group,
         time_step=first.get("time_step"),
         unit=first.get("unit"),
-        contributing_sites=contributing,
+        contributing_sites={g: p.sites for g, p in pooled.items()},
     )
 
 

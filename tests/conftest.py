@@ -1,0 +1,52 @@
+"""Shared fixtures: public datasets split into sites, and a spy on everything that leaves a site."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+from fedhem_kernel.engine.coordinator import Coordinator
+
+
+def split_rows(df: pd.DataFrame, n_sites: int = 3, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Split a table into sites of unequal size (about 50 %, 30 %, 20 % for three sites)."""
+    rng = np.random.default_rng(seed)
+    weights = np.arange(n_sites, 0, -1, dtype=float)
+    site_of_row = rng.choice(n_sites, size=len(df), p=weights / weights.sum())
+    return {
+        f"site_{chr(ord('a') + i)}": df[site_of_row == i].reset_index(drop=True)
+        for i in range(n_sites)
+    }
+
+
+def public(name: str) -> pd.DataFrame:
+    from lifelines import datasets
+
+    df = getattr(datasets, f"load_{name}")()
+    if name == "lung":  # status 1 = censored, 2 = dead
+        df = df.assign(status=(df["status"] == 2).astype(int))
+    return df
+
+
+@pytest.fixture
+def releases(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every SiteReply that crosses from a site to the coordinator during the test."""
+    seen: list = []
+    original = Coordinator.send
+
+    def spy(self, request, sites=None):
+        replies = original(self, request, sites)
+        seen.extend(replies.values())
+        return replies
+
+    monkeypatch.setattr(Coordinator, "send", spy)
+    return seen
+
+
+@pytest.fixture(scope="session")
+def demo() -> fh.Federation:
+    fed = fh.Federation.demo()
+    yield fed
+    fed.close()

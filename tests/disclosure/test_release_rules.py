@@ -1,0 +1,206 @@
+"""Adversarial checks: under the default policy no count between 1 and k-1 leaves any site.
+
+A spy records every reply that crosses from a site to the coordinator; every count in every released
+payload is checked, whatever the analysis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+
+K = 5
+COUNT_KEYS = {
+    "n",
+    "counts",
+    "at_risk",
+    "events",
+    "censored",
+    "cells",
+    "row_totals",
+    "col_totals",
+    "total",
+}
+
+
+def released_counts(payload, key=None):
+    if isinstance(payload, dict):
+        for k, v in payload.items():
+            yield from released_counts(v, k)
+    elif isinstance(payload, list):
+        for v in payload:
+            yield from released_counts(v, key)
+    elif key in COUNT_KEYS:
+        for value in np.atleast_1d(np.asarray(payload)).ravel():
+            yield key, int(value)
+
+
+def assert_no_small_counts(releases, k=K):
+    checked = 0
+    for reply in releases:
+        if reply.payload is None:
+            continue
+        for key, value in released_counts(reply.payload):
+            checked += 1
+            assert value in (-1, 0) or value >= k, f"{reply.site} released {key}={value}"
+    assert checked > 0, "the spy saw no counts: the test would pass vacuously"
+
+
+def rare_cohort(seed: int, n: int) -> pd.DataFrame:
+    """Small groups, rare categories, long survival tails: everything that tempts a small cell."""
+    rng = np.random.default_rng(seed)
+    risk = rng.choice(["low", "mid", "high", "rare"], size=n, p=[0.45, 0.35, 0.18, 0.02])
+    mutation = (rng.random(n) < np.where(risk == "high", 0.3, 0.03)).astype(int)
+    scale = np.select([risk == "low", risk == "mid"], [60.0, 25.0], 10.0)
+    time = rng.exponential(scale)
+    censor = rng.uniform(0, 120, n)
+    return pd.DataFrame(
+        {
+            "age": rng.normal(60, 12, n).round(1),
+            "risk": risk,
+            "mutation": mutation,
+            "time": np.minimum(time, censor).round(2),
+            "event": (time <= censor).astype(int),
+        }
+    )
+
+
+@pytest.fixture
+def fed():
+    sites = {"big": 400, "mid": 120, "small": 30}
+    tables = {s: {"cohort": rare_cohort(i, n)} for i, (s, n) in enumerate(sites.items())}
+    columns = {"cohort": {"time": {"type": "float", "unit": "months"}}}
+    with fh.Federation.local(tables, policy=fh.Policy(), columns=columns) as f:
+        yield f
+
+
+def test_km_tails_and_small_groups_release_no_small_count(fed, releases):
+    km = fed.kaplan_meier("cohort", "time", "event", group="risk")
+    fed.kaplan_meier("cohort", "time", "event")
+    assert_no_small_counts(releases)
+    assert set(km.privacy.to_frame()["rule"]) >= {"min_cell_count"}
+    # every released time is on the monthly grid
+    for reply in releases:
+        for g in (reply.payload or {}).get("groups", []):
+            if "time" in g:
+                t = np.asarray(g["time"])
+                np.testing.assert_allclose(t, np.round(t))
+
+
+def test_km_on_demo_releases_no_small_count(demo, releases):
+    demo.kaplan_meier("aml", "os_months", "os_status", group="eln_risk")
+    demo.logrank("mm", "pfs_months", "pfs_status", "r_iss")
+    assert_no_small_counts(releases)
+
+
+def test_crosstab_with_rare_cells_suppresses_and_protects(fed, releases):
+    xt = fed.crosstab("cohort", "risk", "mutation", margins=True)
+    assert_no_small_counts(releases)
+    for site, table in xt.by_site.items():
+        values = table.to_numpy(dtype=float, na_value=np.nan)
+        shown = values[~np.isnan(values)]
+        assert np.all((shown == 0) | (shown >= K)), site
+    # a pooled cell is NA whenever any site suppressed it
+    for table in xt.by_site.values():
+        inner = table.drop(index="All", columns="All")
+        for (r, c), v in inner.stack(future_stack=True).items():
+            if pd.isna(v):
+                assert pd.isna(xt.table.loc[r, c])
+
+
+def test_crosstab_by_site_suppresses_rare_rows(demo, releases):
+    xt = demo.crosstab("aml", "tp53", "site", margins=True)
+    assert_no_small_counts(releases)
+    assert xt.table.shape[1] == 5  # four sites and All
+
+
+def test_grouped_describe_releases_no_small_count(fed, releases):
+    d = fed.describe("cohort", columns=["age", "time"], by="mutation")
+    fed.describe("cohort", by="risk", where="age >= 40")
+    assert_no_small_counts(releases)
+    assert (d.table["count"].dropna() >= K).all()
+
+
+def test_min_max_never_released_by_default(fed, releases):
+    d = fed.describe("cohort", columns=["age"])
+    assert d.table[["min", "max"]].isna().all().all()
+    for reply in releases:
+        for cell in (reply.payload or {}).get("cells", []):
+            assert "min" not in cell and "max" not in cell
+            assert np.isnan(np.asarray(cell.get("edges", [np.nan]))[[0, -1]]).all()
+
+
+def test_small_cohort_is_refused(fed):
+    with pytest.raises(fh.DisclosureError) as info:
+        fed.describe("cohort", columns=["age"], where="age > 95")
+    assert info.value.rule is not None and "min_subset_size" in info.value.rule
+
+
+def test_cohort_whose_complement_is_small_is_refused():
+    tables = {}
+    for i, site in enumerate(["a", "b"]):
+        df = rare_cohort(10 + i, 100)
+        df.loc[:1, "age"] = 15.0  # two patients under 20 at each site
+        df.loc[2:, "age"] = df.loc[2:, "age"].clip(lower=25)
+        tables[site] = {"c": df}
+    with fh.Federation.local(tables) as f:
+        # "everyone but the two youngest": subtracting it from the full cohort would expose them
+        with pytest.raises(fh.DisclosureError) as info:
+            f.describe("c", columns=["age"], where="age >= 20")
+    assert "min_subset_size" in str(info.value)
+    assert "15" not in str(info.value)
+
+
+def test_some_sites_refuse_and_the_result_says_which(fed):
+    # only the small site has too few patients in this cohort
+    km = fed.kaplan_meier("cohort", "time", "event", where="age >= 70")
+    report = km.privacy
+    assert report.outcome("small").status == "refused"
+    assert "min_subset_size" in report.outcome("small").rules
+    assert report.outcome("big").released
+
+
+def test_differencing_attack_is_refused():
+    tables = {}
+    for i, site in enumerate(["a", "b"]):
+        df = rare_cohort(20 + i, 150)
+        df["age"] = np.where(df["age"].between(50, 50.4), 49.0, df["age"])
+        df.loc[:2, "age"] = 50.2  # exactly three patients in [50, 50.4) at each site
+        tables[site] = {"c": df}
+    with fh.Federation.local(tables) as f:
+        f.describe("c", columns=["age"], where="age >= 50")
+        # the same cohort again is fine (no difference)
+        f.describe("c", columns=["time"], where="age >= 50")
+        # nudging the threshold to isolate the three patients is not
+        with pytest.raises(fh.DisclosureError) as info:
+            f.describe("c", columns=["age"], where="age >= 50.4")
+        log = f.audit_log()
+    assert "differencing" in str(info.value)
+    refused = log[log["outcome"] == "refused"]
+    assert set(refused["site"]) == {"a", "b"}
+    assert all(rule == "differencing" for rule in refused["rule"])
+
+
+def test_rare_category_names_never_leave_a_site(releases):
+    df = rare_cohort(5, 200)
+    df.loc[0, "risk"] = "patient-7731"  # a free-text slip that identifies one person
+    with fh.Federation.local({"a": {"c": df}, "b": {"c": rare_cohort(6, 200)}}) as f:
+        xt = f.crosstab("c", "risk", "mutation")
+        f.kaplan_meier("c", "time", "event", group="risk")
+    assert "patient-7731" not in xt.table.index
+    for reply in releases:
+        assert "patient-7731" not in repr(reply)
+    assert "(other)" in xt.table.index  # counted, under a name that says nothing
+
+
+def test_unrestricted_policy_still_audits(releases):
+    df = rare_cohort(3, 60)
+    with fh.Federation.local(
+        {"a": {"c": df}, "b": {"c": df}}, policy=fh.Policy.unrestricted()
+    ) as f:
+        f.crosstab("c", "risk", "mutation")
+        log = f.audit_log()
+    assert (log["outcome"] == "released").sum() >= 2
