@@ -59,14 +59,10 @@ def test_client_app_answers_unknown_step_with_an_error_reply():
     grid.close()
 
 
-def test_demo_is_ready_quickly():
-    import time
-
-    start = time.perf_counter()
-    fed = fh.Federation.demo()
-    fed.sites  # noqa: B018 - a first round trip
-    assert time.perf_counter() - start < 5  # the design asks for < 1 s; leave room for slow CI
-    fed.close()
+def test_demo_answers_its_first_query():
+    # start-up time is measured in benchmarks/bench_survival.py
+    with fh.Federation.demo() as fed:
+        assert list(fed.sites["status"]) == ["online"] * 4
 
 
 def test_policy_is_the_sites_not_the_researchers():

@@ -8,7 +8,6 @@ enumerating every non-negative integer table consistent with the release.
 
 from __future__ import annotations
 
-import time
 from functools import cache
 
 import numpy as np
@@ -430,16 +429,13 @@ def test_audit_rejects_mismatched_masks():
         manual(np.zeros((2, 2)), np.zeros((2, 3)))
 
 
-def test_ten_by_ten_is_fast():
+def test_ten_by_ten_with_scattered_small_cells_is_protected():
+    # (its speed is measured in benchmarks/bench_survival.py, not asserted here)
     rng = np.random.default_rng(3)
     counts = rng.integers(5, 200, size=(10, 10))
     counts[[1, 4, 7, 8], [2, 2, 5, 9]] = [1, 3, 2, 4]
-    suppress_table(np.array([[3, 20], [30, 40]]), 5)  # warm-up (scipy import paths)
-    t0 = time.perf_counter()
     s = suppress_table(counts, 5)
-    elapsed = time.perf_counter() - t0
     assert_safe_release(counts, 5, s)
-    assert elapsed < 1.0
 
 
 # ------------------------------------------------------------------------------------------------
