@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fedhem-installed
 PORT   ?= 8888
+ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
 .PHONY: lab test env lint format bench clean
 
@@ -22,7 +23,7 @@ lab: $(STAMP)
 	@echo "Starting JupyterLab on notebooks/ with the FedHem kernel (demo federation: 4 synthetic sites)."
 	FEDHEM_FEDERATION=demo $(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) \
 		--no-browser --ServerApp.open_browser=False \
-		--MultiKernelManager.default_kernel_name=fedhem $(LAB_ARGS)
+		--MultiKernelManager.default_kernel_name=fedhem $(ROOT_FLAG) $(LAB_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns, require_str
-from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN, agree_levels, group_index
-from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN, group_index, require_levels
+from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.tables import suppress_table
 
@@ -168,17 +168,9 @@ def run_crosstab(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabR
     params = {
         "row": row,
         "col": col,
-        "row_levels": agree_levels(q, row),
-        "col_levels": agree_levels(q, col),
+        "row_levels": require_levels(q, row),
+        "col_levels": require_levels(q, col),
     }
-    for name in ("row", "col"):
-        if params[name] != SITE_COLUMN and not params[f"{name}_levels"]:
-            raise DisclosureError(
-                f"no level of '{params[name]}' has enough patients at any site",
-                dataset=q.dataset,
-                column=params[name],
-                rule="min_cell_count",
-            )
     per_site = q.ask("crosstab", params)
     table, by_site = combine_crosstab(per_site, row, col, margins)
     return CrosstabResult(table, by_site, q.report(), row, col)

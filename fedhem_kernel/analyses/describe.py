@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
-from fedhem_kernel.analyses.levels import OTHER, agree_levels, group_index
+from fedhem_kernel.analyses.levels import agree_levels, group_index, grouping
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.report import PrivacyReport
 
@@ -115,12 +115,9 @@ def _pooled_quantiles(cells: list[dict]) -> list[float]:
 def site_describe(data: SiteData, params: Payload) -> Payload:
     columns = list(params["columns"])
     by = params.get("by")
-    groups = group_index(data, by, params.get("levels"))
-    if by is not None:
-        if groups.isna().any():
-            data.log.note(f"patients with missing '{by}' are left out")
-        if (groups == OTHER).any():
-            data.log.note(f"levels of '{by}' rare at every site are left out")
+    groups = grouping(data, by, params.get("levels"))
+    if groups is None:
+        groups = group_index(data, None, None)
     k = data.k
     labels = params.get("levels") or ["all"]
     cells = []

@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
-from fedhem_kernel.analyses.levels import OTHER, agree_levels, group_index
+from fedhem_kernel.analyses.levels import grouping, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.privacy.policy import time_step
 from fedhem_kernel.privacy.report import PrivacyReport
@@ -46,12 +46,7 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
             f"times coarsened up to a grid of {data.policy.time_resolution}"
             + ("" if unit else " (no unit declared: whole units)")
         )
-    groups = group_index(data, group, params.get("levels")) if group is not None else None
-    if groups is not None:
-        if groups.isna().any():
-            data.log.note(f"patients with missing '{group}' are left out")
-        if (groups == OTHER).any():
-            data.log.note(f"levels of '{group}' rare at every site are left out")
+    groups = grouping(data, group, params.get("levels"))
     k = data.k
     out: list[dict[str, Any]] = []
     for label in params.get("levels") or [ALL]:
@@ -294,14 +289,7 @@ def check_survival_params(duration: Any, event: Any, group: Any) -> None:
 
 def run_kaplan_meier(q: Ask, duration: str, event: str, group: str | None) -> KaplanMeierResult:
     check_survival_params(duration, event, group)
-    levels = agree_levels(q, group)
-    if group is not None and not levels:
-        raise DisclosureError(
-            f"no level of '{group}' has enough patients at any site",
-            dataset=q.dataset,
-            column=group,
-            rule="min_cell_count",
-        )
+    levels = require_levels(q, group)
     params = {"duration": duration, "event": event, "group": group, "levels": levels}
     per_site = q.ask("km_tables", params)
     return build_km_result(q, per_site, duration, event, group)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns, require_str
+from fedhem_kernel.errors import DisclosureError
 
 OTHER = "(other)"
 SITE_COLUMN = "site"
@@ -47,6 +48,32 @@ def agree_levels(q: Ask, column: str | None) -> list[str] | None:
     if column is None or column == SITE_COLUMN:
         return None  # no grouping, or the site itself (handled by the caller)
     return combine_levels(list(q.ask("levels", {"column": column}).values()))
+
+
+def require_levels(q: Ask, column: str | None, minimum: int = 1) -> list[str] | None:
+    """:func:`agree_levels`, refusing when fewer than ``minimum`` levels can be named."""
+    levels = agree_levels(q, column)
+    if column is not None and column != SITE_COLUMN and len(levels or []) < minimum:
+        what = "no level" if minimum == 1 else f"fewer than {minimum} levels"
+        raise DisclosureError(
+            f"{what} of '{column}' {'has' if minimum == 1 else 'have'} enough patients at any site",
+            dataset=q.dataset,
+            column=column,
+            rule="min_cell_count",
+        )
+    return levels
+
+
+def grouping(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series | None:
+    """:func:`group_index` for analyses that leave out missing and ``(other)`` rows (with a note)."""
+    if column is None:
+        return None
+    groups = group_index(data, column, levels)
+    if groups.isna().any():
+        data.log.note(f"patients with missing '{column}' are left out")
+    if (groups == OTHER).any():
+        data.log.note(f"levels of '{column}' rare at every site are left out")
+    return groups
 
 
 def group_index(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series:

@@ -22,7 +22,7 @@ from fedhem_kernel.analyses.kaplan_meier import (
     pool_tables,
     site_survival_tables,
 )
-from fedhem_kernel.analyses.levels import agree_levels
+from fedhem_kernel.analyses.levels import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.privacy.report import PrivacyReport
 
@@ -91,14 +91,7 @@ def run_logrank(q: Ask, duration: str, event: str, group: str) -> LogrankResult:
     check_survival_params(duration, event, group)
     if group is None:
         raise ParameterError("the log-rank test needs a 'group' column")
-    levels = agree_levels(q, group)
-    if not levels or len(levels) < 2:
-        raise DisclosureError(
-            f"fewer than two levels of '{group}' have enough patients at any site",
-            dataset=q.dataset,
-            column=group,
-            rule="min_cell_count",
-        )
+    levels = require_levels(q, group, minimum=2)
     params = {"duration": duration, "event": event, "group": group, "levels": levels}
     per_site = q.ask("logrank_tables", params)
     labels, _, withheld = collect_group_tables(per_site)

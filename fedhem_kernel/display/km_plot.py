@@ -46,7 +46,7 @@ def plot_km(
             rowLabels=[str(g) for g in sf.columns],
             colLabels=[f"{t:g}" for t in ticks],
             loc="bottom",
-            bbox=[0.0, -0.42 - 0.06 * len(rows), 1.0, 0.1 + 0.06 * len(rows)],
+            bbox=[0.0, -0.24 - 0.07 * len(rows), 1.0, 0.07 * (len(rows) + 1)],
             edges="open",
         )
         table.set_fontsize(8)
