@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from fedhem_kernel.engine.local_grid import LocalGrid
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.site.audit import AuditLog
-from fedhem_kernel.site.config import DatasetDecl, SiteConfig
+from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import CATALOG_STEP, SiteExecutor, SiteRequest
 from fedhem_kernel.site.filters import parse_where
 
@@ -139,13 +138,7 @@ class Federation:
     def from_config(cls, path: str | Path, *, user: str | None = None) -> Federation:
         """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``)."""
         path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise SchemaError(f"federation config not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SchemaError(f"federation config is not valid TOML ({exc})") from None
+        data = read_toml(path, "federation config")
         sites = data.get("sites")
         if not isinstance(sites, Mapping) or not sites:
             raise SchemaError("federation config needs at least one [sites.NAME] table")

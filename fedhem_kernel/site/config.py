@@ -72,11 +72,16 @@ class SiteConfig:
     @classmethod
     def from_toml(cls, path: str | Path, *, name: str | None = None) -> SiteConfig:
         path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise SchemaError(f"site config file not found: {path.name}", site=name) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SchemaError(f"site config is not valid TOML ({exc})", site=name) from None
+        data = read_toml(path, "site config", site=name)
         return cls.from_mapping(data, base_dir=path.parent, name=name)
+
+
+def read_toml(path: Path, what: str, *, site: str | None = None) -> dict[str, Any]:
+    """A config file as a dict, or a SchemaError saying which file is missing or malformed."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SchemaError(f"{what} not found: {path.name}", site=site) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SchemaError(f"{what} is not valid TOML ({exc})", site=site) from None
