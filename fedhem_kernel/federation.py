@@ -25,7 +25,6 @@ from fedhem_kernel.engine.coordinator import Coordinator, Query
 from fedhem_kernel.engine.local_grid import LocalGrid
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import CATALOG_STEP, SiteExecutor, SiteRequest
 from fedhem_kernel.site.filters import parse_where
@@ -204,12 +203,7 @@ class Federation:
     def policies(self) -> dict[str, Policy]:
         """Each site's policy, as the site reports it."""
         return {
-            site: Policy.from_dict(
-                {
-                    **reply.payload["policy"],
-                    "allowed_analyses": reply.payload["policy"]["allowed_analyses"],
-                }
-            )
+            site: Policy.from_dict(reply.payload["policy"])
             for site, reply in self._catalog_replies().items()
             if reply.payload is not None
         }
@@ -223,9 +217,6 @@ class Federation:
                 raise ParameterError(f"no embedded site '{name}'")
             rows += [{"site": name, **e} for e in self._executors[name].audit.entries()]
         return pd.DataFrame(rows)
-
-    def site_audit(self, site: str) -> AuditLog:
-        return self._executors[site].audit
 
     # -- analyses -------------------------------------------------------------------------------
     def _query(self, analysis: str, dataset: str, where: str | None) -> Query:

@@ -90,7 +90,12 @@ class SiteData:
                 **self.err(column),
                 rule="schema",
             )
-        return s.map(lambda v: v if pd.isna(v) else str(int(v)))
+        values = s.to_numpy(dtype=float)
+        missing = np.isnan(values)
+        text = np.where(missing, "", np.round(np.nan_to_num(values)).astype(np.int64).astype(str))
+        out = pd.Series(text, index=s.index, dtype=object)
+        out[missing] = None
+        return out
 
     def refuse(self, rule: str, reason: str, column: str | None = None) -> DisclosureError:
         return DisclosureError(reason, **self.err(column), rule=rule)

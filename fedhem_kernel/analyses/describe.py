@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -209,7 +209,6 @@ class DescribeResult:
     by_site: pd.DataFrame
     privacy: PrivacyReport
     by: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def _repr_html_(self) -> str:
         from fedhem_kernel.display.html import result_html
