@@ -7,15 +7,15 @@ checked release comes back to be combined here. Nothing in this module can read 
 
 from __future__ import annotations
 
-import getpass
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from flwr.app import Context, RecordDict
 
+from fedhem_kernel.activity import ActivityLog, default_user
 from fedhem_kernel.analyses.crosstab import CrosstabResult, run_crosstab
 from fedhem_kernel.analyses.describe import DescribeResult, run_describe
 from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_meier
@@ -29,12 +29,7 @@ from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import CATALOG_STEP, SiteExecutor, SiteRequest
 from fedhem_kernel.site.filters import parse_where
 
-
-def _default_user() -> str:
-    try:
-        return os.environ.get("FEDHEM_USER") or getpass.getuser()
-    except OSError:
-        return "researcher"
+R = TypeVar("R")
 
 
 def _embedded_grid(executors: Sequence[SiteExecutor]) -> tuple[LocalGrid, dict[int, str]]:
@@ -69,11 +64,14 @@ class Federation:
         user: str | None = None,
         name: str = "federation",
         executors: Sequence[SiteExecutor] = (),
+        activity: ActivityLog | None = None,
     ) -> None:
         self._coordinator = coordinator
-        self.user = user or _default_user()
+        self.user = user or default_user()
         self.name = name
         self._executors = {ex.name: ex for ex in executors}
+        #: Where finished queries are listed for the sidebar (see :mod:`fedhem_kernel.activity`).
+        self.activity = activity if activity is not None else ActivityLog.default()
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -162,7 +160,8 @@ class Federation:
     # -- federation info ------------------------------------------------------------------------
     def _catalog_replies(self) -> dict[str, Any]:
         request = SiteRequest(CATALOG_STEP, None, {}, None, self.user)
-        return self._coordinator.send(request)
+        replies = self._coordinator.send(request)
+        return {s: replies[s] for s in self._coordinator.site_names if s in replies}
 
     @property
     def sites(self) -> pd.DataFrame:
@@ -179,8 +178,6 @@ class Federation:
                 )
             else:
                 rows.append({"site": site, "status": "error", "datasets": ""})
-        order = {s: i for i, s in enumerate(self._coordinator.site_names)}
-        rows.sort(key=lambda r: order.get(r["site"], 0))
         return pd.DataFrame(rows, columns=["site", "status", "datasets"])
 
     def catalog(self, dataset: str | None = None) -> pd.DataFrame:
@@ -233,6 +230,27 @@ class Federation:
                 ) from None
         return Query(self._coordinator, analysis, dataset, where, self.user)
 
+    def _run(self, q: Query, combine: Callable[[Query], R]) -> R:
+        """Run one analysis and list it, with its privacy outcome, in this user's activity."""
+        try:
+            result = combine(q)
+        except FedHemError as exc:
+            self._log_activity(q, report=q.report(), error=exc)
+            raise
+        self._log_activity(q, report=getattr(result, "privacy", None) or q.report())
+        return result
+
+    def _log_activity(self, q: Query, **outcome: Any) -> None:
+        self.activity.record(
+            query_id=q.query_id,
+            user=self.user,
+            analysis=q.analysis,
+            dataset=q.dataset,
+            where=q.where,
+            federation=self.name,
+            **outcome,
+        )
+
     def describe(
         self,
         dataset: str,
@@ -248,13 +266,14 @@ class Federation:
             numeric = list(
                 dict.fromkeys(cat.loc[cat["dtype"].isin(["float", "int"]), "column"].tolist())
             )
-        return run_describe(q, columns, by, numeric)
+        return self._run(q, lambda q: run_describe(q, columns, by, numeric))
 
     def crosstab(
         self, dataset: str, row: str, col: str, where: str | None = None, margins: bool = False
     ) -> CrosstabResult:
         """Counts by two categorical columns (``col="site"`` for one column per site)."""
-        return run_crosstab(self._query("crosstab", dataset, where), row, col, margins)
+        q = self._query("crosstab", dataset, where)
+        return self._run(q, lambda q: run_crosstab(q, row, col, margins))
 
     def kaplan_meier(
         self,
@@ -266,13 +285,14 @@ class Federation:
     ) -> KaplanMeierResult:
         """Pooled Kaplan–Meier curves (one per group) with Greenwood intervals."""
         q = self._query("kaplan_meier", dataset, where)
-        return run_kaplan_meier(q, duration, event, group)
+        return self._run(q, lambda q: run_kaplan_meier(q, duration, event, group))
 
     def logrank(
         self, dataset: str, duration: str, event: str, group: str, where: str | None = None
     ) -> LogrankResult:
         """Log-rank test of equal survival across the levels of ``group``."""
-        return run_logrank(self._query("logrank", dataset, where), duration, event, group)
+        q = self._query("logrank", dataset, where)
+        return self._run(q, lambda q: run_logrank(q, duration, event, group))
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import fedhem_kernel as fh
 from fedhem_kernel.engine.coordinator import Coordinator
+
+# jp_fetch / jp_serverapp for the server extension tests
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# Queries made by tests (and by kernels they start) are listed in a throw-away activity file,
+# never in the developer's own ~/.local/share/jupyter/fedhem/activity.jsonl.
+os.environ["FEDHEM_ACTIVITY"] = os.path.join(
+    tempfile.mkdtemp(prefix="fedhem-test-"), "activity.jsonl"
+)
 
 
 def split_rows(df: pd.DataFrame, n_sites: int = 3, seed: int = 0) -> dict[str, pd.DataFrame]:
