@@ -234,9 +234,12 @@ class Federation:
         """Run one analysis and list it, with its privacy outcome, in this user's activity."""
         try:
             result = combine(q)
-        except FedHemError as exc:
-            self._log_activity(q, report=q.report(), error=exc)
+        except BaseException as exc:
+            q.finish(exc)  # closes the progress display
+            if isinstance(exc, FedHemError):
+                self._log_activity(q, report=q.report(), error=exc)
             raise
+        q.finish()
         self._log_activity(q, report=getattr(result, "privacy", None) or q.report())
         return result
 

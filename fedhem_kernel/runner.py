@@ -147,8 +147,12 @@ def run_notebook(
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
-    if kernel_spec_manager is not None:
-        kwargs["kernel_manager_kwargs"] = {"kernel_spec_manager": kernel_spec_manager}
+    if kernel_spec_manager is not None:  # NotebookClient takes no KernelSpecManager: a manager does
+        from jupyter_client.manager import AsyncKernelManager
+
+        kwargs["km"] = AsyncKernelManager(
+            kernel_name=kernel, kernel_spec_manager=kernel_spec_manager
+        )
     client = NotebookClient(
         nb,
         kernel_name=kernel,

@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +43,16 @@ def test_notebook_runs_on_the_fedhem_kernel(path, kernel_specs, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "fedhem"
+    # NotebookClient takes no KernelSpecManager: hand it a kernel manager that uses the kernelspec
+    # installed into the temporary prefix (not whatever the environment has).
+    km = AsyncKernelManager(kernel_name="fedhem", kernel_spec_manager=kernel_specs)
+    assert Path(km.kernel_spec.resource_dir).is_relative_to(Path(kernel_specs.kernel_dirs[0]))
     client = NotebookClient(
         nb,
+        km=km,
         kernel_name="fedhem",
         timeout=120,
         resources={"metadata": {"path": str(path.parent)}},
-        kernel_manager_kwargs={"kernel_spec_manager": kernel_specs},
     )
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -159,3 +159,18 @@ def test_view_builds_the_federation_once_and_records_nothing(monkeypatch, activi
     view.policy()
     assert len(calls) == 1
     assert not activity.exists()  # the server never runs queries, so it lists none
+
+
+async def test_a_federation_that_cannot_load_is_a_clear_503(jp_fetch, monkeypatch, tmp_path):
+    config = tmp_path / "federation.toml"
+    config.write_text('[sites.a]\nconfig = "a.toml"\n')
+    (tmp_path / "a.toml").write_text(
+        '[site]\nname = "a"\naudit_log = "blocker/audit.jsonl"\n[datasets.x]\npath = "x.csv"\n'
+    )
+    (tmp_path / "x.csv").write_text("age\n50\n")
+    (tmp_path / "blocker").write_text("a file where a folder should be")  # audit dir: OSError
+    monkeypatch.setenv("FEDHEM_FEDERATION", str(config))
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("fedhem", "api", "sites")
+    assert info.value.code == 503
+    assert "could not be loaded" in json.loads(info.value.response.body)["message"]

@@ -15,6 +15,7 @@ adding a suppressed site's value would let the others subtract it back out). ``c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,6 +110,18 @@ class CrosstabResult:
             footnote="NA: suppressed at a site (a cell below the minimum count, or a cell "
             "withheld so that it cannot be derived from the totals).",
         )
+
+    def widget(self) -> Any:
+        """This result as an interactive widget: pooled and per-site tables (suppressed cells marked) and the privacy panel."""
+        from fedhem_kernel.display.widgets import crosstab_widget
+
+        return crosstab_widget(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
 
     def __repr__(self) -> str:
         return f"CrosstabResult(\n{self.table.to_string()}\n{self.privacy!r})"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -219,6 +220,18 @@ class DescribeResult:
             self.privacy,
             footnote="Quantiles from pooled site histograms (no patient's own value is released).",
         )
+
+    def widget(self) -> Any:
+        """This result as an interactive widget: pooled and per-site tables (suppressed cells marked) and the privacy panel."""
+        from fedhem_kernel.display.widgets import describe_widget
+
+        return describe_widget(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
 
     def __repr__(self) -> str:
         return f"DescribeResult(\n{self.table.to_string()}\n{self.privacy!r})"

@@ -208,6 +208,18 @@ class KaplanMeierResult:
 
         return km_html(self)
 
+    def widget(self) -> Any:
+        """This result as an interactive widget: the curves with 95 % bands, numbers at risk, hover values and the privacy panel."""
+        from fedhem_kernel.display.widgets import km_widget
+
+        return km_widget(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
+
     def __repr__(self) -> str:
         med = ", ".join(f"{g}: {v:.4g}" for g, v in self.median_survival.items())
         return (

@@ -10,6 +10,7 @@ groups would otherwise be compared against an incomplete risk set); the report s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,18 @@ class LogrankResult:
             self.privacy,
             extra_tables=[("Observed and expected events", self.summary)],
         )
+
+    def widget(self) -> Any:
+        """This result as an interactive widget: the test, observed and expected events, and the privacy panel."""
+        from fedhem_kernel.display.widgets import logrank_widget
+
+        return logrank_widget(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
 
     def __repr__(self) -> str:
         return (

@@ -1,0 +1,13 @@
+"""How results look in a notebook.
+
+- :mod:`~fedhem_kernel.display.html`, :mod:`~fedhem_kernel.display.km_plot`: the static HTML (and
+  matplotlib PNG) every result has, also the fallback where no live kernel is attached.
+- :mod:`~fedhem_kernel.display.widgets`: interactive anywidget views (``result.widget()``):
+  Kaplan–Meier curves, results tables with suppressed cells marked, the privacy report panel, and
+  per-site query progress; their synced state is built by :mod:`~fedhem_kernel.display.state`.
+- :mod:`~fedhem_kernel.display.mimebundle`: ``_repr_mimebundle_`` of the results (widget inside a
+  kernel, HTML and text always).
+- :mod:`~fedhem_kernel.display.progress`: the progress widget shown while a slow query runs.
+
+Importing this package imports nothing else (ipywidgets loads only when a widget is made).
+"""

@@ -4,13 +4,23 @@ A :class:`Query` is one researcher call (e.g. ``fed.kaplan_meier(...)``), possib
 that refuses or fails in one round is not asked again; its outcome and reasons go into the report. When
 no site releases anything the query raises: the sites' own error when they agree it is bad input,
 otherwise :class:`~fedhem_kernel.errors.DisclosureError` with every site's rule.
+
+Progress: ``Coordinator.observers`` are callables that receive a :class:`ProgressEvent` when a query
+starts, when a round is sent, as each site's reply arrives and when the query is finished. Events carry
+site names and outcomes only, never a payload. By default the only observer is
+:func:`notebook_progress`, which shows a per-site progress widget inside a Jupyter kernel and does
+nothing anywhere else.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from flwr.serverapp import Grid
 
@@ -21,14 +31,73 @@ from fedhem_kernel.site.executor import SiteReply, SiteRequest
 
 _RANK = {"released": 0, "suppressed": 1, "refused": 2, "error": 3}
 
+log = logging.getLogger(__name__)
+
+EventKind = Literal["start", "round", "reply", "done"]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What an observer learns about a running query (names and outcomes only, no values).
+
+    ``start``: a query begins (``sites`` = every site asked). ``round``: one step is sent to
+    ``sites``. ``reply``: ``site`` answered with ``status`` (released / suppressed / refused /
+    error). ``done``: the query is over (``status`` is ``"error"`` if it raised). ``elapsed`` is
+    seconds since the query started (``start``, ``done``) or since the round was sent (``round``,
+    ``reply``).
+    """
+
+    kind: EventKind
+    query_id: str
+    step: str | None = None
+    sites: tuple[str, ...] = ()
+    site: str | None = None
+    status: str | None = None
+    analysis: str | None = None
+    dataset: str | None = None
+    elapsed: float = 0.0
+
+
+Observer = Callable[[ProgressEvent], None]
+
+
+def notebook_progress(event: ProgressEvent) -> None:
+    """Default observer: a per-site progress widget when running inside a Jupyter kernel.
+
+    Outside a kernel (plain Python, pytest) it does nothing and imports nothing.
+    """
+    if "ipykernel" not in sys.modules:
+        return
+    from fedhem_kernel.display.progress import show_progress
+
+    show_progress(event)
+
 
 class Coordinator:
     """Maps node ids to site names and runs request/reply rounds on a Grid."""
 
-    def __init__(self, grid: Grid, sites: dict[int, str], timeout: float | None = 600.0) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        sites: dict[int, str],
+        timeout: float | None = 600.0,
+        observers: Iterable[Observer] | None = None,
+    ) -> None:
         self.grid = grid
         self.sites = dict(sites)
         self.timeout = timeout
+        #: Called with every :class:`ProgressEvent`; an observer that raises is logged and skipped.
+        self.observers: list[Observer] = (
+            [notebook_progress] if observers is None else list(observers)
+        )
+
+    def notify(self, event: ProgressEvent) -> None:
+        """Tell every observer; an observer's failure never affects the query."""
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - progress display must not break a query
+                log.warning("progress observer %r failed", observer, exc_info=True)
 
     @property
     def site_names(self) -> list[str]:
@@ -49,6 +118,22 @@ class Coordinator:
                         group_id=request.query_id,
                     )
                 )
+        asked = tuple(n for n in self.sites.values() if n in wanted)
+        query_id = request.query_id
+        started = time.monotonic()
+
+        def event(kind: EventKind, **kw: Any) -> ProgressEvent:
+            return ProgressEvent(
+                kind,
+                query_id,
+                step=request.step,
+                sites=asked,
+                dataset=request.dataset,
+                elapsed=time.monotonic() - started,
+                **kw,
+            )
+
+        self.notify(event("round"))
         replies: dict[str, SiteReply] = {}
         for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
             name = self.sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
@@ -60,10 +145,13 @@ class Coordinator:
                 )
             else:
                 replies[name] = decode_reply(msg.content)
-        for name in wanted - set(replies):
-            replies[name] = SiteReply(
-                name, "error", error=FedHemError("no reply in time", site=name).to_dict()
-            )
+            self.notify(event("reply", site=name, status=replies[name].status))
+        for name in [*asked, *sorted(wanted - set(asked))]:
+            if name not in replies:
+                replies[name] = SiteReply(
+                    name, "error", error=FedHemError("no reply in time", site=name).to_dict()
+                )
+                self.notify(event("reply", site=name, status="error"))
         return replies
 
 
@@ -89,8 +177,38 @@ class Query:
         self._details: dict[str, list[tuple[str, str]]] = {s: [] for s in self.active}
         self._errors: dict[str, FedHemError] = {}
         self._notes: list[str] = []
+        self._started: float | None = None
+        self._finished = False
+
+    def _event(self, kind: EventKind, **kw: Any) -> ProgressEvent:
+        elapsed = 0.0 if self._started is None else time.monotonic() - self._started
+        return ProgressEvent(
+            kind,
+            self.query_id,
+            analysis=self.analysis,
+            dataset=self.dataset,
+            sites=tuple(self.coordinator.site_names),
+            elapsed=elapsed,
+            **kw,
+        )
+
+    def start(self) -> None:
+        """Tell the observers that this query begins (called by the first :meth:`ask`)."""
+        if self._started is None:
+            self._started = time.monotonic()
+            self.coordinator.notify(self._event("start"))
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Tell the observers that this query is over (idempotent; a no-op if it never started)."""
+        if self._started is None or self._finished:
+            return
+        self._finished = True
+        self.coordinator.notify(
+            self._event("done", status="error" if error is not None else "released")
+        )
 
     def ask(self, step: str, params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        self.start()
         request = SiteRequest(step, self.dataset, params, self.where, self.who, self.query_id)
         replies = self.coordinator.send(request, self.active)
         payloads: dict[str, dict[str, Any]] = {}

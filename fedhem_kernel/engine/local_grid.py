@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -112,10 +112,23 @@ class LocalGrid(Grid):
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
+    ) -> Iterator[Message]:
+        """Push now; the returned iterator yields each reply as soon as its site has answered.
+
+        Replies come in completion order (a slow site does not hold back the others' progress);
+        iteration ends when every site has answered or ``timeout`` seconds have passed.
+        """
         ids = list(self.push_messages(messages))
-        wait([self._pending[i] for i in ids], timeout=timeout)
-        return self.pull_messages(ids)
+        return self._replies_as_completed(ids, timeout)
+
+    def _replies_as_completed(self, ids: list[str], timeout: float | None) -> Iterator[Message]:
+        futures = {self._pending[i]: i for i in ids}
+        try:
+            for future in as_completed(futures, timeout=timeout):
+                self._pending.pop(futures[future], None)
+                yield message_from_proto(ProtoMessage.FromString(future.result()))
+        except TimeoutError:  # the sites that have not answered get "no reply in time"
+            return
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

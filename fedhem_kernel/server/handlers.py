@@ -104,6 +104,12 @@ class _FedHemHandler(APIHandler):
         except FedHemError as exc:
             status = 404 if exc.dataset is not None and exc.column is None else 400
             raise web.HTTPError(status, str(exc)) from None
+        except Exception as exc:  # a broken config or an unwritable site folder: say so, briefly
+            self.log.exception("FedHem: the federation could not answer")
+            raise web.HTTPError(
+                503,
+                f"the federation could not be loaded ({type(exc).__name__}); see the server log",
+            ) from None
         self.finish(body)
 
 

@@ -1,0 +1,334 @@
+// FedHem result widgets (anywidget ES module, no build step, no imports).
+// One module for every FedHem widget; `_kind` picks the view. The privacy panel is composed into
+// every result view. All text goes in through textContent (site names and reasons are not HTML).
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+  "#7f7f7f", "#bcbd22", "#17becf"];
+const STATUS_TEXT = {
+  released: "released",
+  suppressed: "released, with suppression",
+  refused: "refused",
+  error: "error",
+  waiting: "waiting",
+};
+
+function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = String(text);
+  return node;
+}
+
+function fmt(value) {
+  if (value === null || value === undefined) return "";
+  if (typeof value !== "number") return String(value);
+  if (Number.isInteger(value)) return String(value);
+  const abs = Math.abs(value);
+  if (abs !== 0 && (abs >= 1e6 || abs < 1e-3)) return value.toExponential(3);
+  return String(Number(value.toPrecision(4)));
+}
+
+function badge(status, text) {
+  return h("span", { class: `fedhem-badge fedhem-badge-${status}` }, text || STATUS_TEXT[status] || status);
+}
+
+// -- privacy report panel ---------------------------------------------------------------------
+function renderPrivacy(state, root) {
+  root.classList.add("fedhem-privacy");
+  root.replaceChildren();
+  if (!state || !state.outcomes) return root;
+  root.append(h("div", { class: "fedhem-privacy-title" }, h("b", {}, "Privacy report"),
+    ` ${state.analysis} on '${state.dataset}'`));
+  const counts = {};
+  for (const o of state.outcomes) counts[o.status] = (counts[o.status] || 0) + 1;
+  root.append(h("div", { class: "fedhem-privacy-summary" },
+    Object.entries(counts).map(([status, n]) => badge(status, `${n} ${STATUS_TEXT[status] || status}`))));
+  const body = state.outcomes.map((o) => {
+    const reasons = o.rules.length
+      ? o.rules.map((rule, i) => h("div", { class: "fedhem-reason" }, h("b", {}, rule), `: ${o.details[i] || ""}`))
+      : ["—"];
+    return h("tr", { "data-site": o.site, "data-status": o.status },
+      h("td", {}, o.site), h("td", {}, badge(o.status)), h("td", { class: "fedhem-reasons" }, reasons));
+  });
+  root.append(h("table", { class: "fedhem-grid" },
+    h("thead", {}, h("tr", {}, h("th", {}, "site"), h("th", {}, "outcome"), h("th", {}, "rules applied"))),
+    h("tbody", {}, body)));
+  if (state.notes && state.notes.length) {
+    root.append(h("ul", { class: "fedhem-notes" }, state.notes.map((n) => h("li", {}, n))));
+  }
+  return root;
+}
+
+// -- results table ------------------------------------------------------------------------------
+function renderTable(state) {
+  const head = [...state.index_names.map((n) => h("th", { class: "fedhem-index" }, n)),
+    ...state.columns.map((c) => h("th", {}, c))];
+  if (state.columns_name && state.index_names.length) {
+    const last = head[state.index_names.length - 1];
+    last.textContent = last.textContent ? `${last.textContent} \\ ${state.columns_name}` : state.columns_name;
+  }
+  const rows = state.rows.map((row) => h("tr", {},
+    row.index.map((v) => h("th", { class: "fedhem-index" }, v)),
+    row.values.map((v, i) => {
+      const flag = row.flags[i];
+      if (flag === "suppressed") {
+        return h("td", { class: "fedhem-cell-suppressed", "data-flag": "suppressed" },
+          h("span", { class: "fedhem-badge fedhem-suppressed-badge",
+            title: "withheld by a site's privacy policy (small count, or derivable from totals)" },
+          "suppressed"));
+      }
+      if (flag === "na") {
+        return h("td", { class: "fedhem-cell-na", "data-flag": "na", title: "not released or not defined" }, "—");
+      }
+      return h("td", { class: typeof v === "number" ? "fedhem-num" : "" }, fmt(v));
+    })));
+  return h("div", { class: "fedhem-table-block" },
+    h("table", { class: "fedhem-grid fedhem-data" }, h("thead", {}, h("tr", {}, head)), h("tbody", {}, rows)));
+}
+
+function renderResultTables(model, el) {
+  el.classList.add("fedhem-table", "fedhem-result-w");
+  const draw = () => {
+    const tables = model.get("tables") || [];
+    const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, model.get("title")));
+    tables.forEach((t, i) => {
+      if (i === 0) {
+        if (t.caption) main.append(h("div", { class: "fedhem-caption" }, t.caption));
+        main.append(renderTable(t));
+      } else {
+        main.append(h("details", { class: "fedhem-more" }, h("summary", {}, t.caption || `table ${i + 1}`), renderTable(t)));
+      }
+    });
+    if (model.get("footnote")) main.append(h("div", { class: "fedhem-note" }, model.get("footnote")));
+    el.replaceChildren(main, renderPrivacy(model.get("privacy"), h("div")));
+  };
+  draw();
+  const events = "change:tables change:title change:footnote change:privacy";
+  model.on(events, draw);
+  return () => model.off(events, draw);
+}
+
+// -- Kaplan–Meier -------------------------------------------------------------------------------
+function niceTicks(max, target) {
+  if (!(max > 0)) return [0];
+  const raw = max / target;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const m = raw / p;
+  const step = (m < 1.5 ? 1 : m < 3 ? 2 : m < 7 ? 5 : 10) * p;
+  const out = [];
+  for (let i = 0; i * step <= max * (1 + 1e-9); i++) out.push(Number((i * step).toPrecision(12)));
+  return out;
+}
+
+// index of the last time <= t (-1 before the first)
+function stepIndex(times, t) {
+  let lo = 0, hi = times.length;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (times[mid] <= t) lo = mid + 1; else hi = mid; }
+  return lo - 1;
+}
+
+// number at risk at t: at_risk of the first released row with time >= t (0 after the last)
+function atRiskAt(table, t) {
+  let lo = 0, hi = table.time.length;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (table.time[mid] < t) lo = mid + 1; else hi = mid; }
+  return lo < table.at_risk.length ? table.at_risk[lo] : 0;
+}
+
+function groupEnd(g, fallback) {
+  const times = g.table.time;
+  return times.length ? times[times.length - 1] : fallback;
+}
+
+function renderKM(model, el) {
+  el.classList.add("fedhem-km", "fedhem-result-w");
+  let cleanupHover = () => {};
+  const draw = () => {
+    cleanupHover();
+    const km = model.get("km") || {};
+    const groups = km.groups || [];
+    const timeline = km.timeline || [];
+    const unit = km.unit ? ` ${km.unit}` : "";
+    const tMax = Math.max(timeline.length ? timeline[timeline.length - 1] : 0,
+      ...groups.map((g) => (g.table.time.length ? g.table.time[g.table.time.length - 1] : 0)), 1e-9);
+    const longest = Math.max(8, ...groups.map((g) => g.name.length));
+    const left = Math.min(160, Math.max(56, 7 * longest + 28)), right = 18, top = 12, plotH = 260;
+    const width = 680, plotW = width - left - right;
+    const riskTop = top + plotH + 44, rowH = 17;
+    const height = riskTop + 18 + rowH * groups.length + 4;
+    const x = (t) => left + (t / tMax) * plotW;
+    const y = (s) => top + (1 - s) * plotH;
+    const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "fedhem-km-svg", role: "img",
+      "aria-label": km.title || "Kaplan–Meier curves" });
+    // axes and grid
+    const xTicks = niceTicks(tMax, 6).filter((t) => t <= tMax * (1 + 1e-9));
+    for (const s of [0, 0.25, 0.5, 0.75, 1]) {
+      root.append(svg("line", { x1: left, x2: left + plotW, y1: y(s), y2: y(s), class: "fedhem-km-grid" }));
+      root.append(svg("text", { x: left - 6, y: y(s) + 4, "text-anchor": "end", class: "fedhem-km-tick" }, s));
+    }
+    for (const t of xTicks) {
+      root.append(svg("line", { x1: x(t), x2: x(t), y1: top, y2: top + plotH, class: "fedhem-km-grid" }));
+      root.append(svg("text", { x: x(t), y: top + plotH + 15, "text-anchor": "middle", class: "fedhem-km-tick" }, fmt(t)));
+    }
+    root.append(svg("rect", { x: left, y: top, width: plotW, height: plotH, class: "fedhem-km-frame" }));
+    root.append(svg("text", { x: left + plotW / 2, y: top + plotH + 32, "text-anchor": "middle", class: "fedhem-km-label" },
+      `${km.duration || "time"}${km.unit ? ` (${km.unit})` : ""}`));
+    root.append(svg("text", { x: 12, y: top + plotH / 2, "text-anchor": "middle", class: "fedhem-km-label",
+      transform: `rotate(-90 12 ${top + plotH / 2})` }, "survival probability"));
+    // bands, curves, merged-step ticks
+    groups.forEach((g, gi) => {
+      const colour = PALETTE[gi % PALETTE.length];
+      const s = g.survival.map((v) => (v === null ? 1 : v));
+      const lo = g.lower.map((v, i) => (v === null ? s[i] : v));
+      const hi = g.upper.map((v, i) => (v === null ? s[i] : v));
+      // a curve ends at its group's last released time (nobody of the group is followed beyond)
+      const end = groupEnd(g, tMax);
+      const n = Math.max(1, stepIndex(timeline, end) + 1);
+      if (!timeline.length) return;
+      let band = `M${x(timeline[0])},${y(hi[0])}`;
+      for (let j = 1; j < n; j++) band += `H${x(timeline[j])}V${y(hi[j])}`;
+      band += `H${x(end)}V${y(lo[n - 1])}`;
+      for (let j = n - 1; j >= 1; j--) band += `H${x(timeline[j])}V${y(lo[j - 1])}`;
+      band += `H${x(timeline[0])}Z`;
+      root.append(svg("path", { d: band, fill: colour, class: "fedhem-km-band", "data-group": g.name }));
+      let line = `M${x(timeline[0])},${y(s[0])}`;
+      for (let j = 1; j < n; j++) line += `H${x(timeline[j])}V${y(s[j])}`;
+      line += `H${x(end)}`;
+      root.append(svg("path", { d: line, stroke: colour, class: "fedhem-km-curve", "data-group": g.name }));
+      if (Object.keys(g.merged || {}).length) {
+        g.table.time.forEach((t, r) => {
+          if (!(g.table.observed[r] > 0)) return;
+          const sy = y(s[Math.max(0, stepIndex(timeline, t))]);
+          root.append(svg("circle", { cx: x(t), cy: sy, r: 2.5, stroke: colour,
+            class: "fedhem-km-merged", "data-group": g.name, "data-time": t }));
+        });
+      }
+    });
+    // numbers at risk under the plot, at the x ticks
+    root.append(svg("text", { x: 4, y: riskTop, class: "fedhem-km-label" }, "number at risk"));
+    groups.forEach((g, gi) => {
+      const ry = riskTop + 18 + gi * rowH;
+      root.append(svg("text", { x: 4, y: ry, fill: PALETTE[gi % PALETTE.length], class: "fedhem-km-risk-name" },
+        g.name.length > 20 ? `${g.name.slice(0, 19)}…` : g.name));
+      for (const t of xTicks) {
+        root.append(svg("text", { x: x(t), y: ry, "text-anchor": "middle", class: "fedhem-km-risk",
+          "data-group": g.name, "data-time": t }, atRiskAt(g.table, t)));
+      }
+    });
+    // hover: a guide line and a tooltip with time, S(t), CI and number at risk per group
+    const guide = svg("line", { y1: top, y2: top + plotH, class: "fedhem-km-guide", visibility: "hidden" });
+    const overlay = svg("rect", { x: left, y: top, width: plotW, height: plotH, class: "fedhem-km-overlay" });
+    root.append(guide, overlay);
+    const tip = h("div", { class: "fedhem-km-tooltip", hidden: true });
+    const plot = h("div", { class: "fedhem-km-plot" }, root, tip);
+    const move = (ev) => {
+      const box = root.getBoundingClientRect();
+      if (!box.width) return;
+      const px = ((ev.clientX - box.left) * width) / box.width;
+      const t = Math.min(tMax, Math.max(0, ((px - left) / plotW) * tMax));
+      guide.setAttribute("x1", x(t)); guide.setAttribute("x2", x(t)); guide.setAttribute("visibility", "visible");
+      const j = Math.max(0, stepIndex(timeline, t));
+      tip.replaceChildren(h("div", { class: "fedhem-km-tip-time" }, `t = ${fmt(t)}${unit}`),
+        ...groups.map((g, gi) => h("div", {},
+          h("span", { class: "fedhem-swatch", style: `background:${PALETTE[gi % PALETTE.length]}` }),
+          t > groupEnd(g, tMax)
+            ? `${g.name}: after the last released time (${fmt(groupEnd(g, tMax))}${unit})`
+            : `${g.name}: S = ${fmt(g.survival[j])} [${fmt(g.lower[j])}, ${fmt(g.upper[j])}], at risk ${atRiskAt(g.table, t)}`)));
+      tip.hidden = false;
+      const pbox = plot.getBoundingClientRect();
+      const tx = ev.clientX - pbox.left + 14;
+      tip.style.left = `${Math.min(tx, Math.max(0, pbox.width - 260))}px`;
+      tip.style.top = `${ev.clientY - pbox.top + 10}px`;
+    };
+    const leave = () => { tip.hidden = true; guide.setAttribute("visibility", "hidden"); };
+    overlay.addEventListener("mousemove", move);
+    overlay.addEventListener("mouseleave", leave);
+    cleanupHover = () => { overlay.removeEventListener("mousemove", move); overlay.removeEventListener("mouseleave", leave); };
+    // legend: groups, medians and what the sites merged or withheld
+    const legend = h("div", { class: "fedhem-km-legend" }, groups.map((g, gi) => {
+      const merged = Object.entries(g.merged || {});
+      return h("div", { class: "fedhem-km-legend-item", "data-group": g.name },
+        h("span", { class: "fedhem-swatch", style: `background:${PALETTE[gi % PALETTE.length]}` }),
+        h("b", {}, g.name), ` median ${g.median === null ? "not reached" : fmt(g.median) + unit}`,
+        merged.length ? h("span", { class: "fedhem-km-mark fedhem-km-merged-note",
+          title: "a site merged steps with counts below its minimum into neighbours; each marked step may combine several event times" },
+        `○ merged steps (${merged.map(([site, k]) => `${site}: ${k}`).join(", ")})`) : null,
+        g.withheld_by && g.withheld_by.length ? h("span", { class: "fedhem-km-mark fedhem-km-withheld" },
+          `withheld by ${g.withheld_by.join(", ")}: curve from the other sites`) : null);
+    }), (km.not_shown || []).map((g) => h("div", { class: "fedhem-km-legend-item fedhem-km-withheld" },
+      h("b", {}, g.name), ` not shown: withheld by ${g.withheld_by.join(", ")}`)));
+    const grid = km.time_step === null || km.time_step === undefined
+      ? "exact times"
+      : `times coarsened at the sites to a grid of step ${fmt(km.time_step)} (${km.unit || "units"})`;
+    const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, km.title || ""), plot, legend,
+      h("div", { class: "fedhem-note" }, `${grid}; curves pooled from the sites' released event tables; shaded: 95% confidence interval.`));
+    el.replaceChildren(main, renderPrivacy(model.get("privacy"), h("div")));
+  };
+  draw();
+  model.on("change:km change:privacy", draw);
+  return () => { cleanupHover(); model.off("change:km change:privacy", draw); };
+}
+
+// -- per-site progress -----------------------------------------------------------------------
+function renderProgress(model, el) {
+  el.classList.add("fedhem-progress");
+  let revealed = false;
+  let timer = null;
+  const draw = () => {
+    const sites = model.get("sites") || [];
+    const answered = sites.filter((s) => s.status !== "waiting").length;
+    const done = model.get("done");
+    const head = done
+      ? `${model.get("title")}: ${model.get("failed") ? "failed" : "finished"} after ${fmt(model.get("elapsed"))} s`
+      : `${model.get("title")}: ${answered}/${sites.length} sites answered${model.get("step") ? ` (step ${model.get("step")})` : ""}`;
+    el.replaceChildren(h("div", { class: "fedhem-progress-head" }, head),
+      h("progress", { max: Math.max(1, sites.length), value: done ? Math.max(1, sites.length) : answered }),
+      h("ul", { class: "fedhem-progress-sites" }, sites.map((s) => h("li", { "data-site": s.site, "data-status": s.status },
+        badge(s.status), ` ${s.site}`))));
+  };
+  const reveal = () => { revealed = true; el.style.display = ""; draw(); };
+  el.style.display = "none"; // a query that finishes within the delay never shows
+  if (model.get("done")) {
+    if (model.get("elapsed") * 1000 >= model.get("delay_ms")) reveal();
+  } else {
+    timer = setTimeout(() => { if (!model.get("done")) reveal(); }, model.get("delay_ms"));
+  }
+  const update = () => { if (revealed) draw(); };
+  const events = "change:sites change:step change:done change:elapsed change:title";
+  model.on(events, update);
+  return () => { clearTimeout(timer); model.off(events, update); };
+}
+
+function renderStandalonePrivacy(model, el) {
+  const draw = () => renderPrivacy(model.get("privacy"), el);
+  draw();
+  model.on("change:privacy", draw);
+  return () => model.off("change:privacy", draw);
+}
+
+const VIEWS = { km: renderKM, table: renderResultTables, privacy: renderStandalonePrivacy, progress: renderProgress };
+
+export default {
+  render({ model, el }) {
+    const view = VIEWS[model.get("_kind")];
+    if (!view) {
+      el.textContent = `unknown FedHem widget '${model.get("_kind")}'`;
+      return undefined;
+    }
+    return view(model, el);
+  },
+};
