@@ -54,11 +54,20 @@ def ensure_chromium() -> Path:
     """Install Debian's chromium when missing (as CI does); fail, never skip, when that is impossible."""
     if CHROMIUM.exists():
         return CHROMIUM
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    sudo = [] if root else ["sudo", "-n"]  # as a user, only with password-less sudo
+    can_sudo = root or (
+        shutil.which("sudo") is not None
+        and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0
+    )
+    if can_sudo and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=False, env=env, timeout=600)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, timeout=1200
+            [*sudo, "apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            env=env,
+            timeout=1200,
         )
     if not CHROMIUM.exists():
         pytest.fail(
