@@ -16,7 +16,12 @@ import pandas as pd
 from flwr.app import Context, RecordDict
 
 from fedhem_kernel.activity import ActivityLog, default_user
+from fedhem_kernel.analyses.cox import CoxResult, run_cox
 from fedhem_kernel.analyses.crosstab import CrosstabResult, run_crosstab
+from fedhem_kernel.analyses.cumulative_incidence import (
+    CumulativeIncidenceResult,
+    run_cumulative_incidence,
+)
 from fedhem_kernel.analyses.describe import DescribeResult, run_describe
 from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_meier
 from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
@@ -291,11 +296,87 @@ class Federation:
         return self._run(q, lambda q: run_kaplan_meier(q, duration, event, group))
 
     def logrank(
-        self, dataset: str, duration: str, event: str, group: str, where: str | None = None
+        self,
+        dataset: str,
+        duration: str,
+        event: str,
+        group: str,
+        strata: str | Sequence[str] | None = None,
+        weightings: str | None = None,
+        p: float | None = None,
+        q: float | None = None,
+        where: str | None = None,
     ) -> LogrankResult:
-        """Log-rank test of equal survival across the levels of ``group``."""
-        q = self._query("logrank", dataset, where)
-        return self._run(q, lambda q: run_logrank(q, duration, event, group))
+        """Log-rank test of equal survival across the levels of ``group``.
+
+        ``strata``: a column, a list of columns or ``"site"`` for a stratified test (observed minus
+        expected and its variance summed over strata). ``weightings`` as lifelines'
+        ``multivariate_logrank_test``: ``None``, ``"wilcoxon"``, ``"tarone-ware"``, ``"peto"`` or
+        ``"fleming-harrington"`` (with ``p`` and ``q``).
+        """
+        query = self._query("logrank", dataset, where)
+        return self._run(
+            query,
+            lambda query: run_logrank(
+                query, duration, event, group, strata=strata, weightings=weightings, p=p, q=q
+            ),
+        )
+
+    def cumulative_incidence(
+        self,
+        dataset: str,
+        duration: str,
+        event: str,
+        event_of_interest: int | str | None = None,
+        group: str | None = None,
+        where: str | None = None,
+        cause_names: Mapping[int, str] | None = None,
+        combine_competing: bool = False,
+    ) -> CumulativeIncidenceResult:
+        """Cumulative incidence of competing causes (Aalen–Johansen), with Gray's test by ``group``.
+
+        ``event`` is a numeric column coded 0 = censored, 1, 2, ... = the cause of the event
+        (e.g. 1 = relapse, 2 = death without relapse). ``event_of_interest`` (a code, or a name
+        from ``cause_names``; default the lowest cause) is the cause Gray's test compares across the
+        levels of ``group``. ``cause_names`` labels the causes, e.g. ``{1: "relapse"}``.
+        ``combine_competing=True`` counts every other cause as one "competing causes" curve (use it
+        when a rare cause makes a site withhold its table).
+        """
+        q = self._query("cumulative_incidence", dataset, where)
+        return self._run(
+            q,
+            lambda q: run_cumulative_incidence(
+                q, duration, event, event_of_interest, group, cause_names, combine_competing
+            ),
+        )
+
+    def cox(
+        self,
+        dataset: str,
+        duration: str,
+        event: str,
+        covariates: str | Sequence[str],
+        strata: str | Sequence[str] | None = None,
+        ties: str = "efron",
+        where: str | None = None,
+    ) -> CoxResult:
+        """Cox proportional-hazards model, fitted on the pooled partial likelihood.
+
+        ``covariates``: numeric columns enter as they are; categorical columns as 0/1 columns for
+        every level but the first in sorted order (named ``column_level``). ``strata``: a column, a
+        list of columns, or ``"site"`` for a separate baseline hazard per site. ``ties``:
+        ``"efron"`` (lifelines' default) or ``"breslow"`` (scikit-survival's default). The result
+        is named as lifelines' ``CoxPHFitter`` (``summary``, ``params_``, ``variance_matrix_``,
+        ``log_likelihood_``, ``log_likelihood_ratio_test()``).
+        """
+        q = self._query("cox", dataset, where)
+        covs = [covariates] if isinstance(covariates, str) else list(covariates)
+        cat = self.catalog(dataset)
+        categorical = sorted(
+            set(cat.loc[cat["dtype"] == "category", "column"])
+            & {c for c in covs if isinstance(c, str)}
+        )
+        return self._run(q, lambda q: run_cox(q, duration, event, covs, strata, ties, categorical))
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

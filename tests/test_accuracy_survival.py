@@ -55,12 +55,17 @@ def test_kaplan_meier_equals_pooled_lifelines(name, duration, event, group):
 @pytest.mark.parametrize(("name", "duration", "event", "group"), CASES)
 def test_logrank_equals_pooled_lifelines(name, duration, event, group):
     df = public(name)
-    ref = multivariate_logrank_test(df[duration], df[group].astype(str), df[event])
+    weightings = [None, "wilcoxon", "tarone-ware", "peto", "fleming-harrington"]
     with federation(df, seed=1) as fed:
-        res = fed.logrank("data", duration, event, group)
-    assert res.degrees_of_freedom == ref.degrees_of_freedom
-    assert res.test_statistic == pytest.approx(ref.test_statistic, rel=1e-8)
-    assert res.p_value == pytest.approx(ref.p_value, rel=1e-6, abs=1e-300)
+        for w in weightings:  # stratified and more weightings: tests/test_logrank.py
+            kw = {"p": 1.0, "q": 1.0} if w == "fleming-harrington" else {}
+            ref = multivariate_logrank_test(
+                df[duration], df[group].astype(str), df[event], weightings=w, **kw
+            )
+            res = fed.logrank("data", duration, event, group, weightings=w, **kw)
+            assert res.degrees_of_freedom == ref.degrees_of_freedom
+            assert res.test_statistic == pytest.approx(ref.test_statistic, rel=1e-8), w
+            assert res.p_value == pytest.approx(ref.p_value, rel=1e-6, abs=1e-300), w
 
 
 def test_logrank_with_a_where_filter_equals_lifelines_on_the_filtered_rows():

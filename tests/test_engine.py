@@ -71,3 +71,16 @@ def test_policy_is_the_sites_not_the_researchers():
     with pytest.raises(fh.DisclosureError, match="allowed_analyses"):
         fed.crosstab("d", "g", "site")
     assert fed.policies["s"].allowed_analyses == ("describe",)
+
+
+def test_local_grid_counts_the_bytes_each_site_sends():
+    fed = fh.Federation.demo()
+    grid = fed._coordinator.grid
+    before = dict(grid.bytes_received)
+    fed.describe("aml", ["age"])
+    after = grid.bytes_received
+    for node_id in fed._coordinator.sites:
+        assert after[node_id] > before[node_id]  # every site replied with something on the wire
+        assert grid.bytes_sent[node_id] > 0
+    assert set(grid.replies_received) == set(fed._coordinator.sites)
+    fed.close()

@@ -6,12 +6,20 @@ Adding an analysis: write one module with its site step(s), combine step and res
 
 from __future__ import annotations
 
-from fedhem_kernel.analyses import crosstab, describe, kaplan_meier, levels, logrank
+from fedhem_kernel.analyses import (
+    cox,
+    crosstab,
+    cumulative_incidence,
+    describe,
+    kaplan_meier,
+    levels,
+    logrank,
+)
 from fedhem_kernel.analyses.base import SiteStep
 
 SITE_STEPS: dict[str, SiteStep] = {
     step.name: step
-    for module in (levels, describe, crosstab, kaplan_meier, logrank)
+    for module in (levels, describe, crosstab, kaplan_meier, logrank, cumulative_incidence, cox)
     for step in module.STEPS
 }
 

@@ -74,6 +74,11 @@ Properties kept on purpose for the privacy layer: rare combinations (TP53 in ELN
 very-high-risk MDS with SF3B1, strokes in HbSbeta+), long survival tails with few patients at
 risk, and about 2 % missing values in ``aml.wbc`` and ``scd.hbf_pct`` (at least one per site).
 Survival times, statuses and the risk-group columns are never missing.
+
+Competing risks: ``aml.efs_months`` / ``aml.efs_cause`` is event-free survival with the cause of the
+first event, 1 = relapse (at the relapse time), 2 = death without relapse, 0 = censored. Both are
+derived from the simulated relapse and death times without further random draws, so every other
+column is the same as before they were added.
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ COLUMN_TYPES: dict[str, dict[str, dict[str, str]]] = {
         "os_months": {"type": "float", **_MONTHS},
         "os_status": {"type": "int"},
         "relapse": {"type": "int"},
+        "efs_months": {"type": "float", **_MONTHS},
+        "efs_cause": {"type": "int"},
     },
     "mds": {
         "age": {"type": "float"},
@@ -411,6 +418,12 @@ def _make_aml(site: str, seed: int, n: int) -> pd.DataFrame:
     t_relapse = np.where(cured, rng.uniform(6.0, 30.0, n), t_death * rng.uniform(0.35, 0.85, n))
     relapsing = np.where(cured, rng.random(n) < 0.08, in_cr)
     relapse = relapsing & (t_relapse <= censor) & (t_relapse < t_death)
+    wbc_observed = _blank_some(rng, wbc, 0.02)  # the last draw: columns above never change
+
+    # Event-free survival with competing causes, derived without further random draws:
+    # 1 = relapse (at the relapse time), 2 = death without relapse, 0 = censored (alive, no relapse).
+    efs_months = np.where(relapse, np.maximum(np.round(t_relapse, 2), 0.01), os_months)
+    efs_cause = np.where(relapse, 1, np.where(os_status == 1, 2, 0))
 
     return _frame(
         "aml",
@@ -421,11 +434,13 @@ def _make_aml(site: str, seed: int, n: int) -> pd.DataFrame:
             "npm1": npm1,
             "flt3_itd": flt3,
             "tp53": tp53,
-            "wbc": _blank_some(rng, wbc, 0.02),
+            "wbc": wbc_observed,
             "treatment_intensity": intensity,
             "os_months": os_months,
             "os_status": os_status,
             "relapse": relapse,
+            "efs_months": np.minimum(efs_months, os_months),
+            "efs_cause": efs_cause,
         },
     )
 

@@ -8,6 +8,8 @@
 - :mod:`~fedhem_kernel.display.mimebundle`: ``_repr_mimebundle_`` of the results (widget inside a
   kernel, HTML and text always).
 - :mod:`~fedhem_kernel.display.progress`: the progress widget shown while a slow query runs.
+- :mod:`~fedhem_kernel.display.cif`, :mod:`~fedhem_kernel.display.cif_widget`: competing risks,
+  stacked cumulative-incidence panels (PNG, HTML and the ``cif`` widget view).
 
 Importing this package imports nothing else (ipywidgets loads only when a widget is made).
 """

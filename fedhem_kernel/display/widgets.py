@@ -178,14 +178,16 @@ def logrank_widget(result: LogrankResult) -> ResultTableWidget:
         index=pd.Index(["test_statistic", "p", "degrees_of_freedom"], name=result.test_name),
         dtype=object,
     )
-    return ResultTableWidget(
-        f"log-rank test on '{result.privacy.dataset}'",
-        [
-            table_state(head, ""),
-            table_state(result.summary, "observed and expected events"),
-        ],
-        result.privacy,
-    )
+    tables = [
+        table_state(head, ""),
+        table_state(
+            result.summary,
+            "observed and expected events" + (" (summed over strata)" if result.strata else ""),
+        ),
+    ]
+    if result.strata_tests is not None:
+        tables.append(table_state(result.strata_tests, "test within each stratum"))
+    return ResultTableWidget(result.title, tables, result.privacy)
 
 
 def _rows_mask(df: pd.DataFrame, rows: pd.Series, exclude: tuple[str, ...] = ()) -> pd.DataFrame:

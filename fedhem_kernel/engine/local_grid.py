@@ -57,6 +57,10 @@ class LocalGrid(Grid):
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(nodes) or 1)))
         self._pending: dict[str, Future[bytes]] = {}
         self._run = Run.create_empty(next(_run_ids))
+        #: Bytes on the wire per node: what the coordinator sent to it and what it sent back.
+        self.bytes_sent: dict[int, int] = dict.fromkeys(self._nodes, 0)
+        self.bytes_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
+        self.replies_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -86,7 +90,10 @@ class LocalGrid(Grid):
         except Exception:  # noqa: BLE001 - as a SuperNode would: an error reply, no text from the app
             reply = Message(Error(code=1, reason="the site's ClientApp failed"), reply_to=msg)
         _set_message_id(reply, uuid.uuid4().hex)
-        return message_to_proto(reply).SerializeToString()
+        data = message_to_proto(reply).SerializeToString()
+        self.bytes_received[node_id] += len(data)
+        self.replies_received[node_id] += 1
+        return data
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
@@ -97,6 +104,7 @@ class LocalGrid(Grid):
             message_id = uuid.uuid4().hex
             _set_message_id(message, message_id)
             wire = message_to_proto(message).SerializeToString()
+            self.bytes_sent[node_id] += len(wire)
             self._pending[message_id] = self._pool.submit(self._deliver, node_id, wire)
             ids.append(message_id)
         return ids

@@ -13,7 +13,14 @@ from typing import Any
 
 from fedhem_kernel.errors import ParameterError
 
-KNOWN_ANALYSES = ("levels", "describe", "crosstab", "kaplan_meier", "logrank")
+KNOWN_ANALYSES = (
+    "levels",
+    "describe",
+    "crosstab",
+    "kaplan_meier",
+    "logrank",
+    "cumulative_incidence",
+)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ last time if it has no event). Its KM factor is ``1 - events / at_risk``; the ta
 tail are merged backwards; when even a single row for the whole group breaks a rule, nothing is released
 for that group. With ``k == 1`` and exact times the table is the exact event table (lifelines'
 ``event_table``), so pooled results equal the pooled reference.
+
+Competing risks (:class:`CauseEventTable`) follow the same rules with one event count per cause: a row
+is released only when every cause count and the censored count are 0 or >= k.
 """
 
 from __future__ import annotations
@@ -140,5 +143,121 @@ def check_event_table(table: EventTable, k: int) -> list[str]:
             problems.append(f"{name} count below minimum")
     nxt = table.at_risk[1:]
     if np.any(table.at_risk[:-1] - table.events[:-1] - table.censored[:-1] != nxt):
+        problems.append("inconsistent table")
+    return problems
+
+
+# -- competing risks: event tables with one event count per cause ----------------------------------
+@dataclass(frozen=True)
+class CauseEventTable:
+    """Event table of one group at one site with competing causes (distinct times ascending).
+
+    ``events`` has one column per cause (times × causes); a row's events of any cause are the row
+    sum. The same rules as :class:`EventTable` hold for every cause column and the censored count.
+    """
+
+    time: np.ndarray
+    at_risk: np.ndarray
+    events: np.ndarray
+    censored: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+
+def cause_event_table(times: np.ndarray, cause: np.ndarray, n_causes: int) -> CauseEventTable:
+    """Distinct times with at-risk, per-cause event and censored counts (vectorised).
+
+    ``cause`` holds, per patient, the column of the cause of the event (``0 .. n_causes - 1``) or -1
+    for a censored patient.
+    """
+    t = np.asarray(times, dtype=float)
+    c = np.asarray(cause, dtype=np.int64)
+    uniq, inverse = np.unique(t, return_inverse=True)
+    total = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+    has_event = c >= 0
+    flat = inverse[has_event] * n_causes + c[has_event]
+    events = np.bincount(flat, minlength=len(uniq) * n_causes).astype(np.int64)
+    events = events.reshape(len(uniq), n_causes)
+    censored = total - events.sum(axis=1)
+    at_risk = len(t) - np.concatenate(([0], np.cumsum(total)[:-1]))
+    return CauseEventTable(uniq, at_risk.astype(np.int64), events, censored)
+
+
+def _all_ok(values: np.ndarray, k: int) -> bool:
+    return bool(np.all((values == 0) | (values >= k)))
+
+
+def merge_small_cause_steps(table: CauseEventTable, k: int) -> tuple[CauseEventTable | None, int]:
+    """:func:`merge_small_steps` for competing causes: every cause count of every released row and
+    every censored count is 0 or at least ``k``, every at-risk count at least ``k``.
+
+    A merged row carries the at-risk count at its start, the summed counts per cause and censored,
+    and the time of its last event of any cause (its last time if it has none). Returns the
+    releasable table (``None`` when nothing can be released) and the number of source rows merged
+    into a neighbour.
+    """
+    rows = len(table)
+    if rows == 0:
+        return None, 0
+    if k <= 1:
+        return table, 0
+    t, n, d, c = table.time, table.at_risk, table.events, table.censored
+    cum_d = np.vstack([np.zeros((1, d.shape[1]), dtype=np.int64), np.cumsum(d, axis=0)])
+    cum_c = np.concatenate(([0], np.cumsum(c)))
+
+    def block_ok(first: int, last: int) -> bool:
+        return _all_ok(cum_d[last + 1] - cum_d[first], k) and _all_ok(
+            np.asarray(cum_c[last + 1] - cum_c[first]), k
+        )
+
+    blocks: list[list[int]] = []  # [first, last] source rows
+    i = 0
+    while i < rows and n[i] >= k:
+        j = i
+        while j < rows and not block_ok(i, j):
+            j += 1
+        if j == rows:
+            break  # rows i.. form an incomplete tail
+        blocks.append([i, j])
+        i = j + 1
+    if i < rows:  # tail: rows that cannot stand alone join the previous block
+        if blocks:
+            blocks[-1][1] = rows - 1
+        else:
+            blocks.append([0, rows - 1])
+    while len(blocks) > 1 and not block_ok(*blocks[-1]):
+        last = blocks.pop()
+        blocks[-1][1] = last[1]
+    first, last = blocks[-1]
+    if n[first] < k or not block_ok(first, last):
+        return None, rows
+    starts = np.array([b[0] for b in blocks])
+    ends = np.array([b[1] for b in blocks])
+    any_event = d.sum(axis=1) > 0
+    # time of the last event in each block: the last source row with an event, else the block's end
+    last_event = np.maximum.accumulate(np.where(any_event, np.arange(rows), -1))[ends]
+    time = t[np.where(last_event >= starts, last_event, ends)]
+    out = CauseEventTable(
+        time.astype(float),
+        n[starts].astype(np.int64),
+        (cum_d[ends + 1] - cum_d[starts]).astype(np.int64),
+        (cum_c[ends + 1] - cum_c[starts]).astype(np.int64),
+    )
+    return out, rows - len(blocks)
+
+
+def check_cause_event_table(table: CauseEventTable, k: int) -> list[str]:
+    """Rules a competing-risks table breaks (empty list = releasable): the last gate before release."""
+    problems = []
+    if k <= 1:
+        return problems
+    if np.any(table.at_risk < k):
+        problems.append("at-risk count below minimum")
+    for name, values in (("event", table.events), ("censored", table.censored)):
+        if np.any((values > 0) & (values < k)):
+            problems.append(f"{name} count below minimum")
+    leaving = table.events.sum(axis=1) + table.censored
+    if np.any(table.at_risk[:-1] - leaving[:-1] != table.at_risk[1:]):
         problems.append("inconsistent table")
     return problems

@@ -283,6 +283,146 @@ function renderKM(model, el) {
   return () => { cleanupHover(); model.off("change:km change:privacy", draw); };
 }
 
+// -- cumulative incidence (competing risks) -----------------------------------------------------
+// One panel per group. "stacked": the causes are stacked bands (event of interest at the bottom),
+// the space above them is the event-free probability; "curves": one step curve per cause with its
+// 95% band. Numbers at risk under each panel, hover values, Gray's test in the legend.
+const CAUSE_COLOURS = ["#d62728", "#1f77b4", "#7f7f7f", "#9467bd", "#8c564b", "#2ca02c", "#e377c2"];
+
+function cifPanel(cif, g, mode, tMax) {
+  const width = 360, left = 46, right = 12, top = 10, plotH = 200, plotW = width - left - right;
+  const riskTop = top + plotH + 46, height = riskTop + 22;
+  const x = (t) => left + (t / tMax) * plotW;
+  const y = (p) => top + (1 - p) * plotH;
+  const timeline = cif.timeline || [];
+  const end = groupEnd(g, tMax);
+  const n = Math.max(1, stepIndex(timeline, end) + 1);
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "fedhem-km-svg fedhem-cif-svg", role: "img",
+    "aria-label": `cumulative incidence, ${g.name}`, "data-group": g.name });
+  const xTicks = niceTicks(tMax, 4).filter((t) => t <= tMax * (1 + 1e-9));
+  for (const p of [0, 0.25, 0.5, 0.75, 1]) {
+    root.append(svg("line", { x1: left, x2: left + plotW, y1: y(p), y2: y(p), class: "fedhem-km-grid" }));
+    root.append(svg("text", { x: left - 5, y: y(p) + 4, "text-anchor": "end", class: "fedhem-km-tick" }, p));
+  }
+  for (const t of xTicks) {
+    root.append(svg("line", { x1: x(t), x2: x(t), y1: top, y2: top + plotH, class: "fedhem-km-grid" }));
+    root.append(svg("text", { x: x(t), y: top + plotH + 14, "text-anchor": "middle", class: "fedhem-km-tick" }, fmt(t)));
+  }
+  root.append(svg("rect", { x: left, y: top, width: plotW, height: plotH, class: "fedhem-km-frame" }));
+  root.append(svg("text", { x: left + plotW / 2, y: top + plotH + 30, "text-anchor": "middle", class: "fedhem-km-label" },
+    `${cif.duration || "time"}${cif.unit ? ` (${cif.unit})` : ""}`));
+  const steps = (vals) => {
+    let d = `M${x(timeline[0])},${y(vals[0])}`;
+    for (let j = 1; j < n; j++) d += `H${x(timeline[j])}V${y(vals[j])}`;
+    return d + `H${x(end)}`;
+  };
+  const val = (v) => (v === null || v === undefined ? 0 : v);
+  let base = timeline.map(() => 0);
+  (cif.causes || []).forEach((cause, ci) => {
+    const colour = CAUSE_COLOURS[ci % CAUSE_COLOURS.length];
+    const f = g.cif[ci].map(val);
+    if (!timeline.length) return;
+    if (mode === "stacked") {
+      const top_ = f.map((v, j) => base[j] + v);
+      let area = steps(top_);
+      area += `V${y(base[n - 1])}`;
+      for (let j = n - 1; j >= 1; j--) area += `H${x(timeline[j])}V${y(base[j - 1])}`;
+      area += `H${x(timeline[0])}Z`;
+      root.append(svg("path", { d: area, fill: colour, class: "fedhem-cif-area", "data-group": g.name, "data-cause": cause }));
+      root.append(svg("path", { d: steps(top_), stroke: colour, class: "fedhem-km-curve fedhem-cif-edge", "data-cause": cause }));
+      base = top_;
+    } else {
+      const lo = g.lower[ci].map(val), hi = g.upper[ci].map(val);
+      let band = `M${x(timeline[0])},${y(hi[0])}`;
+      for (let j = 1; j < n; j++) band += `H${x(timeline[j])}V${y(hi[j])}`;
+      band += `H${x(end)}V${y(lo[n - 1])}`;
+      for (let j = n - 1; j >= 1; j--) band += `H${x(timeline[j])}V${y(lo[j - 1])}`;
+      band += `H${x(timeline[0])}Z`;
+      root.append(svg("path", { d: band, fill: colour, class: "fedhem-km-band", "data-group": g.name, "data-cause": cause }));
+      root.append(svg("path", { d: steps(f), stroke: colour, class: "fedhem-km-curve", "data-group": g.name, "data-cause": cause }));
+    }
+  });
+  root.append(svg("text", { x: 4, y: riskTop, class: "fedhem-km-label" }, "number at risk"));
+  for (const t of xTicks) {
+    root.append(svg("text", { x: x(t), y: riskTop + 16, "text-anchor": "middle", class: "fedhem-km-risk",
+      "data-group": g.name, "data-time": t }, atRiskAt(g.table, t)));
+  }
+  const guide = svg("line", { y1: top, y2: top + plotH, class: "fedhem-km-guide", visibility: "hidden" });
+  const overlay = svg("rect", { x: left, y: top, width: plotW, height: plotH, class: "fedhem-km-overlay" });
+  root.append(guide, overlay);
+  const tip = h("div", { class: "fedhem-km-tooltip", hidden: true });
+  const title = h("div", { class: "fedhem-cif-panel-title" }, g.name,
+    g.withheld_by && g.withheld_by.length ? h("span", { class: "fedhem-km-mark fedhem-km-withheld" },
+      `withheld by ${g.withheld_by.join(", ")}: curves from the other sites`) : null,
+    Object.keys(g.merged || {}).length ? h("span", { class: "fedhem-km-mark fedhem-km-merged-note",
+      title: "a site merged steps with counts below its minimum into neighbours" },
+    `merged steps (${Object.entries(g.merged).map(([s, k]) => `${s}: ${k}`).join(", ")})`) : null);
+  const panel = h("div", { class: "fedhem-km-plot fedhem-cif-panel", "data-group": g.name }, title, root, tip);
+  const unit = cif.unit ? ` ${cif.unit}` : "";
+  const move = (ev) => {
+    const box = root.getBoundingClientRect();
+    if (!box.width) return;
+    const px = ((ev.clientX - box.left) * width) / box.width;
+    const t = Math.min(tMax, Math.max(0, ((px - left) / plotW) * tMax));
+    guide.setAttribute("x1", x(t)); guide.setAttribute("x2", x(t)); guide.setAttribute("visibility", "visible");
+    const j = Math.max(0, stepIndex(timeline, t));
+    const rows = t > end
+      ? [h("div", {}, `after the last released time (${fmt(end)}${unit})`)]
+      : (cif.causes || []).map((cause, ci) => h("div", {},
+        h("span", { class: "fedhem-swatch", style: `background:${CAUSE_COLOURS[ci % CAUSE_COLOURS.length]}` }),
+        `${cause}: ${fmt(g.cif[ci][j])} [${fmt(g.lower[ci][j])}, ${fmt(g.upper[ci][j])}]`));
+    tip.replaceChildren(h("div", { class: "fedhem-km-tip-time" }, `${g.name}, t = ${fmt(t)}${unit}`), ...rows,
+      h("div", {}, `at risk ${atRiskAt(g.table, t)}`));
+    tip.hidden = false;
+    const pbox = panel.getBoundingClientRect();
+    tip.style.left = `${Math.min(ev.clientX - pbox.left + 14, Math.max(0, pbox.width - 240))}px`;
+    tip.style.top = `${ev.clientY - pbox.top + 10}px`;
+  };
+  const leave = () => { tip.hidden = true; guide.setAttribute("visibility", "hidden"); };
+  overlay.addEventListener("mousemove", move);
+  overlay.addEventListener("mouseleave", leave);
+  return { panel, cleanup: () => { overlay.removeEventListener("mousemove", move); overlay.removeEventListener("mouseleave", leave); } };
+}
+
+function renderCIF(model, el) {
+  el.classList.add("fedhem-cif", "fedhem-result-w");
+  let cleanups = [];
+  const draw = () => {
+    cleanups.forEach((f) => f());
+    const cif = model.get("cif") || {};
+    const mode = model.get("mode") === "curves" ? "curves" : "stacked";
+    const groups = cif.groups || [];
+    const timeline = cif.timeline || [];
+    const tMax = Math.max(timeline.length ? timeline[timeline.length - 1] : 0, 1e-9);
+    const panels = groups.map((g) => cifPanel(cif, g, mode, tMax));
+    cleanups = panels.map((p) => p.cleanup);
+    const toggle = h("div", { class: "fedhem-cif-mode", role: "group" }, ["stacked", "curves"].map((m) => {
+      const b = h("button", { type: "button", class: `fedhem-cif-mode-${m}${m === mode ? " fedhem-cif-active" : ""}`,
+        "aria-pressed": m === mode ? "true" : "false" }, m === "stacked" ? "stacked" : "curves with 95% CI");
+      b.addEventListener("click", () => { model.set("mode", m); model.save_changes(); if (model.fire) model.fire("mode"); });
+      return b;
+    }));
+    const legend = h("div", { class: "fedhem-km-legend fedhem-cif-legend" },
+      (cif.causes || []).map((cause, ci) => h("div", { class: "fedhem-km-legend-item", "data-cause": cause },
+        h("span", { class: "fedhem-swatch", style: `background:${CAUSE_COLOURS[ci % CAUSE_COLOURS.length]}; height: 10px` }),
+        h("b", {}, cause), cause === cif.event_of_interest ? " (event of interest)" : "")),
+      mode === "stacked" ? h("div", { class: "fedhem-note" }, "white above the bands: event-free") : null,
+      cif.gray ? h("div", { class: "fedhem-cif-gray" },
+        `Gray's test for ${cif.gray.cause} across ${cif.group}: χ² = ${fmt(cif.gray.statistic)}, df = ${cif.gray.df}, p = ${fmt(cif.gray.p)}`) : null,
+      (cif.not_shown || []).map((g) => h("div", { class: "fedhem-km-legend-item fedhem-km-withheld" },
+        h("b", {}, g.name), ` not shown: withheld by ${g.withheld_by.join(", ")}`)));
+    const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, cif.title || ""), toggle,
+      h("div", { class: "fedhem-cif-panels" }, panels.map((p) => p.panel)), legend,
+      cif.gray_tests ? h("details", { class: "fedhem-more" }, h("summary", {}, "Gray's test for every cause"), renderTable(cif.gray_tests)) : null,
+      h("div", { class: "fedhem-note" }, [...(cif.notes || []), "curves pooled from the sites' released event tables (Aalen–Johansen)."].join("; ")));
+    el.replaceChildren(main, renderPrivacy(model.get("privacy"), h("div")));
+  };
+  draw();
+  const events = "change:cif change:mode change:privacy";
+  model.on(events, draw);
+  return () => { cleanups.forEach((f) => f()); model.off(events, draw); };
+}
+
 // -- per-site progress -----------------------------------------------------------------------
 function renderProgress(model, el) {
   el.classList.add("fedhem-progress");
@@ -320,7 +460,8 @@ function renderStandalonePrivacy(model, el) {
   return () => model.off("change:privacy", draw);
 }
 
-const VIEWS = { km: renderKM, table: renderResultTables, privacy: renderStandalonePrivacy, progress: renderProgress };
+const VIEWS = { km: renderKM, table: renderResultTables, privacy: renderStandalonePrivacy, progress: renderProgress,
+  cif: renderCIF };
 
 export default {
   render({ model, el }) {

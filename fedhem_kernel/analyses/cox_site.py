@@ -1,0 +1,688 @@
+"""Site side of the federated Cox model: the design, its release rules and the per-iteration sums.
+
+Two site steps (registered in :mod:`fedhem_kernel.analyses.cox`):
+
+``cox_setup``
+    Builds the design (numeric covariates as they are, categorical ones as 0/1 columns for every
+    agreed level but the first), applies the release rules below and releases, per stratum, the
+    times of its steps that hold events, the number of events at each, the patient count and the sum
+    of the covariates over the events; and, over all its rows, the count, mean and centred sum of
+    squares of every design column (the coordinator pools them into the scaling lifelines uses).
+
+``cox_sums``
+    For the current coefficients (in standardised units) and, per stratum, the pooled grid of event
+    times: at every grid time the risk-set sums S0 = Σ exp(zβ), S1 = Σ z·exp(zβ), S2 = Σ zzᵀ·exp(zβ)
+    (upper triangle), and for Efron's ties the same sums over the events at that time (only where
+    the pooled count of events is above one). One reply per Newton iteration.
+
+Release rules (all at the site, all before anything is computed):
+
+- rows with a missing value in the model's columns are left out; if 1..k-1 of them would be, the
+  site refuses (``min_subset_size``: a fit on everyone else could be differenced from one on all);
+- ``max_parameters``: at most one parameter per 10 patients (like the rules below, not applied
+  under ``Policy.unrestricted()``, whose minimum cell count is 1);
+- ``min_cell_count``: every level of a categorical covariate present at the site has >= k patients,
+  no covariate singles out 1..k-1 patients (all but a few share one value: the one-hot attack), every
+  stratum has >= k patients;
+- times are coarsened to the policy grid and the steps of each stratum merged exactly as for
+  Kaplan–Meier (:func:`~fedhem_kernel.privacy.survival.merge_small_steps`): every step has >= k at
+  risk and 0 or >= k events and censorings. A risk-set sum is only ever released at one of these
+  steps, so the difference of any two released sums covers 0 or >= k patients;
+- ``max_coefficient``: a step with a coefficient above 20 standard units (a hazard ratio of e^20 per
+  standard deviation) is refused: such weights would let one patient dominate a risk-set sum.
+
+The design, sorted once by (stratum, step, event), is cached for the duration of one fit (keyed by
+the fit id, every design parameter and the cohort's rows), so an iteration costs a few vectorised
+passes over the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.analyses.base import Payload, SiteData
+from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.privacy.policy import time_step
+from fedhem_kernel.privacy.survival import (
+    check_event_table,
+    coarsen_times,
+    event_table,
+    merge_small_steps,
+)
+
+#: Largest coefficient (standardised units) a site computes sums for.
+MAX_COEFFICIENT = 20.0
+#: A site needs at least this many patients per model parameter.
+ROWS_PER_PARAMETER = 10
+#: Rows per chunk when summing the outer products (keeps temporaries near 16 MiB).
+_CHUNK_BYTES = 16 * 2**20
+#: Cached designs kept per site (one running fit needs one).
+_CACHE_PER_SITE = 2
+
+SITE_STRATUM = "site"
+
+
+# -- parameters -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DesignParams:
+    """What fixes a site's design: columns, level coding, strata and ties."""
+
+    duration: str
+    event: str
+    covariates: tuple[str, ...]
+    categorical: dict[str, tuple[str, ...]]
+    strata: str | tuple[str, ...] | None
+    ties: str
+
+    @classmethod
+    def from_params(cls, params: Payload) -> DesignParams:
+        def name(key: str) -> str:
+            value = params.get(key)
+            if not isinstance(value, str) or not value:
+                raise ParameterError(f"'{key}' must be a column name")
+            return value
+
+        covs = params.get("covariates")
+        if not isinstance(covs, list | tuple) or not covs:
+            raise ParameterError("'covariates' must be a non-empty list of column names")
+        if not all(isinstance(c, str) and c for c in covs):
+            raise ParameterError("'covariates' must be a non-empty list of column names")
+        cats = params.get("categorical") or {}
+        if not isinstance(cats, dict) or not all(
+            isinstance(v, list | tuple) and all(isinstance(x, str) for x in v)
+            for v in cats.values()
+        ):
+            raise ParameterError("'categorical' must map columns to lists of levels")
+        strata = params.get("strata")
+        if isinstance(strata, list | tuple):
+            if not strata or not all(isinstance(c, str) and c for c in strata):
+                raise ParameterError("'strata' must be column names, 'site' or None")
+            strata = tuple(strata)
+        elif strata is not None and strata != SITE_STRATUM:
+            raise ParameterError("'strata' must be column names, 'site' or None")
+        ties = params.get("ties", "efron")
+        if ties not in ("efron", "breslow"):
+            raise ParameterError("'ties' must be 'efron' or 'breslow'")
+        return cls(
+            name("duration"),
+            name("event"),
+            tuple(covs),
+            {str(c): tuple(v) for c, v in cats.items()},
+            strata,
+            str(ties),
+        )
+
+    def digest(self) -> str:
+        doc = {
+            "duration": self.duration,
+            "event": self.event,
+            "covariates": list(self.covariates),
+            "categorical": {c: list(v) for c, v in sorted(self.categorical.items())},
+            "strata": list(self.strata) if isinstance(self.strata, tuple) else self.strata,
+            "ties": self.ties,
+        }
+        return json.dumps(doc, sort_keys=True)
+
+
+# -- the design -----------------------------------------------------------------------------
+@dataclass
+class SiteStratum:
+    """One stratum at this site: its merged steps (global block ids ``lo..hi-1``)."""
+
+    label: tuple[str, ...]
+    n: int
+    lo: int
+    hi: int
+    block_times: np.ndarray
+    block_events: np.ndarray
+    event_sum: np.ndarray
+
+    @property
+    def event_times(self) -> np.ndarray:
+        return self.block_times[self.block_events > 0]
+
+
+@dataclass
+class SiteDesign:
+    """The analysis rows of one fit, sorted by (stratum, step, event); never leaves the site."""
+
+    columns: list[str]
+    x: np.ndarray  # (n, p) raw design, sorted
+    seg_starts: np.ndarray  # first row of each (step, event) segment
+    seg_block: np.ndarray  # its merged step (global id)
+    seg_event: np.ndarray  # whether it holds the step's events
+    n_blocks: int
+    row_block: np.ndarray  # per sorted row: its merged step (global id)
+    row_event: np.ndarray  # per sorted row: 1.0 for an event
+    strata: list[SiteStratum]
+    mean: np.ndarray
+    m2: np.ndarray
+    time_step: float | None
+    unit: str | None
+    notes: list[str] = field(default_factory=list)
+    suppressions: list[tuple[str, str]] = field(default_factory=list)
+    _z: tuple[bytes, np.ndarray] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def p(self) -> int:
+        return int(self.x.shape[1])
+
+    def standardised(self, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """The design in standard units, transposed (p × n): computed once per fit."""
+        key = center.tobytes() + scale.tobytes()
+        if self._z is None or self._z[0] != key:
+            zt = np.ascontiguousarray(self.x.T)
+            zt -= center[:, None]
+            zt /= scale[:, None]
+            self._z = (key, zt)
+        return self._z[1]
+
+    def replay(self, data: SiteData) -> None:
+        """Repeat the build's notes and suppressions in this request's release log."""
+        for text in self.notes:
+            data.log.note(text)
+        for rule, detail in self.suppressions:
+            data.log.suppressed(rule, detail)
+
+
+class _Recorder:
+    """Collects notes and suppressions while a design is built (replayed on every request)."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.suppressions: list[tuple[str, str]] = []
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    def suppressed(self, rule: str, detail: str) -> None:
+        self.suppressions.append((rule, detail))
+
+
+def _column_values(
+    data: SiteData, column: str, categorical: bool
+) -> tuple[np.ndarray | pd.Series, np.ndarray]:
+    if categorical:
+        labels = data.labels(column)
+        return labels, labels.isna().to_numpy()
+    values = data.numeric(column)
+    return values, np.isnan(values)
+
+
+def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
+    """Check every release rule and build the sorted design (raises on any refusal)."""
+    k = data.k
+    rec = _Recorder()
+    t = data.numeric(spec.duration)
+    e = data.numeric(spec.event)
+    missing = np.isnan(t) | np.isnan(e)
+    first_missing = (
+        spec.duration if np.isnan(t).any() else spec.event if np.isnan(e).any() else None
+    )
+    values: dict[str, Any] = {}
+    for column in spec.covariates:
+        values[column], miss = _column_values(data, column, column in spec.categorical)
+        if first_missing is None and miss.any():
+            first_missing = column
+        missing |= miss
+    strata_cols = spec.strata if isinstance(spec.strata, tuple) else ()
+    strata_values: dict[str, pd.Series] = {}
+    for column in strata_cols:
+        labels = data.labels(column)
+        miss = labels.isna().to_numpy()
+        if first_missing is None and miss.any():
+            first_missing = column
+        missing |= miss
+        strata_values[column] = labels
+    seen = ~missing
+    if (t[seen] < 0).any():
+        raise SchemaError("negative survival times", **data.err(spec.duration), rule="schema")
+    if not np.isin(e[seen], (0.0, 1.0)).all():
+        raise SchemaError("event indicator must be 0/1", **data.err(spec.event), rule="schema")
+
+    dropped = int(missing.sum())
+    if 0 < dropped < k:
+        raise data.refuse(
+            "min_subset_size",
+            f"fewer than {k} patients have a missing value in the model's columns: a fit without "
+            "them could be compared with one on the whole cohort (choose other columns, or a "
+            "cohort without them)",
+            first_missing,
+        )
+    if dropped:
+        rec.note("patients with a missing value in the model's columns are left out")
+    keep = ~missing
+    n = int(keep.sum())
+    if n == 0 or n < k:
+        raise data.refuse(
+            "min_cell_count", f"fewer than {k} patients have complete data for this model"
+        )
+
+    # design columns: numeric as is, categorical as 0/1 for every agreed level but the first
+    columns: list[str] = []
+    sources: list[str] = []
+    blocks: list[np.ndarray] = []
+    for column in spec.covariates:
+        if column in spec.categorical:
+            levels = spec.categorical[column]
+            labels = values[column][keep]
+            counts = labels.value_counts()
+            rare = [lv for lv, c in counts.items() if c < k or lv not in levels]
+            if rare:
+                raise data.refuse(
+                    "min_cell_count",
+                    f"a category of '{column}' has fewer than {k} patients at this site "
+                    "(merge rare categories, or leave the column out)",
+                    column,
+                )
+            arr = labels.to_numpy(dtype=object)
+            for level in levels[1:]:
+                columns.append(f"{column}_{level}")
+                sources.append(column)
+                blocks.append((arr == level).astype(float))
+        else:
+            columns.append(column)
+            sources.append(column)
+            blocks.append(np.asarray(values[column], dtype=float)[keep])
+    x = np.column_stack(blocks) if blocks else np.empty((n, 0))
+    p = x.shape[1]
+    if p == 0:
+        raise ParameterError("the model has no covariate columns", **data.err())
+    if k > 1 and p * ROWS_PER_PARAMETER > n:
+        raise data.refuse(
+            "max_parameters",
+            f"the model has {p} parameters: each site needs at least {ROWS_PER_PARAMETER} "
+            "patients per parameter",
+        )
+    if k > 1:
+        for j in range(p):
+            _, counts = np.unique(x[:, j], return_counts=True)
+            others = n - int(counts.max())
+            if 0 < others < k:
+                raise data.refuse(
+                    "min_cell_count",
+                    f"covariate '{columns[j]}' singles out fewer than {k} patients (all others "
+                    "share one value): their survival could be read from the fit",
+                    sources[j],
+                )
+
+    # strata
+    if isinstance(spec.strata, tuple):
+        frame = pd.DataFrame({c: strata_values[c][keep].to_numpy() for c in spec.strata})
+        codes = frame.groupby(list(spec.strata), sort=True).ngroup().to_numpy()
+        firsts = frame.drop_duplicates().sort_values(list(spec.strata))
+        labels_list = [tuple(str(v) for v in row) for row in firsts.itertuples(index=False)]
+        if len(labels_list) > data.policy.max_levels:
+            raise data.refuse(
+                "max_levels",
+                f"more than {data.policy.max_levels} strata",
+                spec.strata[0],
+            )
+    elif spec.strata == SITE_STRATUM:
+        codes = np.zeros(n, dtype=np.int64)
+        labels_list = [(data.site,)]
+    else:
+        codes = np.zeros(n, dtype=np.int64)
+        labels_list = [()]
+    sizes = np.bincount(codes, minlength=len(labels_list))
+    if k > 1 and (sizes < k).any():
+        cols = ", ".join(f"'{c}'" for c in spec.strata)  # type: ignore[union-attr]
+        raise data.refuse(
+            "min_cell_count",
+            f"a stratum of {cols} has fewer than {k} patients at this site",
+            spec.strata[0],  # type: ignore[index]
+        )
+
+    # times: coarsened, then merged per stratum exactly like a Kaplan–Meier table
+    unit = data.schema.column(spec.duration).unit
+    step = time_step(data.policy.time_resolution, unit)
+    tk, ek = t[keep], e[keep]
+    if step is not None:
+        tk = coarsen_times(tk, step)
+        rec.note(
+            f"times coarsened up to a grid of {data.policy.time_resolution}"
+            + ("" if unit else " (no unit declared: whole units)")
+        )
+    block = np.empty(n, dtype=np.int64)
+    strata: list[SiteStratum] = []
+    offset = 0
+    for s, label in enumerate(labels_list):
+        rows = np.flatnonzero(codes == s)
+        ts, es = tk[rows], ek[rows]
+        _, inverse = np.unique(ts, return_inverse=True)
+        source = event_table(ts, es)
+        merged, n_merged = merge_small_steps(source, k)
+        where = f"stratum {', '.join(label)}" if label and spec.strata != SITE_STRATUM else ""
+        if merged is None:
+            raise data.refuse(
+                "min_cell_count",
+                (f"{where}: " if where else "")
+                + f"too few events or censorings for any risk-set step of at least {k}",
+                spec.event,
+            )
+        problems = check_event_table(merged, k)
+        if problems:  # a bug in merging must never become a release
+            raise RuntimeError("Cox step table failed its release check: " + ", ".join(problems))
+        starts = np.searchsorted(-source.at_risk, -merged.at_risk)
+        local = np.searchsorted(starts, inverse, side="right") - 1
+        events_per_block = np.bincount(local, weights=es, minlength=len(merged)).astype(np.int64)
+        if not np.array_equal(events_per_block, merged.events):
+            raise RuntimeError("Cox step table does not match the merged event table")
+        if n_merged:
+            rec.suppressed(
+                "min_cell_count",
+                (f"{where}: " if where else "")
+                + f"{n_merged} time steps with counts below {k} merged into neighbours",
+            )
+        block[rows] = offset + local
+        ev = rows[es == 1]
+        strata.append(
+            SiteStratum(
+                label=label,
+                n=len(rows),
+                lo=offset,
+                hi=offset + len(merged),
+                block_times=np.asarray(merged.time, dtype=float),
+                block_events=np.asarray(merged.events, dtype=np.int64),
+                event_sum=x[ev].sum(axis=0),
+            )
+        )
+        offset += len(merged)
+
+    order = np.lexsort((ek, block))
+    key = block[order] * 2 + ek[order].astype(np.int64)
+    seg_starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    seg_key = key[seg_starts]
+    mean = x.mean(axis=0)
+    m2 = ((x - mean) ** 2).sum(axis=0)
+    return SiteDesign(
+        columns=columns,
+        x=np.ascontiguousarray(x[order]),
+        seg_starts=seg_starts,
+        seg_block=seg_key // 2,
+        seg_event=(seg_key % 2) == 1,
+        n_blocks=offset,
+        row_block=block[order],
+        row_event=ek[order].astype(float),
+        strata=strata,
+        mean=mean,
+        m2=m2,
+        time_step=step,
+        unit=unit,
+        notes=rec.notes,
+        suppressions=rec.suppressions,
+    )
+
+
+# -- cache (one fit's design across its iterations) -----------------------------------------
+_cache: dict[str, OrderedDict[tuple[str, ...], SiteDesign]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cache_key(data: SiteData, spec: DesignParams, fit_id: str) -> tuple[str, ...]:
+    rows = hashlib.blake2b(data.cohort.index.to_numpy().tobytes(), digest_size=16).hexdigest()
+    policy = json.dumps(data.policy.to_dict(), sort_keys=True, default=str)
+    return (data.dataset, fit_id, spec.digest(), rows, str(len(data.cohort)), policy)
+
+
+def site_design(data: SiteData, params: Payload) -> tuple[DesignParams, SiteDesign]:
+    """The design of this fit, from the cache when the same fit asked before."""
+    spec = DesignParams.from_params(params)
+    fit_id = params.get("fit")
+    key = _cache_key(data, spec, str(fit_id)) if isinstance(fit_id, str) and fit_id else None
+    if key is not None:
+        with _cache_lock:
+            design = _cache.get(data.site, OrderedDict()).get(key)
+        if design is not None:
+            design.replay(data)
+            return spec, design
+    design = build_design(data, spec)
+    design.replay(data)
+    if key is not None:
+        with _cache_lock:
+            entries = _cache.setdefault(data.site, OrderedDict())
+            entries[key] = design
+            entries.move_to_end(key)
+            while len(entries) > _CACHE_PER_SITE:
+                entries.popitem(last=False)
+    return spec, design
+
+
+def clear_cache() -> None:
+    """Forget every cached design (tests; a site may call it to free memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# -- site steps -----------------------------------------------------------------------------
+def site_cox_setup(data: SiteData, params: Payload) -> Payload:
+    _, design = site_design(data, params)
+    return {
+        "columns": design.columns,
+        "n": design.n,
+        "mean": design.mean,
+        "m2": design.m2,
+        "strata": [
+            {
+                "label": list(s.label),
+                "n": s.n,
+                "times": s.event_times,
+                "events": s.block_events[s.block_events > 0],
+                "event_sum": s.event_sum,
+            }
+            for s in design.strata
+        ],
+        "time_step": design.time_step,
+        "unit": design.unit,
+    }
+
+
+def _vector(params: Payload, key: str, p: int) -> np.ndarray:
+    value = np.asarray(params.get(key), dtype=float)
+    if value.shape != (p,) or not np.isfinite(value).all():
+        raise ParameterError(f"'{key}' must hold {p} finite numbers")
+    return value
+
+
+def triangle(p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major upper triangle (with diagonal) of a p×p matrix: how S2 travels."""
+    return np.triu_indices(p)
+
+
+def segment_sums(
+    zt: np.ndarray, w: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Σw, Σw·z and the upper triangle of Σw·zzᵀ over consecutive row segments.
+
+    ``zt`` is the design transposed (p × n, rows contiguous). Vectorised: ``np.add.reduceat``
+    along contiguous rows; the outer products are formed a chunk of rows at a time (about
+    16 MiB), never as an n×p×p array. Returns arrays of shape (s,), (s, p), (s, p(p+1)/2).
+    """
+    p, n = zt.shape
+    q = p * (p + 1) // 2
+    zwt = zt * w
+    a0 = np.add.reduceat(w, starts)
+    a1 = np.add.reduceat(zwt, starts, axis=1).T
+    a2 = np.zeros((len(starts), q))
+    offsets = np.concatenate(([0], np.cumsum(np.arange(p, 0, -1))))
+    chunk = max(256, _CHUNK_BYTES // (8 * max(q, 1)))
+    buf = np.empty((q, min(chunk, n)))
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        rows = hi - lo
+        for i in range(p):
+            np.multiply(zwt[i, lo:hi], zt[i:, lo:hi], out=buf[offsets[i] : offsets[i + 1], :rows])
+        first = int(np.searchsorted(starts, lo, side="right")) - 1
+        stop = int(np.searchsorted(starts, hi, side="left"))
+        local = np.concatenate(([lo], starts[first + 1 : stop])) - lo
+        a2[first:stop] += np.add.reduceat(buf[:, :rows], local, axis=1).T
+    return a0, a1, a2
+
+
+def _reverse_cumsum(values: np.ndarray) -> np.ndarray:
+    """Sums from each row to the last (accumulated from the end, as lifelines does), then a zero row."""
+    out = np.cumsum(values[::-1], axis=0)[::-1]
+    return np.concatenate((out, np.zeros((1, *values.shape[1:]))))
+
+
+def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.ndarray, np.ndarray]:
+    """The standardised design (p × n) and exp(zβ) for the requested coefficients, checked."""
+    p = design.p
+    beta = _vector(params, "beta", p)
+    center = _vector(params, "center", p)
+    scale = _vector(params, "scale", p)
+    if (scale <= 0).any():
+        raise ParameterError("'scale' must be positive")
+    if np.abs(beta).max(initial=0.0) > MAX_COEFFICIENT:
+        raise data.refuse(
+            "max_coefficient",
+            f"a coefficient above {MAX_COEFFICIENT:g} standard units (hazard ratio above "
+            f"e^{MAX_COEFFICIENT:g} per standard deviation): the model does not converge, and "
+            "such weights could single out a patient",
+        )
+    zt = design.standardised(center, scale)
+    w = np.exp(np.einsum("i,in->n", beta, zt))  # no BLAS call: see site_cox_hessian
+    if not np.isfinite(w).all():
+        raise data.refuse("max_coefficient", "the linear predictor overflows at this step")
+    return zt, w
+
+
+@dataclass(frozen=True)
+class _GridPoint:
+    """Where a stratum's pooled grid times fall among this site's merged steps."""
+
+    stratum: SiteStratum
+    idx: np.ndarray  # per grid time: the first step at or after it (n_steps: none)
+    tied: np.ndarray  # grid positions with tied events (pooled)
+    hit: np.ndarray  # per tied position: this site has an event step exactly there
+    step: np.ndarray  # per tied position: that step (local index; valid where hit)
+
+
+def _grid(design: SiteDesign, params: Payload) -> list[_GridPoint]:
+    """The strata of the pooled grid this site holds; ``grid=None``: its own event steps."""
+    grid = params.get("grid")
+    wanted: list[tuple[SiteStratum, np.ndarray, np.ndarray]] = []
+    by_label = {s.label: s for s in design.strata}
+    if grid is None:  # each stratum on its own event steps (strata="site")
+        for s in design.strata:
+            wanted.append((s, s.event_times, s.block_events[s.block_events > 0] > 1))
+    else:
+        if not isinstance(grid, list):
+            raise ParameterError("'grid' must be a list of strata")
+        for entry in grid:
+            label = tuple(str(v) for v in entry.get("label", []))
+            times = np.asarray(entry.get("times"), dtype=float).ravel()
+            tied = np.asarray(entry.get("tied", np.zeros(len(times), bool)), dtype=bool).ravel()
+            if tied.shape != times.shape:
+                raise ParameterError("'grid' times and tied flags differ in length")
+            if label in by_label:
+                wanted.append((by_label[label], times, tied))
+    out = []
+    for s, times, tied in wanted:
+        # released sums are only ever those of this site's own merged steps: a grid time maps to
+        # the first step at or after it
+        nb = s.hi - s.lo
+        idx = np.searchsorted(s.block_times, times, side="left")
+        tt = times[tied]
+        j = np.searchsorted(s.block_times, tt, side="left")
+        jc = np.clip(j, 0, nb - 1)
+        hit = (j < nb) & (s.block_times[jc] == tt)
+        out.append(_GridPoint(s, idx, tied, hit, jc))
+    return out
+
+
+def site_cox_sums(data: SiteData, params: Payload) -> Payload:
+    """Risk-set sums at the pooled grid times (``parts="all"``), or without S2/D2 (``"first"``)."""
+    spec, design = site_design(data, params)
+    parts = params.get("parts", "all")
+    if parts not in ("all", "first"):
+        raise ParameterError("'parts' must be 'all' or 'first'")
+    zt, w = _weights(data, design, params)
+    p = design.p
+    if parts == "all":
+        a0, a1, a2 = segment_sums(zt, w, design.seg_starts)
+    else:
+        a0 = np.add.reduceat(w, design.seg_starts)
+        a1 = np.add.reduceat(zt * w, design.seg_starts, axis=1).T
+        a2 = np.zeros((len(a0), 0))
+    # per merged step: all its rows (b), and its events only (e)
+    nb = design.n_blocks
+    first_seg = np.searchsorted(design.seg_block, np.arange(nb))
+    b0 = np.add.reduceat(a0, first_seg)
+    b1 = np.add.reduceat(a1, first_seg, axis=0)
+    b2 = np.add.reduceat(a2, first_seg, axis=0)
+    ev = design.seg_event
+    e0, e1, e2 = np.zeros(nb), np.zeros((nb, p)), np.zeros((nb, a2.shape[1]))
+    e0[design.seg_block[ev]] = a0[ev]
+    e1[design.seg_block[ev]] = a1[ev]
+    e2[design.seg_block[ev]] = a2[ev]
+    out = []
+    for g in _grid(design, params):
+        lo, hi = g.stratum.lo, g.stratum.hi
+        # risk-set sums at this site's merged steps (then nobody at risk after the last)
+        risk = [_reverse_cumsum(b[lo:hi]) for b in (b0, b1, b2)]
+        item: dict[str, Any] = {"label": list(g.stratum.label)}
+        names = ("S0", "S1", "S2") if parts == "all" else ("S0", "S1")
+        for name, r in zip(names, risk, strict=False):
+            item[name] = r[g.idx]
+        if spec.ties == "efron":  # event sums only where the pooled step has tied events
+            k = lo + g.step
+            for name, e in zip(("D0", "D1", "D2"), (e0, e1, e2), strict=True):
+                if parts == "first" and name == "D2":
+                    continue
+                mask = g.hit if e.ndim == 1 else g.hit[:, None]
+                item[name] = np.where(mask, e[k], 0.0)
+        out.append(item)
+    return {"strata": out}
+
+
+def site_cox_hessian(data: SiteData, params: Payload) -> Payload:
+    """Σ_t c1(t)·S2(t) - c2(t)·D2(t) over the pooled grid, for the coordinator's weights c.
+
+    The coordinator computes c1 (per grid time) and c2 (per tied grid time) from the pooled S0 and
+    D0 of the same coefficients. Because S2(t) sums the rows of the steps at or after t, the whole
+    contraction is one weighted product Zᵀ·diag(v)·Z with a weight per merged step (and a second
+    one for the step's events): it combines the same per-step groups a ``cox_sums`` reply would
+    release, never anything finer.
+    """
+    _, design = site_design(data, params)
+    zt, w = _weights(data, design, params)
+    weights = params.get("weights")
+    if not isinstance(weights, list):
+        raise ParameterError("'weights' must be a list of strata")
+    by_label = {tuple(str(v) for v in item.get("label", [])): item for item in weights}
+    nb = design.n_blocks
+    k1 = np.zeros(nb)
+    k2 = np.zeros(nb)
+    for g in _grid(design, params):
+        item = by_label.get(g.stratum.label)
+        if item is None:
+            continue
+        c1 = np.asarray(item.get("c1"), dtype=float).ravel()
+        c2 = np.asarray(item.get("c2", np.zeros(int(g.tied.sum()))), dtype=float).ravel()
+        if c1.shape != g.idx.shape or c2.shape != g.hit.shape:
+            raise ParameterError("'weights' do not match the grid")
+        if not (np.isfinite(c1).all() and np.isfinite(c2).all()):
+            raise ParameterError("'weights' must be finite")
+        lo, hi = g.stratum.lo, g.stratum.hi
+        # step b carries Σ c1 over the grid times mapped to steps <= b
+        k1[lo:hi] = np.cumsum(np.bincount(g.idx, weights=c1, minlength=hi - lo + 1))[: hi - lo]
+        k2[lo:hi] = np.bincount(g.step[g.hit], weights=c2[g.hit], minlength=hi - lo)
+    v = w * (k1[design.row_block] - design.row_event * k2[design.row_block])
+    # einsum's own loops, not BLAS: sites run in threads, and a multithreaded BLAS call per site
+    # costs more in thread wake-ups than this p×p product
+    h = np.einsum("in,jn->ij", zt * v, zt)
+    return {"hessian": h[np.triu_indices(design.p)]}
