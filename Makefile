@@ -74,6 +74,7 @@ $(HUB_PROXY): tests/jupyterhub/package.json tests/jupyterhub/package-lock.json |
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_survival.py
+	$(BIN)/python benchmarks/bench_cox.py --times both
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache

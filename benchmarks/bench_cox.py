@@ -24,8 +24,9 @@ import pandas as pd
 SCENARIOS = {"small": (100_000, 10, 5), "large": (1_000_000, 20, 10)}
 
 
-def make_rows(n: int, p: int, seed: int = 0) -> pd.DataFrame:
-    """Survival in days (as a registry records it), half binary and half continuous covariates."""
+def make_rows(n: int, p: int, seed: int = 0, times: str = "days") -> pd.DataFrame:
+    """Half binary, half continuous covariates; survival in whole days (as a registry records it)
+    or continuous (every time distinct: the hardest case for risk-set sums)."""
     rng = np.random.default_rng(seed)
     cols = {}
     for j in range(p):
@@ -36,7 +37,8 @@ def make_rows(n: int, p: int, seed: int = 0) -> pd.DataFrame:
     t = rng.exponential(1 / hazard)
     c = rng.uniform(30, 3650, n)
     df = pd.DataFrame(cols)
-    df["days"] = np.ceil(np.minimum(t, c)).astype(float)
+    observed = np.minimum(t, c)
+    df["days"] = np.ceil(observed) if times == "days" else observed
     df["death"] = (t <= c).astype(int)
     return df
 
@@ -45,8 +47,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker(kind: str, n: int, p: int, sites: int) -> dict:
-    df = make_rows(n, p)
+def worker(kind: str, n: int, p: int, sites: int, times: str) -> dict:
+    df = make_rows(n, p, times=times)
     covariates = [f"x{j}" for j in range(p)]
     out: dict = {"kind": kind, "rss_data_mb": peak_rss_mb()}
     if kind == "lifelines":
@@ -93,9 +95,9 @@ def worker(kind: str, n: int, p: int, sites: int) -> dict:
     return out
 
 
-def run(kind: str, n: int, p: int, sites: int) -> dict:
+def run(kind: str, n: int, p: int, sites: int, times: str) -> dict:
     done = subprocess.run(
-        [sys.executable, __file__, "--worker", kind, str(n), str(p), str(sites)],
+        [sys.executable, __file__, "--worker", kind, str(n), str(p), str(sites), times],
         capture_output=True,
         text=True,
         check=False,
@@ -105,13 +107,13 @@ def run(kind: str, n: int, p: int, sites: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def scenario(name: str, with_sksurv: bool) -> None:
+def scenario(name: str, with_sksurv: bool, times: str) -> None:
     n, p, sites = SCENARIOS[name]
-    print(f"\n== {name}: {n:,} rows × {p} covariates over {sites} sites (times in days) ==")
-    results = {k: run(k, n, p, sites) for k in ("fedhem-efron", "lifelines")}
+    print(f"\n== {name}: {n:,} rows × {p} covariates over {sites} sites (times: {times}) ==")
+    results = {k: run(k, n, p, sites, times) for k in ("fedhem-efron", "lifelines")}
     if with_sksurv:
-        results["fedhem-breslow"] = run("fedhem-breslow", n, p, sites)
-        results["sksurv"] = run("sksurv", n, p, sites)
+        results["fedhem-breslow"] = run("fedhem-breslow", n, p, sites, times)
+        results["sksurv"] = run("sksurv", n, p, sites, times)
     for k, r in results.items():
         extra = ""
         if "iterations" in r:
@@ -136,17 +138,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="small")
     parser.add_argument("--no-sksurv", action="store_true", help="skip scikit-survival (Breslow)")
+    parser.add_argument("--times", choices=["days", "continuous", "both"], default="days")
     parser.add_argument(
-        "--worker", nargs=4, metavar=("KIND", "N", "P", "SITES"), help=argparse.SUPPRESS
+        "--worker", nargs=5, metavar=("KIND", "N", "P", "SITES", "TIMES"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.worker:
-        kind, n, p, sites = args.worker
-        print(json.dumps(worker(kind, int(n), int(p), int(sites))))
+        kind, n, p, sites, times = args.worker
+        print(json.dumps(worker(kind, int(n), int(p), int(sites), times)))
         return
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    time_kinds = ["days", "continuous"] if args.times == "both" else [args.times]
     for name in names:
-        scenario(name, with_sksurv=not args.no_sksurv)
+        for times in time_kinds:
+            scenario(name, with_sksurv=not args.no_sksurv, times=times)
 
 
 if __name__ == "__main__":

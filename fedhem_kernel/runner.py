@@ -111,6 +111,14 @@ def _resolve_federation(federation: str | None) -> str | None:
     return str(path)
 
 
+def _shutdown(km: Any) -> None:
+    """NotebookClient leaves a kernel manager it did not create running: stop the kernel here."""
+    from jupyter_core.utils import run_sync
+
+    if run_sync(km.is_alive)():
+        run_sync(km.shutdown_kernel)(now=False)
+
+
 def default_output(notebook: Path) -> Path:
     return notebook.with_name(f"{notebook.stem}.executed.ipynb")
 
@@ -146,13 +154,14 @@ def run_notebook(
     kernel = kernel_name or nb.metadata.get("kernelspec", {}).get("name") or "fedhem"
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {}
-    if kernel_spec_manager is not None:  # NotebookClient takes no KernelSpecManager: a manager does
-        from jupyter_client.manager import AsyncKernelManager
+    from jupyter_client.manager import AsyncKernelManager
 
-        kwargs["km"] = AsyncKernelManager(
-            kernel_name=kernel, kernel_spec_manager=kernel_spec_manager
-        )
+    # A manager of our own (NotebookClient takes no KernelSpecManager), with CurveZMQ encryption when
+    # the kernelspec supports it (the fedhem kernel does).
+    manager_kwargs: dict[str, Any] = {"kernel_name": kernel, "transport_encryption": "auto"}
+    if kernel_spec_manager is not None:
+        manager_kwargs["kernel_spec_manager"] = kernel_spec_manager
+    kwargs: dict[str, Any] = {"km": AsyncKernelManager(**manager_kwargs)}
     client = NotebookClient(
         nb,
         kernel_name=kernel,
@@ -166,6 +175,8 @@ def run_notebook(
             client.execute()
         except CellExecutionError as exc:
             failure = str(exc).strip().splitlines()[-1] if str(exc).strip() else "a cell failed"
+        finally:
+            _shutdown(kwargs["km"])
     nb.metadata["fedhem"] = {
         "input": str(source),
         "parameters": params,

@@ -37,8 +37,10 @@ def public(name: str) -> pd.DataFrame:
     from lifelines import datasets
 
     df = getattr(datasets, f"load_{name}")()
-    if name == "lung":  # status 1 = censored, 2 = dead
-        df = df.assign(status=(df["status"] == 2).astype(int))
+    if name == "lung" and set(df["status"].unique()) <= {1, 2}:  # R's coding: 1 censored, 2 dead
+        df = df.assign(status=(df["status"] == 2).astype(int))  # (lifelines >= 0.30 ships 0/1)
+    if "status" in df and name == "lung":
+        assert set(df["status"].unique()) == {0, 1}, "lung must have both events and censoring"
     return df
 
 

@@ -184,3 +184,16 @@ def test_internal_errors_are_sanitised(fed, monkeypatch):
     assert "internal error" in str(info.value)
     assert_clean(str(info.value))
     assert_clean(fed.audit_log().to_string())
+
+
+def test_a_filtered_dataframe_keeps_every_row():
+    # A frame cut from a bigger one keeps its index labels (e.g. 3, 7, 12, ...); loading must not
+    # align on them (that once turned two thirds of the rows into missing values).
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"age": rng.normal(60, 10, 300), "t": rng.exponential(10, 300) + 0.1})
+    df["e"] = (rng.random(300) < 0.7).astype(int)
+    part = df[df.index % 3 != 0]
+    fed = fh.Federation.local({"a": {"d": part}, "b": {"d": df}}, policy=fh.Policy.unrestricted())
+    table = fed.describe("d", ["age"]).table
+    assert int(table.loc["age", "count"]) == len(part) + len(df)
+    fed.close()

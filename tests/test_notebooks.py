@@ -11,6 +11,7 @@ import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,11 @@ def test_notebook_runs_on_the_fedhem_kernel(path, kernel_specs, monkeypatch):
         timeout=120,
         resources={"metadata": {"path": str(path.parent)}},
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:  # a manager we made is ours to stop (NotebookClient only stops its own)
+        if run_sync(km.is_alive)():
+            run_sync(km.shutdown_kernel)(now=True)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)

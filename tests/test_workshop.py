@@ -28,6 +28,7 @@ import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
 import fedhem_kernel as fh
@@ -105,13 +106,17 @@ def execute(
         # the kernelspec installed into the temporary prefix (not whatever the environment has).
         km = AsyncKernelManager(kernel_name="fedhem", kernel_spec_manager=kernel_specs)
         assert Path(km.kernel_spec.resource_dir).is_relative_to(prefix_of(kernel_specs))
-        NotebookClient(
-            nb,
-            km=km,
-            timeout=120,
-            allow_errors=True,  # collect every error, then assert on them
-            resources={"metadata": {"path": str(path.parent)}},
-        ).execute()
+        try:
+            NotebookClient(
+                nb,
+                km=km,
+                timeout=120,
+                allow_errors=True,  # collect every error, then assert on them
+                resources={"metadata": {"path": str(path.parent)}},
+            ).execute()
+        finally:  # a manager we made is ours to stop (NotebookClient only stops its own)
+            if run_sync(km.is_alive)():
+                run_sync(km.shutdown_kernel)(now=True)
         return nb
 
     return run

@@ -2,20 +2,27 @@
 
 Rounds: ``levels`` for each categorical covariate (every site codes the same dummies; the first level
 in sorted order is the reference, as ``pd.get_dummies(..., drop_first=True)`` does), ``cox_setup``
-(each site checks its rules and releases its event steps, see :mod:`~fedhem_kernel.analyses.cox_site`),
-then one ``cox_sums`` round per Newton iteration. The coordinator pools the risk-set sums per stratum
-(sums across sites are additive at each pooled event time), evaluates the log partial likelihood, its
-gradient and Hessian with Efron's or Breslow's handling of ties, and steps exactly as lifelines'
-``CoxPHFitter`` does: covariates standardised with the pooled mean and standard deviation, β = 0 to
-start, lifelines' step-size schedule and its three stopping rules (step norm, relative change of the
-log-likelihood, Newton decrement). Standard errors come from the inverse Hessian.
+(each site checks its rules and releases its merged time steps, see
+:mod:`~fedhem_kernel.analyses.cox_site`), then per Newton iteration one ``cox_sums`` round (the
+sites' per-step sums, from which the coordinator builds the risk-set sums S0, S1, S2 at every pooled
+event time of each stratum: additive across sites) and, when per-step S2 would make replies large,
+a second ``cox_hessian`` round (see :func:`fit_cox`); a ``cox_release`` round at the end.
+
+The coordinator evaluates the log partial likelihood, gradient and Hessian with Efron's or Breslow's
+handling of ties and steps exactly as lifelines' ``CoxPHFitter`` does: covariates standardised with
+the pooled mean and standard deviation, β = 0 to start, lifelines' step-size schedule and its three
+stopping rules (step norm 1e-7, relative change of the log-likelihood 1e-9, Newton decrement 1e-7).
+Efron fits therefore stop where lifelines stops (which is not always the optimum to 1e-6: on lung,
+lifelines is 2e-5 short of it); Breslow fits, compared with scikit-survival, run the same steps to a
+tolerance of 1e-12. Standard errors come from the inverse Hessian.
 
 Under ``Policy.unrestricted()`` the sites' steps are their exact distinct times and the fit equals
 lifelines on the pooled rows; under a coarser policy it is a Cox fit on the sites' released time
-steps (grouped times, ties by Efron) and the result says so.
+steps (grouped times) and the result says so.
 
 Extension points: :func:`fit_cox` returns a :class:`CoxFit` with the pooled per-stratum sums at the
-final coefficients (``CoxFit.strata``) and :func:`evaluate` computes log-likelihood, gradient and
+final coefficients (``CoxFit.strata``: S0, S1 and, for Efron, D0, D1 at tied times; S2/D2 too when
+one round per iteration was used) and :func:`evaluate` computes log-likelihood, gradient and
 Hessian from such sums; ``CoxResult.fit`` keeps the :class:`CoxFit`.
 """
 
@@ -28,19 +35,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, stats
+from scipy import linalg
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteStep, param_columns
+from fedhem_kernel.analyses.cox_result import CoxResult, LikelihoodRatioTest, summary_frame
 from fedhem_kernel.analyses.cox_site import (
     MAX_COEFFICIENT,
     SITE_STRATUM,
     site_cox_hessian,
+    site_cox_release,
     site_cox_setup,
     site_cox_sums,
 )
 from fedhem_kernel.analyses.levels import require_levels
 from fedhem_kernel.errors import FedHemError, ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport
+
+__all__ = ["CoxFit", "CoxResult", "LikelihoodRatioTest", "STEPS", "fit_cox", "run_cox"]
 
 TIES = ("efron", "breslow")
 BRESLOW_PRECISION = 1e-12
@@ -128,6 +138,7 @@ class PooledStratum:
     event_sum: np.ndarray  # Σ over events of the raw covariates
     sites: tuple[str, ...]
     n: int
+    site_steps: dict[str, np.ndarray] = field(default_factory=dict)  # each site's merged steps
     S0: np.ndarray | None = None
     S1: np.ndarray | None = None
     S2: np.ndarray | None = None  # packed upper triangle per time
@@ -180,6 +191,12 @@ def time_weights(st: PooledStratum, ties: str) -> TimeWeights:
         c1[tied], c2[tied], c3[tied], c4[tied], c5[tied] = sums
         log_phi += float(np.log(phi).sum()) - float((d[tied] * np.log(s0[tied])).sum())
     return TimeWeights(c1, c2, c3, c4, c5, log_phi)
+
+
+def reverse_cumsum(values: np.ndarray) -> np.ndarray:
+    """Sums from each row to the last (accumulated from the end, as lifelines does), then zeros."""
+    out = np.cumsum(values[::-1], axis=0)[::-1]
+    return np.concatenate((out, np.zeros((1, *values.shape[1:]))))
 
 
 def _wsum(c: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -334,17 +351,33 @@ def _pool_strata(setups: dict[str, Payload], by_site: bool) -> list[PooledStratu
                 event_sum=event_sum,  # type: ignore[arg-type]
                 sites=tuple(s for s, _ in parts),
                 n=int(sum(int(st["n"]) for _, st in parts)),
+                site_steps={s: np.asarray(st["steps"], dtype=float) for s, st in parts},
             )
         )
     return out
 
 
-def sum_bytes(strata: Sequence[PooledStratum], p: int, ties: str) -> int:
-    """Bytes of one site's one-round reply per iteration: 8·(T·(1+p+q) + T_tied·(1+p+q) for Efron)."""
-    per_time = 1 + p + p * (p + 1) // 2
-    times = sum(len(st.times) for st in strata)
-    tied = sum(int(st.tied.sum()) for st in strata) if ties == "efron" else 0
-    return 8 * per_time * (times + tied)
+def sum_bytes(strata: Sequence[PooledStratum], p: int, ties: str, full: bool = True) -> int:
+    """Largest reply of one site to ``cox_sums``, in bytes of float64 data.
+
+    A site sends, per stratum, 1 + p (+ q = p(p+1)/2 with ``full``) numbers for each of its B
+    merged steps, and, for Efron, as many for each of the T_tied pooled times with tied events:
+    ``8·(B + T_tied)·(1 + p + q)``.
+    """
+    per_time = 1 + p + (p * (p + 1) // 2 if full else 0)
+    sizes: dict[str, int] = {}
+    for st in strata:
+        tied = int(st.tied.sum()) if ties == "efron" else 0
+        for site, steps in st.site_steps.items():
+            sizes[site] = sizes.get(site, 0) + len(steps) + tied
+    return 8 * per_time * max(sizes.values(), default=0)
+
+
+def _release(q: Ask, base: Payload) -> None:
+    try:
+        q.ask("cox_release", base)
+    except FedHemError:
+        pass  # a site that cannot answer drops the design from its cache later (LRU)
 
 
 def fit_cox(
@@ -359,11 +392,12 @@ def fit_cox(
 ) -> CoxFit:
     """Run the setup round and the Newton iterations; return the pooled fit.
 
-    ``protocol``: ``"one_round"`` (each site sends S0, S1, S2 and the Efron event sums at every
-    grid time: gradient and Hessian in one reply per iteration) or ``"two_rounds"`` (the sites send
-    S0, S1 (and D0, D1), then, for weights computed from the pooled S0, the contracted
-    Σ c1·S2 - c2·D2 as one p×p matrix). ``None`` picks one round unless its replies would exceed
-    :data:`ONE_ROUND_MAX_BYTES` per site (exact times on large data).
+    ``protocol``: ``"one_round"`` (each site sends, per merged step, the sums of exp(zβ), z·exp(zβ)
+    and zzᵀ·exp(zβ), and the Efron event sums at tied times: gradient and Hessian from one reply
+    per iteration) or ``"two_rounds"`` (the same without the zzᵀ sums, then, for weights computed
+    from the pooled S0, the contracted Σ c1·S2 - c2·D2 as one p×p matrix). ``None`` picks one
+    round unless its replies would exceed :data:`ONE_ROUND_MAX_BYTES` for some site (exact times
+    on large data: a reply then grows with B·p², B the site's distinct times).
     """
     base: Payload = {
         "duration": spec.duration,
@@ -375,352 +409,186 @@ def fit_cox(
         "fit": uuid.uuid4().hex,
     }
     setups = q.ask("cox_setup", base)
-    columns = list(next(iter(setups.values()))["columns"])
-    for site, payload in setups.items():
-        if list(payload["columns"]) != columns:
-            raise FedHemError(
-                "the sites coded the covariates differently", site=site, dataset=q.dataset
-            )
-    sites = tuple(setups)
-    n, center, scale = _pool_moments(setups)
-    flat = [c for c, s in zip(columns, scale, strict=True) if not s > 0]
-    if flat:
-        raise ParameterError(
-            f"covariate '{flat[0]}' has no variation in the pooled cohort",
-            dataset=q.dataset,
-            column=flat[0],
-        )
-    by_site = spec.strata == SITE_STRATUM
-    strata = _pool_strata(setups, by_site)
-    n_events = int(sum(int(st.events.sum()) for st in strata))
-    if n_events == 0:
-        raise ParameterError("no events in the cohort: nothing to fit", dataset=q.dataset)
-    event_sums = [(st.event_sum - st.events.sum() * center) / scale for st in strata]
-    efron = spec.ties == "efron"
-    grid = None
-    if not by_site:
-        grid = [
-            {"label": list(st.label), "times": st.times, **({"tied": st.tied} if efron else {})}
-            for st in strata
-        ]
-    index = {st.label: st for st in strata}
-    p = len(columns)
-    q_len = p * (p + 1) // 2
-    if protocol is None:
-        protocol = (
-            "one_round" if sum_bytes(strata, p, spec.ties) <= ONE_ROUND_MAX_BYTES else "two_rounds"
-        )
-    if protocol not in ("one_round", "two_rounds"):
-        raise ParameterError("protocol must be 'one_round' or 'two_rounds'")
-    split = protocol == "two_rounds"
-
-    def check_replies(replies: dict[str, Payload]) -> None:
-        gone = [s for s in sites if s not in replies]
-        if gone:
-            raise FedHemError(
-                f"site(s) {', '.join(gone)} stopped answering during the fit: no consistent "
-                "pooled fit is possible (see the privacy report)",
+    try:
+        columns = list(next(iter(setups.values()))["columns"])
+        for site, payload in setups.items():
+            if list(payload["columns"]) != columns:
+                raise FedHemError(
+                    "the sites coded the covariates differently", site=site, dataset=q.dataset
+                )
+        sites = tuple(setups)
+        n, center, scale = _pool_moments(setups)
+        flat = [c for c, s in zip(columns, scale, strict=True) if not s > 0]
+        if flat:
+            raise ParameterError(
+                f"covariate '{flat[0]}' has no variation in the pooled cohort",
                 dataset=q.dataset,
+                column=flat[0],
             )
+        by_site = spec.strata == SITE_STRATUM
+        strata = _pool_strata(setups, by_site)
+        n_events = int(sum(int(st.events.sum()) for st in strata))
+        if n_events == 0:
+            raise ParameterError("no events in the cohort: nothing to fit", dataset=q.dataset)
+        event_sums = [(st.event_sum - st.events.sum() * center) / scale for st in strata]
+        efron = spec.ties == "efron"
+        tied = [{"label": list(st.label), "times": st.times[st.tied]} for st in strata]
+        index = {st.label: st for st in strata}
+        p = len(columns)
+        q_len = p * (p + 1) // 2
+        if protocol is None:
+            small = sum_bytes(strata, p, spec.ties) <= ONE_ROUND_MAX_BYTES
+            protocol = "one_round" if small else "two_rounds"
+        if protocol not in ("one_round", "two_rounds"):
+            raise ParameterError("protocol must be 'one_round' or 'two_rounds'")
+        split = protocol == "two_rounds"
 
-    def step_params(beta: np.ndarray) -> Payload:
-        return {
-            **base,
-            "beta": [float(b) for b in beta],
-            "center": [float(c) for c in center],
-            "scale": [float(s) for s in scale],
-            "grid": grid,
-        }
+        def check_replies(replies: dict[str, Payload]) -> None:
+            gone = [s for s in sites if s not in replies]
+            if gone:
+                raise FedHemError(
+                    f"site(s) {', '.join(gone)} stopped answering during the fit: no consistent "
+                    "pooled fit is possible (see the privacy report)",
+                    dataset=q.dataset,
+                )
 
-    def ask_sums(beta: np.ndarray) -> None:
-        replies = q.ask("cox_sums", {**step_params(beta), "parts": "first" if split else "all"})
-        check_replies(replies)
-        for st in strata:
-            t, nt = len(st.times), int(st.tied.sum())
-            st.S0, st.S1 = np.zeros(t), np.zeros((t, p))
-            st.S2 = None if split else np.zeros((t, q_len))
+        def step_params(beta: np.ndarray) -> Payload:
+            return {
+                **base,
+                "beta": [float(b) for b in beta],
+                "center": [float(c) for c in center],
+                "scale": [float(s) for s in scale],
+            }
+
+        def ask_sums(beta: np.ndarray) -> None:
+            params = {**step_params(beta), "parts": "first" if split else "all"}
             if efron:
-                st.D0, st.D1 = np.zeros(nt), np.zeros((nt, p))
-                st.D2 = None if split else np.zeros((nt, q_len))
-        for site, payload in replies.items():
-            for item in payload["strata"]:
-                st = index[(site,) if by_site else tuple(item["label"])]
-                for name in ("S0", "S1", "S2", "D0", "D1", "D2"):
-                    if getattr(st, name) is not None:
-                        getattr(st, name)[...] += np.asarray(item[name], dtype=float)
+                params["tied"] = tied
+            replies = q.ask("cox_sums", params)
+            check_replies(replies)
+            for st in strata:
+                t, nt = len(st.times), int(st.tied.sum())
+                st.S0, st.S1 = np.zeros(t), np.zeros((t, p))
+                st.S2 = None if split else np.zeros((t, q_len))
+                if efron:
+                    st.D0, st.D1 = np.zeros(nt), np.zeros((nt, p))
+                    st.D2 = None if split else np.zeros((nt, q_len))
+            for site, payload in replies.items():
+                for item in payload["strata"]:
+                    st = index[(site,) if by_site else tuple(item["label"])]
+                    # the site's risk set at a pooled time: its steps at or after that time
+                    at = np.searchsorted(st.site_steps[site], st.times, side="left")
+                    for k in ("0", "1", "2"):
+                        pooled = getattr(st, "S" + k)
+                        if pooled is not None:
+                            pooled += reverse_cumsum(np.asarray(item["A" + k], dtype=float))[at]
+                        pooled = getattr(st, "D" + k)
+                        if pooled is not None:
+                            pooled += np.asarray(item["D" + k], dtype=float)
 
-    def ask_hessian(beta: np.ndarray, weights: list[TimeWeights]) -> np.ndarray:
-        items = [
-            {"label": list(st.label), "c1": w.c1, **({"c2": w.c2[st.tied]} if efron else {})}
-            for st, w in zip(strata, weights, strict=True)
-        ]
-        replies = q.ask("cox_hessian", {**step_params(beta), "weights": items})
-        check_replies(replies)
-        total = sum(np.asarray(r["hessian"], dtype=float) for r in replies.values())
-        return unpack_triangle(np.asarray(total), p)
+        def ask_hessian(beta: np.ndarray, weights: list[TimeWeights]) -> np.ndarray:
+            items = [
+                {
+                    "label": list(st.label),
+                    "times": st.times,
+                    "c1": w.c1,
+                    **({"tied": st.times[st.tied], "c2": w.c2[st.tied]} if efron else {}),
+                }
+                for st, w in zip(strata, weights, strict=True)
+            ]
+            replies = q.ask("cox_hessian", {**step_params(beta), "weights": items})
+            check_replies(replies)
+            total = sum(np.asarray(r["hessian"], dtype=float) for r in replies.values())
+            return unpack_triangle(np.asarray(total), p)
 
-    def evaluate_at(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        ask_sums(beta)
-        if not split:
-            ll, grad, hess, _ = evaluate(strata, beta, event_sums, spec.ties)
+        def evaluate_at(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+            ask_sums(beta)
+            if not split:
+                ll, grad, hess, _ = evaluate(strata, beta, event_sums, spec.ties)
+                return ll, grad, hess
+            ll, grad, _, weights = evaluate(strata, beta, event_sums, spec.ties, np.zeros((p, p)))
+            if not (np.isfinite(ll) and np.isfinite(grad).all()):
+                return ll, grad, np.full((p, p), np.nan)
+            weighted = ask_hessian(beta, weights)
+            _, _, hess, _ = evaluate(strata, beta, event_sums, spec.ties, weighted)
             return ll, grad, hess
-        ll, grad, _, weights = evaluate(strata, beta, event_sums, spec.ties, np.zeros((p, p)))
-        if not (np.isfinite(ll) and np.isfinite(grad).all()):
-            return ll, grad, np.full((p, p), np.nan)
-        weighted = ask_hessian(beta, weights)
-        _, _, hess, _ = evaluate(strata, beta, event_sums, spec.ties, weighted)
-        return ll, grad, hess
 
-    # lifelines' Newton–Raphson (CoxPHFitter._newton_raphson_for_efron_model), step by step
-    beta = np.zeros(p)
-    delta = np.zeros(p)
-    sizer = StepSizer(0.95)
-    step_size = sizer.step_size
-    previous_ll = 0.0
-    ll_null = 0.0
-    converged = False
-    i = 0
-    evaluated = beta
-    hessian = gradient = np.zeros(0)
-    log_lik = norm_delta = 0.0
-    while True:
-        candidate = beta + step_size * delta
-        if np.abs(candidate).max(initial=0.0) > MAX_COEFFICIENT:
-            q.note("the fit diverged (a coefficient grew without bound): complete separation?")
-            break
-        beta = candidate
-        i += 1
-        ll, grad, hess = evaluate_at(beta)
-        if i == 1:
-            ll_null = ll
-        if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
-            raise FedHemError(
-                "the partial likelihood is not finite at this step: the model does not converge",
-                dataset=q.dataset,
-            )
-        try:
-            delta = linalg.solve(-hess, grad, assume_a="pos", check_finite=False)
-        except (ValueError, linalg.LinAlgError):
-            raise FedHemError(
-                "the Hessian is singular: covariates are collinear (or a covariate separates "
-                "events completely)",
-                dataset=q.dataset,
-            ) from None
-        evaluated, hessian, gradient, log_lik = beta, hess, grad, ll
-        norm_delta = float(np.linalg.norm(delta))
-        decrement = float(grad @ delta) / 2
-        if (
-            norm_delta < precision
-            or (previous_ll != 0 and abs(ll - previous_ll) / (-previous_ll) < r_precision)
-            or decrement < precision
-        ):
-            converged = True
-            break
-        if i >= max_steps or step_size <= 1e-5 or (abs(ll) < 1e-4 and norm_delta > 1.0):
-            break
-        previous_ll = ll
-        step_size = sizer.update(norm_delta)
-    if not converged:
-        q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
-    elif norm_delta > 0.1:
-        q.note("converged, but the last step was still large: collinearity or separation?")
-    step_info = next(iter(setups.values()))
-    return CoxFit(
-        columns=columns,
-        beta=evaluated,
-        center=center,
-        scale=scale,
-        hessian=hessian,
-        gradient=gradient,
-        log_likelihood=log_lik,
-        log_likelihood_null=ll_null,
-        iterations=i,
-        converged=converged,
-        strata=strata,
-        sites=sites,
-        n=n,
-        n_events=n_events,
-        time_step=step_info.get("time_step"),
-        unit=step_info.get("unit"),
-    )
-
-
-# -- result ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LikelihoodRatioTest:
-    """lifelines' ``StatisticalResult`` naming: the model against the model without covariates."""
-
-    test_statistic: float
-    degrees_of_freedom: int
-    p_value: float
-    test_name: str = "log-likelihood ratio test"
-
-    @property
-    def summary(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "test_statistic": [self.test_statistic],
-                "p": [self.p_value],
-                "-log2(p)": [-np.log2(self.p_value) if self.p_value > 0 else np.inf],
-            }
+        # lifelines' Newton–Raphson (CoxPHFitter._newton_raphson_for_efron_model), step by step
+        beta = np.zeros(p)
+        delta = np.zeros(p)
+        sizer = StepSizer(0.95)
+        step_size = sizer.step_size
+        previous_ll = 0.0
+        ll_null = 0.0
+        converged = False
+        i = 0
+        evaluated = beta
+        hessian = gradient = np.zeros(0)
+        log_lik = norm_delta = 0.0
+        while True:
+            candidate = beta + step_size * delta
+            if np.abs(candidate).max(initial=0.0) > MAX_COEFFICIENT:
+                q.note("the fit diverged (a coefficient grew without bound): complete separation?")
+                break
+            beta = candidate
+            i += 1
+            ll, grad, hess = evaluate_at(beta)
+            if i == 1:
+                ll_null = ll
+            if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
+                raise FedHemError(
+                    "the partial likelihood is not finite at this step: the model does not converge",
+                    dataset=q.dataset,
+                )
+            try:
+                delta = linalg.solve(-hess, grad, assume_a="pos", check_finite=False)
+            except (ValueError, linalg.LinAlgError):
+                raise FedHemError(
+                    "the Hessian is singular: covariates are collinear (or a covariate separates "
+                    "events completely)",
+                    dataset=q.dataset,
+                ) from None
+            evaluated, hessian, gradient, log_lik = beta, hess, grad, ll
+            norm_delta = float(np.linalg.norm(delta))
+            decrement = float(grad @ delta) / 2
+            if (
+                norm_delta < precision
+                or (previous_ll != 0 and abs(ll - previous_ll) / (-previous_ll) < r_precision)
+                or decrement < precision
+            ):
+                converged = True
+                break
+            if i >= max_steps or step_size <= 1e-5 or (abs(ll) < 1e-4 and norm_delta > 1.0):
+                break
+            previous_ll = ll
+            step_size = sizer.update(norm_delta)
+        if not converged:
+            q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
+        elif norm_delta > 0.1:
+            q.note("converged, but the last step was still large: collinearity or separation?")
+        coarse = [x for x in setups.values() if x.get("time_step") is not None]
+        step_info = coarse[0] if coarse else next(iter(setups.values()))
+        return CoxFit(
+            columns=columns,
+            beta=evaluated,
+            center=center,
+            scale=scale,
+            hessian=hessian,
+            gradient=gradient,
+            log_likelihood=log_lik,
+            log_likelihood_null=ll_null,
+            iterations=i,
+            converged=converged,
+            strata=strata,
+            sites=sites,
+            n=n,
+            n_events=n_events,
+            time_step=step_info.get("time_step"),
+            unit=step_info.get("unit"),
         )
 
-
-def summary_frame(params: pd.Series, variance: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """lifelines' ``CoxPHFitter.summary`` columns from coefficients and their covariance."""
-    se = np.sqrt(np.diag(variance.to_numpy()))
-    z_crit = stats.norm.ppf(1 - alpha / 2)
-    ci = f"{100 * (1 - alpha):g}%"
-    coef = params.to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
-        z = coef / se
-        p = stats.chi2.sf(z**2, 1)
-        df = pd.DataFrame(index=params.index)
-        df["coef"] = coef
-        df["exp(coef)"] = np.exp(coef)
-        df["se(coef)"] = se
-        df[f"coef lower {ci}"] = coef - z_crit * se
-        df[f"coef upper {ci}"] = coef + z_crit * se
-        df[f"exp(coef) lower {ci}"] = np.exp(coef) * np.exp(-z_crit * se)
-        df[f"exp(coef) upper {ci}"] = np.exp(coef) * np.exp(z_crit * se)
-        df["cmp to"] = np.zeros_like(coef)
-        df["z"] = z
-        df["p"] = p
-        df["-log2(p)"] = -np.log2(p)
-    return df
-
-
-@dataclass(frozen=True)
-class CoxResult:
-    """A pooled Cox proportional-hazards fit, named as lifelines' ``CoxPHFitter``.
-
-    ``summary`` (coef, exp(coef), se(coef), 95 % intervals, z, p), ``params_``, ``variance_matrix_``,
-    ``log_likelihood_`` and :meth:`log_likelihood_ratio_test`; ``privacy`` says what each site
-    released, and ``notes`` how the fit may differ from one on the pooled rows.
-    """
-
-    summary: pd.DataFrame
-    params_: pd.Series
-    variance_matrix_: pd.DataFrame
-    log_likelihood_: float
-    log_likelihood_null_: float
-    duration: str
-    event: str
-    covariates: tuple[str, ...]
-    strata: str | tuple[str, ...] | None
-    ties: str
-    iterations: int
-    converged: bool
-    n_sites: int
-    n_observations: int
-    n_events: int
-    privacy: PrivacyReport
-    notes: tuple[str, ...] = ()
-    time_step: float | None = None
-    unit: str | None = None
-    fit: CoxFit | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def params(self) -> pd.Series:
-        """The coefficients (log hazard ratios), one per design column."""
-        return self.params_
-
-    @property
-    def standard_errors_(self) -> pd.Series:
-        return self.summary["se(coef)"].rename("se")
-
-    @property
-    def hazard_ratios_(self) -> pd.Series:
-        return np.exp(self.params_).rename("exp(coef)")
-
-    @property
-    def confidence_intervals_(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "95% lower-bound": self.summary["coef lower 95%"],
-                "95% upper-bound": self.summary["coef upper 95%"],
-            }
-        )
-
-    @property
-    def log_likelihood(self) -> float:
-        return self.log_likelihood_
-
-    @property
-    def columns(self) -> list[str]:
-        """The design columns (a categorical covariate gives one per non-reference level)."""
-        return list(self.params_.index)
-
-    def log_likelihood_ratio_test(self) -> LikelihoodRatioTest:
-        """The fitted model against the model without covariates (chi-squared, df = #params)."""
-        stat = 2 * self.log_likelihood_ - 2 * self.log_likelihood_null_
-        dof = len(self.params_)
-        return LikelihoodRatioTest(float(stat), dof, float(stats.chi2.sf(stat, dof)))
-
-    def _model_table(self) -> pd.DataFrame:
-        lr = self.log_likelihood_ratio_test()
-        rows = {
-            "duration / event": f"{self.duration} / {self.event}",
-            "strata": self.strata if isinstance(self.strata, str) else ", ".join(self.strata or ()),
-            "ties": self.ties,
-            "sites": self.n_sites,
-            "observations": self.n_observations,
-            "events": self.n_events,
-            "partial log-likelihood": round(self.log_likelihood_, 4),
-            "LR test (df)": f"{lr.test_statistic:.4g} ({lr.degrees_of_freedom})",
-            "LR test p": f"{lr.p_value:.4g}",
-            "iterations": self.iterations,
-        }
-        if not self.strata:
-            rows.pop("strata")
-        return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
-
-    def _title(self) -> str:
-        return f"Cox model: {self.duration} / {self.event} on '{self.privacy.dataset}'"
-
-    def _footnote(self) -> str:
-        grid = (
-            "exact times"
-            if self.time_step is None
-            else f"times on each site's grid of {self.time_step:g} {self.unit or 'units'}"
-        )
-        return f"{grid}; ties by {self.ties.capitalize()}; pooled from the sites' risk-set sums."
-
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import result_html
-
-        return result_html(
-            self._title(),
-            self.summary,
-            self.privacy,
-            extra_tables=[("Model", self._model_table())],
-            footnote=self._footnote(),
-        )
-
-    def widget(self) -> Any:
-        """This result as an interactive widget: the coefficients table, the model and the privacy panel."""
-        from fedhem_kernel.display.state import table_state
-        from fedhem_kernel.display.widgets import ResultTableWidget
-
-        return ResultTableWidget(
-            self._title(),
-            [table_state(self.summary, "coefficients"), table_state(self._model_table(), "model")],
-            self.privacy,
-            footnote=self._footnote(),
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
-        coefs = ", ".join(f"{c}={v:.4g}" for c, v in self.params_.items())
-        return (
-            f"CoxResult({self.duration}, {self.event}; {coefs}; "
-            f"log-likelihood {self.log_likelihood_:.4f}; {self.privacy!r})"
-        )
+    finally:  # the sites drop their cached design of this fit
+        _release(q, base)
 
 
 def build_cox_result(q: Ask, spec: CoxSpec, fit: CoxFit) -> CoxResult:
@@ -732,7 +600,8 @@ def build_cox_result(q: Ask, spec: CoxSpec, fit: CoxFit) -> CoxResult:
         q.note(
             "times were coarsened to each site's grid and small steps merged before anything "
             "left a site: this is a Cox fit on grouped times and may differ from a fit on exact "
-            "times (on public data, by a small fraction of a standard error; see the docs)"
+            "times (typically by a small fraction of a standard error; a finer time resolution "
+            "at the sites brings it closer)"
         )
     report = q.report()
     return CoxResult(
@@ -797,6 +666,12 @@ STEPS = [
         "cox_hessian",
         "cox",
         site_cox_hessian,
+        param_columns("duration", "event", "covariates", "strata"),
+    ),
+    SiteStep(
+        "cox_release",
+        "cox",
+        site_cox_release,
         param_columns("duration", "event", "covariates", "strata"),
     ),
 ]

@@ -1,19 +1,28 @@
 """Site side of the federated Cox model: the design, its release rules and the per-iteration sums.
 
-Two site steps (registered in :mod:`fedhem_kernel.analyses.cox`):
+Site steps (registered in :mod:`fedhem_kernel.analyses.cox`):
 
 ``cox_setup``
     Builds the design (numeric covariates as they are, categorical ones as 0/1 columns for every
-    agreed level but the first), applies the release rules below and releases, per stratum, the
-    times of its steps that hold events, the number of events at each, the patient count and the sum
-    of the covariates over the events; and, over all its rows, the count, mean and centred sum of
-    squares of every design column (the coordinator pools them into the scaling lifelines uses).
+    agreed level but the first), applies the release rules below and releases, per stratum, its
+    merged time steps, the number of events at those that hold events, the patient count and the
+    sum of the covariates over the events; and, over all its rows, the count, mean and centred sum
+    of squares of every design column (the coordinator pools them into the scaling lifelines uses).
 
-``cox_sums``
-    For the current coefficients (in standardised units) and, per stratum, the pooled grid of event
-    times: at every grid time the risk-set sums S0 = Σ exp(zβ), S1 = Σ z·exp(zβ), S2 = Σ zzᵀ·exp(zβ)
-    (upper triangle), and for Efron's ties the same sums over the events at that time (only where
-    the pooled count of events is above one). One reply per Newton iteration.
+``cox_sums`` (one per Newton iteration)
+    For the current coefficients (standardised units), per merged step the sums over its rows of
+    exp(zβ), z·exp(zβ) and (unless ``parts="first"``) zzᵀ·exp(zβ) (upper triangle); for Efron's ties,
+    the same sums over this site's events at each pooled time with tied events. The coordinator
+    turns the step sums into risk-set sums S0, S1, S2 at the pooled event times (a site's risk set
+    at time t is its steps at or after t). Bytes per site and iteration: 8·(B + T_tied)·(1 + p + q),
+    B the site's merged steps, T_tied the pooled tied times, q = p(p+1)/2 (q = 0 with ``"first"``).
+
+``cox_hessian`` (only when the coordinator chose two rounds per iteration)
+    Σ_t c1(t)·S2(t) - c2(t)·D2(t) for weights the coordinator computed from the pooled S0: one p×p
+    matrix instead of B·q numbers, at the cost of a second round.
+
+``cox_release``
+    Drops the cached design of a finished fit.
 
 Release rules (all at the site, all before anything is computed):
 
@@ -26,14 +35,14 @@ Release rules (all at the site, all before anything is computed):
   stratum has >= k patients;
 - times are coarsened to the policy grid and the steps of each stratum merged exactly as for
   Kaplan–Meier (:func:`~fedhem_kernel.privacy.survival.merge_small_steps`): every step has >= k at
-  risk and 0 or >= k events and censorings. A risk-set sum is only ever released at one of these
-  steps, so the difference of any two released sums covers 0 or >= k patients;
-- ``max_coefficient``: a step with a coefficient above 20 standard units (a hazard ratio of e^20 per
-  standard deviation) is refused: such weights would let one patient dominate a risk-set sum.
+  risk and 0 or >= k events and censorings. Every released sum is over whole steps (or a whole
+  step's events), so no released sum, and no difference of two, covers 1..k-1 patients;
+- ``max_coefficient``: a request with a coefficient above 20 standard units (a hazard ratio of e^20
+  per standard deviation) is refused: such weights would let one patient dominate a sum.
 
 The design, sorted once by (stratum, step, event), is cached for the duration of one fit (keyed by
-the fit id, every design parameter and the cohort's rows), so an iteration costs a few vectorised
-passes over the rows.
+the fit id, every design parameter and the cohort's rows; one copy of the design, 8·n·p bytes), so
+an iteration costs a few vectorised passes over the rows.
 """
 
 from __future__ import annotations
@@ -155,7 +164,7 @@ class SiteDesign:
     """The analysis rows of one fit, sorted by (stratum, step, event); never leaves the site."""
 
     columns: list[str]
-    x: np.ndarray  # (n, p) raw design, sorted
+    xt: np.ndarray  # (p, n) design, rows sorted; raw, or standardised to ``_units``
     seg_starts: np.ndarray  # first row of each (step, event) segment
     seg_block: np.ndarray  # its merged step (global id)
     seg_event: np.ndarray  # whether it holds the step's events
@@ -169,25 +178,32 @@ class SiteDesign:
     unit: str | None
     notes: list[str] = field(default_factory=list)
     suppressions: list[tuple[str, str]] = field(default_factory=list)
-    _z: tuple[bytes, np.ndarray] | None = None
+    _units: tuple[np.ndarray, np.ndarray] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def n(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.xt.shape[1])
 
     @property
     def p(self) -> int:
-        return int(self.x.shape[1])
+        return int(self.xt.shape[0])
 
     def standardised(self, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        """The design in standard units, transposed (p × n): computed once per fit."""
-        key = center.tobytes() + scale.tobytes()
-        if self._z is None or self._z[0] != key:
-            zt = np.ascontiguousarray(self.x.T)
-            zt -= center[:, None]
-            zt /= scale[:, None]
-            self._z = (key, zt)
-        return self._z[1]
+        """The design in standard units (p × n), standardised in place once per fit.
+
+        One copy of the design is kept (memory: 8·n·p bytes per cached fit). Call with ``lock``.
+        """
+        if self._units is not None:
+            old_center, old_scale = self._units
+            if np.array_equal(old_center, center) and np.array_equal(old_scale, scale):
+                return self.xt
+            self.xt *= old_scale[:, None]
+            self.xt += old_center[:, None]
+        self.xt -= center[:, None]
+        self.xt /= scale[:, None]
+        self._units = (center.copy(), scale.copy())
+        return self.xt
 
     def replay(self, data: SiteData) -> None:
         """Repeat the build's notes and suppressions in this request's release log."""
@@ -258,15 +274,18 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         raise data.refuse(
             "min_subset_size",
             f"fewer than {k} patients have a missing value in the model's columns: a fit without "
-            "them could be compared with one on the whole cohort (choose other columns, or a "
-            "cohort without them)",
+            "them could be compared with one on the whole cohort (choose other columns)",
             first_missing,
         )
     if dropped:
         rec.note("patients with a missing value in the model's columns are left out")
     keep = ~missing
     n = int(keep.sum())
-    if n == 0 or n < k:
+    if n == 0:
+        raise SchemaError(
+            "no patient has complete data for this model", **data.err(first_missing), rule="schema"
+        )
+    if n < k:
         raise data.refuse(
             "min_cell_count", f"fewer than {k} patients have complete data for this model"
         )
@@ -410,7 +429,7 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     m2 = ((x - mean) ** 2).sum(axis=0)
     return SiteDesign(
         columns=columns,
-        x=np.ascontiguousarray(x[order]),
+        xt=np.ascontiguousarray(x[order].T),
         seg_starts=seg_starts,
         seg_block=seg_key // 2,
         seg_event=(seg_key % 2) == 1,
@@ -469,6 +488,7 @@ def clear_cache() -> None:
 
 # -- site steps -----------------------------------------------------------------------------
 def site_cox_setup(data: SiteData, params: Payload) -> Payload:
+    """The design's checks, then per stratum its merged steps, event counts and event sums."""
     _, design = site_design(data, params)
     return {
         "columns": design.columns,
@@ -479,6 +499,7 @@ def site_cox_setup(data: SiteData, params: Payload) -> Payload:
             {
                 "label": list(s.label),
                 "n": s.n,
+                "steps": s.block_times,
                 "times": s.event_times,
                 "events": s.block_events[s.block_events > 0],
                 "event_sum": s.event_sum,
@@ -497,26 +518,24 @@ def _vector(params: Payload, key: str, p: int) -> np.ndarray:
     return value
 
 
-def triangle(p: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major upper triangle (with diagonal) of a p×p matrix: how S2 travels."""
-    return np.triu_indices(p)
-
-
 def segment_sums(
-    zt: np.ndarray, w: np.ndarray, starts: np.ndarray
+    zt: np.ndarray, w: np.ndarray, starts: np.ndarray, pairs: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Σw, Σw·z and the upper triangle of Σw·zzᵀ over consecutive row segments.
 
     ``zt`` is the design transposed (p × n, rows contiguous). Vectorised: ``np.add.reduceat``
     along contiguous rows; the outer products are formed a chunk of rows at a time (about
-    16 MiB), never as an n×p×p array. Returns arrays of shape (s,), (s, p), (s, p(p+1)/2).
+    16 MiB), never as an n×p×p array. Returns arrays of shape (s,), (s, p), (s, p(p+1)/2)
+    (the last with no columns when ``pairs`` is false).
     """
     p, n = zt.shape
-    q = p * (p + 1) // 2
+    q = p * (p + 1) // 2 if pairs else 0
     zwt = zt * w
     a0 = np.add.reduceat(w, starts)
     a1 = np.add.reduceat(zwt, starts, axis=1).T
     a2 = np.zeros((len(starts), q))
+    if not pairs:
+        return a0, a1, a2
     offsets = np.concatenate(([0], np.cumsum(np.arange(p, 0, -1))))
     chunk = max(256, _CHUNK_BYTES // (8 * max(q, 1)))
     buf = np.empty((q, min(chunk, n)))
@@ -530,12 +549,6 @@ def segment_sums(
         local = np.concatenate(([lo], starts[first + 1 : stop])) - lo
         a2[first:stop] += np.add.reduceat(buf[:, :rows], local, axis=1).T
     return a0, a1, a2
-
-
-def _reverse_cumsum(values: np.ndarray) -> np.ndarray:
-    """Sums from each row to the last (accumulated from the end, as lifelines does), then a zero row."""
-    out = np.cumsum(values[::-1], axis=0)[::-1]
-    return np.concatenate((out, np.zeros((1, *values.shape[1:]))))
 
 
 def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.ndarray, np.ndarray]:
@@ -560,129 +573,117 @@ def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.nd
     return zt, w
 
 
-@dataclass(frozen=True)
-class _GridPoint:
-    """Where a stratum's pooled grid times fall among this site's merged steps."""
-
-    stratum: SiteStratum
-    idx: np.ndarray  # per grid time: the first step at or after it (n_steps: none)
-    tied: np.ndarray  # grid positions with tied events (pooled)
-    hit: np.ndarray  # per tied position: this site has an event step exactly there
-    step: np.ndarray  # per tied position: that step (local index; valid where hit)
+def _times_by_label(params: Payload, key: str) -> dict[tuple[str, ...], Payload]:
+    entries = params.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ParameterError(f"'{key}' must be a list of strata")
+    return {tuple(str(v) for v in e.get("label", [])): e for e in entries}
 
 
-def _grid(design: SiteDesign, params: Payload) -> list[_GridPoint]:
-    """The strata of the pooled grid this site holds; ``grid=None``: its own event steps."""
-    grid = params.get("grid")
-    wanted: list[tuple[SiteStratum, np.ndarray, np.ndarray]] = []
-    by_label = {s.label: s for s in design.strata}
-    if grid is None:  # each stratum on its own event steps (strata="site")
-        for s in design.strata:
-            wanted.append((s, s.event_times, s.block_events[s.block_events > 0] > 1))
-    else:
-        if not isinstance(grid, list):
-            raise ParameterError("'grid' must be a list of strata")
-        for entry in grid:
-            label = tuple(str(v) for v in entry.get("label", []))
-            times = np.asarray(entry.get("times"), dtype=float).ravel()
-            tied = np.asarray(entry.get("tied", np.zeros(len(times), bool)), dtype=bool).ravel()
-            if tied.shape != times.shape:
-                raise ParameterError("'grid' times and tied flags differ in length")
-            if label in by_label:
-                wanted.append((by_label[label], times, tied))
-    out = []
-    for s, times, tied in wanted:
-        # released sums are only ever those of this site's own merged steps: a grid time maps to
-        # the first step at or after it
-        nb = s.hi - s.lo
-        idx = np.searchsorted(s.block_times, times, side="left")
-        tt = times[tied]
-        j = np.searchsorted(s.block_times, tt, side="left")
-        jc = np.clip(j, 0, nb - 1)
-        hit = (j < nb) & (s.block_times[jc] == tt)
-        out.append(_GridPoint(s, idx, tied, hit, jc))
-    return out
+def _tied_hits(s: SiteStratum, tied_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tied time: whether this site has an event step exactly there, and which (local)."""
+    nb = len(s.block_times)
+    j = np.searchsorted(s.block_times, tied_times, side="left")
+    jc = np.clip(j, 0, nb - 1)
+    hit = (j < nb) & (s.block_times[jc] == tied_times) & (s.block_events[jc] > 0)
+    return hit, jc
 
 
 def site_cox_sums(data: SiteData, params: Payload) -> Payload:
-    """Risk-set sums at the pooled grid times (``parts="all"``), or without S2/D2 (``"first"``)."""
+    """Per merged step of each stratum: the sums over its rows, for the requested coefficients.
+
+    ``A0`` = Σ exp(zβ), ``A1`` = Σ z·exp(zβ) and (``parts="all"``) ``A2`` = Σ zzᵀ·exp(zβ) (upper
+    triangle) over the rows of each step; the coordinator turns them into risk-set sums at the
+    pooled event times. Efron: at the pooled times with tied events (``tied``), the same sums
+    over this site's events there (``D0``, ``D1``, ``D2``; zero where it has none).
+    """
     spec, design = site_design(data, params)
+    with design.lock:
+        return _cox_sums(data, spec, design, params)
+
+
+def _cox_sums(data: SiteData, spec: DesignParams, design: SiteDesign, params: Payload) -> Payload:
     parts = params.get("parts", "all")
     if parts not in ("all", "first"):
         raise ParameterError("'parts' must be 'all' or 'first'")
+    full = parts == "all"
     zt, w = _weights(data, design, params)
-    p = design.p
-    if parts == "all":
-        a0, a1, a2 = segment_sums(zt, w, design.seg_starts)
-    else:
-        a0 = np.add.reduceat(w, design.seg_starts)
-        a1 = np.add.reduceat(zt * w, design.seg_starts, axis=1).T
-        a2 = np.zeros((len(a0), 0))
+    a0, a1, a2 = segment_sums(zt, w, design.seg_starts, pairs=full)
     # per merged step: all its rows (b), and its events only (e)
     nb = design.n_blocks
     first_seg = np.searchsorted(design.seg_block, np.arange(nb))
-    b0 = np.add.reduceat(a0, first_seg)
-    b1 = np.add.reduceat(a1, first_seg, axis=0)
-    b2 = np.add.reduceat(a2, first_seg, axis=0)
+    blocks = [np.add.reduceat(a, first_seg, axis=0) for a in (a0, a1, a2)]
     ev = design.seg_event
-    e0, e1, e2 = np.zeros(nb), np.zeros((nb, p)), np.zeros((nb, a2.shape[1]))
-    e0[design.seg_block[ev]] = a0[ev]
-    e1[design.seg_block[ev]] = a1[ev]
-    e2[design.seg_block[ev]] = a2[ev]
+    events = [np.zeros((nb, *a.shape[1:])) for a in (a0, a1, a2)]
+    for e, a in zip(events, (a0, a1, a2), strict=True):
+        e[design.seg_block[ev]] = a[ev]
+    tied = _times_by_label(params, "tied")
+    names = ("0", "1", "2") if full else ("0", "1")
     out = []
-    for g in _grid(design, params):
-        lo, hi = g.stratum.lo, g.stratum.hi
-        # risk-set sums at this site's merged steps (then nobody at risk after the last)
-        risk = [_reverse_cumsum(b[lo:hi]) for b in (b0, b1, b2)]
-        item: dict[str, Any] = {"label": list(g.stratum.label)}
-        names = ("S0", "S1", "S2") if parts == "all" else ("S0", "S1")
-        for name, r in zip(names, risk, strict=False):
-            item[name] = r[g.idx]
+    for s in design.strata:
+        item: dict[str, Any] = {"label": list(s.label)}
+        for name, b in zip(names, blocks, strict=False):
+            item["A" + name] = b[s.lo : s.hi]
         if spec.ties == "efron":  # event sums only where the pooled step has tied events
-            k = lo + g.step
-            for name, e in zip(("D0", "D1", "D2"), (e0, e1, e2), strict=True):
-                if parts == "first" and name == "D2":
-                    continue
-                mask = g.hit if e.ndim == 1 else g.hit[:, None]
-                item[name] = np.where(mask, e[k], 0.0)
+            times = np.asarray(tied.get(s.label, {}).get("times", []), dtype=float).ravel()
+            hit, jc = _tied_hits(s, times)
+            for name, e in zip(names, events, strict=False):
+                mask = hit if e.ndim == 1 else hit[:, None]
+                item["D" + name] = np.where(mask, e[s.lo + jc], 0.0)
         out.append(item)
     return {"strata": out}
 
 
 def site_cox_hessian(data: SiteData, params: Payload) -> Payload:
-    """Σ_t c1(t)·S2(t) - c2(t)·D2(t) over the pooled grid, for the coordinator's weights c.
+    """Σ_t c1(t)·S2(t) - c2(t)·D2(t) over the pooled event times, for the coordinator's weights.
 
-    The coordinator computes c1 (per grid time) and c2 (per tied grid time) from the pooled S0 and
-    D0 of the same coefficients. Because S2(t) sums the rows of the steps at or after t, the whole
-    contraction is one weighted product Zᵀ·diag(v)·Z with a weight per merged step (and a second
-    one for the step's events): it combines the same per-step groups a ``cox_sums`` reply would
-    release, never anything finer.
+    The coordinator computes c1 (per pooled event time) and c2 (per tied time) from the pooled S0
+    and D0 of the same coefficients. S2(t) sums the rows of this site's steps at or after t, so the
+    whole contraction is one weighted product Zᵀ·diag(v)·Z with one weight per merged step (and a
+    second one for the step's events): it combines the same per-step groups a ``cox_sums`` reply
+    releases, never anything finer. Returns the upper triangle of a p×p matrix.
     """
     _, design = site_design(data, params)
+    with design.lock:
+        return _cox_hessian(data, design, params)
+
+
+def _cox_hessian(data: SiteData, design: SiteDesign, params: Payload) -> Payload:
     zt, w = _weights(data, design, params)
-    weights = params.get("weights")
-    if not isinstance(weights, list):
-        raise ParameterError("'weights' must be a list of strata")
-    by_label = {tuple(str(v) for v in item.get("label", [])): item for item in weights}
+    weights = _times_by_label(params, "weights")
     nb = design.n_blocks
     k1 = np.zeros(nb)
     k2 = np.zeros(nb)
-    for g in _grid(design, params):
-        item = by_label.get(g.stratum.label)
+    for s in design.strata:
+        item = weights.get(s.label)
         if item is None:
             continue
+        times = np.asarray(item.get("times"), dtype=float).ravel()
         c1 = np.asarray(item.get("c1"), dtype=float).ravel()
-        c2 = np.asarray(item.get("c2", np.zeros(int(g.tied.sum()))), dtype=float).ravel()
-        if c1.shape != g.idx.shape or c2.shape != g.hit.shape:
-            raise ParameterError("'weights' do not match the grid")
+        tied = np.asarray(item.get("tied", []), dtype=float).ravel()
+        c2 = np.asarray(item.get("c2", []), dtype=float).ravel()
+        if c1.shape != times.shape or c2.shape != tied.shape:
+            raise ParameterError("'weights' do not match their times")
         if not (np.isfinite(c1).all() and np.isfinite(c2).all()):
             raise ParameterError("'weights' must be finite")
-        lo, hi = g.stratum.lo, g.stratum.hi
-        # step b carries Σ c1 over the grid times mapped to steps <= b
-        k1[lo:hi] = np.cumsum(np.bincount(g.idx, weights=c1, minlength=hi - lo + 1))[: hi - lo]
-        k2[lo:hi] = np.bincount(g.step[g.hit], weights=c2[g.hit], minlength=hi - lo)
+        # a step carries Σ c1 over the pooled times up to its own time (its risk set is in S2
+        # at each of them), and its events carry c2 of a tied time exactly at it
+        upto = np.searchsorted(times, s.block_times, side="right")
+        k1[s.lo : s.hi] = np.concatenate(([0.0], np.cumsum(c1)))[upto]
+        hit, jc = _tied_hits(s, tied)
+        k2[s.lo : s.hi] = np.bincount(jc[hit], weights=c2[hit], minlength=s.hi - s.lo)
     v = w * (k1[design.row_block] - design.row_event * k2[design.row_block])
     # einsum's own loops, not BLAS: sites run in threads, and a multithreaded BLAS call per site
     # costs more in thread wake-ups than this p×p product
     h = np.einsum("in,jn->ij", zt * v, zt)
     return {"hessian": h[np.triu_indices(design.p)]}
+
+
+def site_cox_release(data: SiteData, params: Payload) -> Payload:
+    """Forget the cached design of a finished fit (frees 8·n·p bytes at the site)."""
+    fit_id = params.get("fit")
+    with _cache_lock:
+        entries = _cache.get(data.site, OrderedDict())
+        for key in [k for k in entries if k[0] == data.dataset and k[1] == fit_id]:
+            del entries[key]
+    return {}

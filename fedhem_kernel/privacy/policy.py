@@ -20,6 +20,7 @@ KNOWN_ANALYSES = (
     "kaplan_meier",
     "logrank",
     "cumulative_incidence",
+    "cox",
 )
 
 

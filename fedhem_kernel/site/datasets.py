@@ -136,7 +136,9 @@ def load_dataset(
     if not isinstance(name, str) or not name.isidentifier():
         raise SchemaError("dataset names must be identifiers", site=site, rule="schema")
     if isinstance(source, pd.DataFrame):
-        raw = source.copy()
+        raw = source.reset_index(
+            drop=True
+        )  # a filtered frame keeps its labels: never align on them
     else:
         path = Path(source)
         if not path.is_absolute() and base_dir is not None:

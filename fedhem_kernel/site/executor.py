@@ -138,7 +138,7 @@ class SiteExecutor:
             query=query_id,
             analysis=req.step,
             dataset=req.dataset,
-            parameters={**req.params, "where": req.where},
+            parameters={**_summarise(req.params), "where": req.where},
             outcome=outcome,
             rule=rule,
             detail=details,
@@ -214,3 +214,20 @@ class SiteExecutor:
             },
             "policy": self.policy.to_dict(),
         }
+
+
+def _summarise(value: Any, depth: int = 0) -> Any:
+    """Request parameters as the audit log keeps them: arrays and long lists by shape, not content.
+
+    (A Cox iteration sends coefficient vectors and time grids; keeping every array in the log would
+    grow it by megabytes per query.)
+    """
+    if isinstance(value, np.ndarray):
+        return f"array{list(value.shape)} {value.dtype}"
+    if isinstance(value, dict):
+        return {k: _summarise(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and len(value) > 20:
+        return f"{type(value).__name__} of {len(value)}"
+    if isinstance(value, (list, tuple)) and depth < 4:
+        return [_summarise(v, depth + 1) for v in value]
+    return value

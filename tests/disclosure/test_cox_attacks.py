@@ -1,0 +1,272 @@
+"""Adversarial checks of the federated Cox model under the default policy (k = 5).
+
+A spy records every reply that crosses from a site. The one-hot attack, a rare category, a tiny
+stratum, a filter down to a few patients, too many parameters and hand-crafted requests are refused
+with a reason and no values; what is released holds no count between 1 and k-1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+from fedhem_kernel.site.executor import SiteRequest
+
+K = 5
+COLUMNS = {"c": {"time": {"type": "float", "unit": "months"}}}
+SECRET = 123.456789  # a patient value distinctive enough that finding it anywhere is a leak
+
+
+def cohort(seed: int, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    risk = rng.choice(["low", "mid", "high"], size=n, p=[0.5, 0.3, 0.2])
+    age = rng.normal(60, 12, n).round(1)
+    hazard = np.select([risk == "low", risk == "mid"], [1 / 60, 1 / 30], 1 / 12)
+    hazard = hazard * np.exp(0.03 * (age - 60))
+    time = rng.exponential(1 / hazard)
+    censor = rng.uniform(0, 100, n)
+    return pd.DataFrame(
+        {
+            "age": age,
+            "risk": risk,
+            "mutation": (rng.random(n) < 0.3).astype(int),
+            "time": np.minimum(time, censor).round(2),
+            "event": (time <= censor).astype(int),
+        }
+    )
+
+
+SIZES = {"big": 400, "mid": 150, "small": 60}
+
+
+def federation(tables: dict[str, pd.DataFrame]) -> fh.Federation:
+    return fh.Federation.local(
+        {s: {"c": df} for s, df in tables.items()}, policy=fh.Policy(), columns=COLUMNS
+    )
+
+
+@pytest.fixture
+def tables() -> dict[str, pd.DataFrame]:
+    return {s: cohort(i, n) for i, (s, n) in enumerate(SIZES.items())}
+
+
+def cox_payloads(releases, key: str):
+    """(site, payload) of every released Cox reply holding ``key``."""
+    for reply in releases:
+        if reply.payload and any(key in item for item in reply.payload.get("strata", [])):
+            yield reply.site, reply.payload
+
+
+def assert_no_value_leaks(fed: fh.Federation, releases, message: str) -> None:
+    for text in [message, *(repr(r) for r in releases), fed.audit_log().to_json()]:
+        assert str(SECRET) not in text and "123.45" not in text
+
+
+def test_one_hot_attack_is_refused_with_a_reason_and_no_values(tables, releases):
+    # a column that singles out one patient per site (e.g. 'patient_id == X' stored as a flag)
+    for df in tables.values():
+        df["flag"] = 0
+        df.loc[7, "flag"] = 1
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["age", "flag"])
+        assert "min_cell_count" in info.value.rule
+        assert "'flag'" in str(info.value) and "singles out" in str(info.value)
+        setup_replies = [r for r in releases if r.error or (r.payload and "columns" in r.payload)]
+        assert {r.site for r in setup_replies} == set(SIZES)
+        for reply in setup_replies:  # refused at every site, nothing released
+            assert reply.status == "refused" and reply.payload is None
+            assert reply.error["column"] == "flag" and reply.error["dataset"] == "c"
+        assert not list(cox_payloads(releases, "A0"))
+        assert_no_value_leaks(fed, releases, str(info.value))
+
+
+def test_a_numeric_covariate_that_is_zero_for_all_but_a_few_is_refused(tables, releases):
+    for df in tables.values():
+        df["marker"] = 0.0
+        df.loc[[3, 9, 11], "marker"] = [SECRET, 2.5, 7.25]  # three patients' lab values
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["age", "marker"])
+        assert "'marker'" in str(info.value)
+        assert_no_value_leaks(fed, releases, str(info.value))
+
+
+def test_the_same_attack_at_one_site_refuses_that_site_only(tables):
+    tables["mid"]["flag"] = 0
+    tables["mid"].loc[4, "flag"] = 1
+    for site in ("big", "small"):
+        tables[site]["flag"] = (np.arange(len(tables[site])) % 3 == 0).astype(int)
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "flag"])
+    outcome = res.privacy.outcome("mid")
+    assert outcome.status == "refused" and "min_cell_count" in outcome.rules
+    assert any("'flag'" in d for d in outcome.details)
+    assert res.privacy.outcome("big").released and res.n_sites == 2
+
+
+def test_a_rare_category_refuses_that_site_without_a_count(tables):
+    small = tables["small"]
+    small.loc[:1, "risk"] = "rare"  # two patients at the small site
+    for site in ("big", "mid"):
+        tables[site].loc[:19, "risk"] = "rare"  # common elsewhere, so the level is named
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "risk"])
+    outcome = res.privacy.outcome("small")
+    assert outcome.status == "refused" and set(outcome.rules) == {"min_cell_count"}
+    (detail,) = [d for d in outcome.details if "category" in d]
+    assert "'risk'" in detail and "fewer than 5" in detail
+    assert "2" not in detail  # the count itself is never told
+    assert "risk_rare" in res.columns and res.n_sites == 2
+
+
+def test_a_tiny_stratum_is_refused(tables):
+    tables["small"]["mutation"] = 0
+    tables["small"].loc[:2, "mutation"] = 1  # a stratum of three patients at the small site
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age"], strata=["mutation"])
+        outcome = res.privacy.outcome("small")
+        assert outcome.status == "refused"
+        assert any("stratum" in d and "'mutation'" in d for d in outcome.details)
+        assert res.n_sites == 2
+        # every site refusing: an error with each site's rule
+        for df in tables.values():
+            df["mutation"] = 0
+            df.loc[:2, "mutation"] = 1
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError, match="stratum"):
+            fed.cox("c", "time", "event", ["age"], strata=["mutation"])
+
+
+def test_a_filter_down_to_a_few_patients_is_refused(tables, releases):
+    for i, df in enumerate(tables.values()):
+        df.loc[:2, "age"] = 95.0 + i  # three old patients per site
+        df.loc[3:, "age"] = df.loc[3:, "age"].clip(upper=90)
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["mutation"], where="age > 92")
+        assert "min_subset_size" in info.value.rule
+        assert not list(cox_payloads(releases, "A0"))
+        # nor can everyone-but-them be fitted and compared
+        with pytest.raises(fh.DisclosureError):
+            fed.cox("c", "time", "event", ["mutation"], where="age <= 92")
+
+
+def test_too_many_parameters_are_refused(tables):
+    tables["small"] = cohort(9, 35)  # 4 parameters need 40 patients
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "risk", "mutation"])
+    outcome = res.privacy.outcome("small")
+    assert outcome.status == "refused" and outcome.rules == ("max_parameters",)
+    assert "4 parameters" in outcome.details[0]
+
+
+def test_a_few_missing_values_refuse_that_site_and_name_the_column(tables):
+    tables["mid"].loc[[5, 6], "age"] = np.nan  # two patients without age
+    tables["big"].loc[:9, "age"] = np.nan  # ten: simply left out
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "mutation"])
+    outcome = res.privacy.outcome("mid")
+    assert outcome.status == "refused" and outcome.rules == ("min_subset_size",)
+    assert res.privacy.outcome("big").released
+    assert any(n.startswith("big:") and "missing value" in n for n in res.notes)
+    assert res.n_observations == SIZES["big"] - 10 + SIZES["small"]
+
+
+def test_every_released_count_is_zero_or_at_least_k(tables, releases):
+    with federation(tables) as fed:
+        fed.cox("c", "time", "event", ["age", "risk", "mutation"])
+        fed.cox("c", "time", "event", ["age", "mutation"], strata=["risk"], ties="breslow")
+        fed.cox("c", "time", "event", ["age", "risk"], strata="site")
+    checked = 0
+    first_sums: dict[str, dict] = {}
+    for site, payload in cox_payloads(releases, "steps"):  # setup: counts and merged steps
+        assert payload["n"] >= K
+        for item in payload["strata"]:
+            assert item["n"] >= K
+            events = np.asarray(item["events"])
+            assert np.all(events >= K), site
+            checked += len(events) + 1
+            steps = np.asarray(item["steps"])
+            np.testing.assert_allclose(steps, np.round(steps))  # on the monthly grid
+    for site, payload in cox_payloads(releases, "A0"):
+        first_sums.setdefault(site, payload)  # each site's first sums are at β = 0
+    assert set(first_sums) == set(SIZES)
+    for site, payload in first_sums.items():
+        for item in payload["strata"]:
+            # at β = 0, Σ exp(zβ) over a step is its number of patients, over its events theirs
+            sizes = np.asarray(item["A0"])
+            assert np.all(np.isclose(sizes, np.round(sizes)))
+            assert np.all(sizes >= K), site
+            tied = np.asarray(item.get("D0", []))
+            assert np.all((tied == 0) | (tied >= K)), site
+            checked += len(sizes) + len(tied)
+    assert checked > 50
+
+
+def test_hand_crafted_requests_release_nothing_finer_than_a_step(tables):
+    with federation(tables) as fed:
+        fed.cox("c", "time", "event", ["age", "mutation"])
+        base = {
+            "duration": "time",
+            "event": "event",
+            "covariates": ["age", "mutation"],
+            "categorical": {},
+            "strata": None,
+            "ties": "efron",
+            "fit": "attack",
+            "center": [60.0, 0.3],
+            "scale": [12.0, 0.5],
+        }
+        # 1. coefficients chosen so that one patient dominates every sum
+        replies = fed._coordinator.send(
+            SiteRequest("cox_sums", "c", {**base, "beta": [60.0, 0.0], "parts": "first"})
+        )
+        for reply in replies.values():
+            assert reply.status == "refused" and reply.payload is None
+            assert reply.error["rule"] == "max_coefficient"
+        # 2. event sums asked at every hundredth of a month: only whole steps' events come back
+        tied = [{"label": [], "times": np.arange(0, 110, 0.01)}]
+        replies = fed._coordinator.send(
+            SiteRequest("cox_sums", "c", {**base, "beta": [0.0, 0.0], "tied": tied})
+        )
+        for reply in replies.values():
+            (item,) = reply.payload["strata"]
+            d0 = np.asarray(item["D0"])
+            assert d0.max() >= K and np.all((d0 == 0) | (d0 >= K))
+            assert np.all(np.asarray(item["A0"]) >= K)
+        log = fed.audit_log()
+    assert {"refused", "suppressed"} <= set(log["outcome"])
+
+
+def test_bad_event_values_name_site_dataset_and_column(tables, releases):
+    tables["mid"].loc[3, "event"] = 2
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age"])
+        outcome = res.privacy.outcome("mid")
+        assert outcome.status == "error" and outcome.rules == ("schema",)
+        (error,) = [r.error for r in releases if r.site == "mid" and r.error]
+        assert (error["site"], error["dataset"], error["column"]) == ("mid", "c", "event")
+        for df in tables.values():
+            df.loc[3, "event"] = 2
+    with federation(tables) as fed:
+        with pytest.raises(fh.SchemaError) as info:
+            fed.cox("c", "time", "event", ["age"])
+    assert info.value.dataset == "c" and info.value.column == "event"
+    assert info.value.site in SIZES and "'event'" in str(info.value)
+
+
+def test_a_site_that_does_not_answer_cox_says_so(tables):
+    policies = {
+        "big": fh.Policy(allowed_analyses=("cox",)),
+        "mid": fh.Policy(),
+        "small": fh.Policy(allowed_analyses=("kaplan_meier",)),
+    }
+    with fh.Federation.local(
+        {s: {"c": df} for s, df in tables.items()}, policy=policies, columns=COLUMNS
+    ) as fed:
+        res = fed.cox("c", "time", "event", ["age", "risk"])
+    assert res.privacy.outcome("small").rules == ("allowed_analyses",)
+    assert res.privacy.outcome("big").released and res.n_sites == 2
