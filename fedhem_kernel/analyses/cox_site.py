@@ -59,10 +59,9 @@ import pandas as pd
 
 from fedhem_kernel.analyses.base import Payload, SiteData
 from fedhem_kernel.errors import ParameterError, SchemaError
-from fedhem_kernel.privacy.policy import time_step
 from fedhem_kernel.privacy.survival import (
     check_event_table,
-    coarsen_times,
+    coarsen_to_policy,
     event_table,
     merge_small_steps,
 )
@@ -367,14 +366,8 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
 
     # times: coarsened, then merged per stratum exactly like a Kaplan–Meier table
     unit = data.schema.column(spec.duration).unit
-    step = time_step(data.policy.time_resolution, unit)
     tk, ek = t[keep], e[keep]
-    if step is not None:
-        tk = coarsen_times(tk, step)
-        rec.note(
-            f"times coarsened up to a grid of {data.policy.time_resolution}"
-            + ("" if unit else " (no unit declared: whole units)")
-        )
+    tk, step = coarsen_to_policy(tk, data.policy.time_resolution, unit, rec.note)
     block = np.empty(n, dtype=np.int64)
     strata: list[SiteStratum] = []
     offset = 0

@@ -34,19 +34,20 @@ import pandas as pd
 from scipy import stats
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
-from fedhem_kernel.analyses.kaplan_meier import check_survival_params, collect_group_tables
+from fedhem_kernel.analyses.kaplan_meier import (
+    check_survival_params,
+    collect_group_tables,
+    release_group_tables,
+)
 from fedhem_kernel.analyses.levels import grouping, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.policy import time_step
 from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.survival import (
     cause_event_table,
-    check_cause_event_table,
-    coarsen_times,
+    coarsen_to_policy,
     merge_small_cause_steps,
 )
 
-ALL = "all"
 OTHER_CAUSE = "(other)"
 COMPETING = "competing causes"
 CONF_LEVEL = 0.95
@@ -111,13 +112,7 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
         raise ParameterError("'causes' must be distinct whole numbers >= 1")
     t, codes = competing_events(data, duration, event)
     unit = data.schema.column(duration).unit
-    step = time_step(data.policy.time_resolution, unit)
-    if step is not None:
-        t = coarsen_times(t, step)
-        data.log.note(
-            f"times coarsened up to a grid of {data.policy.time_resolution}"
-            + ("" if unit else " (no unit declared: whole units)")
-        )
+    t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
     # column of each patient's cause: the agreed causes in order, then (other); -1 = censored
     column = np.where(codes == 0, -1, len(causes))
     if len(causes):
@@ -127,42 +122,18 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
         column[named] = order[pos[named]]
     n_columns = len(causes) + 1
     groups = grouping(data, group, params.get("levels"))
-    k = data.k
-    out: list[dict[str, Any]] = []
-    for label in params.get("levels") or [ALL]:
-        sel = np.ones(len(t), dtype=bool) if group is None else (groups == label).to_numpy()
-        if not sel.any():
-            out.append({"group": label, "empty": True})
-            continue
-        merged, n_merged = merge_small_cause_steps(
-            cause_event_table(t[sel], column[sel], n_columns), k
-        )
-        if merged is None:
-            data.log.suppressed(
-                "min_cell_count",
-                f"group '{label}': too few patients or events for any step of at least {k} "
-                "(every cause and the censored count must be 0 or at least the minimum; "
-                "combine_competing=True counts the other causes together)",
-            )
-            out.append({"group": label, "suppressed": True})
-            continue
-        problems = check_cause_event_table(merged, k)
-        if problems:  # a bug in merging must never become a release
-            raise RuntimeError("event table failed its release check: " + ", ".join(problems))
-        if n_merged:
-            data.log.suppressed(
-                "min_cell_count",
-                f"group '{label}': {n_merged} steps with counts below {k} merged into neighbours",
-            )
-        out.append(
-            {
-                "group": label,
-                "time": merged.time,
-                "at_risk": merged.at_risk,
-                "events": merged.events,
-                "censored": merged.censored,
-            }
-        )
+    out = release_group_tables(
+        data,
+        groups,
+        params.get("levels"),
+        len(t),
+        lambda sel: cause_event_table(t[sel], column[sel], n_columns),
+        merge_small_cause_steps,
+        too_small=(
+            " (every cause and the censored count must be 0 or at least the minimum; "
+            "combine_competing=True counts the other causes together)"
+        ),
+    )
     return {"groups": out, "time_step": step, "unit": unit}
 
 

@@ -11,6 +11,7 @@ Under ``Policy.unrestricted()`` the pooled curve equals lifelines on the pooled 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +22,10 @@ from scipy import stats
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.levels import grouping, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
-from fedhem_kernel.privacy.policy import time_step
 from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.survival import (
     check_event_table,
-    coarsen_times,
+    coarsen_to_policy,
     event_table,
     merge_small_steps,
 )
@@ -34,31 +34,33 @@ ALL = "all"
 
 
 # -- site step ------------------------------------------------------------------------------
-def site_survival_tables(data: SiteData, params: Payload) -> Payload:
-    duration, event = params["duration"], params["event"]
-    group = params.get("group")
-    t, e = data.survival(duration, event)
-    unit = data.schema.column(duration).unit
-    step = time_step(data.policy.time_resolution, unit)
-    if step is not None:
-        t = coarsen_times(t, step)
-        data.log.note(
-            f"times coarsened up to a grid of {data.policy.time_resolution}"
-            + ("" if unit else " (no unit declared: whole units)")
-        )
-    groups = grouping(data, group, params.get("levels"))
+def release_group_tables(
+    data: SiteData,
+    groups: pd.Series | None,
+    levels: list[str] | None,
+    n: int,
+    table_of: Callable[[np.ndarray], Any],
+    merge: Callable[[Any, int], tuple[Any, int]],
+    too_small: str = "",
+) -> list[dict[str, Any]]:
+    """Per group: the merged event table a site may release, or why it is withheld.
+
+    ``table_of(selection)`` builds the group's event table, ``merge`` merges small steps;
+    every table passes :func:`check_event_table` before it can leave the site.
+    """
     k = data.k
     out: list[dict[str, Any]] = []
-    for label in params.get("levels") or [ALL]:
-        sel = np.ones(len(t), dtype=bool) if group is None else (groups == label).to_numpy()
+    for label in levels or [ALL]:
+        sel = np.ones(n, dtype=bool) if groups is None else (groups == label).to_numpy()
         if not sel.any():
             out.append({"group": label, "empty": True})
             continue
-        merged, n_merged = merge_small_steps(event_table(t[sel], e[sel]), k)
+        merged, n_merged = merge(table_of(sel), k)
         if merged is None:
             data.log.suppressed(
                 "min_cell_count",
-                f"group '{label}': too few patients or events for any step of at least {k}",
+                f"group '{label}': too few patients or events for any step of at least {k}"
+                + too_small,
             )
             out.append({"group": label, "suppressed": True})
             continue
@@ -79,6 +81,24 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
                 "censored": merged.censored,
             }
         )
+    return out
+
+
+def site_survival_tables(data: SiteData, params: Payload) -> Payload:
+    duration, event = params["duration"], params["event"]
+    group = params.get("group")
+    t, e = data.survival(duration, event)
+    unit = data.schema.column(duration).unit
+    t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
+    groups = grouping(data, group, params.get("levels"))
+    out = release_group_tables(
+        data,
+        groups,
+        params.get("levels"),
+        len(t),
+        lambda sel: event_table(t[sel], e[sel]),
+        merge_small_steps,
+    )
     return {"groups": out, "time_step": step, "unit": unit}
 
 

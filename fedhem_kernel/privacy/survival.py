@@ -22,6 +22,7 @@ is released only when every cause count and the censored count are 0 or >= k.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,22 @@ def coarsen_times(times: np.ndarray, step: float | None) -> np.ndarray:
         return t
     # rounding guards against 3.0000000001 * step landing on the next grid point
     return np.ceil(np.round(t / step, 9)) * step
+
+
+def coarsen_to_policy(
+    times: np.ndarray, resolution: str | float, unit: str | None, note: Callable[[str], None]
+) -> tuple[np.ndarray, float | None]:
+    """Times rounded up to the policy's grid (and the step), saying so through ``note``."""
+    from fedhem_kernel.privacy.policy import time_step
+
+    step = time_step(resolution, unit)
+    if step is None:
+        return np.asarray(times, dtype=float), None
+    note(
+        f"times coarsened up to a grid of {resolution}"
+        + ("" if unit else " (no unit declared: whole units)")
+    )
+    return coarsen_times(times, step), step
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,11 @@ def merge_small_steps(table: EventTable, k: int) -> tuple[EventTable | None, int
     return out, rows - len(blocks)
 
 
-def check_event_table(table: EventTable, k: int) -> list[str]:
-    """Rules a table breaks (empty list = releasable). Used as a last gate before release."""
+def check_event_table(table: EventTable | CauseEventTable, k: int) -> list[str]:
+    """Rules a table breaks (empty list = releasable). Used as a last gate before release.
+
+    Works for plain tables and for competing-risks tables (one event column per cause).
+    """
     problems = []
     if k <= 1:
         return problems
@@ -141,8 +161,9 @@ def check_event_table(table: EventTable, k: int) -> list[str]:
     for name, values in (("event", table.events), ("censored", table.censored)):
         if np.any((values > 0) & (values < k)):
             problems.append(f"{name} count below minimum")
-    nxt = table.at_risk[1:]
-    if np.any(table.at_risk[:-1] - table.events[:-1] - table.censored[:-1] != nxt):
+    events = table.events if table.events.ndim == 1 else table.events.sum(axis=1)
+    leaving = events + table.censored
+    if np.any(table.at_risk[:-1] - leaving[:-1] != table.at_risk[1:]):
         problems.append("inconsistent table")
     return problems
 
@@ -245,19 +266,3 @@ def merge_small_cause_steps(table: CauseEventTable, k: int) -> tuple[CauseEventT
         (cum_c[ends + 1] - cum_c[starts]).astype(np.int64),
     )
     return out, rows - len(blocks)
-
-
-def check_cause_event_table(table: CauseEventTable, k: int) -> list[str]:
-    """Rules a competing-risks table breaks (empty list = releasable): the last gate before release."""
-    problems = []
-    if k <= 1:
-        return problems
-    if np.any(table.at_risk < k):
-        problems.append("at-risk count below minimum")
-    for name, values in (("event", table.events), ("censored", table.censored)):
-        if np.any((values > 0) & (values < k)):
-            problems.append(f"{name} count below minimum")
-    leaving = table.events.sum(axis=1) + table.censored
-    if np.any(table.at_risk[:-1] - leaving[:-1] != table.at_risk[1:]):
-        problems.append("inconsistent table")
-    return problems

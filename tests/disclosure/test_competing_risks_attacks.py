@@ -15,7 +15,7 @@ import fedhem_kernel as fh
 from fedhem_kernel.privacy.survival import (
     CauseEventTable,
     cause_event_table,
-    check_cause_event_table,
+    check_event_table,
     merge_small_cause_steps,
 )
 
@@ -257,9 +257,9 @@ def test_merged_cause_tables_obey_the_rule_and_keep_every_patient(seed):
             totals[None, :],
             np.array([table.censored.sum()]),
         )
-        assert n < k or check_cause_event_table(whole, k)
+        assert n < k or check_event_table(whole, k)
         return
-    assert check_cause_event_table(merged, k) == []
+    assert check_event_table(merged, k) == []
     ok = lambda v: np.all((v == 0) | (v >= k))  # noqa: E731
     assert ok(merged.events) and ok(merged.censored) and np.all(merged.at_risk >= k)
     # every patient is still counted: per-cause and censored totals, at risk at the start
