@@ -359,6 +359,8 @@ class Federation:
         strata: str | Sequence[str] | None = None,
         ties: str = "efron",
         where: str | None = None,
+        diagnostics: bool = True,
+        concordance_bins: int = 64,
     ) -> CoxResult:
         """Cox proportional-hazards model, fitted on the pooled partial likelihood.
 
@@ -367,7 +369,10 @@ class Federation:
         list of columns, or ``"site"`` for a separate baseline hazard per site. ``ties``:
         ``"efron"`` (lifelines' default) or ``"breslow"`` (scikit-survival's default). The result
         is named as lifelines' ``CoxPHFitter`` (``summary``, ``params_``, ``variance_matrix_``,
-        ``log_likelihood_``, ``log_likelihood_ratio_test()``).
+        ``log_likelihood_``, ``log_likelihood_ratio_test()``), plus ``concordance_index_``
+        (Harrell's C; pairs across sites compared on ``concordance_bins`` score bins, with
+        ``concordance_bounds_``), ``proportional_hazard_test()`` (scaled Schoenfeld residuals, as
+        lifelines) and ``plot()`` (forest plot). ``diagnostics=False`` skips those two extra rounds.
         """
         q = self._query("cox", dataset, where)
         covs = [covariates] if isinstance(covariates, str) else list(covariates)
@@ -376,7 +381,20 @@ class Federation:
             set(cat.loc[cat["dtype"] == "category", "column"])
             & {c for c in covs if isinstance(c, str)}
         )
-        return self._run(q, lambda q: run_cox(q, duration, event, covs, strata, ties, categorical))
+        return self._run(
+            q,
+            lambda q: run_cox(
+                q,
+                duration,
+                event,
+                covs,
+                strata,
+                ties,
+                categorical,
+                diagnostics=diagnostics,
+                concordance_bins=concordance_bins,
+            ),
+        )
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -212,6 +212,18 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
     assert "at risk" in km.inner_text().lower()
     assert page.locator(".fedhem-privacy").count() >= 1
 
+    # --- the Cox widget draws its forest plot: one row per coefficient, reference line at HR 1
+    forest = page.locator(".fedhem-forest").first
+    forest.wait_for(timeout=60_000)
+    rows = forest.locator(".fedhem-forest-row")
+    assert rows.count() == 3  # age, eln_risk_favourable, eln_risk_intermediate
+    assert "eln_risk_favourable" in rows.nth(1).text_content()
+    assert forest.bounding_box()["width"] > 300
+    assert "Harrell" in page.locator(".fedhem-table", has=forest).first.text_content()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    forest.scroll_into_view_if_needed()
+    forest.screenshot(path=str(SCREENSHOTS / "cox_forest.png"))
+
     # --- the sidebar's activity lists the queries just run, with outcome badges
     page.locator("#fedhem-sidebar .fedhem-refresh").click()
     # the notebook's last query is refused on purpose: wait until the list has caught up with it
@@ -220,7 +232,7 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
         timeout=30_000,
     )
     items = sidebar.locator(".fedhem-activity-item")
-    assert items.count() == 7  # describe x2, crosstab x2, KM, log-rank, the refused describe
+    assert items.count() == 8  # describe x2, crosstab x2, KM, log-rank, Cox, the refused describe
     badges = [b.lower() for b in items.locator(".fedhem-badge").all_text_contents()]
     assert badges[0] == "refused"  # newest first
     assert set(badges) <= {"released", "suppressed", "refused", "error"}

@@ -29,7 +29,7 @@ Hessian from such sums; ``CoxResult.fit`` keeps the :class:`CoxFit`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,14 @@ import pandas as pd
 from scipy import linalg
 
 from fedhem_kernel.analyses.base import Ask, Payload, SiteStep, param_columns
+from fedhem_kernel.analyses.cox_diagnostics import (
+    CONCORDANCE_BINS,
+    MAX_BINS,
+    Diagnostics,
+    run_diagnostics,
+    site_cox_diagnostics,
+    site_cox_score,
+)
 from fedhem_kernel.analyses.cox_result import CoxResult, LikelihoodRatioTest, summary_frame
 from fedhem_kernel.analyses.cox_site import (
     MAX_COEFFICIENT,
@@ -389,6 +397,7 @@ def fit_cox(
     r_precision: float = 1e-9,
     max_steps: int = 500,
     protocol: str | None = None,
+    after: Callable[[Payload, CoxFit], None] | None = None,
 ) -> CoxFit:
     """Run the setup round and the Newton iterations; return the pooled fit.
 
@@ -398,6 +407,8 @@ def fit_cox(
     from the pooled S0, the contracted Σ c1·S2 - c2·D2 as one p×p matrix). ``None`` picks one
     round unless its replies would exceed :data:`ONE_ROUND_MAX_BYTES` for some site (exact times
     on large data: a reply then grows with B·p², B the site's distinct times).
+    ``after(base, fit)`` runs once the fit is done, before the sites drop its cached design (``base``:
+    the parameters that name the design, for further rounds on it).
     """
     base: Payload = {
         "duration": spec.duration,
@@ -568,7 +579,7 @@ def fit_cox(
             q.note("converged, but the last step was still large: collinearity or separation?")
         coarse = [x for x in setups.values() if x.get("time_step") is not None]
         step_info = coarse[0] if coarse else next(iter(setups.values()))
-        return CoxFit(
+        fit = CoxFit(
             columns=columns,
             beta=evaluated,
             center=center,
@@ -586,15 +597,25 @@ def fit_cox(
             time_step=step_info.get("time_step"),
             unit=step_info.get("unit"),
         )
+        if after is not None:  # e.g. model checks, while the sites still hold the design
+            after(base, fit)
+        return fit
 
     finally:  # the sites drop their cached design of this fit
         _release(q, base)
 
 
-def build_cox_result(q: Ask, spec: CoxSpec, fit: CoxFit) -> CoxResult:
+def raw_variance(fit: CoxFit) -> np.ndarray:
+    """The coefficients' covariance in the covariates' own units (inverse information)."""
+    return -np.linalg.inv(fit.hessian) / np.outer(fit.scale, fit.scale)
+
+
+def build_cox_result(
+    q: Ask, spec: CoxSpec, fit: CoxFit, diagnostics: Diagnostics | None = None
+) -> CoxResult:
     index = pd.Index(fit.columns, name="covariate")
     params = pd.Series(fit.beta / fit.scale, index=index, name="coef")
-    variance = -np.linalg.inv(fit.hessian) / np.outer(fit.scale, fit.scale)
+    variance = raw_variance(fit)
     variance_df = pd.DataFrame(variance, index=index, columns=index)
     if fit.time_step is not None:
         q.note(
@@ -625,6 +646,8 @@ def build_cox_result(q: Ask, spec: CoxSpec, fit: CoxFit) -> CoxResult:
         time_step=fit.time_step,
         unit=fit.unit,
         fit=fit,
+        concordance=diagnostics.concordance if diagnostics else None,
+        ph_tests=diagnostics.ph_tests if diagnostics else {},
     )
 
 
@@ -636,17 +659,39 @@ def run_cox(
     strata: str | Sequence[str] | None = None,
     ties: str = "efron",
     categorical: Sequence[str] = (),
+    diagnostics: bool = True,
+    concordance_bins: int = CONCORDANCE_BINS,
 ) -> CoxResult:
-    """Fit the pooled Cox model; ``categorical`` names the covariates to dummy-code."""
+    """Fit the pooled Cox model; ``categorical`` names the covariates to dummy-code.
+
+    With ``diagnostics`` (the default), two more rounds on the sites' designs compute the
+    concordance index and the proportional-hazards test (:mod:`.cox_diagnostics`).
+    """
     spec = check_cox_params(duration, event, covariates, strata, ties, categorical)
+    if not isinstance(concordance_bins, int) or not 1 <= concordance_bins <= MAX_BINS:
+        raise ParameterError(f"'concordance_bins' must be an integer from 1 to {MAX_BINS}")
     levels: dict[str, list[str]] = {}
     for column in spec.categorical:
         levels[column] = list(require_levels(q, column, minimum=2) or [])
+    checks: list[Diagnostics] = []
+
+    def after(base: Payload, fit: CoxFit) -> None:
+        if diagnostics and np.isfinite(fit.hessian).all():
+            variance = raw_variance(fit)
+            checks.append(run_diagnostics(q, base, fit, variance, spec.ties, concordance_bins))
+
     if spec.ties == "efron":
-        fit = fit_cox(q, spec, levels)
+        fit = fit_cox(q, spec, levels, after=after)
     else:
-        fit = fit_cox(q, spec, levels, precision=BRESLOW_PRECISION, r_precision=BRESLOW_PRECISION)
-    return build_cox_result(q, spec, fit)
+        fit = fit_cox(
+            q,
+            spec,
+            levels,
+            precision=BRESLOW_PRECISION,
+            r_precision=BRESLOW_PRECISION,
+            after=after,
+        )
+    return build_cox_result(q, spec, fit, checks[0] if checks else None)
 
 
 STEPS = [
@@ -666,6 +711,18 @@ STEPS = [
         "cox_hessian",
         "cox",
         site_cox_hessian,
+        param_columns("duration", "event", "covariates", "strata"),
+    ),
+    SiteStep(
+        "cox_score",
+        "cox",
+        site_cox_score,
+        param_columns("duration", "event", "covariates", "strata"),
+    ),
+    SiteStep(
+        "cox_diagnostics",
+        "cox",
+        site_cox_diagnostics,
         param_columns("duration", "event", "covariates", "strata"),
     ),
     SiteStep(

@@ -18,6 +18,7 @@ from fedhem_kernel.privacy.report import PrivacyReport
 
 if TYPE_CHECKING:
     from fedhem_kernel.analyses.cox import CoxFit
+    from fedhem_kernel.analyses.cox_diagnostics import Concordance, ProportionalHazardTest
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,8 @@ class CoxResult:
     time_step: float | None = None
     unit: str | None = None
     fit: CoxFit | None = field(default=None, repr=False, compare=False)
+    concordance: Concordance | None = field(default=None, repr=False, compare=False)
+    ph_tests: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def params(self) -> pd.Series:
@@ -130,6 +133,41 @@ class CoxResult:
         """The design columns (a categorical covariate gives one per non-reference level)."""
         return list(self.params_.index)
 
+    @property
+    def concordance_index_(self) -> float:
+        """Harrell's C of the fitted scores, over all pooled pairs (lifelines' definition).
+
+        Pairs within a site are compared exactly; pairs across sites from binned scores, a pair in
+        overlapping bins counting ½. :attr:`concordance_bounds_` gives the range those pairs allow.
+        """
+        return self.concordance.value if self.concordance else float("nan")
+
+    @property
+    def concordance_bounds_(self) -> tuple[float, float]:
+        """The lowest and highest C the pairs left unresolved by binning allow (exact C is inside)."""
+        if self.concordance is None:
+            return (float("nan"), float("nan"))
+        return (self.concordance.lower, self.concordance.upper)
+
+    def proportional_hazard_test(
+        self, time_transform: str | list[str] = "rank"
+    ) -> ProportionalHazardTest:
+        """Schoenfeld-residual test of proportional hazards, as lifelines' ``proportional_hazard_test``.
+
+        ``time_transform``: ``"rank"`` (default, tied times get their average rank), ``"km"``,
+        ``"identity"``, ``"log"``, a list of them, or ``"all"``. Computed at fit time from
+        aggregated residual sums; no residual left a site.
+        """
+        from fedhem_kernel.analyses.cox_diagnostics import ph_test_result
+
+        return ph_test_result(self.ph_tests, time_transform)
+
+    def plot(self, ax: Any = None, hazard_ratios: bool = False, **errorbar_kwargs: Any) -> Any:
+        """Forest plot of the coefficients (or hazard ratios, log axis) with 95 % intervals."""
+        from fedhem_kernel.display.forest import plot_forest
+
+        return plot_forest(self, ax=ax, hazard_ratios=hazard_ratios, **errorbar_kwargs)
+
     def log_likelihood_ratio_test(self) -> LikelihoodRatioTest:
         """The fitted model against the model without covariates (chi-squared, df = #params)."""
         stat = 2 * self.log_likelihood_ - 2 * self.log_likelihood_null_
@@ -148,11 +186,22 @@ class CoxResult:
             "partial log-likelihood": round(self.log_likelihood_, 4),
             "LR test (df)": f"{lr.test_statistic:.4g} ({lr.degrees_of_freedom})",
             "LR test p": f"{lr.p_value:.4g}",
+            "concordance (Harrell's C)": self._concordance_text(),
             "iterations": self.iterations,
         }
+        if self.concordance is None:
+            rows.pop("concordance (Harrell's C)")
         if not self.strata:
             rows.pop("strata")
         return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
+
+    def _concordance_text(self) -> str:
+        c = self.concordance
+        if c is None:
+            return ""
+        if c.unresolved == 0:
+            return f"{c.value:.4f}"
+        return f"{c.value:.4f} (between {c.lower:.4f} and {c.upper:.4f})"
 
     def _title(self) -> str:
         return f"Cox model: {self.duration} / {self.event} on '{self.privacy.dataset}'"
@@ -166,6 +215,7 @@ class CoxResult:
         return f"{grid}; ties by {self.ties.capitalize()}; pooled from the sites' risk-set sums."
 
     def _repr_html_(self) -> str:
+        from fedhem_kernel.display.forest import forest_html
         from fedhem_kernel.display.html import result_html
 
         return result_html(
@@ -174,10 +224,12 @@ class CoxResult:
             self.privacy,
             extra_tables=[("Model", self._model_table())],
             footnote=self._footnote(),
+            figure=forest_html(self),
         )
 
     def widget(self) -> Any:
         """This result as an interactive widget: the coefficients table, the model and the privacy panel."""
+        from fedhem_kernel.display.forest import forest_state
         from fedhem_kernel.display.state import table_state
         from fedhem_kernel.display.widgets import ResultTableWidget
 
@@ -186,6 +238,7 @@ class CoxResult:
             [table_state(self.summary, "coefficients"), table_state(self._model_table(), "model")],
             self.privacy,
             footnote=self._footnote(),
+            figure=forest_state(self),
         )
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:

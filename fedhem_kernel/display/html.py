@@ -51,11 +51,11 @@ def result_html(
     )
 
 
-def figure_png(fig: Any) -> str:
+def figure_png(fig: Any, alt: str = "Kaplan-Meier curves") -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="Kaplan-Meier curves" src="data:image/png;base64,{data}"/>'
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}"/>'
 
 
 def km_html(result: KaplanMeierResult) -> str:

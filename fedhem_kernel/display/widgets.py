@@ -69,6 +69,8 @@ class ResultTableWidget(_FedHemWidget):
     tables = t.List(t.Dict()).tag(sync=True)
     footnote = t.Unicode("").tag(sync=True)
     privacy = t.Dict().tag(sync=True)
+    #: An optional figure drawn above the tables (``{"kind": "forest", ...}``: display.forest).
+    figure = t.Dict().tag(sync=True)
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class ResultTableWidget(_FedHemWidget):
         tables: list[dict[str, Any]],
         report: PrivacyReport,
         footnote: str = "",
+        figure: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -83,6 +86,7 @@ class ResultTableWidget(_FedHemWidget):
             tables=tables,
             footnote=footnote,
             privacy=privacy_state(report),
+            figure=figure or {},
             **kwargs,
         )
 

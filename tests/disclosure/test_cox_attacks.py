@@ -55,6 +55,8 @@ def tables() -> dict[str, pd.DataFrame]:
 def cox_payloads(releases, key: str):
     """(site, payload) of every released Cox reply holding ``key``."""
     for reply in releases:
+        if "lp_sum" in (reply.payload or {}):
+            continue  # the model-check round (tested below)
         if reply.payload and any(key in item for item in reply.payload.get("strata", [])):
             yield reply.site, reply.payload
 
@@ -270,3 +272,101 @@ def test_a_site_that_does_not_answer_cox_says_so(tables):
         res = fed.cox("c", "time", "event", ["age", "risk"])
     assert res.privacy.outcome("small").rules == ("allowed_analyses",)
     assert res.privacy.outcome("big").released and res.n_sites == 2
+
+
+# -- model checks: concordance and proportional-hazards test ----------------------------------------
+def diagnostic_payloads(releases, key: str):
+    for reply in releases:
+        if reply.payload and key in reply.payload:
+            yield reply.site, reply.payload
+
+
+def test_model_checks_release_no_count_between_one_and_k(tables, releases):
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "risk", "mutation"])
+        strat = fed.cox("c", "time", "event", ["age", "mutation"], strata=["risk"])
+    for r in (res, strat):
+        lower, upper = r.concordance_bounds_
+        assert 0 <= lower <= r.concordance_index_ <= upper <= 1
+        assert np.isfinite(r.proportional_hazard_test("all").test_statistic).all()
+    checked = 0
+    for site, payload in diagnostic_payloads(releases, "lp_sum"):
+        for item in payload["strata"]:
+            counts = np.asarray(item["counts"])
+            assert np.all(counts >= K), site
+            checked += len(counts)
+    for site, payload in diagnostic_payloads(releases, "cells"):
+        for cells in payload["cells"]:
+            for key in ("events", "censored"):
+                v = np.asarray(cells[key])
+                assert np.all((v == 0) | (v >= K)), site
+                checked += len(v)
+        assert np.asarray(payload["ph"]).shape == (4, len(payload["ph"][0]))
+    assert checked > 50
+    assert_no_value_leaks(fed, releases, "")
+
+
+def test_hand_crafted_model_check_requests_release_nothing_finer(tables):
+    ages = np.sort(tables["big"]["age"].to_numpy())
+    target = float(ages[len(ages) // 2])  # one patient's age
+    with federation(tables) as fed:
+        fed.cox("c", "time", "event", ["age"])
+        base = {
+            "duration": "time",
+            "event": "event",
+            "covariates": ["age"],
+            "categorical": {},
+            "strata": None,
+            "ties": "efron",
+            "fit": "attack",
+            "center": [0.0],
+            "scale": [1.0],
+            "beta": [1.0],  # the score is the age itself
+        }
+        # 1. score bins squeezed around one patient's age: cells still hold 0 or >= k patients
+        edges = np.concatenate(
+            ([target - 0.05], target + np.linspace(-0.01, 0.01, 200), [target + 0.05])
+        )
+        step = [{"label": [], "times": np.arange(0.0, 110.0), "weights": np.zeros((110, 4))}]
+        replies = fed._coordinator.send(
+            SiteRequest("cox_diagnostics", "c", {**base, "edges": edges, "ph": step})
+        )
+        for reply in replies.values():
+            assert reply.status in ("released", "suppressed")
+            (cells,) = reply.payload["cells"]
+            for key in ("events", "censored"):
+                v = np.asarray(cells[key])
+                assert np.all((v == 0) | (v >= K))
+        # 2. weights on one month only: the reply sums whole steps' events (0 or >= k of them)
+        one = np.zeros((110, 4))
+        one[12, :] = 1.0
+        replies = fed._coordinator.send(
+            SiteRequest(
+                "cox_diagnostics",
+                "c",
+                {
+                    **base,
+                    "edges": [],
+                    "ph": [{"label": [], "times": np.arange(0.0, 110.0), "weights": one}],
+                },
+            )
+        )
+        steps = {}
+        for reply in fed._coordinator.send(SiteRequest("cox_score", "c", base)).values():
+            (item,) = reply.payload["strata"]
+            steps[reply.site] = np.asarray(item["steps"])
+        for site, reply in replies.items():
+            ph = np.asarray(reply.payload["ph"])
+            if 12.0 not in steps[site]:
+                assert np.all(ph == 0)  # no step of its own at that month: nothing
+        # 3. huge coefficients and malformed bins are refused without values
+        replies = fed._coordinator.send(SiteRequest("cox_score", "c", {**base, "beta": [60.0]}))
+        for reply in replies.values():
+            assert reply.status == "refused" and reply.payload is None
+            assert reply.error["rule"] == "max_coefficient"
+        replies = fed._coordinator.send(
+            SiteRequest("cox_diagnostics", "c", {**base, "edges": [2.0, 1.0], "ph": []})
+        )
+        for reply in replies.values():
+            assert reply.status == "error" and reply.payload is None
+            assert "edges" in reply.error["reason"]

@@ -101,11 +101,55 @@ function renderTable(state) {
     h("table", { class: "fedhem-grid fedhem-data" }, h("thead", {}, h("tr", {}, head)), h("tbody", {}, rows)));
 }
 
+// -- forest plot (Cox): estimate and interval per row on a log axis, reference line at 1 --------
+function renderForest(fig) {
+  const rows = fig.rows || [];
+  const W = 460, left = 150, right = 16, top = 8, rowH = 22, axisH = 34;
+  const H = top + rowH * rows.length + axisH;
+  const vals = rows.flatMap((r) => [r.estimate, r.lower, r.upper]).filter((v) => v > 0 && Number.isFinite(v));
+  let lo = Math.min(fig.reference, ...vals), hi = Math.max(fig.reference, ...vals);
+  if (!(hi > lo)) { lo = fig.reference / 2; hi = fig.reference * 2; }
+  const l0 = Math.log10(lo) - 0.05 * (Math.log10(hi) - Math.log10(lo));
+  const l1 = Math.log10(hi) + 0.05 * (Math.log10(hi) - Math.log10(lo));
+  const x = (v) => left + ((Math.log10(v) - l0) / (l1 - l0)) * (W - left - right);
+  const root = svg("svg", { class: "fedhem-forest", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const ref = x(fig.reference);
+  root.append(svg("line", { x1: ref, x2: ref, y1: top, y2: H - axisH, stroke: "#888", "stroke-dasharray": "4 3" }));
+  rows.forEach((r, i) => {
+    const y = top + rowH * i + rowH / 2;
+    const g = svg("g", { class: "fedhem-forest-row" });
+    g.append(svg("text", { x: left - 8, y: y + 4, "text-anchor": "end", "font-size": 12 }, r.label));
+    const a = r.lower === null ? x(Math.pow(10, l0)) : x(r.lower);
+    const b = r.upper === null ? x(Math.pow(10, l1)) : x(r.upper);
+    g.append(svg("line", { x1: a, x2: b, y1: y, y2: y, stroke: "#1f4e79", "stroke-width": 2 }));
+    g.append(svg("rect", { x: x(r.estimate) - 4, y: y - 4, width: 8, height: 8, fill: "#1f4e79" }));
+    g.append(svg("title", {}, `${r.label}: ${fmt(r.estimate)} (${fmt(r.lower)} to ${fmt(r.upper)}), p = ${fmt(r.p)}`));
+    root.append(g);
+  });
+  const ticks = [];
+  for (let e = Math.floor(l0); e <= Math.ceil(l1); e++) {
+    for (const m of [1, 2, 5]) {
+      const v = m * Math.pow(10, e);
+      if (Math.log10(v) >= l0 && Math.log10(v) <= l1) ticks.push(v);
+    }
+  }
+  const yAxis = H - axisH;
+  root.append(svg("line", { x1: left, x2: W - right, y1: yAxis, y2: yAxis, stroke: "#444" }));
+  for (const v of ticks) {
+    root.append(svg("line", { x1: x(v), x2: x(v), y1: yAxis, y2: yAxis + 4, stroke: "#444" }));
+    root.append(svg("text", { x: x(v), y: yAxis + 16, "text-anchor": "middle", "font-size": 11 }, fmt(v)));
+  }
+  root.append(svg("text", { x: (left + W - right) / 2, y: H - 2, "text-anchor": "middle", "font-size": 11 }, fig.label || ""));
+  return h("div", { class: "fedhem-figure" }, root);
+}
+
 function renderResultTables(model, el) {
   el.classList.add("fedhem-table", "fedhem-result-w");
   const draw = () => {
     const tables = model.get("tables") || [];
     const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, model.get("title")));
+    const fig = model.get("figure") || {};
+    if (fig.kind === "forest") main.append(renderForest(fig));
     tables.forEach((t, i) => {
       if (i === 0) {
         if (t.caption) main.append(h("div", { class: "fedhem-caption" }, t.caption));
@@ -118,7 +162,7 @@ function renderResultTables(model, el) {
     el.replaceChildren(main, renderPrivacy(model.get("privacy"), h("div")));
   };
   draw();
-  const events = "change:tables change:title change:footnote change:privacy";
+  const events = "change:tables change:title change:footnote change:privacy change:figure";
   model.on(events, draw);
   return () => model.off(events, draw);
 }
