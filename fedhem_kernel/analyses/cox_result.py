@@ -143,6 +143,11 @@ class CoxResult:
         return self.concordance.value if self.concordance else float("nan")
 
     @property
+    def concordance_index(self) -> float:
+        """Alias of :attr:`concordance_index_` (the name used in FedHem's architecture notes)."""
+        return self.concordance_index_
+
+    @property
     def concordance_bounds_(self) -> tuple[float, float]:
         """The lowest and highest C the pairs left unresolved by binning allow (exact C is inside)."""
         if self.concordance is None:
