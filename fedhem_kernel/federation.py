@@ -24,7 +24,9 @@ from fedhem_kernel.analyses.cumulative_incidence import (
 )
 from fedhem_kernel.analyses.describe import DescribeResult, run_describe
 from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_meier
+from fedhem_kernel.analyses.kmeans import KMeansResult, run_kmeans
 from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
+from fedhem_kernel.analyses.pca import PCAResult, run_pca
 from fedhem_kernel.engine.client_app import make_client_app
 from fedhem_kernel.engine.coordinator import Coordinator, Query
 from fedhem_kernel.engine.local_grid import LocalGrid
@@ -395,6 +397,75 @@ class Federation:
                 concordance_bins=concordance_bins,
             ),
         )
+
+    def _categorical(self, dataset: str, columns: Sequence[Any]) -> list[str]:
+        cat = self.catalog(dataset)
+        named = {c for c in columns if isinstance(c, str)}
+        return sorted(set(cat.loc[cat["dtype"] == "category", "column"]) & named)
+
+    def kmeans(
+        self,
+        dataset: str,
+        features: str | Sequence[str],
+        k: int,
+        init: str | Any = "k-means++",
+        standardize: bool = True,
+        seed: int = 0,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        where: str | None = None,
+    ) -> KMeansResult:
+        """k-means (Lloyd) on numeric ``features``; labels stay at each site as column ``cluster``.
+
+        ``init``: ``"k-means++"`` (a federated variant that never releases a patient's row, seeded
+        by ``seed``) or an array (k x features) of start centres in original units. ``standardize``
+        clusters on features scaled by their pooled mean and SD (centres are reported in original
+        units). ``max_iter`` and ``tol`` as scikit-learn's ``KMeans``. Afterwards
+        ``fed.describe(dataset, by="cluster")``, ``fed.kaplan_meier(..., group="cluster")`` or
+        ``result.profile(fed, [...])`` describe the clusters.
+        """
+        q = self._query("kmeans", dataset, where)
+        feats = [features] if isinstance(features, str) else list(features)
+        categorical = self._categorical(dataset, feats)
+        try:
+            return self._run(
+                q,
+                lambda q: run_kmeans(
+                    q,
+                    feats,
+                    k,
+                    init=init,
+                    standardize=standardize,
+                    seed=seed,
+                    max_iter=max_iter,
+                    tol=tol,
+                    categorical=categorical,
+                ),
+            )
+        finally:  # sites that did not store this clustering drop an older 'cluster' column
+            dropped = [s for s in self._coordinator.site_names if s not in q.active]
+            if dropped:
+                request = SiteRequest("kmeans_clear", dataset, {}, None, self.user, q.query_id)
+                self._coordinator.send(request, dropped)
+
+    def pca(
+        self,
+        dataset: str,
+        features: str | Sequence[str],
+        n_components: int | None = None,
+        standardize: bool = True,
+        where: str | None = None,
+    ) -> PCAResult:
+        """Principal components of numeric ``features`` from the pooled covariance matrix.
+
+        ``standardize=True`` uses features scaled by their pooled SD (the correlation matrix).
+        ``result.transform(kmeans.cluster_centers)`` and ``result.plot_centers(kmeans)`` place the
+        centres of a k-means result on the components.
+        """
+        q = self._query("pca", dataset, where)
+        feats = [features] if isinstance(features, str) else list(features)
+        categorical = self._categorical(dataset, feats)
+        return self._run(q, lambda q: run_pca(q, feats, n_components, standardize, categorical))
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

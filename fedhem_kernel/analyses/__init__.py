@@ -12,14 +12,26 @@ from fedhem_kernel.analyses import (
     cumulative_incidence,
     describe,
     kaplan_meier,
+    kmeans,
     levels,
     logrank,
+    pca,
 )
 from fedhem_kernel.analyses.base import SiteStep
 
 SITE_STEPS: dict[str, SiteStep] = {
     step.name: step
-    for module in (levels, describe, crosstab, kaplan_meier, logrank, cumulative_incidence, cox)
+    for module in (
+        levels,
+        describe,
+        crosstab,
+        kaplan_meier,
+        logrank,
+        cumulative_incidence,
+        cox,
+        kmeans,
+        pca,
+    )
     for step in module.STEPS
 }
 

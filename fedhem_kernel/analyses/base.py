@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
+from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.privacy.report import ReleaseLog
 from fedhem_kernel.site.schema import DatasetSchema
@@ -36,9 +37,24 @@ class Ask(Protocol):
     def note(self, text: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class DerivedColumn:
+    """Values a site step leaves at the site as a column (one per cohort row; None = missing)."""
+
+    values: pd.Series | None  # None: drop the column
+    dtype: str = "category"
+    source: str = ""  # which analysis made it (shown as ``ColumnSpec.derived``)
+
+
 @dataclass
 class SiteData:
-    """Everything a site step may read. Built by the site executor; never leaves the site."""
+    """Everything a site step may read. Built by the site executor; never leaves the site.
+
+    ``guard`` (the site's memory of released row sets, None when the policy turns it off),
+    ``n_rows`` (rows of the whole dataset; ``cohort.index`` holds positions in it) and ``scratch``
+    (per-dataset space kept between the rounds of a query) are set by the executor; ``derived``
+    collects the columns a step leaves at the site (see :meth:`derive`).
+    """
 
     site: str
     dataset: str
@@ -46,10 +62,57 @@ class SiteData:
     schema: DatasetSchema
     policy: Policy
     log: ReleaseLog = field(default_factory=ReleaseLog)
+    guard: DifferencingGuard | None = None
+    n_rows: int | None = None
+    scratch: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, DerivedColumn] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
         return self.policy.min_cell_count
+
+    def derive(
+        self, column: str, values: pd.Series | np.ndarray | None, dtype: str, source: str
+    ) -> None:
+        """Keep ``values`` (one per cohort row) as column ``column`` of this dataset, at this site.
+
+        The executor adds it once the step has succeeded (missing outside the cohort), replacing an
+        earlier derived column of that name; ``values=None`` drops it. A column the dataset has of
+        its own is never replaced. For ``dtype="category"`` the values are strings or None.
+        """
+        spec = self.schema.columns.get(column)
+        if spec is not None and spec.derived is None:
+            raise SchemaError(
+                "the dataset has a column of this name of its own: it cannot be replaced",
+                **self.err(column),
+                rule="schema",
+            )
+        if values is not None:
+            values = pd.Series(np.asarray(values, dtype=object), index=self.cohort.index)
+        self.derived[column] = DerivedColumn(values, dtype, source)
+
+    def rows_mask(self, selected: np.ndarray) -> np.ndarray:
+        """Whole-dataset mask of the cohort rows flagged in ``selected`` (one flag per cohort row)."""
+        rows = self.cohort.index.to_numpy()
+        n = self.n_rows if self.n_rows is not None else int(rows.max(initial=-1)) + 1
+        mask = np.zeros(n, dtype=bool)
+        mask[rows[np.asarray(selected, dtype=bool)]] = True
+        return mask
+
+    def near_released(self, selected: np.ndarray) -> bool:
+        """Whether these cohort rows differ from an earlier released row set by 1..k-1 patients."""
+        if self.guard is None:
+            return False
+        mask = self.rows_mask(selected)
+        if self.guard.contains(self.dataset, mask):
+            return False  # released before, when it was checked against everything remembered
+        diff = self.guard.closest_difference(self.dataset, mask)
+        return diff is not None and diff < self.k
+
+    def remember_released(self, selected: np.ndarray) -> None:
+        """Add these cohort rows to the site's memory of released row sets (differencing guard)."""
+        if self.guard is not None:
+            self.guard.remember(self.dataset, self.rows_mask(selected))
 
     def err(self, column: str | None = None) -> dict[str, str | None]:
         return {"site": self.site, "dataset": self.dataset, "column": column}

@@ -153,6 +153,8 @@ class PooledStratum:
     D0: np.ndarray | None = None  # Efron: event sums at tied times only
     D1: np.ndarray | None = None
     D2: np.ndarray | None = None
+    #: Efron's layout of the tied events (fixed by ``events``), built by :func:`time_weights`.
+    _efron: tuple[np.ndarray, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def tied(self) -> np.ndarray:
@@ -187,17 +189,26 @@ def time_weights(st: PooledStratum, ties: str) -> TimeWeights:
     if ties == "efron" and st.tied.any():
         tied = st.tied
         assert st.D0 is not None
-        dt = st.events[tied].astype(np.int64)
-        starts = np.concatenate(([0], np.cumsum(dt)[:-1]))
-        rep = np.repeat(np.arange(len(dt)), dt)
-        a = (np.arange(int(dt.sum())) - starts[rep]) / dt[rep]
-        phi = s0[tied][rep] - a * st.D0[rep]
-        inv = 1.0 / phi
-        sums = np.add.reduceat(
-            np.stack([inv, a * inv, inv**2, a * inv**2, a**2 * inv**2]), starts, axis=1
-        )
-        c1[tied], c2[tied], c3[tied], c4[tied], c5[tied] = sums
-        log_phi += float(np.log(phi).sum()) - float((d[tied] * np.log(s0[tied])).sum())
+        if st._efron is None:  # one entry per tied event: its time, and a = l/d for the l-th of d
+            dt = st.events[tied].astype(np.int64)
+            starts = np.concatenate(([0], np.cumsum(dt)[:-1]))
+            rep = np.repeat(np.arange(len(dt)), dt)
+            a = (np.arange(int(dt.sum())) - starts[rep]) / dt[rep]
+            st._efron = (starts, rep, a, a**2)
+        starts, rep, a, a2 = st._efron
+        # per tied event: φ = S0 - a·D0, then the sums of 1/φ, a/φ, 1/φ², a/φ², a²/φ² and log φ
+        # (two buffers of one entry per tied event, reused: these are hundreds of thousands)
+        phi = np.take(s0[tied], rep)
+        buf = np.take(st.D0, rep)
+        phi -= np.multiply(a, buf, out=buf)
+        log_phi += float(np.log(phi, out=buf).sum()) - float((d[tied] * np.log(s0[tied])).sum())
+        inv = np.divide(1.0, phi, out=phi)
+        c1[tied] = np.add.reduceat(inv, starts)
+        c2[tied] = np.add.reduceat(np.multiply(a, inv, out=buf), starts)
+        inv2 = np.square(inv, out=inv)
+        c3[tied] = np.add.reduceat(inv2, starts)
+        c4[tied] = np.add.reduceat(np.multiply(a, inv2, out=buf), starts)
+        c5[tied] = np.add.reduceat(np.multiply(a2, inv2, out=buf), starts)
     return TimeWeights(c1, c2, c3, c4, c5, log_phi)
 
 
@@ -207,14 +218,52 @@ def reverse_cumsum(values: np.ndarray) -> np.ndarray:
     return np.concatenate((out, np.zeros((1, *values.shape[1:]))))
 
 
+def pool_steps(out: np.ndarray, at: np.ndarray, sums: np.ndarray) -> None:
+    """Add one site's per-step sums to the rows ``at`` of ``out`` (repeated rows add in order).
+
+    ``at[j]`` is the last pooled time at or before the site's step j (-1 if none): step j is in the
+    risk set of that time and of every earlier one, so after :func:`accumulate_from_end` row i of
+    ``out`` holds the sum over every step at or after pooled time i. No (times × columns)
+    temporary per site.
+    """
+    first = int(np.searchsorted(at, 0))  # ``at`` is sorted: steps before the first time join none
+    for lo in range(first, len(at), _POOL_ROWS):  # blocks of steps: small temporaries
+        rows, block = at[lo : lo + _POOL_ROWS], sums[lo : lo + _POOL_ROWS]
+        lead = np.concatenate(
+            ([rows[0] != at[lo - 1] if lo > first else True], rows[1:] != rows[:-1])
+        )
+        out[rows[lead]] += block[lead]  # the first step of each row: a plain indexed add
+        if not lead.all():  # the others (rows with several steps), in order
+            np.add.at(out, rows[~lead], block[~lead])
+
+
+#: Steps per block in :func:`pool_steps`.
+_POOL_ROWS = 1 << 14
+
+
+def accumulate_from_end(values: np.ndarray) -> None:
+    """Row i becomes the sum of rows i..last (accumulated from the end, as lifelines does); in place."""
+    np.cumsum(values[::-1], axis=0, out=values[::-1])
+
+
 def _wsum(c: np.ndarray, a: np.ndarray) -> np.ndarray:
     """Σ_t c_t·a_t (einsum's own loops: a multithreaded BLAS call would cost more here)."""
     return np.einsum("t,tk->k", c, a)
 
 
+#: Rows per block in :func:`_wouter` (temporaries of a few MiB).
+_OUTER_ROWS = 1 << 15
+
+
 def _wouter(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ_t c_t·a_t·b_tᵀ."""
-    return np.einsum("t,ti,tj->ij", c, a, b)
+    """Σ_t c_t·a_t·b_tᵀ, a block of rows at a time: c·a formed first, then a two-operand einsum
+    (a three-operand einsum runs about three times slower; BLAS here is slower still, and its
+    threads would keep spinning into the sites' next round)."""
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for lo in range(0, len(c), _OUTER_ROWS):
+        hi = lo + _OUTER_ROWS
+        out += np.einsum("ti,tj->ij", a[lo:hi] * c[lo:hi, None], b[lo:hi])
+    return out
 
 
 def evaluate(
@@ -475,6 +524,8 @@ def fit_cox(
             params = {**step_params(beta), "parts": "first" if split else "all"}
             if efron:
                 params["tied"] = tied
+            for st in strata:  # the last iteration's sums are not needed during the round
+                st.S0 = st.S1 = st.S2 = st.D0 = st.D1 = st.D2 = None
             replies = q.ask("cox_sums", params)
             check_replies(replies)
             for st in strata:
@@ -484,18 +535,30 @@ def fit_cox(
                 if efron:
                     st.D0, st.D1 = np.zeros(nt), np.zeros((nt, p))
                     st.D2 = None if split else np.zeros((nt, q_len))
-            for site, payload in replies.items():
-                for item in payload["strata"]:
-                    st = index[(site,) if by_site else tuple(item["label"])]
-                    # the site's risk set at a pooled time: its steps at or after that time
-                    at = np.searchsorted(st.site_steps[site], st.times, side="left")
-                    for k in ("0", "1", "2"):
-                        pooled = getattr(st, "S" + k)
-                        if pooled is not None:
-                            pooled += reverse_cumsum(np.asarray(item["A" + k], dtype=float))[at]
-                        pooled = getattr(st, "D" + k)
-                        if pooled is not None:
-                            pooled += np.asarray(item["D" + k], dtype=float)
+            for site in list(replies):  # a site's reply is dropped as soon as it is pooled
+                pool_reply(site, replies.pop(site))
+            for st in strata:
+                for pooled in (st.S0, st.S1, st.S2):
+                    if pooled is not None:
+                        accumulate_from_end(pooled)
+
+        rows_at: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+
+        def pool_reply(site: str, payload: Payload) -> None:
+            for item in payload["strata"]:
+                st = index[(site,) if by_site else tuple(item["label"])]
+                # the site's risk set at a pooled time: its steps at or after that time
+                at = rows_at.get((st.label, site))
+                if at is None:
+                    at = np.searchsorted(st.times, st.site_steps[site], side="right") - 1
+                    rows_at[(st.label, site)] = at
+                for k in ("0", "1", "2"):
+                    pooled = getattr(st, "S" + k)
+                    if pooled is not None:
+                        pool_steps(pooled, at, np.asarray(item["A" + k], dtype=float))
+                    pooled = getattr(st, "D" + k)
+                    if pooled is not None:
+                        pooled += np.asarray(item["D" + k], dtype=float)
 
         def ask_hessian(beta: np.ndarray, weights: list[TimeWeights]) -> np.ndarray:
             items = [
@@ -517,12 +580,13 @@ def fit_cox(
             if not split:
                 ll, grad, hess, _ = evaluate(strata, beta, event_sums, spec.ties)
                 return ll, grad, hess
-            ll, grad, _, weights = evaluate(strata, beta, event_sums, spec.ties, np.zeros((p, p)))
+            ll, grad, partial, weights = evaluate(
+                strata, beta, event_sums, spec.ties, np.zeros((p, p))
+            )
             if not (np.isfinite(ll) and np.isfinite(grad).all()):
                 return ll, grad, np.full((p, p), np.nan)
-            weighted = ask_hessian(beta, weights)
-            _, _, hess, _ = evaluate(strata, beta, event_sums, spec.ties, weighted)
-            return ll, grad, hess
+            # evaluate() returns -(info + weighted_s2): the same numbers without a second pass
+            return ll, grad, partial - ask_hessian(beta, weights)
 
         # lifelines' Newton–Raphson (CoxPHFitter._newton_raphson_for_efron_model), step by step
         beta = np.zeros(p)

@@ -42,7 +42,8 @@ Release rules (all at the site, all before anything is computed):
 
 The design, sorted once by (stratum, step, event), is cached for the duration of one fit (keyed by
 the fit id, every design parameter and the cohort's rows; one copy of the design, 8·n·p bytes), so
-an iteration costs a few vectorised passes over the rows.
+an iteration costs a few vectorised passes over the rows; ``cox_hessian`` reuses the exp(zβ) of the
+``cox_sums`` request before it (the same coefficients).
 """
 
 from __future__ import annotations
@@ -164,9 +165,9 @@ class SiteDesign:
 
     columns: list[str]
     xt: np.ndarray  # (p, n) design, rows sorted; raw, or standardised to ``_units``
-    seg_starts: np.ndarray  # first row of each (step, event) segment
-    seg_block: np.ndarray  # its merged step (global id)
-    seg_event: np.ndarray  # whether it holds the step's events
+    seg_starts: np.ndarray | None  # first row of each (step, event) segment (see segments())
+    seg_block: np.ndarray | None  # its merged step (global id)
+    seg_event: np.ndarray | None  # whether it holds the step's events
     n_blocks: int
     row_block: np.ndarray  # per sorted row: its merged step (global id)
     row_event: np.ndarray  # per sorted row: 1.0 for an event
@@ -175,9 +176,11 @@ class SiteDesign:
     m2: np.ndarray
     time_step: float | None
     unit: str | None
+    n_segments: int = 0
     notes: list[str] = field(default_factory=list)
     suppressions: list[tuple[str, str]] = field(default_factory=list)
     _units: tuple[np.ndarray, np.ndarray] | None = None
+    _weights: tuple[bytes, np.ndarray] | None = None  # exp(zβ) of the last request, by its key
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -203,6 +206,17 @@ class SiteDesign:
         self.xt /= scale[:, None]
         self._units = (center.copy(), scale.copy())
         return self.xt
+
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``seg_starts``, ``seg_block``, ``seg_event``; built when first needed (with exact times
+        there are about as many segments as rows, and only the ``zzᵀ`` sums use them). Call with
+        ``lock``."""
+        if self.seg_starts is None or self.seg_block is None or self.seg_event is None:
+            key = self.row_block * 2 + self.row_event.astype(np.int64)
+            self.seg_starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+            self.seg_block = key[self.seg_starts] // 2
+            self.seg_event = key[self.seg_starts] % 2 == 1
+        return self.seg_starts, self.seg_block, self.seg_event
 
     def replay(self, data: SiteData) -> None:
         """Repeat the build's notes and suppressions in this request's release log."""
@@ -314,9 +328,10 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         else:
             columns.append(column)
             sources.append(column)
-            blocks.append(np.asarray(values[column], dtype=float)[keep])
-    x = np.column_stack(blocks) if blocks else np.empty((n, 0))
-    p = x.shape[1]
+            column_values = np.asarray(values[column], dtype=float)
+            blocks.append(column_values if dropped == 0 else column_values[keep])
+    # kept as columns (one copy of the design); laid out sorted and transposed at the end
+    p = len(blocks)
     if p == 0:
         raise ParameterError("the model has no covariate columns", **data.err())
     if k > 1 and p * ROWS_PER_PARAMETER > n:
@@ -327,7 +342,7 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         )
     if k > 1:
         for j in range(p):
-            _, counts = np.unique(x[:, j], return_counts=True)
+            _, counts = np.unique(blocks[j], return_counts=True)
             others = n - int(counts.max())
             if 0 < others < k:
                 raise data.refuse(
@@ -389,7 +404,8 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         if problems:  # a bug in merging must never become a release
             raise RuntimeError("Cox step table failed its release check: " + ", ".join(problems))
         starts = np.searchsorted(-source.at_risk, -merged.at_risk)
-        local = np.searchsorted(starts, inverse, side="right") - 1
+        # each row's merged step, looked up by its distinct time
+        local = (np.searchsorted(starts, np.arange(len(source)), side="right") - 1)[inverse]
         events_per_block = np.bincount(local, weights=es, minlength=len(merged)).astype(np.int64)
         if not np.array_equal(events_per_block, merged.events):
             raise RuntimeError("Cox step table does not match the merged event table")
@@ -400,7 +416,6 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
                 + f"{n_merged} time steps with counts below {k} merged into neighbours",
             )
         block[rows] = offset + local
-        ev = rows[es == 1]
         strata.append(
             SiteStratum(
                 label=label,
@@ -409,31 +424,46 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
                 hi=offset + len(merged),
                 block_times=np.asarray(merged.time, dtype=float),
                 block_events=np.asarray(merged.events, dtype=np.int64),
-                event_sum=x[ev].sum(axis=0),
+                event_sum=np.zeros(p),  # below, from the sorted design
             )
         )
         offset += len(merged)
 
-    order = np.lexsort((ek, block))
-    key = block[order] * 2 + ek[order].astype(np.int64)
-    seg_starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-    seg_key = key[seg_starts]
-    mean = x.mean(axis=0)
-    m2 = ((x - mean) ** 2).sum(axis=0)
+    key = block * 2 + ek.astype(np.int64)  # rows by step, then event (stable: then row order)
+    if offset < 2**15:  # a 16-bit key: numpy sorts it by radix, several times faster
+        key = key.astype(np.uint16)
+    order = np.argsort(key, kind="stable")
+    del key
+    row_block = block[order]
+    row_event = ek[order].astype(float)
+    new_segment = (row_block[1:] != row_block[:-1]) | (row_event[1:] != row_event[:-1])
+    n_segments = 1 + int(np.count_nonzero(new_segment))
+    del new_segment
+    # the sorted, transposed design, filled a column at a time (no n×p temporaries)
+    xt = np.empty((p, n))
+    for j in range(p):
+        np.take(blocks[j], order, out=xt[j], mode="clip")  # unbuffered (indices are valid)
+        blocks[j] = xt[j]  # frees the unsorted column
+    mean = xt.mean(axis=1)
+    m2 = np.array([np.square(xt[j] - mean[j]).sum() for j in range(p)])
+    for s in strata:  # its rows are consecutive in the sorted design
+        lo, hi = np.searchsorted(row_block, (s.lo, s.hi))
+        s.event_sum = np.array([(xt[j, lo:hi] * row_event[lo:hi]).sum() for j in range(p)])
     return SiteDesign(
         columns=columns,
-        xt=np.ascontiguousarray(x[order].T),
-        seg_starts=seg_starts,
-        seg_block=seg_key // 2,
-        seg_event=(seg_key % 2) == 1,
+        xt=xt,
+        seg_starts=None,
+        seg_block=None,
+        seg_event=None,
         n_blocks=offset,
-        row_block=block[order],
-        row_event=ek[order].astype(float),
+        row_block=row_block,
+        row_event=row_event,
         strata=strata,
         mean=mean,
         m2=m2,
         time_step=step,
         unit=unit,
+        n_segments=n_segments,
         notes=rec.notes,
         suppressions=rec.suppressions,
     )
@@ -445,7 +475,12 @@ _cache_lock = threading.Lock()
 
 
 def _cache_key(data: SiteData, spec: DesignParams, fit_id: str) -> tuple[str, ...]:
-    rows = hashlib.blake2b(data.cohort.index.to_numpy().tobytes(), digest_size=16).hexdigest()
+    index = data.cohort.index.to_numpy()
+    n = len(index)
+    if n and index[0] == 0 and index[-1] == n - 1 and bool((np.diff(index) > 0).all()):
+        rows = f"all {n}"  # every row of the dataset, in order (no filter): no need to hash them
+    else:
+        rows = hashlib.blake2b(index.tobytes(), digest_size=16).hexdigest()
     policy = json.dumps(data.policy.to_dict(), sort_keys=True, default=str)
     return (data.dataset, fit_id, spec.digest(), rows, str(len(data.cohort)), policy)
 
@@ -560,10 +595,57 @@ def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.nd
             "such weights could single out a patient",
         )
     zt = design.standardised(center, scale)
+    # a cox_hessian request follows a cox_sums request for the same coefficients: reuse exp(zβ)
+    key = beta.tobytes() + center.tobytes() + scale.tobytes()
+    if design._weights is not None and design._weights[0] == key:
+        return zt, design._weights[1]
     w = np.exp(np.einsum("i,in->n", beta, zt))  # no BLAS call: see site_cox_hessian
     if not np.isfinite(w).all():
         raise data.refuse("max_coefficient", "the linear predictor overflows at this step")
+    design._weights = (key, w)
     return zt, w
+
+
+def _step_sums(
+    zt: np.ndarray, w: np.ndarray, design: SiteDesign, events: bool
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per merged step: Σw and Σw·z over its rows, and (``events``) over its events only.
+
+    Rows are summed in order, a column at a time (temporaries: a few n-vectors and the results).
+    Long (step, event) segments (times in days: tens of rows each) are summed with
+    ``np.add.reduceat``, which releases the GIL; short ones (exact continuous times: one row each)
+    with ``np.bincount`` into the steps directly, which costs far less per segment.
+    """
+    p = design.p
+    nb = design.n_blocks
+    if design.n >= 4 * design.n_segments:
+        starts, seg_block, seg_event = design.segments()
+        seg = np.empty((1 + p, len(starts)))  # per segment: Σw, then Σw·z_j
+        np.add.reduceat(w, starts, out=seg[0])
+        wz = np.empty_like(w)
+        for j in range(p):
+            np.multiply(zt[j], w, out=wz)
+            np.add.reduceat(wz, starts, out=seg[1 + j])
+        first_seg = np.searchsorted(seg_block, np.arange(nb))
+        steps = np.add.reduceat(seg, first_seg, axis=1)  # a step: its censored rows, its events
+        ev = np.zeros((1 + p, nb if events else 0))
+        if events:
+            ev[:, seg_block[seg_event]] = seg[:, seg_event]
+        return [steps[0], steps[1:].T], [ev[0] if events else np.zeros(0), ev[1:].T]
+    rows = design.row_block
+    a0 = np.bincount(rows, weights=w, minlength=nb)
+    a1 = np.empty((nb, p))
+    we = w * design.row_event if events else None
+    e0 = np.bincount(rows, weights=we, minlength=nb) if we is not None else np.zeros(0)
+    e1 = np.empty((nb, p) if events else (0, p))
+    wz = np.empty_like(w)
+    for j in range(p):
+        np.multiply(zt[j], w, out=wz)
+        a1[:, j] = np.bincount(rows, weights=wz, minlength=nb)
+        if we is not None:
+            np.multiply(zt[j], we, out=wz)
+            e1[:, j] = np.bincount(rows, weights=wz, minlength=nb)
+    return [a0, a1], [e0, e1]
 
 
 def _times_by_label(params: Payload, key: str) -> dict[tuple[str, ...], Payload]:
@@ -600,27 +682,39 @@ def _cox_sums(data: SiteData, spec: DesignParams, design: SiteDesign, params: Pa
     if parts not in ("all", "first"):
         raise ParameterError("'parts' must be 'all' or 'first'")
     full = parts == "all"
+    efron = spec.ties == "efron"
     zt, w = _weights(data, design, params)
-    a0, a1, a2 = segment_sums(zt, w, design.seg_starts, pairs=full)
-    # per merged step: all its rows (b), and its events only (e)
-    nb = design.n_blocks
-    first_seg = np.searchsorted(design.seg_block, np.arange(nb))
-    blocks = [np.add.reduceat(a, first_seg, axis=0) for a in (a0, a1, a2)]
-    ev = design.seg_event
-    events = [np.zeros((nb, *a.shape[1:])) for a in (a0, a1, a2)]
-    for e, a in zip(events, (a0, a1, a2), strict=True):
-        e[design.seg_block[ev]] = a[ev]
     tied = _times_by_label(params, "tied")
+    hits = {}  # Efron: per stratum, which pooled tied times are this site's event steps
+    if efron:
+        for s in design.strata:
+            times = np.asarray(tied.get(s.label, {}).get("times", []), dtype=float).ravel()
+            hits[s.label] = _tied_hits(s, times)
+    with_events = any(hit.any() for hit, _ in hits.values())
+    # per merged step: all its rows (blocks), and its events only (events: Efron's ties)
+    blocks, events = _step_sums(zt, w, design, with_events)
+    if full:
+        nb = design.n_blocks
+        seg_starts, seg_block, seg_event = design.segments()
+        _, _, a2 = segment_sums(zt, w, seg_starts, pairs=True)
+        first_seg = np.searchsorted(seg_block, np.arange(nb))
+        blocks.append(np.add.reduceat(a2, first_seg, axis=0))
+        if with_events:
+            e2 = np.zeros((nb, a2.shape[1]))
+            e2[seg_block[seg_event]] = a2[seg_event]
+            events.append(e2)
     names = ("0", "1", "2") if full else ("0", "1")
     out = []
     for s in design.strata:
         item: dict[str, Any] = {"label": list(s.label)}
         for name, b in zip(names, blocks, strict=False):
             item["A" + name] = b[s.lo : s.hi]
-        if spec.ties == "efron":  # event sums only where the pooled step has tied events
-            times = np.asarray(tied.get(s.label, {}).get("times", []), dtype=float).ravel()
-            hit, jc = _tied_hits(s, times)
-            for name, e in zip(names, events, strict=False):
+        if efron:  # event sums only where the pooled step has tied events
+            hit, jc = hits[s.label]
+            for name, b, e in zip(names, blocks, events if with_events else blocks, strict=False):
+                if not with_events:  # no tied time is an event step of this site
+                    item["D" + name] = np.zeros((len(hit), *b.shape[1:]))
+                    continue
                 mask = hit if e.ndim == 1 else hit[:, None]
                 item["D" + name] = np.where(mask, e[s.lo + jc], 0.0)
         out.append(item)
@@ -643,6 +737,7 @@ def site_cox_hessian(data: SiteData, params: Payload) -> Payload:
 
 def _cox_hessian(data: SiteData, design: SiteDesign, params: Payload) -> Payload:
     zt, w = _weights(data, design, params)
+    design._weights = None  # the iteration's last use of exp(zβ)
     weights = _times_by_label(params, "weights")
     nb = design.n_blocks
     k1 = np.zeros(nb)
@@ -662,14 +757,22 @@ def _cox_hessian(data: SiteData, design: SiteDesign, params: Payload) -> Payload
         # a step carries Σ c1 over the pooled times up to its own time (its risk set is in S2
         # at each of them), and its events carry c2 of a tied time exactly at it
         upto = np.searchsorted(times, s.block_times, side="right")
-        k1[s.lo : s.hi] = np.concatenate(([0.0], np.cumsum(c1)))[upto]
+        after = upto > 0  # steps before the first pooled time carry nothing
+        k1[s.lo : s.hi][after] = np.cumsum(c1)[upto[after] - 1]
         hit, jc = _tied_hits(s, tied)
         k2[s.lo : s.hi] = np.bincount(jc[hit], weights=c2[hit], minlength=s.hi - s.lo)
-    v = w * (k1[design.row_block] - design.row_event * k2[design.row_block])
-    # einsum's own loops, not BLAS: sites run in threads, and a multithreaded BLAS call per site
-    # costs more in thread wake-ups than this p×p product
-    h = np.einsum("in,jn->ij", zt * v, zt)
-    return {"hessian": h[np.triu_indices(design.p)]}
+    v = k1[design.row_block]
+    v -= design.row_event * k2[design.row_block]
+    v *= w
+    # the upper triangle a row at a time (row-major, as released), with n-vector temporaries:
+    # half the products of the full p×p einsum. einsum's own loops, not BLAS: sites run in
+    # threads, and multithreaded BLAS calls from two site threads at once can stall for seconds
+    zv = np.empty_like(v)
+    parts = []
+    for i in range(design.p):
+        np.multiply(zt[i], v, out=zv)
+        parts.append(np.einsum("n,jn->j", zv, zt[i:]))
+    return {"hessian": np.concatenate(parts)}
 
 
 def site_cox_release(data: SiteData, params: Payload) -> Payload:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedhem_kernel.analyses import SITE_STEPS
@@ -36,6 +36,7 @@ def make_client_app(resolve: Resolver) -> ClientApp:
                 error={"type": "FedHemError", "reason": "malformed request", "site": executor.name},
             )
         else:
+            msg.content = RecordDict()  # the step needs only the decoded request: free the bytes
             reply = executor.handle(request)
         return Message(encode_reply(reply), reply_to=msg)
 

@@ -108,11 +108,12 @@ class Coordinator:
     ) -> dict[str, SiteReply]:
         wanted = set(self.sites.values()) if sites is None else set(sites)
         messages = []
+        content = encode_request(request)  # once: every site is sent the same request
         for node_id, name in self.sites.items():
             if name in wanted:
                 messages.append(
                     self.grid.create_message(
-                        encode_request(request),
+                        content,
                         f"query.{request.step}",
                         node_id,
                         group_id=request.query_id,

@@ -1,8 +1,8 @@
 """The embedded engine: an in-process Flower ``Grid`` with one ClientApp per virtual site.
 
-Each message is serialised to Flower's protobuf wire form and parsed again on the other side, so a site
-receives exactly what a SuperNode would and nothing shares memory across the boundary. Sites run on a
-thread pool. No Ray, no servers: ready in milliseconds.
+Each message is serialised to Flower's protobuf wire form (on the thread that delivers it) and parsed
+again on the other side, so a site receives exactly what a SuperNode would and nothing shares memory
+across the boundary. Sites run on a thread pool. No Ray, no servers: ready in milliseconds.
 
 ``Message(...)`` reads a process-wide task identity that Flower's runtimes set; outside a runtime it is
 set here (``flwr.supercore.task_identity`` is internal API: flwr is pinned and
@@ -11,20 +11,64 @@ set here (``flwr.supercore.task_identity`` is internal API: flwr is pinned and
 
 from __future__ import annotations
 
+import ctypes
 import itertools
+import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import cast
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.common.serde import (
+    config_record_to_proto,
+    error_to_proto,
+    message_from_proto,
+    metadata_to_proto,
+    metric_record_to_proto,
+)
 from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 COORDINATOR_NODE_ID = 0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc
+    except (AttributeError, OSError, TypeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return cast(Callable[[int], int], trim)
+
+
+_trim = _malloc_trim()
+
+
+#: A message of at least this many bytes, or a round whose replies add up to ``ROUND_TRIM_BYTES``,
+#: is followed by :func:`release_free_memory`.
+TRIM_BYTES = 8 * 2**20
+ROUND_TRIM_BYTES = 64 * 2**20
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the operating system (glibc's ``malloc_trim``).
+
+    A large message passes through a few buffers (bytes, protobuf, Message, arrays), on a site's
+    thread and then on the coordinator's; glibc keeps what they free in per-thread heaps, so
+    without this the process keeps the high-water mark of every round (hundreds of megabytes with
+    exact times on a million rows). Called only after large messages and rounds
+    (:data:`TRIM_BYTES`, :data:`ROUND_TRIM_BYTES`): the pages are faulted in again later, which
+    costs tens of milliseconds. Does nothing where the C library has no such call.
+    """
+    if _trim is not None:
+        _trim(0)
+
+
 _run_ids = itertools.count(1)
 
 
@@ -38,10 +82,49 @@ def ensure_task_identity() -> None:
         TaskIdentity.task_id = 1
 
 
+def to_wire(message: Message) -> bytes:
+    """The message in Flower's protobuf wire form (see :func:`to_proto`)."""
+    return to_proto(message).SerializeToString()
+
+
+def to_proto(message: Message) -> ProtoMessage:
+    """The message as Flower's protobuf ``Message``.
+
+    Serialises to the same bytes as ``message_to_proto(message)``, but is built in place: Flower's
+    serde constructs each nested record and copies it into its parent, so every array's bytes are
+    copied once per level (six times for a reply); here they are copied once into the message, then
+    serialised (fields are written in field-number order whatever order they were set in).
+    """
+    proto = ProtoMessage()
+    proto.metadata.CopyFrom(metadata_to_proto(message.metadata))
+    if message.has_content():
+        proto.content.SetInParent()
+        items = proto.content.items
+        for key, record in message.content.items():
+            item = items.add(key=key)
+            if isinstance(record, ArrayRecord):
+                item.array_record.SetInParent()
+                entries = item.array_record.items
+                for name, array in record.items():
+                    value = entries.add(key=name).value
+                    value.dtype = array.dtype
+                    value.shape.extend(array.shape)
+                    value.stype = array.stype
+                    value.data = array.data
+            elif isinstance(record, ConfigRecord):
+                item.config_record.CopyFrom(config_record_to_proto(record))
+            elif isinstance(record, MetricRecord):
+                item.metric_record.CopyFrom(metric_record_to_proto(record))
+            else:
+                raise ValueError(f"Unsupported record type: {type(record)}")
+    if message.has_error():
+        proto.error.CopyFrom(error_to_proto(message.error))
+    return proto
+
+
 def wire_copy(message: Message) -> Message:
     """The message as the other side would parse it off the wire."""
-    data = message_to_proto(message).SerializeToString()
-    return message_from_proto(ProtoMessage.FromString(data))
+    return message_from_proto(ProtoMessage.FromString(to_wire(message)))
 
 
 def _set_message_id(message: Message, message_id: str) -> None:
@@ -51,9 +134,13 @@ def _set_message_id(message: Message, message_id: str) -> None:
 class LocalGrid(Grid):
     """In-process grid: ``nodes`` maps a node id to the site's ClientApp and Context."""
 
-    def __init__(self, nodes: dict[int, tuple[ClientApp, Context]], max_workers: int = 4) -> None:
+    def __init__(
+        self, nodes: dict[int, tuple[ClientApp, Context]], max_workers: int | None = None
+    ) -> None:
         ensure_task_identity()
         self._nodes = dict(nodes)
+        if max_workers is None:  # site steps are CPU-bound: more threads than cores only add
+            max_workers = min(4, os.cpu_count() or 1)  # memory (each holds its temporaries)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(nodes) or 1)))
         self._pending: dict[str, Future[bytes]] = {}
         self._run = Run.create_empty(next(_run_ids))
@@ -82,15 +169,28 @@ class LocalGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self._nodes)
 
-    def _deliver(self, node_id: int, wire: bytes) -> bytes:
+    def _deliver(self, node_id: int, message: Message) -> bytes:
+        # serialised here, on the site's thread: a round's requests are not all held on the wire
+        # at once (a request can carry megabytes: the same for every site)
+        wire = to_wire(message)
+        size = len(wire)
+        self.bytes_sent[node_id] += size
         app, context = self._nodes[node_id]
-        msg = message_from_proto(ProtoMessage.FromString(wire))
+        proto = ProtoMessage.FromString(wire)
+        del wire  # a large request is held once at a time: bytes, then protobuf, then Message
+        msg = message_from_proto(proto)
+        del proto
         try:
             reply = app(msg, context)
         except Exception:  # noqa: BLE001 - as a SuperNode would: an error reply, no text from the app
             reply = Message(Error(code=1, reason="the site's ClientApp failed"), reply_to=msg)
         _set_message_id(reply, uuid.uuid4().hex)
-        data = message_to_proto(reply).SerializeToString()
+        proto = to_proto(reply)
+        del msg, reply  # a large reply is held twice at most (the protobuf, then its bytes)
+        data = proto.SerializeToString()
+        del proto
+        if size + len(data) >= TRIM_BYTES:
+            release_free_memory()
         self.bytes_received[node_id] += len(data)
         self.replies_received[node_id] += 1
         return data
@@ -103,9 +203,7 @@ class LocalGrid(Grid):
                 raise ValueError(f"unknown node id {node_id}")
             message_id = uuid.uuid4().hex
             _set_message_id(message, message_id)
-            wire = message_to_proto(message).SerializeToString()
-            self.bytes_sent[node_id] += len(wire)
-            self._pending[message_id] = self._pool.submit(self._deliver, node_id, wire)
+            self._pending[message_id] = self._pool.submit(self._deliver, node_id, message)
             ids.append(message_id)
         return ids
 
@@ -131,12 +229,22 @@ class LocalGrid(Grid):
 
     def _replies_as_completed(self, ids: list[str], timeout: float | None) -> Iterator[Message]:
         futures = {self._pending[i]: i for i in ids}
+        size = 0
         try:
             for future in as_completed(futures, timeout=timeout):
-                self._pending.pop(futures[future], None)
-                yield message_from_proto(ProtoMessage.FromString(future.result()))
+                self._pending.pop(futures.pop(future), None)
+                size += len(future.result())
+                proto = ProtoMessage.FromString(future.result())
+                del future  # the reply's bytes are freed once parsed, not when every site is in
+                message = message_from_proto(proto)
+                del proto
+                yield message
+                del message
         except TimeoutError:  # the sites that have not answered get "no reply in time"
             return
+        finally:
+            if size >= ROUND_TRIM_BYTES:
+                release_free_memory()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,8 @@ import threading
 
 import numpy as np
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # bits per byte
+
 
 class DifferencingGuard:
     """Per-dataset memory of released cohorts (packed bit masks, deduplicated by hash)."""
@@ -30,10 +32,17 @@ class DifferencingGuard:
         for other in stored:
             if other.shape != packed.shape:
                 continue  # the dataset was reloaded with another row count: not comparable
-            diff = int(np.unpackbits(np.bitwise_xor(other, packed)).sum())
+            diff = int(_POPCOUNT[np.bitwise_xor(other, packed)].sum(dtype=np.int64))
             if diff and (best is None or diff < best):
                 best = diff
         return best
+
+    def contains(self, dataset: str, mask: np.ndarray) -> bool:
+        """Whether exactly this row set was remembered (then releasing it again adds nothing)."""
+        packed = np.packbits(np.asarray(mask, dtype=bool))
+        key = hashlib.sha256(packed.tobytes()).hexdigest()
+        with self._lock:
+            return key in self._cohorts.get(dataset, {})
 
     def remember(self, dataset: str, mask: np.ndarray) -> None:
         packed = np.packbits(np.asarray(mask, dtype=bool))

@@ -21,6 +21,8 @@ KNOWN_ANALYSES = (
     "logrank",
     "cumulative_incidence",
     "cox",
+    "kmeans",
+    "pca",
 )
 
 

@@ -25,6 +25,7 @@ from fedhem_kernel.privacy.report import ReleaseLog
 from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import SiteConfig
 from fedhem_kernel.site.datasets import Dataset, load_dataset
+from fedhem_kernel.site.derived import add_derived
 from fedhem_kernel.site.filters import compile_where, evaluate_where, to_text
 
 log = logging.getLogger("fedhem.site")
@@ -67,6 +68,7 @@ class SiteExecutor:
         self.policy = policy or Policy()
         self.audit = audit or AuditLog()
         self.guard = DifferencingGuard()
+        self._scratch: dict[str, dict[str, Any]] = {}  # per dataset, kept between query rounds
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteExecutor:
@@ -162,10 +164,22 @@ class SiteExecutor:
         for column in step.columns(request.params):
             ds.schema.column(column)  # raises SchemaError naming the column
         mask = self._cohort_mask(ds, request.where)
-        data = SiteData(self.name, ds.name, ds.frame[mask], ds.schema, self.policy, rlog)
+        data = SiteData(
+            self.name,
+            ds.name,
+            ds.frame[mask],
+            ds.schema,
+            self.policy,
+            rlog,
+            guard=self.guard if self.policy.differencing_guard else None,
+            n_rows=ds.n_rows,
+            scratch=self._scratch.setdefault(ds.name, {}),
+        )
         payload = step.run(data, dict(request.params))
         if self.policy.differencing_guard:
             self.guard.remember(ds.name, mask)
+        if data.derived:  # columns the step leaves at the site (site/derived.py)
+            self.datasets[ds.name] = add_derived(ds, data.derived)
         return payload
 
     def _cohort_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
@@ -207,7 +221,7 @@ class SiteExecutor:
         return {
             "datasets": {
                 name: [
-                    {"column": c.name, "dtype": c.dtype, "unit": c.unit}
+                    {"column": c.name, "dtype": c.dtype, "unit": c.unit, "derived": c.derived}
                     for c in ds.schema.columns.values()
                 ]
                 for name, ds in self.datasets.items()

@@ -16,6 +16,7 @@ class ColumnSpec:
     name: str
     dtype: DType
     unit: str | None = None
+    derived: str | None = None  # made at the site by an analysis (e.g. "kmeans"), not loaded
 
     @property
     def is_numeric(self) -> bool:

@@ -1,0 +1,186 @@
+"""A site's numeric feature matrix for k-means and PCA: checks, missing rows, and a per-query cache.
+
+:func:`feature_matrix` reads the named numeric columns of the cohort, leaves out rows with a missing
+value (0 or at least ``min_cell_count`` of them, as the Cox site does; otherwise the site refuses:
+a result without a few patients could be compared with one on everyone), and refuses a feature that
+singles out 1..k-1 patients (all others share one value, the one-hot attack). Checked matrices are
+kept in the executor's per-dataset ``scratch`` between the rounds of an iterative query (one entry,
+keyed by the features and the cohort's rows), so a round only computes. The combine side gets exact
+pooled means and (co)variances from per-site counts, means and centred sums of squares (Chan et al.).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedhem_kernel.analyses.base import Payload, SiteData
+from fedhem_kernel.errors import ParameterError, SchemaError
+
+MAX_FEATURES = 200
+
+
+@dataclass
+class FeatureMatrix:
+    """Complete rows of the cohort's features (stays at the site)."""
+
+    features: tuple[str, ...]
+    x: np.ndarray  # (n, p) C-contiguous float64, complete rows only
+    complete: np.ndarray  # (cohort rows,) bool: the rows in ``x``
+    n_dropped: int
+    transformed: dict[bytes, np.ndarray] = field(default_factory=dict)  # latest transform only
+    extras: dict[Any, Any] = field(default_factory=dict)  # what an analysis derives from x
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def working(self, shift: np.ndarray, scale: np.ndarray, ones: bool = False) -> np.ndarray:
+        """``(x - shift) / scale`` (C-contiguous), computed once per transform.
+
+        ``ones=True`` appends a column of ones (n x (p+1)): a product with it adds a constant per
+        column, e.g. ||c||² in k-means distances, without another pass over the rows.
+        """
+        key = shift.tobytes() + scale.tobytes() + bytes([ones])
+        cached = self.transformed.get(key)
+        if cached is None:
+            n, p = self.x.shape
+            cached = np.empty((n, p + 1)) if ones else np.empty((n, p))
+            np.subtract(self.x, shift, out=cached[:, :p])
+            if (scale != 1.0).any():
+                cached[:, :p] /= scale
+            if ones:
+                cached[:, p] = 1.0
+            self.transformed.clear()
+            self.transformed[key] = cached
+        return cached
+
+
+def check_features(value: Any) -> list[str]:
+    """A non-empty list of distinct column names (one string is one feature)."""
+    features = [value] if isinstance(value, str) else value
+    if not isinstance(features, list | tuple) or not features:
+        raise ParameterError("'features' must be a column name or a non-empty list of them")
+    if not all(isinstance(f, str) and f for f in features):
+        raise ParameterError("'features' must be column names")
+    if len(set(features)) != len(features):
+        raise ParameterError("'features' names a column twice")
+    if len(features) > MAX_FEATURES:
+        raise ParameterError(f"at most {MAX_FEATURES} features")
+    return list(features)
+
+
+def check_vector(params: Payload, key: str, p: int, positive: bool = False) -> np.ndarray:
+    try:
+        v = np.asarray(params[key], dtype=float).reshape(-1)
+    except (KeyError, TypeError, ValueError):
+        raise ParameterError(f"parameter '{key}' must be {p} numbers") from None
+    if v.shape != (p,) or not np.isfinite(v).all() or (positive and (v <= 0).any()):
+        what = "positive numbers" if positive else "finite numbers"
+        raise ParameterError(f"parameter '{key}' must be {p} {what}")
+    return v
+
+
+def check_matrix(params: Payload, key: str, p: int, max_rows: int, min_rows: int = 0) -> np.ndarray:
+    try:
+        m = np.asarray(params[key], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        raise ParameterError(f"parameter '{key}' must be a matrix of numbers") from None
+    if m.size == 0:
+        m = m.reshape(0, p)
+    if m.ndim != 2 or m.shape[1] != p or not (min_rows <= m.shape[0] <= max_rows):
+        raise ParameterError(f"parameter '{key}' must have {p} columns and at most {max_rows} rows")
+    if not np.isfinite(m).all():
+        raise ParameterError(f"parameter '{key}' must hold finite numbers")
+    return np.ascontiguousarray(m)
+
+
+def _cohort_key(data: SiteData, features: Sequence[str]) -> tuple:
+    """The features and the cohort's rows (a digest of its whole-dataset mask)."""
+    rows = data.cohort.index.to_numpy()
+    if data.n_rows is not None and len(rows) == data.n_rows:
+        digest = "all"  # positions are distinct, so n_rows of them are every row
+    else:
+        packed = np.packbits(data.rows_mask(np.ones(len(rows), dtype=bool)))
+        digest = hashlib.blake2b(packed.tobytes(), digest_size=16).hexdigest()
+    # a derived feature changes only by being derived again, under a new source
+    sources = tuple(data.schema.column(f).derived for f in features)
+    return (data.dataset, tuple(features), sources, data.n_rows, len(rows), digest)
+
+
+def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> FeatureMatrix:
+    """The checked complete-row matrix of ``features`` (from ``data.scratch[cache]`` if current)."""
+    key = _cohort_key(data, features)
+    entry = data.scratch.get(cache)
+    if entry is not None and entry[0] == key:
+        fm: FeatureMatrix = entry[1]
+        if fm.n_dropped:
+            data.log.note("patients with a missing value in the features are left out")
+        return fm
+    k = data.k
+    columns = [data.numeric(f) for f in features]  # raises for a categorical column
+    x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
+    missing = np.isnan(x).any(axis=1)
+    dropped = int(missing.sum())
+    if 0 < dropped < k:
+        first = next(f for f, c in zip(features, columns, strict=True) if np.isnan(c).any())
+        raise data.refuse(
+            "min_subset_size",
+            f"fewer than {k} patients have a missing value in the features: a result without "
+            "them could be compared with one on the whole cohort (choose other features)",
+            first,
+        )
+    if dropped:
+        data.log.note("patients with a missing value in the features are left out")
+    complete = ~missing
+    x = np.ascontiguousarray(x[complete] if dropped else x)
+    n = len(x)
+    if n == 0:
+        raise SchemaError(
+            "no patient has a value for every feature", **data.err(features[0]), rule="schema"
+        )
+    if n < k:
+        raise data.refuse("min_cell_count", f"fewer than {k} patients have every feature")
+    if k > 1:
+        for j, f in enumerate(features):
+            _, counts = np.unique(x[:, j], return_counts=True)
+            if 0 < n - int(counts.max()) < k:
+                raise data.refuse(
+                    "min_cell_count",
+                    f"feature '{f}' singles out fewer than {k} patients (all others share one "
+                    "value): their values would show in the sums",
+                    f,
+                )
+    if dropped and data.guard is not None:  # the complete rows are what later sums are over
+        if data.near_released(complete):
+            raise data.refuse(
+                "differencing",
+                f"the patients with every feature differ from an earlier released cohort by fewer "
+                f"than {k} patients",
+            )
+        data.remember_released(complete)
+    fm = FeatureMatrix(tuple(features), x, complete, dropped)
+    data.scratch[cache] = (key, fm)
+    return fm
+
+
+def moments(x: np.ndarray) -> Payload:
+    """Count, column means and centred sums of squares (per column) of one site's rows."""
+    mean = x.mean(axis=0)
+    return {"n": len(x), "mean": mean, "m2": ((x - mean) ** 2).sum(axis=0)}
+
+
+def pooled_moments(parts: Sequence[Payload]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Pooled count, mean and centred sum of squares (per column, or a matrix) from site moments."""
+    n = sum(int(p["n"]) for p in parts)
+    mean = sum(int(p["n"]) * np.asarray(p["mean"], dtype=float) for p in parts) / n
+    m2 = 0.0
+    for p in parts:
+        d = np.asarray(p["mean"], dtype=float) - mean
+        extra = np.outer(d, d) if np.ndim(p["m2"]) == 2 else d * d
+        m2 = m2 + np.asarray(p["m2"], dtype=float) + int(p["n"]) * extra
+    return n, mean, np.asarray(m2)

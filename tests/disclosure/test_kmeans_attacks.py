@@ -1,0 +1,261 @@
+"""Adversarial checks of federated k-means under the default policy (k = 5).
+
+A spy records every reply that crosses from a site. Tiny clusters, too many clusters, a filter down to
+a few patients, hand-crafted centres aimed at one patient and a cohort built to difference a released
+cluster are refused or come back as sums over whole micro-clusters; k-means++ candidates are never one
+patient's row; no message carries a patient's value.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+from fedhem_kernel.analyses.base import SiteData
+from fedhem_kernel.analyses.feature_matrix import FeatureMatrix
+from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD, gate_clusters
+from fedhem_kernel.privacy.guard import DifferencingGuard
+from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.privacy.report import ReleaseLog
+from fedhem_kernel.site.executor import SiteRequest
+from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
+
+K = 5
+SECRET = 123.456789  # one patient's marker value: finding it anywhere is a leak
+SIZES = {"big": 400, "mid": 150, "small": 60}
+FEATURES = ["age", "marker"]
+
+
+def cohort(seed: int, n: int, first_pid: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, 3, n)
+    return pd.DataFrame(
+        {
+            "pid": np.arange(first_pid, first_pid + n),
+            "age": (rng.normal(60, 8, n) + 5 * group).round(3),
+            "marker": (rng.normal(40, 6, n) + 25 * group).round(3),
+        }
+    )
+
+
+@pytest.fixture
+def tables() -> dict[str, pd.DataFrame]:
+    out = {s: cohort(i, n, 1000 * i) for i, (s, n) in enumerate(SIZES.items())}
+    out["big"].loc[17, ["age", "marker"]] = [71.3, SECRET]
+    return out
+
+
+def federation(tables: dict[str, pd.DataFrame]) -> fh.Federation:
+    return fh.Federation.local({s: {"c": df} for s, df in tables.items()}, policy=fh.Policy())
+
+
+def kmeans_payloads(releases, key: str = "counts"):
+    for reply in releases:
+        if reply.payload and key in reply.payload:
+            yield reply.site, reply.payload
+
+
+def assert_no_value_leaks(fed: fh.Federation, releases, message: str = "") -> None:
+    texts = [message, *(repr(r) for r in releases), fed.audit_log().to_json()]
+    for text in texts:
+        assert str(SECRET) not in text and "123.45" not in text
+
+
+def assert_counts_zero_or_at_least_k(releases) -> int:
+    checked = 0
+    for site, payload in kmeans_payloads(releases):
+        counts = np.asarray(payload["counts"])
+        status = list(payload["status"])
+        for count, st in zip(counts, status, strict=True):
+            assert count == 0 or count >= K, site
+            if st != RELEASED:
+                assert count == 0  # a withheld or held cluster sends nothing
+        checked += len(counts)
+    return checked
+
+
+def test_every_released_count_is_zero_or_at_least_k(tables, releases):
+    with federation(tables) as fed:
+        fed.kmeans("c", FEATURES, 3)
+        fed.kmeans("c", FEATURES, 4, seed=3, standardize=False)
+        assert_no_value_leaks(fed, releases)
+    assert assert_counts_zero_or_at_least_k(releases) > 50
+
+
+def test_a_tiny_cluster_is_not_released(tables, releases):
+    outliers = {}
+    for i, df in enumerate(tables.values()):
+        df.loc[:2, ["age", "marker"]] = [[150.0 + i, 400.0], [151.5 + i, 410.0], [152.0 + i, 405.0]]
+        outliers[i] = df.loc[:2, ["age", "marker"]].to_numpy()
+    with federation(tables) as fed:
+        res = fed.kmeans("c", FEATURES, 4)
+        # hand-crafted: a centre on the outliers of each site, the others far away
+        for block in outliers.values():
+            centres = np.vstack([block.mean(axis=0), [[0.0, 0.0], [60.0, 40.0], [70.0, 90.0]]])
+            fed._coordinator.send(SiteRequest("kmeans_step", "c", raw_params(centres, 4)))
+    assert assert_counts_zero_or_at_least_k(releases) > 20
+    sizes = res.by_site["size"].dropna()
+    assert ((sizes == 0) | (sizes >= K)).all()
+    centres = res.cluster_centers.to_numpy()
+    every = np.vstack(list(outliers.values()))
+    for block in [*outliers.values(), every]:  # no centre is the mean of the outliers alone
+        assert not np.isclose(centres, block.mean(axis=0)).all(axis=1).any()
+    for _, payload in kmeans_payloads(releases, "sums"):
+        counts = np.asarray(payload["counts"])
+        means = np.asarray(payload["sums"])[counts > 0] / counts[counts > 0, None]
+        for block in outliers.values():
+            assert not np.isclose(means, block.mean(axis=0)).all(axis=1).any()
+
+
+def raw_params(centres: np.ndarray, k: int) -> dict:
+    """A hand-crafted request in original units (no centring, no scaling)."""
+    return {
+        "features": FEATURES,
+        "k": k,
+        "shift": np.zeros(2),
+        "scale": np.ones(2),
+        "standardize": False,
+        "centers": np.asarray(centres, dtype=float),
+    }
+
+
+def test_centres_aimed_at_one_patient_cannot_extract_their_row(tables, releases):
+    target = np.array([71.3, SECRET])
+    far = np.array([[0.0, 0.0], [200.0, 0.0]])
+    with federation(tables) as fed:
+        fed.kmeans("c", FEATURES, 3, standardize=False)  # a normal run first
+        # 1. a centre exactly on the patient's row, then nudged so that rows cross one at a time
+        for step in np.linspace(0.0, 30.0, 121):
+            for direction in ([1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]):
+                centre = target + step * np.asarray(direction)
+                fed._coordinator.send(
+                    SiteRequest("kmeans_step", "c", raw_params(np.vstack([centre, far]), 3))
+                )
+        # 2. the final-labels step and a k-means++ round aimed the same way
+        fed._coordinator.send(
+            SiteRequest("kmeans_assign", "c", raw_params(np.vstack([target, far]), 3))
+        )
+        fed._coordinator.send(
+            SiteRequest(
+                "kmeans_candidates",
+                "c",
+                {
+                    **raw_params(np.vstack([target, far[:1]]), 3),
+                    "n_candidates": 20,
+                    "seed": 0,
+                    "round": 2,
+                },
+            )
+        )
+        assert_no_value_leaks(fed, releases)
+    big = [p for site, p in kmeans_payloads(releases, "sums") if site == "big"]
+    assert len(big) > 300
+    released = set()
+    for payload in big:
+        for c, s in zip(payload["counts"], payload["sums"], strict=True):
+            if c:
+                assert c >= K and not np.allclose(s / c, target, atol=1e-3)
+                released.add((int(c), tuple(np.round(s, 9))))
+    assert len(released) > 5  # the nudges did move patients between clusters
+    # every released sum is over whole micro-clusters: no difference of two is the patient's row
+    for (c1, s1), (c2, s2) in itertools.combinations(sorted(released), 2):
+        if c1 != c2:
+            diff = (np.asarray(s2) - np.asarray(s1)) / (c2 - c1)
+            assert not np.allclose(diff, target, atol=1e-3)
+    for _, payload in kmeans_payloads(releases, "candidates"):
+        for cand in np.asarray(payload["candidates"]).reshape(-1, 2):
+            assert not np.allclose(cand, target, atol=1e-3)
+
+
+def test_k_near_the_number_of_patients_is_refused(tables, releases):
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.kmeans("c", FEATURES, 50)  # 500 patients per site needed
+        assert "max_clusters" in info.value.rule
+        assert not list(kmeans_payloads(releases, "mean"))
+        res = fed.kmeans("c", FEATURES, 10)  # 100 patients needed: the small site refuses
+        outcome = res.privacy.outcome("small")
+        assert outcome.status == "refused" and outcome.rules == ("max_clusters",)
+        assert "10 clusters" in outcome.details[0]
+        assert res.privacy.released_sites == ["big", "mid"]
+        assert_no_value_leaks(fed, releases, str(info.value))
+
+
+def test_a_filter_down_to_a_few_patients_is_refused(tables, releases):
+    for i, df in enumerate(tables.values()):
+        df.loc[:2, "age"] = 120.0 + i  # three very old patients per site
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.kmeans("c", FEATURES, 1, where="age > 110")
+        assert "min_subset_size" in info.value.rule
+        assert not list(kmeans_payloads(releases, "mean"))
+        with pytest.raises(fh.DisclosureError):  # nor everyone but them
+            fed.kmeans("c", FEATURES, 2, where="age <= 110")
+        assert_no_value_leaks(fed, releases, str(info.value))
+
+
+def test_kmeans_plus_plus_candidates_are_never_one_patients_row(tables, releases):
+    with federation(tables) as fed:
+        res = fed.kmeans("c", FEATURES, 4, seed=7)
+    candidates = list(kmeans_payloads(releases, "candidates"))
+    assert len(candidates) >= 4 * len(SIZES)
+    scale, mean = res.scale.to_numpy(), res.mean.to_numpy()
+    n_candidates = 0
+    for site, payload in candidates:
+        rows = tables[site][FEATURES].to_numpy()
+        for cand in np.asarray(payload["candidates"]).reshape(-1, 2):
+            original = cand * scale + mean
+            nearest = np.sort(np.abs(rows - original).sum(axis=1))
+            assert nearest[0] > 1e-6  # not any patient's row
+            n_candidates += 1
+    assert n_candidates >= 4 * len(SIZES)
+
+
+def test_a_cohort_that_differences_a_released_cluster_is_refused(tables):
+    with federation(tables) as fed:
+        fed.kmeans("c", FEATURES, 3)
+        frame = fed._executors["big"].datasets["c"].frame
+        outside = frame.loc[frame["cluster"] != "1", "pid"].astype(int).tolist()[:2]
+        where = f"cluster == '1' or pid in ({outside[0]}, {outside[1]})"
+        res = fed.describe("c", ["age"], where=where)
+    outcome = res.privacy.outcome("big")
+    assert outcome.status == "refused" and outcome.rules == ("differencing",)
+    assert res.privacy.outcome("mid").released  # there the cohort is exactly cluster 1
+
+
+def site_data(n: int, guard: DifferencingGuard | None) -> tuple[SiteData, FeatureMatrix]:
+    schema = DatasetSchema("s", "d", {"x": ColumnSpec("x", "float")})
+    frame = pd.DataFrame({"x": np.arange(n, dtype=float)})
+    data = SiteData("s", "d", frame, schema, Policy(), ReleaseLog(), guard=guard, n_rows=n)
+    fm = FeatureMatrix(("x",), frame.to_numpy(), np.ones(n, dtype=bool), 0)
+    return data, fm
+
+
+def test_gate_withholds_small_clusters_and_protects_their_complement():
+    data, fm = site_data(53, DifferencingGuard())
+    labels = np.repeat([0, 1, 2], [3, 20, 30])
+    status = gate_clusters(data, fm, labels, np.bincount(labels))
+    # 3 patients: withheld; then the site's total minus cluster 2 would give them away, so the
+    # smallest other cluster is held as well (23 patients not released)
+    assert status == [WITHHELD, HELD, RELEASED]
+    assert {s["rule"] for s in data.log.suppressions} == {"min_cell_count", "differencing"}
+
+
+def test_gate_holds_a_cluster_close_to_an_earlier_release():
+    guard = DifferencingGuard()
+    data, fm = site_data(60, guard)
+    labels = np.repeat([0, 1], [30, 30])
+    earlier = np.zeros(60, dtype=bool)
+    earlier[:28] = True  # an earlier release covered cluster 0 but two patients
+    guard.remember("d", earlier)
+    status = gate_clusters(data, fm, labels, np.bincount(labels))
+    # cluster 0 differs by 2: held; cluster 1 alone would then expose it (complement): held too
+    assert status == [HELD, HELD]
+    again = gate_clusters(data, fm, labels, np.bincount(labels))
+    assert again == [HELD, HELD]
+    unrelated = np.repeat([0, 1], [10, 50])
+    assert gate_clusters(data, fm, unrelated, np.bincount(unrelated)) == [RELEASED, RELEASED]

@@ -1,0 +1,287 @@
+"""Federated k-means against scikit-learn on public data split into sites, and the ``cluster`` column.
+
+Under ``Policy.unrestricted()`` with start centres given, the federated Lloyd iterations must equal
+scikit-learn's ``KMeans(init=..., n_init=1, algorithm="lloyd")`` on the pooled rows: centres, inertia
+and the number of iterations. The federated k-means++ start must give a clustering as good as
+scikit-learn's best of 10 and the same one for the same seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import split_rows
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
+from sklearn.preprocessing import StandardScaler
+
+import fedhem_kernel as fh
+from fedhem_kernel.analyses.kmeans import KMeansResult
+
+LOADERS = {"iris": (load_iris, 3), "wine": (load_wine, 3), "breast_cancer": (load_breast_cancer, 2)}
+
+
+def public_table(name: str) -> pd.DataFrame:
+    df = LOADERS[name][0](as_frame=True).data
+    df.columns = [f"f{i}" for i in range(df.shape[1])]
+    return df
+
+
+def federation(df: pd.DataFrame, policy: fh.Policy | None = None) -> fh.Federation:
+    sites = split_rows(df, 3)
+    return fh.Federation.local(
+        {s: {"d": part} for s, part in sites.items()},
+        policy=policy or fh.Policy.unrestricted(),
+    )
+
+
+def pooled(df: pd.DataFrame) -> np.ndarray:
+    """The rows in the order the sites hold them (sums are order-independent to ~1e-15)."""
+    return pd.concat(split_rows(df, 3).values()).to_numpy(dtype=float)
+
+
+def start_centres(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    return x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
+
+
+def assert_same_as_sklearn(res: KMeansResult, km: KMeans, scale: float) -> None:
+    assert res.n_iter == km.n_iter_
+    np.testing.assert_allclose(
+        res.cluster_centers.to_numpy(), km.cluster_centers_, rtol=0, atol=1e-9 * scale
+    )
+    assert res.inertia == pytest.approx(km.inertia_, rel=1e-9)
+    np.testing.assert_array_equal(
+        res.cluster_sizes.to_numpy(), np.bincount(km.labels_, minlength=len(km.cluster_centers_))
+    )
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lloyd_equals_sklearn_with_given_start_centres(name, seed):
+    df = public_table(name)
+    x = pooled(df)
+    k = LOADERS[name][1] + 1
+    init = start_centres(x, k, seed)
+    with federation(df) as fed:
+        res = fed.kmeans("d", list(df.columns), k, init=init, standardize=False)
+    km = KMeans(k, init=init, n_init=1, algorithm="lloyd", max_iter=300, tol=1e-4).fit(x)
+    assert res.converged
+    assert_same_as_sklearn(res, km, float(np.abs(x).max()))
+    assert list(res.cluster_centers.columns) == list(df.columns)
+    assert res.privacy.released_sites == ["site_a", "site_b", "site_c"]
+
+
+@pytest.mark.parametrize(("max_iter", "tol"), [(2, 1e-4), (300, 0.0), (300, 1e-2)])
+def test_stopping_rules_match_sklearn(max_iter, tol):
+    df = public_table("wine")
+    x = pooled(df)
+    init = start_centres(x, 4, 3)
+    with federation(df) as fed:
+        res = fed.kmeans(
+            "d", list(df.columns), 4, init=init, standardize=False, max_iter=max_iter, tol=tol
+        )
+    km = KMeans(4, init=init, n_init=1, algorithm="lloyd", max_iter=max_iter, tol=tol).fit(x)
+    assert_same_as_sklearn(res, km, float(np.abs(x).max()))
+    assert res.converged == (km.n_iter_ < max_iter)
+    assert len(res.history) == res.n_iter
+
+
+def test_standardize_equals_sklearn_on_standard_scaled_rows():
+    df = public_table("breast_cancer")
+    x = pooled(df)
+    scaler = StandardScaler().fit(x)
+    init = start_centres(x, 3, 5)  # original units
+    with federation(df) as fed:
+        res = fed.kmeans("d", list(df.columns), 3, init=init, standardize=True)
+    km = KMeans(3, init=scaler.transform(init), n_init=1, algorithm="lloyd").fit(
+        scaler.transform(x)
+    )
+    assert res.n_iter == km.n_iter_
+    np.testing.assert_allclose(res.mean.to_numpy(), scaler.mean_, rtol=1e-12)
+    np.testing.assert_allclose(res.scale.to_numpy(), scaler.scale_, rtol=1e-12)
+    centres = scaler.inverse_transform(km.cluster_centers_)
+    np.testing.assert_allclose(res.cluster_centers.to_numpy(), centres, rtol=1e-9, atol=1e-9)
+    assert res.inertia == pytest.approx(km.inertia_, rel=1e-9)  # in standardised units
+
+
+def best_of_ten(x: np.ndarray, k: int) -> float:
+    return KMeans(k, n_init=10, random_state=0).fit(StandardScaler().fit_transform(x)).inertia_
+
+
+def pooled_inertia(res: KMeansResult, x: np.ndarray) -> float:
+    """Inertia of the result's centres over the pooled rows, each row at its nearest centre."""
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    c = scaler.transform(res.cluster_centers.to_numpy())
+    return float(((z[:, None, :] - c[None]) ** 2).sum(axis=2).min(axis=1).sum())
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_kmeans_plus_plus_is_as_good_as_sklearn_best_of_ten(name):
+    df = public_table(name)
+    x = pooled(df)
+    k = LOADERS[name][1]
+    best = best_of_ten(x, k)
+    with federation(df) as fed:
+        res = fed.kmeans("d", list(df.columns), k, seed=0)
+        again = fed.kmeans("d", list(df.columns), k, seed=0)
+    assert res.init == "k-means++" and res.converged
+    assert res.inertia <= 1.02 * best
+    pd.testing.assert_frame_equal(res.cluster_centers, again.cluster_centers)  # deterministic
+    assert res.inertia == again.inertia and res.n_iter == again.n_iter
+
+
+@pytest.mark.parametrize("name", list(LOADERS))
+def test_kmeans_plus_plus_under_the_default_policy_finds_the_same_clusters(name):
+    """Micro-clusters of 5..9 patients: centres as good as sklearn's (on the pooled rows)."""
+    df = public_table(name)
+    x = pooled(df)
+    k = LOADERS[name][1]
+    best = best_of_ten(x, k)
+    with federation(df, fh.Policy()) as fed:
+        res = fed.kmeans("d", list(df.columns), k, seed=0)
+        again = fed.kmeans("d", list(df.columns), k, seed=0)
+    assert pooled_inertia(res, x) <= 1.02 * best
+    assert res.inertia >= pooled_inertia(res, x) - 1e-9  # whole micro-clusters: never better
+    assert res.n_observations == len(x)  # every cluster released at every site
+    pd.testing.assert_frame_equal(res.cluster_centers, again.cluster_centers)
+
+
+def test_different_seeds_start_differently():
+    df = public_table("wine")
+    with federation(df) as fed:
+        a = fed.kmeans("d", list(df.columns), 4, seed=1, max_iter=1)
+        b = fed.kmeans("d", list(df.columns), 4, seed=2, max_iter=1)
+    assert not np.allclose(a.cluster_centers.to_numpy(), b.cluster_centers.to_numpy())
+
+
+# -- the derived column 'cluster' --------------------------------------------------------------------
+@pytest.fixture
+def demo():
+    fed = fh.Federation.demo()  # its own federation: k-means leaves a column and guard memory
+    yield fed
+    fed.close()
+
+
+def test_clusters_stay_at_the_sites_as_a_column_for_later_queries(demo):
+    res = demo.kmeans("aml", ["age", "wbc"], 3)
+    cat = demo.catalog("aml")
+    cluster = cat[cat["column"] == "cluster"]
+    assert set(cluster["site"]) == set(res.privacy.released_sites)
+    assert set(cluster["dtype"]) == {"category"}
+
+    desc = demo.describe("aml", ["age"], by="cluster")
+    counts = desc.table.xs("age", level="variable")["count"]
+    pd.testing.assert_series_equal(
+        counts.astype("int64"),
+        res.cluster_sizes.rename("count"),
+        check_names=False,
+        check_index_type=False,
+    )
+    means = desc.table.xs("age", level="variable")["mean"]
+    np.testing.assert_allclose(means.to_numpy(), res.cluster_centers["age"].to_numpy(), rtol=1e-9)
+
+    km = demo.kaplan_meier("aml", "os_months", "os_status", group="cluster")
+    assert km.groups == ["1", "2", "3"]
+    only_two = demo.describe("aml", ["age"], where="cluster == '2'")
+    assert only_two.table.loc["age", "count"] == res.cluster_sizes["2"]
+    assert only_two.table.loc["age", "mean"] == pytest.approx(res.cluster_centers.loc["2", "age"])
+
+
+def test_profile_describes_each_cluster_and_its_survival(demo):
+    res = demo.kmeans("aml", ["age", "wbc"], 3, seed=4)
+    profile = res.profile(demo, ["age", "wbc"])
+    assert set(profile.describe.table.index.get_level_values("group")) == {"1", "2", "3"}
+    assert profile.kaplan_meier.groups == ["1", "2", "3"]
+    assert "Kaplan" in profile._repr_html_() or "<img" in profile._repr_html_()
+    # a later k-means replaces the column: the old result refuses to profile the new clusters
+    newer = demo.kmeans("aml", ["age"], 2)
+    with pytest.raises(fh.ParameterError, match="another clustering"):
+        res.profile(demo, ["age"])
+    assert newer.profile(demo, ["age"], survival=None).kaplan_meier is None
+    assert demo.kaplan_meier("aml", "os_months", "os_status", group="cluster").groups == ["1", "2"]
+
+
+def test_a_filtered_clustering_labels_only_its_cohort(demo):
+    res = demo.kmeans("aml", ["age", "wbc"], 2, where="age >= 60")
+    assert res.where == "age >= 60"
+    everyone = demo.describe("aml", ["age"], by="cluster")
+    table = everyone.table.xs("age", level="variable")
+    assert int(table["count"].sum()) == res.n_observations
+    assert table["mean"].min() >= 60
+
+
+def test_result_display_and_summary(demo):
+    res = demo.kmeans("aml", ["age", "wbc"], 3)
+    html = res._repr_html_()
+    assert "Privacy report" in html and "cluster" in html
+    assert list(res.summary.columns) == ["age", "wbc", "size"]
+    assert "KMeansResult" in repr(res)
+    assert set(res.by_site["status"]) <= {"released", "withheld", "held"}
+    assert res.n_sites == len(res.privacy.released_sites)
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_bad_input_errors_name_site_dataset_and_column(demo):
+    with pytest.raises(fh.ParameterError) as info:
+        demo.kmeans("aml", ["age", "sex"], 2)
+    assert info.value.column == "sex" and info.value.dataset == "aml"
+    with pytest.raises(fh.SchemaError) as info:
+        demo.kmeans("aml", ["age", "no_such_column"], 2)
+    assert info.value.column == "no_such_column" and info.value.dataset == "aml"
+    assert info.value.site in demo.policies
+    with pytest.raises(fh.ParameterError, match="shape"):
+        demo.kmeans("aml", ["age", "wbc"], 2, init=np.zeros((3, 2)))
+    with pytest.raises(fh.ParameterError, match="'k'"):
+        demo.kmeans("aml", ["age"], 0)
+    with pytest.raises(fh.ParameterError, match="init"):
+        demo.kmeans("aml", ["age"], 2, init="random")
+    with pytest.raises(fh.ParameterError, match="tol"):
+        demo.kmeans("aml", ["age"], 2, tol=-1.0)
+
+
+def test_a_constant_feature_cannot_be_standardised():
+    df = public_table("iris").assign(const=1.0)
+    with federation(df) as fed:
+        with pytest.raises(fh.ParameterError) as info:
+            fed.kmeans("d", ["f0", "const"], 2)
+    assert info.value.column == "const" and info.value.dataset == "d"
+
+
+def test_missing_values_leave_rows_out_or_refuse_the_site():
+    df = public_table("iris")
+    sites = split_rows(df, 3)
+    sites["site_a"].loc[:9, "f1"] = np.nan  # ten rows: left out
+    sites["site_b"].loc[[2, 3], "f2"] = np.nan  # two rows: that site refuses
+    with fh.Federation.local({s: {"d": t} for s, t in sites.items()}) as fed:
+        res = fed.kmeans("d", list(df.columns), 2)
+    outcome = res.privacy.outcome("site_b")
+    assert outcome.status == "refused" and outcome.rules == ("min_subset_size",)
+    assert any("'f2'" in d or "missing" in d for d in outcome.details)
+    assert res.n_observations == len(sites["site_a"]) - 10 + len(sites["site_c"])
+    assert any("left out" in n for n in res.privacy.notes)
+
+
+def test_a_feature_missing_everywhere_at_a_site_is_a_schema_error():
+    df = public_table("iris")
+    sites = split_rows(df, 3)
+    sites["site_c"]["f3"] = np.nan
+    with fh.Federation.local(
+        {s: {"d": t} for s, t in sites.items()}, policy=fh.Policy.unrestricted()
+    ) as fed:
+        res = fed.kmeans("d", list(df.columns), 2)
+    outcome = res.privacy.outcome("site_c")
+    assert outcome.status == "error" and outcome.rules == ("schema",)
+    assert res.n_sites == 2
+
+
+def test_a_site_that_drops_out_of_a_later_clustering_drops_its_old_column(demo):
+    first = demo.kmeans("aml", ["age"], 2)
+    assert "policlinico_bari" in first.privacy.released_sites
+    later = demo.kmeans("aml", ["age", "wbc"], 2)  # bari: 1..4 missing wbc, refused
+    assert later.privacy.outcome("policlinico_bari").status == "refused"
+    cat = demo.catalog("aml")
+    holders = set(cat.loc[cat["column"] == "cluster", "site"])
+    assert holders == set(later.privacy.released_sites)
+    assert "policlinico_bari" not in holders
