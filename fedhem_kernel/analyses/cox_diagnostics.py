@@ -393,23 +393,31 @@ def _cell_grids(cells: Payload, n_bins: int) -> dict[str, np.ndarray]:
     u = len(times)
 
     def grid(weights: np.ndarray, col: np.ndarray) -> np.ndarray:
-        g = np.zeros((u + 1, n_bins + 1), dtype=np.int64)
+        g = np.zeros((u + 1, n_bins + 1), dtype=np.int32)  # counts of one site's rows
         np.add.at(g, (ti, col), weights)
         return g
 
-    def later(g: np.ndarray) -> np.ndarray:  # rows at or after
-        return np.cumsum(g[::-1], axis=0)[::-1]
+    def later(g: np.ndarray) -> np.ndarray:  # rows at or after, in place
+        np.cumsum(g[::-1], axis=0, out=g[::-1])
+        return g
+
+    def upto(g: np.ndarray) -> np.ndarray:  # bins up to x, in place
+        np.cumsum(g, axis=1, out=g)
+        return g
+
+    def from_(g: np.ndarray) -> np.ndarray:  # bins from x on, in place
+        np.cumsum(g[:, ::-1], axis=1, out=g[:, ::-1])
+        return g
 
     total = ev + ce
     ce0 = np.where(point, ce, 0)  # censorings at one exact time (comparable with events there)
-    below, above = grid(total, hi), grid(total, lo)  # hi <= x: all below bin x; lo >= x: at/above
-    below0, above0 = grid(ce0, hi), grid(ce0, lo)
+    # hi <= x: all below bin x; lo >= x: at or above bin x (one grid alive at a time per kind)
     return {
         "times": times,
-        "below": np.cumsum(later(below), axis=1),
-        "above": np.cumsum(later(above)[:, ::-1], axis=1)[:, ::-1],
-        "below0": np.cumsum(below0, axis=1),
-        "above0": np.cumsum(above0[:, ::-1], axis=1)[:, ::-1],
+        "below": upto(later(grid(total, hi))),
+        "above": from_(later(grid(total, lo))),
+        "below0": upto(grid(ce0, hi)),
+        "above0": from_(grid(ce0, lo)),
     }
 
 
@@ -420,8 +428,7 @@ def cross_concordance(cells: dict[str, Payload], n_bins: int) -> tuple[int, int]
     after A's ends (or both are the same single time and the row is censored) and their score
     ranges do not overlap. Every other comparable pair stays open.
     """
-    grids = {site: _cell_grids(c, n_bins) for site, c in cells.items()}
-    conc = disc = 0
+    events: dict[str, tuple[np.ndarray, ...]] = {}
     for a, ca in cells.items():
         ev = np.asarray(ca["events"], dtype=np.int64)
         has = ev > 0
@@ -429,8 +436,11 @@ def cross_concordance(cells: dict[str, Payload], n_bins: int) -> tuple[int, int]
         point = np.asarray(ca["t_lo"], dtype=float)[has] == t_hi
         la = np.asarray(ca["lo"], dtype=np.int64)[has]
         ha = np.asarray(ca["hi"], dtype=np.int64)[has]
-        ea = ev[has]
-        for b, g in grids.items():
+        events[a] = (t_hi, point, la, ha, ev[has])
+    conc = disc = 0
+    for b, cb in cells.items():  # one site's grids at a time: (times × bins) each
+        g = _cell_grids(cb, n_bins)
+        for a, (t_hi, point, la, ha, ea) in events.items():
             if b == a or not len(ea):
                 continue
             times = g["times"]
