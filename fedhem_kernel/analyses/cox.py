@@ -759,40 +759,13 @@ def run_cox(
 
 
 STEPS = [
-    SiteStep(
-        "cox_setup",
-        "cox",
-        site_cox_setup,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
-    SiteStep(
-        "cox_sums",
-        "cox",
-        site_cox_sums,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
-    SiteStep(
-        "cox_hessian",
-        "cox",
-        site_cox_hessian,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
-    SiteStep(
-        "cox_score",
-        "cox",
-        site_cox_score,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
-    SiteStep(
-        "cox_diagnostics",
-        "cox",
-        site_cox_diagnostics,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
-    SiteStep(
-        "cox_release",
-        "cox",
-        site_cox_release,
-        param_columns("duration", "event", "covariates", "strata"),
-    ),
+    SiteStep(name, "cox", run, param_columns("duration", "event", "covariates", "strata"))
+    for name, run in (
+        ("cox_setup", site_cox_setup),
+        ("cox_sums", site_cox_sums),
+        ("cox_hessian", site_cox_hessian),
+        ("cox_score", site_cox_score),
+        ("cox_diagnostics", site_cox_diagnostics),
+        ("cox_release", site_cox_release),
+    )
 ]

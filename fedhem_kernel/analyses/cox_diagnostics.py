@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import stats
 
 from fedhem_kernel.analyses.base import Payload, SiteData
-from fedhem_kernel.analyses.cox_site import MAX_COEFFICIENT, SiteDesign, site_design
+from fedhem_kernel.analyses.cox_site import SiteDesign, checked_coefficients, site_design
 from fedhem_kernel.errors import FedHemError, ParameterError
 
 if TYPE_CHECKING:
@@ -60,26 +60,9 @@ TRANSFORMS = ("rank", "km", "identity", "log")
 
 
 # -- site side ------------------------------------------------------------------------------
-def _vector(params: Payload, key: str, p: int) -> np.ndarray:
-    value = np.asarray(params.get(key), dtype=float)
-    if value.shape != (p,) or not np.isfinite(value).all():
-        raise ParameterError(f"'{key}' must hold {p} finite numbers")
-    return value
-
-
 def _linear_predictor(data: SiteData, design: SiteDesign, params: Payload) -> np.ndarray:
     """zβ per sorted row for the requested coefficients (checked like a ``cox_sums`` request)."""
-    p = design.p
-    beta = _vector(params, "beta", p)
-    center = _vector(params, "center", p)
-    scale = _vector(params, "scale", p)
-    if (scale <= 0).any():
-        raise ParameterError("'scale' must be positive")
-    if np.abs(beta).max(initial=0.0) > MAX_COEFFICIENT:
-        raise data.refuse(
-            "max_coefficient", f"a coefficient above {MAX_COEFFICIENT:g} standard units"
-        )
-    zt = design.standardised(center, scale)
+    beta, _, _, zt = checked_coefficients(data, design, params)
     return np.einsum("i,in->n", beta, zt)
 
 

@@ -579,8 +579,11 @@ def segment_sums(
     return a0, a1, a2
 
 
-def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.ndarray, np.ndarray]:
-    """The standardised design (p × n) and exp(zβ) for the requested coefficients, checked."""
+def checked_coefficients(
+    data: SiteData, design: SiteDesign, params: Payload
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The requested β, center and scale (checked; ``max_coefficient`` refuses large β) and the
+    design standardised to them (p × n). Every step that weights rows by β goes through here."""
     p = design.p
     beta = _vector(params, "beta", p)
     center = _vector(params, "center", p)
@@ -594,7 +597,12 @@ def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.nd
             f"e^{MAX_COEFFICIENT:g} per standard deviation): the model does not converge, and "
             "such weights could single out a patient",
         )
-    zt = design.standardised(center, scale)
+    return beta, center, scale, design.standardised(center, scale)
+
+
+def _weights(data: SiteData, design: SiteDesign, params: Payload) -> tuple[np.ndarray, np.ndarray]:
+    """The standardised design (p × n) and exp(zβ) for the requested coefficients, checked."""
+    beta, center, scale, zt = checked_coefficients(data, design, params)
     # a cox_hessian request follows a cox_sums request for the same coefficients: reuse exp(zβ)
     key = beta.tobytes() + center.tobytes() + scale.tobytes()
     if design._weights is not None and design._weights[0] == key:

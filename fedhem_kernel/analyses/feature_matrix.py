@@ -74,6 +74,20 @@ def check_features(value: Any) -> list[str]:
     return list(features)
 
 
+def check_numeric_features(
+    features: Any, categorical: Sequence[str], analysis: str, dataset: str | None
+) -> list[str]:
+    """:func:`check_features`, refusing a categorical feature (named) for ``analysis``."""
+    feats = check_features(features)
+    if categorical:
+        raise ParameterError(
+            f"{analysis} needs numeric features (code a category as 0/1 columns)",
+            dataset=dataset,
+            column=categorical[0],
+        )
+    return feats
+
+
 def check_vector(params: Payload, key: str, p: int, positive: bool = False) -> np.ndarray:
     try:
         v = np.asarray(params[key], dtype=float).reshape(-1)

@@ -90,6 +90,7 @@ from fedhem_kernel.analyses.feature_matrix import (
     FeatureMatrix,
     check_features,
     check_matrix,
+    check_numeric_features,
     check_vector,
     feature_matrix,
     moments,
@@ -765,13 +766,7 @@ def run_kmeans(
     tol: float = 1e-4,
     categorical: Sequence[str] = (),
 ) -> KMeansResult:
-    feats = check_features(features)
-    if categorical:
-        raise ParameterError(
-            "k-means needs numeric features (code a category as 0/1 columns)",
-            dataset=q.dataset,
-            column=categorical[0],
-        )
+    feats = check_numeric_features(features, categorical, "k-means", q.dataset)
     _check_number(k, "k", 1, integer=True)
     if k > MAX_CLUSTERS:
         raise ParameterError(f"'k' must be at most {MAX_CLUSTERS}")

@@ -34,6 +34,7 @@ import pandas as pd
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.feature_matrix import (
     check_features,
+    check_numeric_features,
     feature_matrix,
     pooled_moments,
 )
@@ -163,13 +164,7 @@ def run_pca(
     standardize: bool = True,
     categorical: Sequence[str] = (),
 ) -> PCAResult:
-    feats = check_features(features)
-    if categorical:
-        raise ParameterError(
-            "PCA needs numeric features (code a category as 0/1 columns)",
-            dataset=q.dataset,
-            column=categorical[0],
-        )
+    feats = check_numeric_features(features, categorical, "PCA", q.dataset)
     p = len(feats)
     if n_components is None:
         n_components = p
