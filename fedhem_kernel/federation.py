@@ -27,6 +27,7 @@ from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_me
 from fedhem_kernel.analyses.kmeans import KMeansResult, run_kmeans
 from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
 from fedhem_kernel.analyses.pca import PCAResult, run_pca
+from fedhem_kernel.analyses.radiomics import RadiomicsResult, run_radiomics
 from fedhem_kernel.engine.client_app import make_client_app
 from fedhem_kernel.engine.coordinator import Coordinator, Query
 from fedhem_kernel.engine.local_grid import LocalGrid
@@ -117,12 +118,16 @@ class Federation:
         *,
         columns: Mapping[str, Mapping[str, Any]] | None = None,
         audit_dir: str | Path | None = None,
+        data_root: str | Path | Mapping[str, str | Path] | None = None,
         user: str | None = None,
     ) -> Federation:
         """Embedded sites from your own tables: ``{"site_a": {"aml": df_or_path}, ...}``.
 
         ``policy`` is one Policy for every site or a mapping site -> Policy; ``columns`` declares
-        column types per dataset (``{"aml": {"os_months": {"type": "float", "unit": "months"}}}``).
+        column types per dataset (``{"aml": {"os_months": {"type": "float", "unit": "months"}}}``;
+        ``{"mri": {"image": "image", "mask": "mask", "patient_id": {"type": "category", "key":
+        True}}}`` for an imaging dataset). ``data_root`` (one folder, or site -> folder) is where the
+        paths of image and mask columns point.
         """
         executors = []
         for site, tables in sites.items():
@@ -135,7 +140,11 @@ class Federation:
                 for ds, src in tables.items()
             }
             audit = Path(audit_dir) / f"{site}.jsonl" if audit_dir is not None else None
-            executors.append(SiteExecutor.from_config(SiteConfig(site, decls, site_policy, audit)))
+            root = data_root.get(site) if isinstance(data_root, Mapping) else data_root
+            config = SiteConfig(
+                site, decls, site_policy, audit, data_root=Path(root) if root is not None else None
+            )
+            executors.append(SiteExecutor.from_config(config))
         return cls._embedded(executors, name="local", user=user)
 
     @classmethod
@@ -188,7 +197,8 @@ class Federation:
         return pd.DataFrame(rows, columns=["site", "status", "datasets"])
 
     def catalog(self, dataset: str | None = None) -> pd.DataFrame:
-        """Columns and types at each site (never values)."""
+        """Columns and types at each site (never values); ``derived`` names the analysis that made
+        a column at the site (``kmeans``, ``radiomics``, ...), empty for loaded columns."""
         rows = []
         for site, reply in self._catalog_replies().items():
             if reply.payload is None:
@@ -198,7 +208,7 @@ class Federation:
                     continue
                 for c in cols:
                     rows.append({"site": site, "dataset": ds, **c})
-        df = pd.DataFrame(rows, columns=["site", "dataset", "column", "dtype", "unit"])
+        df = pd.DataFrame(rows, columns=["site", "dataset", "column", "dtype", "unit", "derived"])
         if dataset is not None and df.empty:
             raise SchemaError("no such dataset at any site", dataset=dataset)
         return df
@@ -466,6 +476,22 @@ class Federation:
         feats = [features] if isinstance(features, str) else list(features)
         categorical = self._categorical(dataset, feats)
         return self._run(q, lambda q: run_pca(q, feats, n_components, standardize, categorical))
+
+    def radiomics(
+        self,
+        dataset: str,
+        params: Mapping[str, Any] | str | Path | None = None,
+        where: str | None = None,
+    ) -> RadiomicsResult:
+        """pyradiomics features of every image in ``dataset``, extracted at each site.
+
+        ``params``: a pyradiomics parameter dict or YAML file (``setting``, ``imageType``,
+        ``featureClass``); None for pyradiomics' defaults. Released: a summary per feature (count,
+        mean, SD, quantiles); the per-patient features stay at each site as columns of ``dataset``
+        (``result.columns``), usable in ``describe``, ``cox``, ``kmeans`` and ``combat``.
+        """
+        q = self._query("radiomics", dataset, where)
+        return self._run(q, lambda q: run_radiomics(q, params))
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -16,6 +16,7 @@ from fedhem_kernel.analyses import (
     levels,
     logrank,
     pca,
+    radiomics,
 )
 from fedhem_kernel.analyses.base import SiteStep
 
@@ -31,6 +32,7 @@ SITE_STEPS: dict[str, SiteStep] = {
         cox,
         kmeans,
         pca,
+        radiomics,
     )
     for step in module.STEPS
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +36,10 @@ class Ask(Protocol):
         ...
 
     def note(self, text: str) -> None: ...
+
+    def progress(self, site: str, detail: str) -> None:
+        """Show how far ``site`` is in a long step (e.g. "12/40 images"): names and counts only."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class SiteData:
     n_rows: int | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     derived: dict[str, DerivedColumn] = field(default_factory=dict)
+    root: Path | None = None  # the site's data root (image and mask paths are relative to it)
+    key: str | None = None  # the dataset's row-key column (names rows in the site's own log)
 
     @property
     def k(self) -> int:

@@ -156,6 +156,7 @@ def site_describe(data: SiteData, params: Payload) -> Payload:
 def combine_describe(per_site: dict[str, Payload]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pooled table and per-site table from the sites' released cells."""
     pooled: dict[tuple[str, str], list[dict]] = {}
+    suppressed: set[tuple[str, str]] = set()
     site_rows = []
     for site, payload in per_site.items():
         for cell in payload["cells"]:
@@ -163,6 +164,7 @@ def combine_describe(per_site: dict[str, Payload]) -> tuple[pd.DataFrame, pd.Dat
             pooled.setdefault(key, [])
             row = {"site": site, "group": cell["group"], "variable": cell["column"]}
             if "suppressed" in cell:
+                suppressed.add(key)
                 site_rows.append({**row, "count": pd.NA, "suppressed": cell["suppressed"]})
                 continue
             pooled[key].append(cell)
@@ -180,8 +182,9 @@ def combine_describe(per_site: dict[str, Payload]) -> tuple[pd.DataFrame, pd.Dat
     for (group, column), cells in pooled.items():
         cells = [c for c in cells if c["n"] > 0]
         row: dict = {"group": group, "variable": column, "n_sites": len(cells)}
-        if not cells:
-            rows.append({**row, "count": 0 if row["n_sites"] == 0 else pd.NA})
+        if not cells:  # none released: NA if a site suppressed it, else truly no values
+            hidden = (group, column) in suppressed
+            rows.append({**row, "count": pd.NA if hidden else 0})
             continue
         n = sum(c["n"] for c in cells)
         mean = sum(c["n"] * c["mean"] for c in cells) / n

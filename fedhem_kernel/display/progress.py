@@ -35,6 +35,7 @@ class _Running:
     handle: Any  # IPython DisplayHandle
     started: float
     status: dict[str, str] = field(default_factory=dict)
+    detail: dict[str, str] = field(default_factory=dict)
 
 
 class NotebookProgress:
@@ -58,6 +59,9 @@ class NotebookProgress:
             self._sync(run, step=event.step or "")
         elif event.kind == "reply" and event.site is not None:
             run.status[event.site] = event.status or "error"
+            self._sync(run)
+        elif event.kind == "detail" and event.site is not None:
+            run.detail[event.site] = event.detail or ""
             self._sync(run)
         elif event.kind == "done":
             self.finish(event.query_id, failed=event.status == "error")
@@ -84,7 +88,9 @@ class NotebookProgress:
         self.running[event.query_id] = _Running(widget, handle, time.monotonic(), status)
 
     def _sync(self, run: _Running, **traits: Any) -> None:
-        sites = [{"site": s, "status": v} for s, v in run.status.items()]
+        sites = [
+            {"site": s, "status": v, "detail": run.detail.get(s, "")} for s, v in run.status.items()
+        ]
         run.widget.set_trait("sites", sites)
         run.widget.set_trait("elapsed", round(time.monotonic() - run.started, 2))
         for name, value in traits.items():

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fedhem_kernel.analyses.describe import DescribeResult
     from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
     from fedhem_kernel.analyses.logrank import LogrankResult
+    from fedhem_kernel.analyses.radiomics import RadiomicsResult
     from fedhem_kernel.privacy.report import PrivacyReport
 
 STATIC = Path(__file__).parent / "static"
@@ -129,13 +130,36 @@ def km_widget(result: KaplanMeierResult) -> KaplanMeierWidget:
 
 
 def describe_widget(result: DescribeResult) -> ResultTableWidget:
-    table = result.table
+    return summary_widget(
+        f"describe '{result.privacy.dataset}'" + (f" by '{result.by}'" if result.by else ""),
+        result.table,
+        result.by_site,
+        result.privacy,
+        "Quantiles from pooled site histograms (no patient's own value is released).",
+    )
+
+
+def radiomics_widget(result: RadiomicsResult) -> ResultTableWidget:
+    n = sum(result.n_images.values())
+    return summary_widget(
+        f"radiomics on '{result.privacy.dataset}': {len(result.summary)} features, {n} images",
+        result.summary,
+        result.by_site,
+        result.privacy,
+        "Per-patient features stay at the sites as columns; quantiles from pooled site "
+        "histograms (no patient's own value is released).",
+    )
+
+
+def summary_widget(
+    title: str, table: pd.DataFrame, by_site: pd.DataFrame, privacy: PrivacyReport, footnote: str
+) -> ResultTableWidget:
+    """Pooled summary statistics and what each site released (suppressed cells marked)."""
     # a pooled cell whose count is suppressed at every site has no statistics either
     pooled_mask = (
         _rows_mask(table, table["count"].isna(), exclude=("n_sites",)) if "count" in table else None
     )
-    by_site = result.by_site
-    keys = [c for c in ("site", "group", "variable") if c in by_site]
+    keys = [c for c in ("site", "group", "variable", "feature") if c in by_site]
     site_mask = None
     if "suppressed" in by_site:
         hidden_rows = by_site["suppressed"].fillna("").astype(str) != ""
@@ -147,13 +171,13 @@ def describe_widget(result: DescribeResult) -> ResultTableWidget:
             None if site_mask is None else site_mask.set_index(by_site.index)[by_site.columns]
         )
     return ResultTableWidget(
-        f"describe '{result.privacy.dataset}'" + (f" by '{result.by}'" if result.by else ""),
+        title,
         [
             table_state(table, "pooled", pooled_mask),
             table_state(by_site, "released by each site", site_mask),
         ],
-        result.privacy,
-        footnote="Quantiles from pooled site histograms (no patient's own value is released).",
+        privacy,
+        footnote=footnote,
     )
 
 

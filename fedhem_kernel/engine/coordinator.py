@@ -33,7 +33,7 @@ _RANK = {"released": 0, "suppressed": 1, "refused": 2, "error": 3}
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["start", "round", "reply", "done"]
+EventKind = Literal["start", "round", "reply", "detail", "done"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ class ProgressEvent:
 
     ``start``: a query begins (``sites`` = every site asked). ``round``: one step is sent to
     ``sites``. ``reply``: ``site`` answered with ``status`` (released / suppressed / refused /
-    error). ``done``: the query is over (``status`` is ``"error"`` if it raised). ``elapsed`` is
+    error). ``detail``: how far ``site`` is within a long step (``detail``, e.g. "12/40 images",
+    from the analysis). ``done``: the query is over (``status`` is ``"error"`` if it raised). ``elapsed`` is
     seconds since the query started (``start``, ``done``) or since the round was sent (``round``,
     ``reply``).
     """
@@ -56,6 +57,7 @@ class ProgressEvent:
     analysis: str | None = None
     dataset: str | None = None
     elapsed: float = 0.0
+    detail: str | None = None
 
 
 Observer = Callable[[ProgressEvent], None]
@@ -237,6 +239,10 @@ class Query:
             details.append((err.rule or type(err).__name__, err.reason))
         for note in reply.notes:
             self.note(f"{site}: {note}")
+
+    def progress(self, site: str, detail: str) -> None:
+        """Tell the observers how far ``site`` is within a long step (counts only, no values)."""
+        self.coordinator.notify(self._event("detail", site=site, detail=detail))
 
     def note(self, text: str) -> None:
         if text not in self._notes:

@@ -4,6 +4,7 @@
 [site]
 name = "karolinska"
 audit_log = "audit/karolinska.jsonl"     # relative to this file; optional
+data_root = "data"                        # where image/mask paths point; default: this file's folder
 
 [policy]                                  # optional; defaults are fh.Policy()
 min_cell_count = 5
@@ -43,6 +44,7 @@ class SiteConfig:
     policy: Policy = field(default_factory=Policy)
     audit_log: Path | None = None
     base_dir: Path | None = None
+    data_root: Path | None = None  # image and mask paths are relative to it (default: base_dir)
 
     @classmethod
     def from_mapping(
@@ -61,19 +63,25 @@ class SiteConfig:
             if "path" not in table:
                 raise SchemaError("dataset needs a 'path'", site=site_name, dataset=ds_name)
             datasets[ds_name] = DatasetDecl(ds_name, table["path"], dict(table.get("columns", {})))
-        audit = site_table.get("audit_log")
-        audit_path = None
-        if audit:
-            audit_path = Path(audit)
-            if not audit_path.is_absolute() and base_dir is not None:
-                audit_path = base_dir / audit_path
-        return cls(site_name, datasets, policy, audit_path, base_dir)
+        unknown = set(site_table) - {"name", "audit_log", "data_root"}
+        if unknown:
+            raise SchemaError(f"unknown [site] settings {sorted(unknown)}", site=site_name)
+        audit_path = _relative_to(site_table.get("audit_log"), base_dir)
+        data_root = _relative_to(site_table.get("data_root"), base_dir)
+        return cls(site_name, datasets, policy, audit_path, base_dir, data_root)
 
     @classmethod
     def from_toml(cls, path: str | Path, *, name: str | None = None) -> SiteConfig:
         path = Path(path)
         data = read_toml(path, "site config", site=name)
         return cls.from_mapping(data, base_dir=path.parent, name=name)
+
+
+def _relative_to(value: str | None, base_dir: Path | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
 
 
 def read_toml(path: Path, what: str, *, site: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.site.imaging import check_imaging
 from fedhem_kernel.site.schema import DTYPES, ColumnSpec, DatasetSchema
 
 RESERVED_COLUMNS = ("site",)
@@ -26,18 +27,21 @@ class Dataset:
     name: str
     frame: pd.DataFrame
     schema: DatasetSchema
+    key: str | None = None  # the row-key column (``key = true``): names rows in load errors
+    root: Path | None = None  # the site's data root: image and mask paths are relative to it
 
     @property
     def n_rows(self) -> int:
         return len(self.frame)
 
 
-def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, str | None]:
+def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, str | None, bool]:
+    key = False
     if isinstance(spec, str):
         dtype, unit = spec, None
     elif isinstance(spec, Mapping):
-        dtype, unit = spec.get("type"), spec.get("unit")
-        unknown = set(spec) - {"type", "unit"}
+        dtype, unit, key = spec.get("type"), spec.get("unit"), spec.get("key", False)
+        unknown = set(spec) - {"type", "unit", "key"}
         if unknown:
             raise SchemaError(
                 f"unknown column settings {sorted(unknown)}",
@@ -48,7 +52,7 @@ def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, s
             )
     else:
         raise SchemaError(
-            "a column is declared as a type name or {type=..., unit=...}",
+            "a column is declared as a type name or {type=..., unit=..., key=...}",
             site=site,
             dataset=dataset,
             column=column,
@@ -70,7 +74,11 @@ def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, s
             column=column,
             rule="schema",
         )
-    return str(dtype), unit
+    if not isinstance(key, bool):
+        raise SchemaError(
+            "key = true or false", site=site, dataset=dataset, column=column, rule="schema"
+        )
+    return str(dtype), unit, key
 
 
 def _infer_dtype(series: pd.Series) -> str:
@@ -84,7 +92,7 @@ def _infer_dtype(series: pd.Series) -> str:
 
 
 def _coerce(series: pd.Series, dtype: str, err: dict[str, str]) -> pd.Series:
-    if dtype == "category":
+    if dtype in ("category", "image", "mask"):
         out = series.astype(object)
         return out.where(series.isna(), series.astype(str))
     if dtype == "bool" and (
@@ -131,8 +139,13 @@ def load_dataset(
     columns: Mapping[str, Any] | None = None,
     *,
     base_dir: Path | None = None,
+    data_root: Path | None = None,
 ) -> Dataset:
-    """Load and check one dataset; ``columns`` declares types (``{"age": "float", ...}``)."""
+    """Load and check one dataset; ``columns`` declares types (``{"age": "float", ...}``).
+
+    ``data_root`` (default ``base_dir``) is where the paths of ``image``/``mask`` columns point
+    (see :mod:`fedhem_kernel.site.imaging`, which checks every row's files on load).
+    """
     if not isinstance(name, str) or not name.isidentifier():
         raise SchemaError("dataset names must be identifiers", site=site, rule="schema")
     if isinstance(source, pd.DataFrame):
@@ -150,6 +163,7 @@ def load_dataset(
     declared = dict(columns or {})
     specs: dict[str, ColumnSpec] = {}
     out: dict[str, pd.Series] = {}
+    keys: list[str] = []
     for col in declared:
         if col not in raw.columns:
             raise SchemaError(
@@ -164,10 +178,31 @@ def load_dataset(
         if col in RESERVED_COLUMNS:
             raise SchemaError("'site' is a reserved column name", **err, rule="schema")
         if col in declared:
-            dtype, unit = _parse_spec(site, name, col, declared[col])
+            dtype, unit, is_key = _parse_spec(site, name, col, declared[col])
+            if is_key:
+                keys.append(col)
         else:
             dtype, unit = _infer_dtype(raw[col]), None
         out[col] = _coerce(raw[col], dtype, err)
         specs[col] = ColumnSpec(col, dtype, unit)  # type: ignore[arg-type]
     frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
-    return Dataset(name, frame, DatasetSchema(site, name, specs))
+    schema = DatasetSchema(site, name, specs)
+    key = _check_key(schema, frame, keys)
+    root = data_root if data_root is not None else base_dir
+    check_imaging(schema, frame, key, root)
+    return Dataset(name, frame, schema, key, root)
+
+
+def _check_key(schema: DatasetSchema, frame: pd.DataFrame, keys: list[str]) -> str | None:
+    """The row-key column: at most one, no missing and no repeated values."""
+    if not keys:
+        return None
+    err = {"site": schema.site, "dataset": schema.dataset, "rule": "schema"}
+    if len(keys) > 1:
+        raise SchemaError("only one column can be the row key", column=keys[1], **err)
+    values = frame[keys[0]]
+    if values.isna().any():
+        raise SchemaError("the row key has missing values", column=keys[0], **err)
+    if values.duplicated().any():
+        raise SchemaError("the row key has repeated values", column=keys[0], **err)
+    return keys[0]

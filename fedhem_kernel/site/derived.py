@@ -10,6 +10,7 @@ queries use the column like any other (``by=``, ``group=``, ``where=``), under t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -34,16 +35,20 @@ def _full_column(ds: Dataset, col: DerivedColumn) -> np.ndarray:
 
 def add_derived(ds: Dataset, columns: Mapping[str, DerivedColumn]) -> Dataset:
     """The dataset with each derived column added, replaced or (``values=None``) dropped."""
-    frame = ds.frame.copy(deep=False)
     specs = dict(ds.schema.columns)
+    drop: list[str] = []
+    new: dict[str, np.ndarray] = {}
     for name, col in columns.items():
         old = specs.get(name)
         if old is not None and old.derived is None:
             continue  # a loaded column is never replaced (SiteData.derive refuses it already)
-        if col.values is None:
-            frame = frame.drop(columns=[name], errors="ignore")
-            specs.pop(name, None)
-            continue
-        frame[name] = _full_column(ds, col)
-        specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
-    return Dataset(ds.name, frame, DatasetSchema(ds.schema.site, ds.name, specs))
+        drop.append(name)
+        new.pop(name, None)
+        specs.pop(name, None)
+        if col.values is not None:
+            new[name] = _full_column(ds, col)
+            specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
+    frame = ds.frame.drop(columns=[c for c in drop if c in ds.frame.columns])
+    if new:  # all at once: a radiomics run adds a hundred columns
+        frame = pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
+    return replace(ds, frame=frame, schema=DatasetSchema(ds.schema.site, ds.name, specs))

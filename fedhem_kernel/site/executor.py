@@ -78,7 +78,12 @@ class SiteExecutor:
         for decl in config.datasets.values():
             try:
                 datasets[decl.name] = load_dataset(
-                    config.name, decl.name, decl.source, decl.columns, base_dir=config.base_dir
+                    config.name,
+                    decl.name,
+                    decl.source,
+                    decl.columns,
+                    base_dir=config.base_dir,
+                    data_root=config.data_root,
                 )
             except FedHemError as exc:
                 audit.append(
@@ -162,7 +167,15 @@ class SiteExecutor:
             raise SchemaError("no such dataset", site=self.name, dataset=request.dataset)
         ds = self.datasets[request.dataset]
         for column in step.columns(request.params):
-            ds.schema.column(column)  # raises SchemaError naming the column
+            spec = ds.schema.column(column)  # raises SchemaError naming the column
+            if spec.is_path and step.analysis != "radiomics":
+                raise SchemaError(
+                    "this column holds image file paths: only radiomics reads it",
+                    site=self.name,
+                    dataset=ds.name,
+                    column=column,
+                    rule="schema",
+                )
         mask = self._cohort_mask(ds, request.where)
         data = SiteData(
             self.name,
@@ -174,6 +187,8 @@ class SiteExecutor:
             guard=self.guard if self.policy.differencing_guard else None,
             n_rows=ds.n_rows,
             scratch=self._scratch.setdefault(ds.name, {}),
+            root=ds.root,
+            key=ds.key,
         )
         payload = step.run(data, dict(request.params))
         if self.policy.differencing_guard:

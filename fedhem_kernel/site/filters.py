@@ -672,7 +672,11 @@ def _check_value(spec: ColumnSpec, op: str, value: Literal, schema: DatasetSchem
                 f"expected a quoted string after '{op}' for category column '{name}'"
                 " (numbers are not matched against category labels; quote them)"
             )
-    else:  # pragma: no cover - DatasetSchema only allows the four dtypes
+    elif spec.is_path:
+        raise fail(
+            f"column '{name}' holds image file paths: filter it only with 'is null' or 'is not null'"
+        )
+    else:  # pragma: no cover - DatasetSchema only allows the dtypes above
         raise fail(f"column '{name}' has an unsupported type for filtering")
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-DType = Literal["float", "int", "bool", "category"]
-DTYPES: tuple[str, ...] = ("float", "int", "bool", "category")
+DType = Literal["float", "int", "bool", "category", "image", "mask"]
+DTYPES: tuple[str, ...] = ("float", "int", "bool", "category", "image", "mask")
+#: Columns holding file paths (an image, or its segmentation mask) relative to the site's data root:
+#: only ``fed.radiomics`` reads them; no other analysis, filter or grouping may use them.
+IMAGE_DTYPES: tuple[str, ...] = ("image", "mask")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,11 @@ class ColumnSpec:
     @property
     def is_numeric(self) -> bool:
         return self.dtype in ("float", "int", "bool")
+
+    @property
+    def is_path(self) -> bool:
+        """An image or mask column: file paths, never released or used outside radiomics."""
+        return self.dtype in IMAGE_DTYPES
 
 
 @dataclass(frozen=True)

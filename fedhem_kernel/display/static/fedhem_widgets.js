@@ -482,7 +482,7 @@ function renderProgress(model, el) {
     el.replaceChildren(h("div", { class: "fedhem-progress-head" }, head),
       h("progress", { max: Math.max(1, sites.length), value: done ? Math.max(1, sites.length) : answered }),
       h("ul", { class: "fedhem-progress-sites" }, sites.map((s) => h("li", { "data-site": s.site, "data-status": s.status },
-        badge(s.status), ` ${s.site}`))));
+        badge(s.status), ` ${s.site}`, s.detail ? h("span", { class: "fedhem-progress-detail" }, ` ${s.detail}`) : ""))));
   };
   const reveal = () => { revealed = true; el.style.display = ""; draw(); };
   el.style.display = "none"; // a query that finishes within the delay never shows

@@ -1,0 +1,152 @@
+"""Adversarial checks of fed.radiomics under the default policy (k = 5).
+
+A spy records every reply that crosses from a site. A filter down to one image, a cohort with fewer
+than k images, a request for per-patient features, a group of images that differences an earlier
+release and a few failed extractions are refused or suppressed with a reason and no value; every
+released count is >= k and no message carries one patient's feature value.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from imaging_helpers import IMAGING_COLUMNS, QUICK_PARAMS, write_phantoms  # noqa: E402
+
+import fedhem_kernel as fh  # noqa: E402
+from fedhem_kernel.errors import DisclosureError  # noqa: E402
+from fedhem_kernel.site.executor import SiteRequest  # noqa: E402
+
+K = 5
+
+
+def federation(root: Path, tables: dict[str, pd.DataFrame]) -> fh.Federation:
+    return fh.Federation.local(
+        {site: {"mri": t} for site, t in tables.items()},
+        policy=fh.Policy(),
+        columns={"mri": IMAGING_COLUMNS},
+        data_root={site: root / site for site in tables},
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("attacks")
+
+
+@pytest.fixture(scope="module")
+def tables(root: Path) -> dict[str, pd.DataFrame]:
+    return {
+        "site_a": write_phantoms(root / "site_a", 12, seed=1, prefix="A"),
+        "site_b": write_phantoms(root / "site_b", 10, seed=2, prefix="B"),
+    }
+
+
+def _without_images(table: pd.DataFrame, n: int) -> pd.DataFrame:
+    extra = pd.DataFrame(
+        {
+            "patient_id": [f"N{i}" for i in range(n)],
+            "age": 50.0 + np.arange(n),
+            "image": None,
+            "mask": None,
+        }
+    )
+    return pd.concat([table, extra], ignore_index=True)
+
+
+def test_released_messages_hold_counts_of_k_or_more_and_no_patient_value(
+    root: Path, tables, releases
+) -> None:
+    fed = federation(root, tables)
+    result = fed.radiomics("mri", params=QUICK_PARAMS)
+    # the per-patient values kept at site_a: none of them may appear in any message
+    kept = fed._executors["site_a"].datasets["mri"].frame[list(result.columns.values())]
+    values = set(np.round(kept.to_numpy().ravel(), 9))
+    for reply in releases:
+        payload = reply.payload or {}
+        assert set(payload) <= {"done", "total", "cells", "features", "n_images"}
+        if "total" in payload:
+            assert payload["total"] >= K
+        if "cells" in payload:
+            assert payload["n_images"] >= K
+            for cell in payload["cells"]:
+                if "counts" in cell:
+                    assert (np.asarray(cell["counts"]) >= K).all()
+                    assert len(cell["counts"]) <= payload["n_images"] // K
+                # min/max are off by default: the histogram edges are midpoints, means over >= k
+                assert np.isnan(cell["edges"][0]) and np.isnan(cell["edges"][-1])
+                if reply.site == "site_a":
+                    released = {round(float(cell["mean"]), 9), *np.round(cell["means"], 9)}
+                    assert not (released & values), cell["column"]
+    fed.close()
+
+
+def test_where_down_to_one_image_is_refused(root: Path, tables) -> None:
+    fed = federation(root, tables)
+    with pytest.raises(DisclosureError) as info:
+        fed.radiomics("mri", params=QUICK_PARAMS, where="patient_id == 'A003'")
+    assert "min_subset_size" in str(info.value)
+    # a cohort of enough patients, but only one of them with an image
+    t = {"site_a": _without_images(tables["site_a"].iloc[:1], 8)}
+    fed = federation(root, t)
+    with pytest.raises(DisclosureError, match=f"fewer than {K} images") as info:
+        fed.radiomics("mri", params=QUICK_PARAMS)
+    assert info.value.rule == "min_cell_count"
+    assert "A000" not in str(info.value) and ".nrrd" not in str(info.value)
+    fed.close()
+
+
+def test_a_request_for_per_patient_features_is_refused(root: Path, tables) -> None:
+    fed = federation(root, tables)
+    result = fed.radiomics("mri", params=QUICK_PARAMS)
+    with pytest.raises(DisclosureError, match="never leave the sites") as info:
+        result.features  # noqa: B018 - the attribute a user would try
+    assert info.value.rule == "row_level"
+    # the same, sent to a site by hand as the engine would
+    site = fed._executors["site_a"]
+    for step in ("radiomics_extract", "radiomics_keep"):
+        reply = site.handle(
+            SiteRequest(step, "mri", {"params": QUICK_PARAMS, "run": "x", "release": "features"})
+        )
+        assert reply.status == "refused" and reply.payload is None
+        assert reply.error["rule"] == "row_level"
+    fed.close()
+
+
+def test_images_that_difference_an_earlier_release_are_refused(root: Path, tables) -> None:
+    """All 15 patients were described; 12 have images: summarising those 12 would tell the other
+    three apart (a difference of 3 < k). Refused; with 5 or more without images it is allowed."""
+    fed = federation(root, {"site_a": _without_images(tables["site_a"], 3)})
+    fed.describe("mri", columns=["age"])
+    with pytest.raises(DisclosureError) as info:
+        fed.radiomics("mri", params=QUICK_PARAMS)
+    assert info.value.rule == "differencing"
+    fed.close()
+    fed = federation(root, {"site_a": _without_images(tables["site_a"], K)})
+    fed.describe("mri", columns=["age"])
+    assert fed.radiomics("mri", params=QUICK_PARAMS).n_images == {"site_a": 12}
+    fed.close()
+
+
+def test_a_few_failed_images_are_not_counted_and_their_cells_suppressed(
+    tmp_path: Path,
+) -> None:
+    import SimpleITK as sitk
+
+    table = write_phantoms(tmp_path / "site_a", 12, seed=3, prefix="F")
+    for i in (0, 1):  # two masks without the label: extraction fails for those patients
+        path = tmp_path / "site_a" / table["mask"][i]
+        sitk.WriteImage(sitk.ReadImage(str(path)) * 0, str(path))
+    fed = federation(tmp_path, {"site_a": table})
+    result = fed.radiomics("mri", params=QUICK_PARAMS)
+    note = [n for n in result.privacy.notes if "could not be processed" in n]
+    assert note and f"fewer than {K} images" in note[0] and "2" not in note[0]
+    # each feature lacks 2 of 12 patients: suppressed as describe suppresses 1..k-1 missing values
+    assert result.summary["count"].isna().all()
+    assert result.privacy.outcome("site_a").status == "suppressed"
+    fed.close()
