@@ -16,6 +16,7 @@ import pandas as pd
 from flwr.app import Context, RecordDict
 
 from fedhem_kernel.activity import ActivityLog, default_user
+from fedhem_kernel.analyses.combat import CombatResult, run_combat
 from fedhem_kernel.analyses.cox import CoxResult, run_cox
 from fedhem_kernel.analyses.crosstab import CrosstabResult, run_crosstab
 from fedhem_kernel.analyses.cumulative_incidence import (
@@ -98,16 +99,29 @@ class Federation:
     def demo(
         cls, seed: int = 2026, policy: Policy | None = None, *, user: str | None = None
     ) -> Federation:
-        """Four synthetic haematology sites (AML, MDS, MM, SCD) with the default policy."""
-        from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
+        """Four synthetic haematology sites (AML, MDS, MM, SCD) with the default policy.
 
+        Each site also holds ``mm_imaging``: a myeloma MRI sub-study whose images (NRRD phantoms)
+        are written once into a cache folder (``FEDHEM_CACHE``, else ``~/.cache/fedhem``) and
+        reused; that folder is the site's data root.
+        """
+        from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
+        from fedhem_kernel.demo.imaging import (
+            IMAGING_DATASET,
+            imaging_column_types,
+            write_demo_imaging,
+        )
+
+        imaging = write_demo_imaging(seed)
         configs = []
         for site in DEMO_SITES:
             tables = make_site_tables(site, seed=seed)
             datasets = {
                 ds: DatasetDecl(ds, df, COLUMN_TYPES.get(ds, {})) for ds, df in tables.items()
             }
-            configs.append(SiteConfig(site, datasets, policy or Policy()))
+            root, table = imaging[site]
+            datasets[IMAGING_DATASET] = DatasetDecl(IMAGING_DATASET, table, imaging_column_types())
+            configs.append(SiteConfig(site, datasets, policy or Policy(), data_root=root))
         return cls._embedded([SiteExecutor.from_config(c) for c in configs], name="demo", user=user)
 
     @classmethod
@@ -492,6 +506,60 @@ class Federation:
         """
         q = self._query("radiomics", dataset, where)
         return self._run(q, lambda q: run_radiomics(q, params))
+
+    def combat(
+        self,
+        dataset: str,
+        features: str | Sequence[str],
+        batch: str | None = None,
+        covariates: str | Sequence[str] = (),
+        where: str | None = None,
+        suffix: str = "_combat",
+        eb: bool = True,
+        parametric: bool = True,
+        mean_only: bool = False,
+    ) -> CombatResult:
+        """ComBat harmonisation of numeric ``features`` across batches, as neuroCombat.
+
+        ``batch=None``: each site is one batch (scanner/site effects). ``batch="scanner"``: a
+        categorical column; a batch is a (site, value) pair, so a batch never spans sites.
+        ``covariates``: columns whose effects are preserved (numeric ones as they are, category and
+        bool ones as 0/1 columns for every level but the first). ``eb``, ``parametric`` and
+        ``mean_only`` as neuroCombat. Each site keeps the harmonised values as columns
+        ``<feature><suffix>`` (missing for patients left out for a missing value); only per-batch
+        sums leave it. ``result.batch_effects`` (gamma_star, delta_star), ``result.summary``
+        (per batch mean and SD before and after); later queries use ``result.columns``.
+        """
+        q = self._query("combat", dataset, where)
+        feats = [features] if isinstance(features, str) else features
+        feats = list(feats) if hasattr(feats, "__iter__") else feats  # else: an error names it
+        covs = [covariates] if isinstance(covariates, str) else covariates
+        covs = list(covs) if hasattr(covs, "__iter__") else covs
+        types: dict[str, tuple[str, str]] = {}
+        for row in self.catalog(dataset).itertuples(index=False):
+            known = types.get(row.column, ("", ""))[0] in ("category", "bool")
+            if row.column not in types or (row.dtype in ("category", "bool") and not known):
+                types[row.column] = (str(row.dtype), str(row.site))  # first site saying so
+        result = self._run(
+            q,
+            lambda q: run_combat(
+                q,
+                feats,
+                batch,
+                covs,
+                suffix=suffix,
+                eb=eb,
+                parametric=parametric,
+                mean_only=mean_only,
+                column_types=types,
+            ),
+        )
+        dropped = [s for s in self._coordinator.site_names if s not in q.active]
+        if dropped:  # they keep no columns of this run: drop those of an earlier one
+            params = {"columns": list(result.columns)}
+            request = SiteRequest("combat_clear", dataset, params, None, self.user, q.query_id)
+            self._coordinator.send(request, dropped)
+        return result
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

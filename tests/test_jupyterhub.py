@@ -46,7 +46,7 @@ LABEXTENSION = REPO / "fedhem_kernel" / "labextension"
 USER = "alice"
 FEDHEM_USER = f"{USER}@fedhem-test"  # what the config's Spawner.environment gives her kernel
 DEMO_SITES = {"karolinska", "charite", "hopital_st_louis", "policlinico_bari"}
-DEMO_DATASETS = {"aml", "mds", "mm", "scd"}
+DEMO_DATASETS = {"aml", "mds", "mm", "scd", "mm_imaging"}
 
 HUB_START_TIMEOUT = 30.0
 SPAWN_TIMEOUT = 45.0

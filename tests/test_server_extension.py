@@ -46,7 +46,7 @@ async def test_sites_lists_the_demo_federation(jp_fetch):
     assert [s["name"] for s in body["sites"]] == DEMO_SITES
     for site in body["sites"]:
         assert site["status"] == "online"
-        assert set(site["datasets"]) == {"aml", "mds", "mm", "scd"}
+        assert set(site["datasets"]) == {"aml", "mds", "mm", "scd", "mm_imaging"}
 
 
 async def test_catalog_has_columns_and_types_never_values(jp_fetch):
@@ -58,7 +58,7 @@ async def test_catalog_has_columns_and_types_never_values(jp_fetch):
     assert columns["os_months"]["sites"] == DEMO_SITES
     assert set(columns["os_months"]) == {"column", "dtype", "unit", "sites"}  # nothing else
     everything = await get(jp_fetch, "catalog")
-    assert set(everything["datasets"]) == {"aml", "mds", "mm", "scd"}
+    assert set(everything["datasets"]) == {"aml", "mds", "mm", "scd", "mm_imaging"}
 
 
 async def test_catalog_of_an_unknown_dataset_is_a_clear_404(jp_fetch):

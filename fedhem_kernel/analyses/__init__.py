@@ -7,6 +7,7 @@ Adding an analysis: write one module with its site step(s), combine step and res
 from __future__ import annotations
 
 from fedhem_kernel.analyses import (
+    combat,
     cox,
     crosstab,
     cumulative_incidence,
@@ -33,6 +34,7 @@ SITE_STEPS: dict[str, SiteStep] = {
         kmeans,
         pca,
         radiomics,
+        combat,
     )
     for step in module.STEPS
 }

@@ -1,7 +1,8 @@
 """The demo federation written out as files: one folder per site, the way a data steward keeps it.
 
 ``fedhem demo --dir DIR`` (and Binder's ``start``) writes ``DIR/federation.toml`` and, for every demo
-site, ``DIR/sites/<site>/site.toml`` with its datasets as CSV and its own audit log. Pointing
+site, ``DIR/sites/<site>/site.toml`` with its datasets as CSV (and the ``mm_imaging`` NRRD images under
+``DIR/sites/<site>/mm_imaging/``, the site folder being its data root) and its own audit log. Pointing
 ``FEDHEM_FEDERATION`` at ``DIR/federation.toml`` gives the same sites as ``Federation.demo()``, loaded
 through the same config path a hospital uses.
 """
@@ -14,15 +15,19 @@ import tempfile
 from pathlib import Path
 
 from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
+from fedhem_kernel.demo.imaging import IMAGING_DATASET, imaging_column_types, write_site_imaging
 
 
-def _toml_value(spec: dict[str, str]) -> str:
+def _toml_value(spec: dict[str, object]) -> str:
     if set(spec) == {"type"}:
         return f'"{spec["type"]}"'
-    return "{ " + ", ".join(f'{k} = "{v}"' for k, v in spec.items()) + " }"
+    items = [
+        f"{k} = {str(v).lower() if isinstance(v, bool) else f'{v!r}'}" for k, v in spec.items()
+    ]
+    return "{ " + ", ".join(items).replace("'", '"') + " }"
 
 
-def _site_toml(site: str, datasets: list[str]) -> str:
+def _site_toml(site: str, datasets: dict[str, dict[str, dict[str, object]]]) -> str:
     lines = [
         "# Demo site: synthetic patients only. A hospital's data steward keeps a file like this.",
         "[site]",
@@ -35,9 +40,9 @@ def _site_toml(site: str, datasets: list[str]) -> str:
         'time_resolution = "1 month"',
         "differencing_guard = true",
     ]
-    for ds in datasets:
+    for ds, columns in datasets.items():
         lines += ["", f"[datasets.{ds}]", f'path = "{ds}.csv"', f"[datasets.{ds}.columns]"]
-        lines += [f"{col} = {_toml_value(spec)}" for col, spec in COLUMN_TYPES[ds].items()]
+        lines += [f"{col} = {_toml_value(spec)}" for col, spec in columns.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -56,9 +61,13 @@ def write_demo_federation(directory: str | Path, *, seed: int = 2026) -> Path:
             site_dir = staging / "sites" / site
             site_dir.mkdir(parents=True)
             tables = make_site_tables(site, seed=seed)
+            # the imaging sub-study: NRRD files under the site folder (its data root)
+            tables[IMAGING_DATASET] = write_site_imaging(site, site_dir, seed=seed)
             for ds, df in tables.items():
                 df.to_csv(site_dir / f"{ds}.csv", index=False)
-            (site_dir / "site.toml").write_text(_site_toml(site, list(tables)), encoding="utf-8")
+            columns = {ds: COLUMN_TYPES[ds] for ds in tables if ds in COLUMN_TYPES}
+            columns[IMAGING_DATASET] = imaging_column_types()
+            (site_dir / "site.toml").write_text(_site_toml(site, columns), encoding="utf-8")
             fed_lines += [f"[sites.{site}]", f'config = "sites/{site}/site.toml"', ""]
         (staging / "federation.toml").write_text("\n".join(fed_lines), encoding="utf-8")
         if target.exists():

@@ -23,6 +23,7 @@ KNOWN_ANALYSES = (
     "cox",
     "kmeans",
     "pca",
+    "combat",
     "radiomics",
 )
 
