@@ -72,7 +72,11 @@ def federated(root: Path, tables: dict[str, pd.DataFrame], params: dict) -> tupl
     fed = fh.Federation.local(
         {site: {"mri": t} for site, t in tables.items()},
         columns={
-            "mri": {"patient_id": {"type": "category", "key": True}, "image": "image", "mask": "mask"}
+            "mri": {
+                "patient_id": {"type": "category", "key": True},
+                "image": "image",
+                "mask": "mask",
+            }
         },
         data_root={site: root / site for site in tables},
         policy=fh.Policy(),
