@@ -101,6 +101,9 @@ def test_summary_is_pooled_statistics_of_direct_pyradiomics(samples) -> None:
     assert result.n_images == {"site_a": 2, "site_b": 1}
     assert result.summary.index.name == "feature"
     assert "radiomics" in result._repr_html_() and "site_a" in result._repr_html_()
+    state = result.widget().get_state()
+    assert state["_kind"] == "table" and len(state["tables"]) == 2
+    assert json.loads(json.dumps(state["tables"], allow_nan=False))  # strict JSON for the browser
 
 
 def test_features_are_columns_for_later_queries(samples) -> None:

@@ -309,6 +309,21 @@ def test_progress_widget_state_is_serialisable():
     assert repr(w) == "ProgressWidget(describe on 'd': 0/1 sites answered, running)"
 
 
+def test_progress_detail_of_a_long_step_reaches_the_widget():
+    """fed.radiomics reports "12/40 images" per site between rounds: the widget shows it."""
+    import time as _time
+
+    from fedhem_kernel.display.progress import NotebookProgress, _Running
+
+    progress = NotebookProgress()
+    widget = ProgressWidget(title="radiomics on 'mri'", sites=[])
+    progress.running["q1"] = _Running(widget, None, _time.monotonic(), {"a": "waiting"})
+    progress(ProgressEvent("reply", "q1", site="a", status="released"))
+    progress(ProgressEvent("detail", "q1", site="a", detail="12/40 images"))
+    assert widget.sites == [{"site": "a", "status": "released", "detail": "12/40 images"}]
+    strict_json(widget.get_state())
+
+
 # -- display ---------------------------------------------------------------------------------
 def test_mimebundle_outside_a_kernel_is_the_html_fallback(fed):
     km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
