@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import locale
 import math
 from pathlib import Path
 
@@ -330,6 +331,7 @@ def test_dicom_series_folder_equals_the_same_volume_as_nrrd(tmp_path: Path, phan
     """A DICOM series folder is read as one volume; its features equal the NRRD file's."""
     import SimpleITK as sitk
 
+    saved = locale.setlocale(locale.LC_ALL)
     image = sitk.Cast(sitk.ReadImage(str(tmp_path / phantom_table["image"][0])), sitk.sitkInt16)
     sitk.WriteImage(image, str(tmp_path / "int16.nrrd"))
     folder = tmp_path / "dicom"
@@ -350,6 +352,9 @@ def test_dicom_series_folder_equals_the_same_volume_as_nrrd(tmp_path: Path, phan
         writer.KeepOriginalImageUIDOn()
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(sl)
+    # GDCM's DICOM writer leaves the process in the "C" locale (Python's default text encoding
+    # becomes ASCII for later tests): restore it. Reading DICOM does not change it.
+    locale.setlocale(locale.LC_ALL, saved)
     table = pd.DataFrame(
         {
             "patient_id": ["D1", "D2"],
