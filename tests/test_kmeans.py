@@ -12,12 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import split_rows
+from flwr.app import Message
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.kmeans import KMeansResult
+from fedhem_kernel.analyses.feature_matrix import _singles_out
+from fedhem_kernel.analyses.kmeans import KMeansResult, micro_clusters
+from fedhem_kernel.engine import codec
+from fedhem_kernel.engine.local_grid import ensure_task_identity, wire_copy
 
 LOADERS = {"iris": (load_iris, 3), "wine": (load_wine, 3), "breast_cancer": (load_breast_cancer, 2)}
 
@@ -144,6 +148,9 @@ def test_kmeans_plus_plus_under_the_default_policy_finds_the_same_clusters(name)
         again = fed.kmeans("d", list(df.columns), k, seed=0)
     assert pooled_inertia(res, x) <= 1.02 * best
     assert res.inertia >= pooled_inertia(res, x) - 1e-9  # whole micro-clusters: never better
+    history = res.history["inertia"].to_numpy()  # Lloyd on micro-clusters: never increases
+    assert (np.diff(history) <= 1e-9 * history[0]).all()
+    assert res.inertia * (1 - 1e-9) <= history[-1] <= res.inertia * (1 + 1e-3)
     assert res.n_observations == len(x)  # every cluster released at every site
     pd.testing.assert_frame_equal(res.cluster_centers, again.cluster_centers)
 
@@ -285,3 +292,72 @@ def test_a_site_that_drops_out_of_a_later_clustering_drops_its_old_column(demo):
     holders = set(cat.loc[cat["column"] == "cluster", "site"])
     assert holders == set(later.privacy.released_sites)
     assert "policlinico_bari" not in holders
+
+
+# -- speed machinery: micro-clusters, checks, messages --------------------------------------------------
+@pytest.mark.parametrize("k", [2, 5, 11])
+def test_micro_clusters_hold_k_to_2k_minus_1_rows_and_are_deterministic(k):
+    rng = np.random.default_rng(k)
+    for n in [k, 2 * k - 1, 2 * k, 3 * k + 1, 255, 256, 257, 600, 5003]:
+        for z in (rng.normal(size=(n, 3)), np.round(rng.normal(size=(n, 2))), np.zeros((n, 2))):
+            atom = micro_clusters(z, k)
+            sizes = np.bincount(atom)
+            assert sizes.min() >= k and (sizes.max() <= 2 * k - 1 or n < 2 * k), (n, k)
+            np.testing.assert_array_equal(atom, micro_clusters(z.copy(), k))
+    # near MDAV on the whole site: groups of neighbours (a fraction of the spread is within groups)
+    z = rng.normal(size=(20_000, 4))
+    atom = micro_clusters(z, 5)
+    means = np.stack([np.bincount(atom, weights=z[:, j]) for j in range(4)], axis=1)
+    means /= np.bincount(atom)[:, None]
+    assert ((z - means[atom]) ** 2).sum() / ((z - z.mean(axis=0)) ** 2).sum() < 0.15
+
+
+def test_the_one_hot_check_agrees_with_counting_every_value():
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        n, k = int(rng.integers(1, 60)), int(rng.integers(2, 8))
+        values = rng.integers(0, 3, n).astype(float)
+        if rng.random() < 0.6:  # one value for all but a few
+            values[:] = 1.0
+            few = int(rng.integers(0, min(n, k + 2)))
+            values[rng.choice(n, few, replace=False)] = rng.normal(size=few)
+        _, counts = np.unique(values, return_counts=True)
+        assert _singles_out(values, k) == (0 < n - counts.max() < k)
+
+
+@pytest.mark.parametrize("inline_bytes", [2**20, 0])  # arrays in the ConfigRecord, or an Array
+def test_messages_carry_every_array_exactly(inline_bytes, monkeypatch):
+    ensure_task_identity()
+    monkeypatch.setattr(codec, "INLINE_BYTES", inline_bytes)
+    doc = {
+        "centers": np.random.default_rng(0).normal(size=(8, 10)),
+        "counts": np.arange(8),
+        "mixed": [np.float32(2.5), np.zeros((0, 3)), np.array([True, False]), "text", None],
+        "transposed": np.arange(6).reshape(2, 3).T,
+        "big_endian": np.arange(5, dtype=">i2"),
+        "strings": np.array(["ab", "c"]),
+        "records": np.zeros(2, dtype=[("x", "<f8"), ("y", "<i4", (2,))]),
+    }
+    content = codec.to_records("request", doc)
+    assert ("arrays" in content) == (inline_bytes == 0)
+    back = codec.from_records("request", wire_copy(Message(content, 1, "query.x")).content)
+    for key, value in doc.items():
+        if isinstance(value, np.ndarray):
+            assert back[key].dtype == value.dtype and back[key].shape == value.shape
+            np.testing.assert_array_equal(back[key], value)
+    assert back["mixed"][0] == 2.5 and back["mixed"][3:] == ["text", None]
+    assert back["mixed"][1].shape == (0, 3) and back["mixed"][2].tolist() == [True, False]
+    with pytest.raises(ValueError, match="not a reply"):
+        codec.from_records("reply", content)
+    with pytest.raises(ValueError, match="objects"):
+        codec.to_records("request", {"x": np.array([object()])})
+
+
+def test_blas_threads_are_given_back_after_a_query():
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    df = public_table("wine")
+    with federation(df, fh.Policy()) as fed:
+        fed.kmeans("d", list(df.columns), 3, seed=1)
+    assert [lib["num_threads"] for lib in threadpool_info()] == before

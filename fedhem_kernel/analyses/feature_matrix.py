@@ -161,8 +161,7 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
         raise data.refuse("min_cell_count", f"fewer than {k} patients have every feature")
     if k > 1:
         for j, f in enumerate(features):
-            _, counts = np.unique(x[:, j], return_counts=True)
-            if 0 < n - int(counts.max()) < k:
+            if _singles_out(x[:, j], k):
                 raise data.refuse(
                     "min_cell_count",
                     f"feature '{f}' singles out fewer than {k} patients (all others share one "
@@ -180,6 +179,17 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
     fm = FeatureMatrix(tuple(features), x, complete, dropped)
     data.scratch[cache] = (key, fm)
     return fm
+
+
+def _singles_out(values: np.ndarray, k: int) -> bool:
+    """Whether all but 1..k-1 of the values are one value (in linear time: such a value fills
+    more than half of the values, so it is their median)."""
+    n = len(values)
+    if n <= 2 * k:
+        _, counts = np.unique(values, return_counts=True)
+        return 0 < n - int(counts.max()) < k
+    median = np.partition(values, n // 2)[n // 2]
+    return 0 < n - int(np.count_nonzero(values == median)) < k
 
 
 def moments(x: np.ndarray) -> Payload:

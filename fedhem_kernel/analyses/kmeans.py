@@ -34,7 +34,7 @@ Release rules (at the site, unless the policy is unrestricted; k = ``min_cell_co
   (``min_cell_count``: the one-hot attack, those patients' values would show in the sums);
 - ``max_clusters``: ``n_clusters <= n / (2 k)`` for the site's n patients with every feature;
 - micro-clusters: the site first groups its patients into micro-clusters of k..2k-1 similar
-  patients (a k-d split down to groups of <= 1024 rows, then MDAV microaggregation in each; built
+  patients (a k-d split down to cells of 128..256 rows, then MDAV microaggregation in each; built
   from the site's own rows only, kept at the site for later rounds and queries). Patients are
   assigned to centres a micro-cluster at a time (by its mean), so every released count, sum and
   inertia is over whole micro-clusters: no cluster holds 1..k-1 of a site's patients, and no two
@@ -97,6 +97,7 @@ from fedhem_kernel.analyses.feature_matrix import (
     pooled_moments,
 )
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.guard import Partition, Unions
 from fedhem_kernel.privacy.report import PrivacyReport
 
 COLUMN = "cluster"
@@ -129,65 +130,108 @@ def _matrix(data: SiteData, params: Payload) -> tuple[FeatureMatrix, int]:
     return fm, n_clusters
 
 
-def _mdav(z: np.ndarray, k: int) -> np.ndarray:
-    """MDAV microaggregation: groups of k nearest rows around extreme rows (the last k..2k-1)."""
-    n = len(z)
-    group = np.full(n, -1, dtype=np.intp)
-    left = np.ones(n, dtype=bool)
-    g = 0
+def _mdav(z: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """MDAV microaggregation (Domingo-Ferrer & Mateo-Sanz) in many groups of rows at once.
 
-    def farthest(ref: np.ndarray) -> np.ndarray:
-        idx = np.flatnonzero(left)
-        return z[idx[np.argmax(((z[idx] - ref) ** 2).sum(axis=1))]]
-
-    def take(ref: np.ndarray) -> None:
-        nonlocal g
-        idx = np.flatnonzero(left)
-        near = idx[np.argpartition(((z[idx] - ref) ** 2).sum(axis=1), k - 1)[:k]]
-        group[near] = g
-        left[near] = False
-        g += 1
-
-    while left.sum() >= 3 * k:
-        r = farthest(z[left].mean(axis=0))
-        take(r)
-        take(farthest(r))
-    if left.sum() >= 2 * k:
-        take(farthest(z[left].mean(axis=0)))
-    group[left] = g
-    return group
-
-
-def micro_clusters(z: np.ndarray, k: int, leaf: int = 1024) -> np.ndarray:
-    """Micro-cluster of every row: groups of k..2k-1 rows (deterministic, linear in the rows).
-
-    A k-d split (each group cut in two halves at the median of its widest feature) down to groups of
-    at most ``leaf`` rows, then MDAV microaggregation (Domingo-Ferrer & Mateo-Sanz) inside each.
+    ``z``: (groups, m, p) rows padded to m, ``valid``: (groups, m) which are rows. In each group,
+    while >= 3k rows are left: the k rows nearest the row farthest from their mean, then the k rows
+    nearest the row farthest from that one; then (>= 2k left) once more; the last k..2k-1 rows are a
+    micro-cluster of their own. Every group steps together (no Python loop over groups or rows).
+    Returns each row's micro-cluster within its group (-1 for padding) and the count per group.
     """
-    n = len(z)
-    leaf = max(leaf, 4 * k)  # halves of a split group keep >= 2k rows
-    order = np.arange(n)
-    starts = np.array([0])
+    n_groups = len(z)
+    label = np.full(valid.shape, -1, dtype=np.intp)
+    left = valid.copy()
+    made = np.zeros(n_groups, dtype=np.intp)
+    groups = np.arange(n_groups)
+
+    zz = np.einsum("gmp,gmp->gm", z, z)
+
+    def dist(ref: np.ndarray) -> np.ndarray:  # squared distances of every row to its group's ref
+        return zz - 2 * np.matmul(z, ref[:, :, None])[..., 0] + (ref * ref).sum(axis=1)[:, None]
+
+    def farthest(d: np.ndarray) -> np.ndarray:  # the row left with the largest d
+        return z[groups, np.where(left, d, -np.inf).argmax(axis=1)]
+
+    def mean() -> np.ndarray:
+        count = np.maximum(left.sum(axis=1), 1)
+        return np.matmul(left[:, None, :].astype(float), z)[:, 0] / count[:, None]
+
+    def take(ref: np.ndarray, active: np.ndarray) -> np.ndarray:
+        d = dist(ref)
+        near = np.argpartition(np.where(left, d, np.inf), k - 1, axis=1)[:, :k][active]
+        rows = groups[active][:, None]
+        label[rows, near] = made[active][:, None]
+        left[rows, near] = False
+        made[active] += 1
+        return d
+
+    while (active := left.sum(axis=1) >= 3 * k).any():
+        d = take(farthest(dist(mean())), active)
+        take(farthest(d), active)  # the row farthest from the first one (d: its distances)
+    if (active := left.sum(axis=1) >= 2 * k).any():
+        take(farthest(dist(mean())), active)
+    label[left] = np.broadcast_to(made[:, None], left.shape)[left]
+    return label, made + left.any(axis=1)
+
+
+def _halve(
+    idx: np.ndarray, sizes: np.ndarray, lo: np.ndarray, hi: np.ndarray, z_pad: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cut every cell in two halves at the median of its rows along the cell's longest side.
+
+    ``idx``: (cells, w) row numbers padded with ``len(z_pad) - 1`` (a row of +inf); ``sizes``: rows
+    per cell, two consecutive values (halving keeps it so); ``lo``, ``hi``: the cells' bounds.
+    """
+    n_cells, w = idx.shape
+    pad = len(z_pad) - 1
+    cells = np.arange(n_cells)
+    dim = np.argmax(hi - lo, axis=1)
+    value = z_pad[idx, dim[:, None]]
+    half = sizes // 2
+    kth = sorted({int(half.min()) - 1, int(half.min()), int(half.max())} & set(range(w)))
+    order = np.argpartition(value, kth, axis=1)  # the first half[c] of cell c: its lower half
+    idx = np.take_along_axis(idx, order, axis=1)
+    value = np.take_along_axis(value, order, axis=1)
+    cut = (value[cells, half - 1] + value[cells, np.minimum(half, w - 1)]) / 2
+    rest = sizes - half
+    width = int(max(half.max(), rest.max()))
+    cols = np.arange(width)[None, :]
+    left = np.where(cols < half[:, None], idx[:, np.minimum(cols[0], w - 1)], pad)
+    right = np.take_along_axis(idx, np.minimum(half[:, None] + cols, w - 1), axis=1)
+    right = np.where(cols < rest[:, None], right, pad)
+    hi_left, lo_right = hi.copy(), lo.copy()
+    hi_left[cells, dim] = cut
+    lo_right[cells, dim] = cut
+    return (
+        np.vstack([left, right]),
+        np.concatenate([half, rest]),
+        np.vstack([lo, lo_right]),
+        np.vstack([hi_left, hi]),
+    )
+
+
+def micro_clusters(z: np.ndarray, k: int, cell: int = 128) -> np.ndarray:
+    """Micro-cluster of every row: groups of k..2k-1 rows (deterministic, vectorised).
+
+    A k-d split (every cell cut in two halves at the median of its rows along its longest side)
+    down to cells of ``cell``..2 ``cell`` rows, then MDAV microaggregation inside each cell (all
+    cells at once: :func:`_mdav`). Near MDAV on the whole site in quality, in time n log n.
+    """
+    n, p = z.shape
+    cell = max(cell, 2 * k)  # a cell holds >= 2k rows, so its halves hold >= k
+    z_pad = np.vstack([z, np.full((1, p), np.inf)])
+    idx = np.arange(n)[None, :]
     sizes = np.array([n])
-    while (sizes > leaf).any():
-        zs = z[order]
-        spread = np.maximum.reduceat(zs, starts, axis=0) - np.minimum.reduceat(zs, starts, axis=0)
-        dim = spread.argmax(axis=1)
-        node = np.repeat(np.arange(len(starts)), sizes)
-        order = order[np.lexsort((zs[np.arange(n), dim[node]], node))]
-        split = sizes > leaf
-        half = sizes // 2
-        starts = np.concatenate([starts, (starts + half)[split]])
-        sizes = np.concatenate([np.where(split, half, sizes), (sizes - half)[split]])
-        by_start = np.argsort(starts, kind="stable")
-        starts, sizes = starts[by_start], sizes[by_start]
+    lo, hi = z.min(axis=0, keepdims=True), z.max(axis=0, keepdims=True)
+    while sizes.min() >= 2 * cell:
+        idx, sizes, lo, hi = _halve(idx, sizes, lo, hi, z_pad)
+    valid = idx < n
+    z_cells = np.vstack([z, np.zeros((1, p))])[np.where(valid, idx, n)]
+    label, count = _mdav(z_cells, valid, k)
+    offset = np.concatenate([[0], np.cumsum(count)[:-1]])
     atom = np.empty(n, dtype=np.intp)
-    offset = 0
-    for a, m in zip(starts, sizes, strict=True):
-        rows = order[a : a + m]
-        local = _mdav(z[rows], k)
-        atom[rows] = local + offset
-        offset += int(local.max()) + 1
+    atom[idx[valid]] = (label + offset[:, None])[valid]
     return atom
 
 
@@ -200,36 +244,55 @@ class Atoms:
     sums: np.ndarray  # (A, p)
     means: np.ndarray  # (A, p)
     within: np.ndarray  # (A,) sum of squared distances of its rows to its mean
+    part: Partition | None = None  # the site's guard memory of released unions of micro-clusters
+    means_ones: np.ndarray = field(init=False)  # (A, p + 1): means and a column of ones
+    stats: np.ndarray = field(init=False)  # (A, p + 2): sums, size, sum of ||x||² over its rows
+
+    def __post_init__(self) -> None:
+        self.means_ones = np.column_stack([self.means, np.ones(len(self.n))])
+        norms = np.einsum("ij,ij->i", self.means, self.means)
+        self.stats = np.column_stack([self.sums, self.n, self.within + self.n * norms])
 
 
-def _atoms(data: SiteData, fm: FeatureMatrix, x: np.ndarray, standardize: bool) -> Atoms | None:
-    """Micro-clusters of >= k rows (None when k = 1: every row is its own)."""
+def _atoms(data: SiteData, fm: FeatureMatrix, xa: np.ndarray, standardize: bool) -> Atoms | None:
+    """Micro-clusters of >= k rows (None when k = 1: every row is its own).
+
+    ``xa``: the working rows with a last column of ones (the statistics are kept per transform).
+    """
     if data.k <= 1:
         return None
     key = ("atoms", standardize)
-    index = fm.extras.get(key)
-    if index is None:  # depends on the site's rows only, never on the coordinator's transform
+    cached = fm.extras.get(key)
+    if cached is None:  # depends on the site's rows only, never on the coordinator's transform
         z = fm.x
         if standardize:
             sd = fm.x.std(axis=0)
             z = (fm.x - fm.x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-        index = fm.extras[key] = micro_clusters(z, data.k)
-    stats_key = ("atom_stats", standardize, id(x))
-    cached = fm.extras.get(stats_key)
-    if cached is not None and cached[0] is x:
-        return cached[1]
+        index = micro_clusters(z, data.k)
+        part = None
+        if data.guard is not None:  # released clusters are unions of micro-clusters
+            rows = data.cohort.index.to_numpy()
+            n_rows = data.n_rows if data.n_rows is not None else int(rows.max(initial=-1)) + 1
+            group = np.full(n_rows, -1)
+            group[rows[fm.complete]] = index
+            part = data.guard.partition(data.dataset, group)
+        cached = fm.extras[key] = (index, part)
+    index, part = cached
+    stats_key = ("atom_stats", standardize)
+    stats = fm.extras.get(stats_key)
+    if stats is not None and stats[0] is xa and stats[1].part is part:
+        return stats[1]
+    p = xa.shape[1] - 1
     order = np.argsort(index, kind="stable")
     counts = np.bincount(index)
     bounds = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    xs = x[order]
+    xs = xa[order, :p]
     sums = np.add.reduceat(xs, bounds, axis=0)
     means = sums / counts[:, None]
     diff = xs - np.repeat(means, counts, axis=0)
     within = np.add.reduceat(np.einsum("ij,ij->i", diff, diff), bounds)
-    atoms = Atoms(index, counts, sums, means, within)
-    for old in [name for name in fm.extras if name[0] == "atom_stats"]:
-        del fm.extras[old]
-    fm.extras[stats_key] = (x, atoms)
+    atoms = Atoms(index, counts, sums, means, within, part)
+    fm.extras[stats_key] = (xa, atoms)
     return atoms
 
 
@@ -245,7 +308,7 @@ def _working(
     if not isinstance(standardize, bool):
         raise ParameterError("'standardize' must be true or false")
     xa = fm.working(shift, scale, ones=True)  # (n, p+1): last column of ones, see nearest()
-    return fm, xa, n_clusters, _atoms(data, fm, xa[:, :p], standardize)
+    return fm, xa, n_clusters, _atoms(data, fm, xa, standardize)
 
 
 def nearest(
@@ -298,7 +361,9 @@ def _row_norms(fm: FeatureMatrix, xa: np.ndarray) -> np.ndarray:
 def _clusters(
     fm: FeatureMatrix, xa: np.ndarray, atoms: Atoms | None, centers: np.ndarray, exact: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Row labels, and per cluster: counts, sums and inertia (whole micro-clusters when given).
+    """Labels, and per cluster: counts, sums and inertia (whole micro-clusters when given).
+
+    The labels are per row, or per micro-cluster when ``atoms`` are given.
 
     ``xa``: the working rows with a last column of ones. The inertia is exact (sum of (x - c)²)
     when ``exact``, else from the cluster's sums and sum of squared row norms (rounding of order
@@ -316,12 +381,20 @@ def _clusters(
             cc = np.einsum("ij,ij->i", centers, centers)
             inertia = np.maximum(norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc, 0)
         return labels, counts, sums, inertia
-    lab, _ = nearest(atoms.means, centers, sums=False)
-    d2 = squared_distances(atoms.means, centers, lab)
-    counts = np.bincount(lab, weights=atoms.n, minlength=k).astype(np.int64)
-    sums = (lab[:, None] == np.arange(k)).astype(float).T @ atoms.sums
-    inertia = np.bincount(lab, weights=atoms.within + atoms.n * d2, minlength=k)
-    return lab[atoms.index], counts, sums, inertia
+    # micro-clusters (a few thousand): whole-array operations, no blocks
+    cc = np.einsum("ij,ij->i", centers, centers)
+    lab = (atoms.means_ones @ np.vstack([-2.0 * centers.T, cc])).argmin(axis=1)
+    member = (lab == np.arange(k)[:, None]).astype(float)  # (k, A)
+    pooled = member @ atoms.stats  # (k, p + 2): sums, sizes, sum of n ||x||² over the rows
+    p = centers.shape[1]
+    sums, counts = pooled[:, :p], np.rint(pooled[:, p]).astype(np.int64)
+    if exact:
+        d2 = squared_distances(atoms.means, centers, lab)
+        inertia = member @ (atoms.within + atoms.n * d2)
+    else:  # as for rows above: rounding of order 1e-16 x ||x||²
+        inertia = pooled[:, p + 1] - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
+        inertia = np.maximum(inertia, 0.0)
+    return lab, counts, sums, inertia
 
 
 def _members(fm: FeatureMatrix, labels: np.ndarray, clusters: Sequence[int]) -> np.ndarray:
@@ -331,27 +404,87 @@ def _members(fm: FeatureMatrix, labels: np.ndarray, clusters: Sequence[int]) -> 
     return sel
 
 
+class _RowSets:
+    """The differencing checks of clusters and unions of clusters, on rows (``labels`` per row)."""
+
+    def __init__(self, data: SiteData, fm: FeatureMatrix, labels: np.ndarray) -> None:
+        self.data, self.fm, self.labels = data, fm, labels
+
+    def near(self, unions: list[list[int]]) -> list[bool]:
+        return [self.data.near_released(_members(self.fm, self.labels, u)) for u in unions]
+
+    def remember(self, unions: list[list[int]]) -> None:
+        for u in unions:
+            self.data.remember_released(_members(self.fm, self.labels, u))
+
+
+class _AtomSets:
+    """The same checks with ``labels`` per micro-cluster: the guard works on micro-cluster
+    bitmasks (:class:`~fedhem_kernel.privacy.guard.Partition`), in their number, not the rows'."""
+
+    def __init__(self, data: SiteData, part: Partition, labels: np.ndarray) -> None:
+        assert data.guard is not None
+        self.guard, self.data, self.part, self.labels = data.guard, data, part, labels
+        self._prepared: dict[tuple[tuple[int, ...], ...], Unions] = {}
+
+    def _unions(self, unions: list[list[int]]) -> Unions:
+        key = tuple(tuple(u) for u in unions)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if all(len(u) == 1 for u in unions):
+                members = self.labels[None, :] == np.array([u[0] for u in unions])[:, None]
+            else:
+                members = np.stack([np.isin(self.labels, u) for u in unions])
+            prepared = self._prepared[key] = Unions.of(self.part, members)
+        return prepared
+
+    def near(self, unions: list[list[int]]) -> list[bool]:
+        if not unions:
+            return []
+        return self.guard.near_unions(self.data.dataset, self._unions(unions), self.data.k).tolist()
+
+    def remember(self, unions: list[list[int]]) -> None:
+        if unions:
+            self.guard.remember_unions(self.data.dataset, self._unions(unions))
+
+
 def gate_clusters(
-    data: SiteData, fm: FeatureMatrix, labels: np.ndarray, counts: np.ndarray
+    data: SiteData,
+    fm: FeatureMatrix,
+    labels: np.ndarray,
+    counts: np.ndarray,
+    atoms: Atoms | None = None,
 ) -> list[str]:
-    """Per cluster: released, withheld (1..k-1 members) or held (differencing / complement)."""
+    """Per cluster: released, withheld (1..k-1 members) or held (differencing / complement).
+
+    ``labels``: each row's cluster, or each micro-cluster's when ``atoms`` are given.
+    """
     n_clusters = len(counts)
     status = [RELEASED] * n_clusters
     k = data.k
     if k <= 1 and data.guard is None:
         return status
+    if data.guard is None:
+        sets: _RowSets | _AtomSets | None = None
+    elif atoms is not None and atoms.part is not None:
+        sets = _AtomSets(data, atoms.part, labels)
+    else:
+        sets = _RowSets(data, fm, labels)
     for j in range(n_clusters):
         if 0 < counts[j] < k:
             status[j] = WITHHELD
-        elif counts[j] and data.near_released(_members(fm, labels, [j])):
-            status[j] = HELD
+    checked = [j for j in range(n_clusters) if counts[j] >= k]
+    if sets is not None:
+        for j, near in zip(checked, sets.near([[j] for j in checked]), strict=True):
+            if near:
+                status[j] = HELD
     held_first = sum(s == HELD for s in status)
     while True:  # the rows not released: the site's total minus its released clusters
         rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
         shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
         if not rest or not shown:
             break
-        if sum(counts[rest]) >= k and not data.near_released(_members(fm, labels, rest)):
+        if sum(counts[rest]) >= k and (sets is None or not sets.near([rest])[0]):
             break
         status[min(shown, key=lambda j: (counts[j], j))] = HELD
     if WITHHELD in status:
@@ -371,10 +504,10 @@ def gate_clusters(
         )
     shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
     rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
-    for j in shown:
-        data.remember_released(_members(fm, labels, [j]))
-    if rest and shown:
-        data.remember_released(_members(fm, labels, rest))
+    if sets is not None:
+        sets.remember([[j] for j in shown])  # usually the unions checked above: prepared once
+        if rest and shown:
+            sets.remember([rest])
     return status
 
 
@@ -404,7 +537,7 @@ def site_kmeans_step(data: SiteData, params: Payload) -> Payload:
     fm, xa, n_clusters, atoms = _working(data, params)
     centers = check_matrix(params, "centers", xa.shape[1] - 1, n_clusters, n_clusters)
     labels, counts, sums, inertia = _clusters(fm, xa, atoms, centers, exact=False)
-    status = gate_clusters(data, fm, labels, counts)
+    status = gate_clusters(data, fm, labels, counts, atoms)
     return _release(status, counts, sums, inertia)
 
 
@@ -414,7 +547,9 @@ def site_kmeans_assign(data: SiteData, params: Payload) -> Payload:
     centers = check_matrix(params, "centers", xa.shape[1] - 1, n_clusters, n_clusters)
     source = str(params.get("source") or "kmeans")[:80]
     labels, counts, _, inertia = _clusters(fm, xa, atoms, centers, exact=True)
-    status = gate_clusters(data, fm, labels, counts)
+    status = gate_clusters(data, fm, labels, counts, atoms)
+    if atoms is not None:
+        labels = labels[atoms.index]  # each row's cluster
     names = np.array([str(j + 1) for j in range(n_clusters)], dtype=object)
     released = np.array([s == RELEASED for s in status])
     values = np.full(len(fm.complete), None, dtype=object)
@@ -478,13 +613,12 @@ def site_kmeans_candidates(data: SiteData, params: Payload) -> Payload:
     for i in rng.choice(len(points), size=3 * wanted, replace=True, p=mass / total):
         if len(out) == wanted:
             break
-        if atoms is not None:  # a micro-cluster is a released row set like any other
-            sel = np.zeros(len(fm.complete), dtype=bool)
-            sel[np.flatnonzero(fm.complete)[atoms.index == i]] = True
-            if data.near_released(sel):
+        if atoms is not None and atoms.part is not None:  # a released row set like any other
+            sets = _AtomSets(data, atoms.part, np.arange(len(points)))
+            if sets.near([[i]])[0]:
                 skipped += 1
                 continue
-            data.remember_released(sel)
+            sets.remember([[i]])
         out.append(points[i])
     if skipped:
         data.log.suppressed(
@@ -532,31 +666,36 @@ class _Contributions:
 
     n_clusters: int
     p: int
-    last: dict[str, dict[int, tuple[int, np.ndarray, float]]] = field(default_factory=dict)
+    #: per site: which clusters it has a contribution for, and their counts, sums and inertia
+    last: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )
 
     def add(self, payloads: dict[str, Payload]) -> tuple[np.ndarray, np.ndarray, float]:
-        counts = np.zeros(self.n_clusters, dtype=np.int64)
-        sums = np.zeros((self.n_clusters, self.p))
+        k, p = self.n_clusters, self.p
+        counts = np.zeros(k, dtype=np.int64)
+        sums = np.zeros((k, p))
         inertia = 0.0
         for site in list(self.last):
             if site not in payloads:
                 del self.last[site]  # the site left the query: its contributions go with it
         for site in sorted(payloads):  # a fixed order: sums do not depend on reply order
             payload = payloads[site]
-            mine = self.last.setdefault(site, {})
-            status = list(payload["status"])
-            c = np.asarray(payload["counts"], dtype=np.int64)
-            s = np.asarray(payload["sums"], dtype=float).reshape(self.n_clusters, self.p)
-            w = np.asarray(payload["inertia"], dtype=float)
-            for j, st in enumerate(status):
-                if st == RELEASED:
-                    mine[j] = (int(c[j]), s[j], float(w[j]))
-                elif st == WITHHELD:
-                    mine.pop(j, None)
-            for j, (count, total, w_j) in sorted(mine.items()):
-                counts[j] += count
-                sums[j] += total
-                inertia += w_j
+            has, c, s, w = self.last.setdefault(
+                site,
+                (np.zeros(k, dtype=bool), np.zeros(k, np.int64), np.zeros((k, p)), np.zeros(k)),
+            )
+            status = np.asarray(payload["status"], dtype=object)
+            released = status == RELEASED
+            c[released] = np.asarray(payload["counts"], dtype=np.int64)[released]
+            s[released] = np.asarray(payload["sums"], dtype=float).reshape(k, p)[released]
+            w[released] = np.asarray(payload["inertia"], dtype=float)[released]
+            has[released] = True
+            has[status == WITHHELD] = False  # held: the last released contribution stays
+            counts += np.where(has, c, 0)
+            sums += np.where(has[:, None], s, 0.0)
+            for value in w[has]:
+                inertia += float(value)
         return counts, sums, inertia
 
 

@@ -1,15 +1,17 @@
 """Typed Flower records for FedHem requests and replies.
 
-A request or reply is a small JSON document (``ConfigRecord`` key ``doc``, with a protocol version)
-whose numpy arrays travel in an ``ArrayRecord`` and are referenced from the document by key. Decoding
-is strict: an unknown protocol version or a missing field raises.
+A request or reply is a small JSON document (``ConfigRecord`` key ``doc``: the kind, the document
+and the ``layout`` of its arrays; key ``protocol``: the version) whose numpy arrays travel together as
+one byte string (dtype, shape and offset of each in ``layout``; in the ``ConfigRecord`` when small,
+else as one ``Array`` of an ``ArrayRecord``) and are referenced from the document by number.
+Decoding is strict: an unknown protocol version, another kind or a missing field raises.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import fields
 from io import BytesIO
 from typing import Any
 
@@ -20,55 +22,20 @@ from numpy.lib import format as npy_format
 
 from fedhem_kernel.site.executor import SiteReply, SiteRequest
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: a message's arrays travel as one byte string (see to_records)
 _ARRAY_TAG = "__ndarray__"
 
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
-#: Parsed .npy headers (dtype, shape, order) by their text: a fit sends the same shapes each round.
-_npy_headers: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+_PLAIN = (str, int, float, bool, type(None))  # what JSON takes as it is
 
 
-def to_array(value: np.ndarray) -> Array:
-    """``Array(value)``: the same ``.npy`` bytes as ``np.save`` writes, but the data copied once
-    (``np.save`` to a buffer copies it in chunks, then again out of the buffer)."""
-    arr = np.ascontiguousarray(value)
-    head = BytesIO()
-    try:
-        npy_format.write_array_header_1_0(head, npy_format.header_data_from_array_1_0(arr))
-    except ValueError:  # a header too long for format 1.0
-        return Array(arr)
-    if arr.dtype.hasobject:
-        return Array(arr)
-    data = b"".join((head.getvalue(), arr.reshape(-1).view(np.uint8)))
-    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype=SType.NUMPY, data=data)
-
-
-def from_array(array: Array) -> np.ndarray:
-    """``array.numpy()``: a new array read straight from the bytes (``np.load`` parses the header
-    with ``ast.literal_eval`` and reads the data in small chunks)."""
-    data = array.data
-    if array.stype != SType.NUMPY or not data.startswith(_NPY_MAGIC):
-        return array.numpy()
-    size = int.from_bytes(data[8:10], "little")
-    header = data[10 : 10 + size]
-    parsed = _npy_headers.get(header)
-    if parsed is None:
-        parsed = npy_format.read_array_header_1_0(BytesIO(data[8 : 10 + size]))
-        if len(_npy_headers) < 1024:
-            _npy_headers[header] = parsed
-    shape, fortran_order, dtype = parsed
-    if dtype.hasobject:
-        return array.numpy()
-    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=10 + size)
-    return flat.reshape(shape, order="F" if fortran_order else "C").copy(order="K")
-
-
-def _pack(obj: Any, arrays: dict[str, Array]) -> Any:
+def _pack(obj: Any, arrays: list[np.ndarray]) -> Any:
+    if type(obj) in _PLAIN:
+        return obj
     if isinstance(obj, np.ndarray):
-        key = f"a{len(arrays)}"
-        arrays[key] = to_array(obj)
-        return {_ARRAY_TAG: key}
+        arrays.append(obj)
+        return {_ARRAY_TAG: len(arrays) - 1}
     if isinstance(obj, dict):
         return {str(k): _pack(v, arrays) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -82,39 +49,134 @@ def _pack(obj: Any, arrays: dict[str, Array]) -> Any:
     return obj
 
 
-def _unpack(obj: Any, arrays: ArrayRecord | None) -> Any:
+def _unpack(obj: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(obj, dict):
         if set(obj) == {_ARRAY_TAG}:
-            if arrays is None:
-                raise ValueError("record references an array but carries none")
-            return from_array(arrays[obj[_ARRAY_TAG]])
+            index = obj[_ARRAY_TAG]
+            if not isinstance(index, int) or not 0 <= index < len(arrays):
+                raise ValueError("record references an array it does not carry")
+            return arrays[index]
         return {k: _unpack(v, arrays) for k, v in obj.items()}
     if isinstance(obj, list):
+        if all(type(v) in _PLAIN for v in obj):
+            return obj
         return [_unpack(v, arrays) for v in obj]
     return obj
 
 
+def _descr(dtype: np.dtype) -> Any:
+    if dtype.hasobject:
+        raise ValueError("arrays of Python objects cannot be sent")
+    return npy_format.dtype_to_descr(dtype)
+
+
+def _fields_descr(descr: Any) -> Any:
+    """A structured dtype's descr after JSON (which made its tuples lists)."""
+    if isinstance(descr, str):
+        return descr
+    out = []
+    for name, sub, *shape in descr:
+        name = tuple(name) if isinstance(name, list) else name
+        field = (name, _fields_descr(sub), *(tuple(s) for s in shape))
+        out.append(field)
+    return out
+
+
+def _dtype(descr: Any) -> np.dtype:
+    dtype = npy_format.descr_to_dtype(_fields_descr(descr))
+    if dtype.hasobject:
+        raise ValueError("arrays of Python objects cannot be received")
+    return dtype
+
+
+def _blob(arrays: list[np.ndarray], head: bool) -> tuple[bytes, list[list[Any]]]:
+    """All of a message's arrays in one byte string (every array 8-byte aligned), and where each
+    one is in it; ``head``: as a ``.npy`` array of bytes (for an ``Array``)."""
+    layout: list[list[Any]] = []
+    parts: list[Any] = []
+    offset = 0
+    for value in arrays:
+        arr = np.ascontiguousarray(value)  # (a 0-d array arrives with shape (1,), as before)
+        layout.append([_descr(arr.dtype), list(arr.shape), offset])
+        parts.append(arr.reshape(-1).view(np.uint8))
+        pad = -arr.nbytes % 8
+        if pad:
+            parts.append(bytes(pad))
+        offset += arr.nbytes + pad
+    if head:
+        header = BytesIO()
+        npy_format.write_array_header_1_0(
+            header, {"descr": "|u1", "fortran_order": False, "shape": (offset,)}
+        )
+        parts.insert(0, header.getvalue())
+    return b"".join(parts), layout
+
+
+def _unblob(data: bytes, start: int, layout: Any) -> list[np.ndarray]:
+    if not isinstance(layout, list):
+        raise ValueError("malformed FedHem array record")
+    out = []
+    for descr, shape, offset in layout:
+        ok = isinstance(offset, int) and offset >= 0 and isinstance(shape, list)
+        if not ok or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ValueError("malformed FedHem array record")
+        dtype = _dtype(descr)
+        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start + offset)
+        out.append(flat.reshape(shape).copy())
+    return out
+
+
+#: A message whose arrays take at most this many bytes carries them in its ``ConfigRecord`` (one
+#: record: cheaper to build and parse); a larger one in an ``ArrayRecord``, which Flower can send
+#: in chunks.
+INLINE_BYTES = 2**20
+
+
 def to_records(kind: str, doc: dict[str, Any]) -> RecordDict:
-    arrays: dict[str, Array] = {}
+    arrays: list[np.ndarray] = []
     packed = _pack(doc, arrays)
-    content = RecordDict(
-        {"meta": ConfigRecord({"protocol": PROTOCOL, "kind": kind, "doc": json.dumps(packed)})}
-    )
-    if arrays:
-        content["arrays"] = ArrayRecord(arrays)
-    return content
+    if not arrays:
+        meta = {"protocol": PROTOCOL, "doc": json.dumps({"kind": kind, "doc": packed})}
+        return RecordDict({"meta": ConfigRecord(meta)})
+    inline = sum(a.nbytes for a in arrays) + 8 * len(arrays) <= INLINE_BYTES
+    data, layout = _blob(arrays, head=not inline)
+    text = json.dumps({"kind": kind, "doc": packed, "layout": layout})
+    meta: dict[str, Any] = {"protocol": PROTOCOL, "doc": text}  # few entries: cheap records
+    if inline:
+        meta["blob"] = data
+        return RecordDict({"meta": ConfigRecord(meta)})
+    blob = Array(dtype="uint8", shape=(len(data),), stype=SType.NUMPY, data=data)
+    return RecordDict({"meta": ConfigRecord(meta), "arrays": ArrayRecord({"blob": blob})})
 
 
 def from_records(kind: str, content: RecordDict) -> dict[str, Any]:
     meta = content["meta"]
-    if meta["protocol"] != PROTOCOL or meta["kind"] != kind:
-        raise ValueError(f"unexpected FedHem record (protocol {meta['protocol']}, {meta['kind']})")
-    arrays = content["arrays"] if "arrays" in content else None
-    return _unpack(json.loads(str(meta["doc"])), arrays)
+    if meta["protocol"] != PROTOCOL:
+        raise ValueError(f"unexpected FedHem record (protocol {meta['protocol']})")
+    doc = json.loads(str(meta["doc"]))
+    if not isinstance(doc, dict) or doc.get("kind") != kind:
+        raise ValueError(f"unexpected FedHem record (not a {kind})")
+    arrays: list[np.ndarray] = []
+    if "arrays" in content:
+        data = content["arrays"]["blob"].data
+        if not data.startswith(_NPY_MAGIC):
+            raise ValueError("malformed FedHem array record")
+        arrays = _unblob(data, 10 + int.from_bytes(data[8:10], "little"), doc["layout"])
+    elif "blob" in meta:
+        blob = meta["blob"]
+        if not isinstance(blob, bytes):
+            raise ValueError("malformed FedHem array record")
+        arrays = _unblob(blob, 0, doc["layout"])
+    return _unpack(doc["doc"], arrays)
+
+
+def _fields(obj: SiteRequest | SiteReply) -> dict[str, Any]:
+    """The dataclass's fields (``asdict`` would deep-copy every array first)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def encode_request(req: SiteRequest) -> RecordDict:
-    return to_records("request", asdict(req))
+    return to_records("request", _fields(req))
 
 
 def decode_request(content: RecordDict) -> SiteRequest:
@@ -123,7 +185,7 @@ def decode_request(content: RecordDict) -> SiteRequest:
 
 
 def encode_reply(reply: SiteReply) -> RecordDict:
-    return to_records("reply", asdict(reply))
+    return to_records("reply", _fields(reply))
 
 
 def decode_reply(content: RecordDict) -> SiteReply:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import cast
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -54,6 +57,9 @@ _trim = _malloc_trim()
 TRIM_BYTES = 8 * 2**20
 ROUND_TRIM_BYTES = 64 * 2**20
 
+#: See :meth:`LocalGrid.push_messages`: rounds this fast per site run on the caller's thread.
+INLINE_SECONDS = 0.002
+
 
 def release_free_memory() -> None:
     """Return the C heap's free pages to the operating system (glibc's ``malloc_trim``).
@@ -69,6 +75,44 @@ def release_free_memory() -> None:
         _trim(0)
 
 
+class _OneBlasThread:
+    """While sites run on the pool's threads, BLAS runs one thread in each (process-wide).
+
+    OpenBLAS would start its own threads in every site thread at once: on a few cores they spin
+    against each other (a k-means round on a million rows took four times longer). Counted over
+    the messages in flight: the original limit is back when the last one is delivered. Needs
+    ``threadpoolctl`` (a dependency); without it nothing is limited.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._limiter: Any = None
+        self._controller: Any = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._in_flight == 0:
+                if self._controller is None:
+                    try:
+                        from threadpoolctl import ThreadpoolController
+                    except ImportError:
+                        self._controller = False
+                    else:
+                        self._controller = ThreadpoolController()
+                if self._controller:
+                    self._limiter = self._controller.limit(limits=1, user_api="blas")
+            self._in_flight += 1
+
+    def release(self, _future: Any = None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._limiter is not None:
+                self._limiter.restore_original_limits()
+                self._limiter = None
+
+
+_one_blas_thread = _OneBlasThread()
 _run_ids = itertools.count(1)
 
 
@@ -141,8 +185,12 @@ class LocalGrid(Grid):
         self._nodes = dict(nodes)
         if max_workers is None:  # site steps are CPU-bound: more threads than cores only add
             max_workers = min(4, os.cpu_count() or 1)  # memory (each holds its temporaries)
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(nodes) or 1)))
+        self._workers = max(1, min(max_workers, len(nodes) or 1))
+        self._pool = ThreadPoolExecutor(max_workers=self._workers)
         self._pending: dict[str, Future[bytes]] = {}
+        #: per (query, message type): the slowest delivery of its last round (see push_messages)
+        self._slowest: dict[tuple[str, str], float] = {}
+        self._timing = threading.Lock()
         self._run = Run.create_empty(next(_run_ids))
         #: Bytes on the wire per node: what the coordinator sent to it and what it sent back.
         self.bytes_sent: dict[int, int] = dict.fromkeys(self._nodes, 0)
@@ -172,6 +220,7 @@ class LocalGrid(Grid):
     def _deliver(self, node_id: int, message: Message) -> bytes:
         # serialised here, on the site's thread: a round's requests are not all held on the wire
         # at once (a request can carry megabytes: the same for every site)
+        started = time.perf_counter()
         wire = to_wire(message)
         size = len(wire)
         self.bytes_sent[node_id] += size
@@ -193,9 +242,39 @@ class LocalGrid(Grid):
             release_free_memory()
         self.bytes_received[node_id] += len(data)
         self.replies_received[node_id] += 1
+        key = (message.metadata.group_id, message.metadata.message_type)
+        with self._timing:
+            self._slowest[key] = max(self._slowest.get(key, 0.0), time.perf_counter() - started)
         return data
 
+    def _inline(self, node_id: int, message: Message) -> Future[bytes]:
+        future: Future[bytes] = Future()
+        try:
+            future.set_result(self._deliver(node_id, message))
+        except Exception as exc:  # noqa: BLE001 - as the pool would: raised when the reply is read
+            future.set_exception(exc)
+        return future
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Deliver each message to its site, on the thread pool.
+
+        A round whose previous round (same query, same step) took at most
+        :data:`INLINE_SECONDS` at every site is delivered on the calling thread instead, one site
+        after the other: the rounds of an iterative fit (k-means, Cox) are mostly Python work
+        that holds the GIL, and handing them to threads costs more than it saves. A query's first
+        round of each step always goes to the pool (it may build what later rounds reuse). While
+        several sites run on the pool, BLAS runs one thread each (:class:`_OneBlasThread`).
+        """
+        messages = list(messages)
+        keys = {(m.metadata.group_id, m.metadata.message_type) for m in messages}
+        with self._timing:
+            inline = all(self._slowest.get(key, math.inf) <= INLINE_SECONDS for key in keys)
+            for key in keys:
+                self._slowest.pop(key, None)
+                self._slowest[key] = 0.0  # this round's slowest delivery, most recent last
+            while len(self._slowest) > 256:
+                del self._slowest[next(iter(self._slowest))]
+        parallel = not inline and len(messages) > 1 and self._workers > 1
         ids = []
         for message in messages:
             node_id = message.metadata.dst_node_id
@@ -203,7 +282,20 @@ class LocalGrid(Grid):
                 raise ValueError(f"unknown node id {node_id}")
             message_id = uuid.uuid4().hex
             _set_message_id(message, message_id)
-            self._pending[message_id] = self._pool.submit(self._deliver, node_id, message)
+            if inline:
+                future = self._inline(node_id, message)
+            else:
+                if parallel:
+                    _one_blas_thread.acquire()
+                try:
+                    future = self._pool.submit(self._deliver, node_id, message)
+                except BaseException:
+                    if parallel:
+                        _one_blas_thread.release()
+                    raise
+                if parallel:
+                    future.add_done_callback(_one_blas_thread.release)
+            self._pending[message_id] = future
             ids.append(message_id)
         return ids
 

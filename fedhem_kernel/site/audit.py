@@ -26,7 +26,7 @@ class AuditLog:
 
     def append(self, **entry: Any) -> dict[str, Any]:
         record = {"when": datetime.now(UTC).isoformat(timespec="milliseconds"), **entry}
-        line = json.dumps(record, default=str, sort_keys=False)
+        line = json.dumps(record, default=str, sort_keys=False) if self.path is not None else ""
         with self._lock:
             self._entries.append(record)
             if self.path is not None:

@@ -9,12 +9,14 @@ outcome in the audit log, and only then returns the reply. Unexpected exceptions
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fedhem_kernel.analyses import SITE_STEPS
 from fedhem_kernel.analyses.base import SiteData
@@ -69,6 +71,7 @@ class SiteExecutor:
         self.audit = audit or AuditLog()
         self.guard = DifferencingGuard()
         self._scratch: dict[str, dict[str, Any]] = {}  # per dataset, kept between query rounds
+        self._cohorts: dict[str, tuple[Dataset, bytes, pd.DataFrame]] = {}  # see _cohort
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteExecutor:
@@ -180,7 +183,7 @@ class SiteExecutor:
         data = SiteData(
             self.name,
             ds.name,
-            ds.frame[mask],
+            self._cohort(ds, mask),
             ds.schema,
             self.policy,
             rlog,
@@ -196,6 +199,17 @@ class SiteExecutor:
         if data.derived:  # columns the step leaves at the site (site/derived.py)
             self.datasets[ds.name] = add_derived(ds, data.derived)
         return payload
+
+    def _cohort(self, ds: Dataset, mask: np.ndarray) -> pd.DataFrame:
+        """``ds.frame[mask]``, kept while the dataset and the mask stay the same: the rounds of an
+        iterative query (k-means) send the same cohort each time, and steps only read it."""
+        key = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+        cached = self._cohorts.get(ds.name)
+        if cached is not None and cached[0] is ds and cached[1] == key:
+            return cached[2]
+        cohort = ds.frame[mask]
+        self._cohorts[ds.name] = (ds, key, cohort)
+        return cohort
 
     def _cohort_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
         expr = compile_where(where, ds.schema)

@@ -18,7 +18,7 @@ import fedhem_kernel as fh
 from fedhem_kernel.analyses.base import SiteData
 from fedhem_kernel.analyses.feature_matrix import FeatureMatrix
 from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD, gate_clusters
-from fedhem_kernel.privacy.guard import DifferencingGuard
+from fedhem_kernel.privacy.guard import DifferencingGuard, Unions
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.privacy.report import ReleaseLog
 from fedhem_kernel.site.executor import SiteRequest
@@ -259,3 +259,98 @@ def test_gate_holds_a_cluster_close_to_an_earlier_release():
     assert again == [HELD, HELD]
     unrelated = np.repeat([0, 1], [10, 50])
     assert gate_clusters(data, fm, unrelated, np.bincount(unrelated)) == [RELEASED, RELEASED]
+
+
+# -- the guard's memory of unions of micro-clusters ---------------------------------------------------
+def plain_near(stored: list[np.ndarray], mask: np.ndarray, k: int) -> bool:
+    """SiteData.near_released on plain row masks: equal to none, and 1..k-1 from one."""
+    diffs = [int((s ^ mask).sum()) for s in stored]
+    return 0 not in diffs and any(0 < d < k for d in diffs)
+
+
+def random_partition(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """Row -> group (-1 for rows in none): groups of size..2*size-1 over a random subset."""
+    rows = rng.permutation(n)[: int(n * 0.9)]
+    group = np.full(n, -1)
+    cuts = np.arange(0, len(rows) - 2 * size + 1, size)
+    for g, start in enumerate(cuts):
+        end = len(rows) if g == len(cuts) - 1 else start + size
+        group[rows[start:end]] = g
+    return group
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("size", [K, 2])  # groups of >= k rows (the usual case), or smaller
+def test_guard_unions_of_micro_clusters_are_checked_as_plain_row_sets(seed, size):
+    """Every answer of the group-space guard equals the plain guard on the same row sets."""
+    rng = np.random.default_rng(seed)
+    n = 120
+    guard = DifferencingGuard()
+    stored: list[np.ndarray] = []  # every remembered row set, as rows
+    parts = [guard.partition("d", random_partition(rng, n, size)) for _ in range(2)]
+    some = {}  # per partition: a union remembered only with a few rows outside the partition
+    for part in parts:
+        # plain row sets remembered: the whole partition (aligned with its groups), a union of
+        # groups plus 1..k-1 rows outside the partition (aligned), ones a few rows off a union
+        # and off the whole partition, random ones
+        inside = part.group >= 0
+        outside = np.flatnonzero(~inside)[: rng.integers(1, K)]
+        some[part.key] = rng.random(part.n_groups) < 0.5
+        plus = part.rows(np.packbits(some[part.key]))
+        plus[outside] = True
+        near = part.rows(np.packbits(rng.random(part.n_groups) < 0.5))
+        near[np.flatnonzero(near)[: rng.integers(1, K)]] = False
+        near_all = inside.copy()
+        near_all[np.flatnonzero(inside)[: rng.integers(1, K)]] = False
+        for mask in (inside, plus, near, near_all, rng.random(n) < 0.5):
+            guard.remember("d", mask)
+            stored.append(mask)
+    for i in range(30):
+        part = parts[rng.integers(len(parts))]
+        if i % 10 == 9 and part.sets:  # remembered later: a row set 1 row off a released union
+            off = part.rows(next(iter(part.sets.values())))
+            off[rng.integers(n)] ^= True
+            guard.remember("d", off)
+            stored.append(off)
+        members = rng.random((6, part.n_groups)) < rng.uniform(0.05, 0.95)
+        members[2] = some[part.key]  # differs from a remembered set by its rows outside
+        members[3] = True  # equals a remembered set (and is near another one)
+        if part.sets and (i % 10 == 9 or rng.random() < 0.3):  # a remembered union, one off
+            members[0] = np.unpackbits(next(iter(part.sets.values())), count=part.n_groups) > 0
+            members[1] = members[0]
+            members[1, rng.integers(part.n_groups)] ^= True
+        unions = Unions.of(part, members)
+        rows = [np.concatenate([m, [False]])[part.group] for m in members]
+        expected = [plain_near(stored, r, K) for r in rows]
+        assert guard.near_unions("d", unions, K).tolist() == expected
+        for r in rows:  # a plain cohort against the remembered unions: exact too
+            diffs = [int((s ^ r).sum()) for s in stored]
+            nonzero = [d for d in diffs if d]
+            assert guard.closest_difference("d", r) == (min(nonzero) if nonzero else None)
+            assert guard.contains("d", r) == (0 in diffs)
+        keep = [j for j in range(len(members)) if not expected[j]]
+        guard.remember_unions("d", Unions.of(part, members[keep]))
+        stored += [rows[j] for j in keep if not any((s == rows[j]).all() for s in stored)]
+    assert len(stored) > 40  # unions were released along the way
+
+
+def test_a_cluster_near_an_earlier_release_is_held_under_micro_clusters(tables, releases):
+    """The micro-cluster path of the gate: a cluster 2 patients off a remembered row set is held."""
+    init = np.array([[50.0, 30.0], [65.0, 70.0], [75.0, 100.0]])
+    with federation(tables) as fed:  # where the clusters fall (micro-clusters are deterministic)
+        first = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
+        labels = fed._executors["big"].datasets["c"].frame["cluster"].to_numpy()
+    assert (first.by_site["status"] == RELEASED).all()
+    earlier = labels == "2"
+    earlier[np.flatnonzero(~earlier)[:2]] = True  # released before: cluster 2 and 2 patients more
+    with federation(tables) as fed:
+        fed._executors["big"].guard.remember("c", earlier)
+        again = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
+    status = again.by_site.set_index(["site", "cluster"])["status"]
+    assert status["big", "2"] == HELD
+    # cluster 2 held alone would let the site's total minus the others give it away: one more
+    assert (status["big"] == HELD).sum() == 2
+    assert (status[["mid", "small"]] == RELEASED).all()
+    assert "differencing" in again.privacy.outcome("big").rules
+    assert again.cluster_sizes.sum() < first.cluster_sizes.sum()
+    assert_counts_zero_or_at_least_k(releases)
