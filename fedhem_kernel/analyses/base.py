@@ -121,6 +121,39 @@ class SiteData:
         if self.guard is not None:
             self.guard.remember(self.dataset, self.rows_mask(selected))
 
+    def complete_rows(self, missing: np.ndarray, first: str | None, what: str) -> np.ndarray:
+        """Flags of the cohort rows kept when rows with a missing value in ``what`` are left out.
+
+        0 or >= k rows may be left out (else ``min_subset_size``: a result without them could be
+        compared with one on the whole cohort); when some are, the kept rows are what later sums
+        are over, so they must not difference an earlier release (the caller remembers them with
+        :meth:`remember_released` once its other checks pass). ``first`` names a column with a
+        missing value (for the messages).
+        """
+        k = self.k
+        dropped = int(np.count_nonzero(missing))
+        if 0 < dropped < k:
+            raise self.refuse(
+                "min_subset_size",
+                f"fewer than {k} patients have a missing value in {what}: a result without them "
+                "could be compared with one on the whole cohort",
+                first,
+            )
+        complete = ~np.asarray(missing, dtype=bool)
+        if not complete.any():
+            raise SchemaError(
+                f"no patient has a value in every one of {what}", **self.err(first), rule="schema"
+            )
+        if dropped:
+            self.log.note(f"patients with a missing value in {what} are left out")
+            if self.near_released(complete):
+                raise self.refuse(
+                    "differencing",
+                    f"the patients with every value in {what} differ from an earlier released "
+                    f"cohort by fewer than {k} patients",
+                )
+        return complete
+
     def err(self, column: str | None = None) -> dict[str, str | None]:
         return {"site": self.site, "dataset": self.dataset, "column": column}
 

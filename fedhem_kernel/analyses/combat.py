@@ -215,33 +215,8 @@ def _design(data: SiteData, params: Payload) -> _Design:
         if first is None and miss.any():
             first = column
         missing |= miss
-    dropped = int(missing.sum())
-    if 0 < dropped < k:
-        raise data.refuse(
-            "min_subset_size",
-            f"fewer than {k} patients have a missing feature, covariate or batch value: "
-            "harmonising without them could be compared with a result on the whole cohort",
-            first,
-        )
-    complete = ~missing
-    if not complete.any():
-        raise SchemaError(
-            "no patient has every feature, covariate and batch value",
-            **data.err(first),
-            rule="schema",
-        )
-    if dropped:
-        data.log.note(
-            "patients with a missing feature, covariate or batch value are left out "
-            "(their harmonised value is missing)"
-        )
-        if data.near_released(complete):
-            raise data.refuse(
-                "differencing",
-                f"the patients with every feature, covariate and batch value differ from an "
-                f"earlier released cohort by fewer than {k} patients",
-            )
-        data.remember_released(complete)
+    complete = data.complete_rows(missing, first, "the features, covariates and batch")
+    dropped = int(np.count_nonzero(missing))
     sub = dataclasses.replace(data, cohort=data.cohort[complete]) if dropped else data
     fm = feature_matrix(sub, spec.numeric, CACHE)  # numeric checks, one-hot attack, n >= k
     p = len(spec.features)
@@ -329,6 +304,8 @@ def _guard(data: SiteData, d: _Design, cells: list[np.ndarray]) -> None:
             f"a batch or a category within a batch differs from an earlier released row set by "
             f"fewer than {data.k} patients",
         )
+    if not d.complete.all():  # rows were left out: the kept ones are a released row set too
+        flags.append(d.complete)
     for f in flags:
         data.remember_released(f)
 

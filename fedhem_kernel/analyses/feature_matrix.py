@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.base import Payload, SiteData
-from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.errors import ParameterError
 
 MAX_FEATURES = 200
 
@@ -139,24 +139,11 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
     columns = [data.numeric(f) for f in features]  # raises for a categorical column
     x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
     missing = np.isnan(x).any(axis=1)
-    dropped = int(missing.sum())
-    if 0 < dropped < k:
-        first = next(f for f, c in zip(features, columns, strict=True) if np.isnan(c).any())
-        raise data.refuse(
-            "min_subset_size",
-            f"fewer than {k} patients have a missing value in the features: a result without "
-            "them could be compared with one on the whole cohort (choose other features)",
-            first,
-        )
-    if dropped:
-        data.log.note("patients with a missing value in the features are left out")
-    complete = ~missing
+    first = next((f for f, c in zip(features, columns, strict=True) if np.isnan(c).any()), None)
+    complete = data.complete_rows(missing, first, "the features")
+    dropped = int(np.count_nonzero(missing))
     x = np.ascontiguousarray(x[complete] if dropped else x)
     n = len(x)
-    if n == 0:
-        raise SchemaError(
-            "no patient has a value for every feature", **data.err(features[0]), rule="schema"
-        )
     if n < k:
         raise data.refuse("min_cell_count", f"fewer than {k} patients have every feature")
     if k > 1:
@@ -168,13 +155,7 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
                     "value): their values would show in the sums",
                     f,
                 )
-    if dropped and data.guard is not None:  # the complete rows are what later sums are over
-        if data.near_released(complete):
-            raise data.refuse(
-                "differencing",
-                f"the patients with every feature differ from an earlier released cohort by fewer "
-                f"than {k} patients",
-            )
+    if dropped:  # the complete rows are what later sums are over
         data.remember_released(complete)
     fm = FeatureMatrix(tuple(features), x, complete, dropped)
     data.scratch[cache] = (key, fm)
@@ -208,3 +189,18 @@ def pooled_moments(parts: Sequence[Payload]) -> tuple[int, np.ndarray, np.ndarra
         extra = np.outer(d, d) if np.ndim(p["m2"]) == 2 else d * d
         m2 = m2 + np.asarray(p["m2"], dtype=float) + int(p["n"]) * extra
     return n, mean, np.asarray(m2)
+
+
+def standard_scale(features: Sequence[str], var: np.ndarray, dataset: str) -> np.ndarray:
+    """Pooled SDs (from population variances, as ``StandardScaler``) to standardise ``features``.
+
+    A feature with one value for every patient has none: a ParameterError names it.
+    """
+    constant = [f for f, v in zip(features, var, strict=True) if not v > 0]
+    if constant:
+        raise ParameterError(
+            "a feature with the same value for every patient cannot be standardised",
+            dataset=dataset,
+            column=constant[0],
+        )
+    return np.sqrt(var)

@@ -95,6 +95,7 @@ from fedhem_kernel.analyses.feature_matrix import (
     feature_matrix,
     moments,
     pooled_moments,
+    standard_scale,
 )
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.guard import Partition, Unions
@@ -920,14 +921,7 @@ def run_kmeans(
     stats = q.ask("kmeans_stats", {"features": feats, "k": k})
     _, mean, var = _pooled_stats(stats)
     if standardize:
-        constant = [f for f, v in zip(feats, var, strict=True) if not v > 0]
-        if constant:
-            raise ParameterError(
-                "a feature with the same value for every patient cannot be standardised",
-                dataset=q.dataset,
-                column=constant[0],
-            )
-        scale = np.sqrt(var)
+        scale = standard_scale(feats, var, q.dataset)
     else:
         scale = np.ones(p)
     shift = mean  # centred units, as scikit-learn's KMeans centres X

@@ -37,6 +37,7 @@ from fedhem_kernel.analyses.feature_matrix import (
     check_numeric_features,
     feature_matrix,
     pooled_moments,
+    standard_scale,
 )
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.report import PrivacyReport
@@ -184,14 +185,7 @@ def run_pca(
     scale = np.ones(p)
     if standardize:
         var = np.diag(m2) / n  # population variance, as StandardScaler
-        constant = [f for f, v in zip(feats, var, strict=True) if not v > 0]
-        if constant:
-            raise ParameterError(
-                "a feature with the same value for every patient cannot be standardised",
-                dataset=q.dataset,
-                column=constant[0],
-            )
-        scale = np.sqrt(var)
+        scale = standard_scale(feats, var, q.dataset)
         cov = cov / np.outer(scale, scale)
     values, vectors = np.linalg.eigh((cov + cov.T) / 2)
     values = np.flip(values)

@@ -261,8 +261,26 @@ def _state(data: SiteData, params: Payload) -> _Run:
             "min_cell_count", f"the cohort has fewer than {k} images", column=cols.image
         )
     state = _Run(str(params["run"]), np.flatnonzero(has_image))
+    _image_rows(data, state.rows)  # before the first reply releases how many images there are
     data.scratch["radiomics"] = state
     return state
+
+
+def _image_rows(data: SiteData, rows: np.ndarray) -> np.ndarray:
+    """Cohort flags of the patients with an image, refused if within k of an earlier release.
+
+    Checked when the first round is answered (its reply counts the images) and again when the
+    summary is released (another query may have released a row set in between).
+    """
+    selected = np.zeros(len(data.cohort), dtype=bool)
+    selected[rows] = True
+    if data.near_released(selected):
+        raise data.refuse(
+            "differencing",
+            f"the patients with an image differ from an earlier released group by fewer than "
+            f"{data.k}",
+        )
+    return selected
 
 
 def site_radiomics_extract(data: SiteData, params: Payload) -> Payload:
@@ -330,13 +348,7 @@ def site_radiomics_keep(data: SiteData, params: Payload) -> Payload:
         )
     if len(ok) == 0:
         raise SchemaError("no image could be processed at this site", **data.err(), rule="imaging")
-    selected = np.zeros(len(data.cohort), dtype=bool)
-    selected[state.rows] = True
-    if data.near_released(selected):
-        raise data.refuse(
-            "differencing",
-            f"the patients with an image differ from an earlier released group by fewer than {k}",
-        )
+    selected = _image_rows(data, state.rows)
     names = list(dict.fromkeys(n for i in ok for n in state.features[int(i)]))
     columns = {name: column_name(name) for name in names}
     # the feature table of the patients with an image (failed extractions: missing values)

@@ -244,3 +244,16 @@ def test_a_site_that_does_not_allow_combat_refuses(tables):
         res = fed.combat("c", FEATURES)
     assert res.privacy.outcome("small").rules == ("allowed_analyses",)
     assert res.privacy.released_sites == ["big", "mid"]
+
+
+def test_rows_left_out_cannot_difference_an_earlier_release(tables, releases):
+    """Leaving out rows with missing values makes a new row set: 52 complete patients at 'small'
+    next to a released cohort of 50 would give away two patients' values (refused)."""
+    tables["small"].loc[:7, "volume"] = np.nan  # 8 >= k left out: allowed on its own
+    with federation(tables) as fed:
+        fed.describe("c", columns=["marker"], where="pid >= 2010")  # 'small' releases 50 rows
+        res = fed.combat("c", FEATURES)
+        outcome = res.privacy.outcome("small")
+        assert outcome.status == "refused" and outcome.rules == ("differencing",)
+        assert res.privacy.outcome("big").status == "released"
+        assert_no_value_leaks(fed, releases)

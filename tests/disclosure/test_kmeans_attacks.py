@@ -354,3 +354,18 @@ def test_a_cluster_near_an_earlier_release_is_held_under_micro_clusters(tables, 
     assert "differencing" in again.privacy.outcome("big").rules
     assert again.cluster_sizes.sum() < first.cluster_sizes.sum()
     assert_counts_zero_or_at_least_k(releases)
+
+
+def test_rows_left_out_cannot_difference_an_earlier_release(tables) -> None:
+    """62 complete patients at 'small' next to a released cohort of 60 would give away two
+    patients' values: the site refuses (rows left out for missing values are a new row set)."""
+    tables["small"] = pd.concat(
+        [tables["small"], cohort(7, 10, 2900).assign(marker=np.nan)], ignore_index=True
+    )
+    tables["small"].loc[60:61, "marker"] = 50.0  # two of the ten new patients are complete
+    fed = federation(tables)
+    fed.describe("c", columns=["age"], where="pid < 2900")  # releases the first 60 at 'small'
+    res = fed.kmeans("c", FEATURES, 2)
+    outcome = res.privacy.outcome("small")
+    assert outcome.status == "refused" and outcome.rules == ("differencing",)
+    fed.close()
