@@ -422,11 +422,6 @@ class Federation:
             ),
         )
 
-    def _categorical(self, dataset: str, columns: Sequence[Any]) -> list[str]:
-        cat = self.catalog(dataset)
-        named = {c for c in columns if isinstance(c, str)}
-        return sorted(set(cat.loc[cat["dtype"] == "category", "column"]) & named)
-
     def kmeans(
         self,
         dataset: str,
@@ -450,8 +445,7 @@ class Federation:
         """
         q = self._query("kmeans", dataset, where)
         feats = [features] if isinstance(features, str) else list(features)
-        categorical = self._categorical(dataset, feats)
-        try:
+        try:  # a categorical feature is refused by the sites (no catalog round first)
             return self._run(
                 q,
                 lambda q: run_kmeans(
@@ -463,7 +457,6 @@ class Federation:
                     seed=seed,
                     max_iter=max_iter,
                     tol=tol,
-                    categorical=categorical,
                 ),
             )
         finally:  # sites that did not store this clustering drop an older 'cluster' column
@@ -488,8 +481,7 @@ class Federation:
         """
         q = self._query("pca", dataset, where)
         feats = [features] if isinstance(features, str) else list(features)
-        categorical = self._categorical(dataset, feats)
-        return self._run(q, lambda q: run_pca(q, feats, n_components, standardize, categorical))
+        return self._run(q, lambda q: run_pca(q, feats, n_components, standardize))
 
     def radiomics(
         self,

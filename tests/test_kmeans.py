@@ -231,9 +231,10 @@ def test_result_display_and_summary(demo):
 
 # -- bad input ---------------------------------------------------------------------------------------
 def test_bad_input_errors_name_site_dataset_and_column(demo):
-    with pytest.raises(fh.ParameterError) as info:
-        demo.kmeans("aml", ["age", "sex"], 2)
+    with pytest.raises(fh.SchemaError, match="numeric features") as info:
+        demo.kmeans("aml", ["age", "sex"], 2)  # refused by the sites, in the first round
     assert info.value.column == "sex" and info.value.dataset == "aml"
+    assert info.value.site in demo.policies
     with pytest.raises(fh.SchemaError) as info:
         demo.kmeans("aml", ["age", "no_such_column"], 2)
     assert info.value.column == "no_such_column" and info.value.dataset == "aml"

@@ -114,9 +114,10 @@ def test_rules_under_the_default_policy():
 def test_bad_input_names_the_column():
     df = public_table("iris").assign(kind=lambda d: np.where(d["f0"] > 5.8, "a", "b"))
     with federation(df) as fed:
-        with pytest.raises(fh.ParameterError) as info:
+        with pytest.raises(fh.SchemaError, match="numeric features") as info:
             fed.pca("d", ["f0", "kind"])
         assert info.value.column == "kind" and info.value.dataset == "d"
+        assert info.value.site in {"site_a", "site_b", "site_c"}
         with pytest.raises(fh.SchemaError) as info:
             fed.pca("d", ["f0", "nope"])
         assert info.value.column == "nope" and info.value.site in {"site_a", "site_b", "site_c"}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.base import Payload, SiteData
-from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.errors import ParameterError, SchemaError
 
 MAX_FEATURES = 200
 
@@ -136,7 +136,14 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
             data.log.note("patients with a missing value in the features are left out")
         return fm
     k = data.k
-    columns = [data.numeric(f) for f in features]  # raises for a categorical column
+    for f in features:
+        if not data.schema.column(f).is_numeric:
+            raise SchemaError(
+                "needs numeric features (code a category as 0/1 columns)",
+                **data.err(f),
+                rule="schema",
+            )
+    columns = [data.numeric(f) for f in features]
     x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
     missing = np.isnan(x).any(axis=1)
     first = next((f for f, c in zip(features, columns, strict=True) if np.isnan(c).any()), None)
