@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -59,6 +59,33 @@ ROUND_TRIM_BYTES = 64 * 2**20
 
 #: See :meth:`LocalGrid.push_messages`: rounds this fast per site run on the caller's thread.
 INLINE_SECONDS = 0.002
+#: ... and so do rounds whose last run on the pool took at least this share of the sites' summed
+#: CPU time (the threads mostly waited for each other: Python holds one lock).
+POOL_GAIN = 0.75
+
+
+@dataclass
+class _RoundTiming:
+    """One (query, step)'s last round: how it ran and what its deliveries took."""
+
+    pooled: bool
+    started: float = field(default_factory=time.perf_counter)
+    slowest: float = 0.0  # wall time of the slowest delivery
+    cpu: float = 0.0  # summed CPU time of the deliveries (their threads' own time)
+    finished: float = 0.0  # when the last delivery ended
+    pool_helps: bool | None = None  # from the last pooled round of this step
+
+    def record(self, wall: float, cpu: float) -> None:
+        self.slowest = max(self.slowest, wall)
+        self.cpu += cpu
+        self.finished = time.perf_counter()
+
+    def next_inline(self) -> tuple[bool, bool | None]:
+        """Whether the next round runs on the caller's thread, and what pooling was worth."""
+        helps = self.pool_helps
+        if self.pooled and self.finished:
+            helps = (self.finished - self.started) < POOL_GAIN * self.cpu
+        return self.slowest <= INLINE_SECONDS or helps is False, helps
 
 
 def release_free_memory() -> None:
@@ -189,7 +216,7 @@ class LocalGrid(Grid):
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
         self._pending: dict[str, Future[bytes]] = {}
         #: per (query, message type): the slowest delivery of its last round (see push_messages)
-        self._slowest: dict[tuple[str, str], float] = {}
+        self._rounds: dict[tuple[str, str], _RoundTiming] = {}
         self._timing = threading.Lock()
         self._run = Run.create_empty(next(_run_ids))
         #: Bytes on the wire per node: what the coordinator sent to it and what it sent back.
@@ -220,7 +247,7 @@ class LocalGrid(Grid):
     def _deliver(self, node_id: int, message: Message) -> bytes:
         # serialised here, on the site's thread: a round's requests are not all held on the wire
         # at once (a request can carry megabytes: the same for every site)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         wire = to_wire(message)
         size = len(wire)
         self.bytes_sent[node_id] += size
@@ -244,7 +271,9 @@ class LocalGrid(Grid):
         self.replies_received[node_id] += 1
         key = (message.metadata.group_id, message.metadata.message_type)
         with self._timing:
-            self._slowest[key] = max(self._slowest.get(key, 0.0), time.perf_counter() - started)
+            timing = self._rounds.get(key)
+            if timing is not None:
+                timing.record(time.perf_counter() - started, time.thread_time() - cpu_started)
         return data
 
     def _inline(self, node_id: int, message: Message) -> Future[bytes]:
@@ -259,21 +288,24 @@ class LocalGrid(Grid):
         """Deliver each message to its site, on the thread pool.
 
         A round whose previous round (same query, same step) took at most
-        :data:`INLINE_SECONDS` at every site is delivered on the calling thread instead, one site
-        after the other: the rounds of an iterative fit (k-means, Cox) are mostly Python work
-        that holds the GIL, and handing them to threads costs more than it saves. A query's first
-        round of each step always goes to the pool (it may build what later rounds reuse). While
-        several sites run on the pool, BLAS runs one thread each (:class:`_OneBlasThread`).
+        :data:`INLINE_SECONDS` at every site, or whose last pooled round took at least
+        :data:`POOL_GAIN` of the sites' summed CPU time, is delivered on the calling thread
+        instead, one site after the other: the rounds of an iterative fit (k-means, Cox) are
+        mostly Python work that holds the GIL, and handing them to threads costs more than it
+        saves. A query's first round of each step always goes to the pool (it may build what
+        later rounds reuse). While several sites run on the pool, BLAS runs one thread each
+        (:class:`_OneBlasThread`).
         """
         messages = list(messages)
         keys = {(m.metadata.group_id, m.metadata.message_type) for m in messages}
         with self._timing:
-            inline = all(self._slowest.get(key, math.inf) <= INLINE_SECONDS for key in keys)
-            for key in keys:
-                self._slowest.pop(key, None)
-                self._slowest[key] = 0.0  # this round's slowest delivery, most recent last
-            while len(self._slowest) > 256:
-                del self._slowest[next(iter(self._slowest))]
+            last = {key: self._rounds.pop(key, None) for key in keys}
+            decided = {key: t.next_inline() if t else (False, None) for key, t in last.items()}
+            inline = all(d[0] for d in decided.values())
+            for key, (_, helps) in decided.items():  # this round's timing, most recent last
+                self._rounds[key] = _RoundTiming(pooled=not inline, pool_helps=helps)
+            while len(self._rounds) > 256:
+                del self._rounds[next(iter(self._rounds))]
         parallel = not inline and len(messages) > 1 and self._workers > 1
         ids = []
         for message in messages:
