@@ -90,13 +90,13 @@ from fedhem_kernel.analyses.feature_matrix import (
     FeatureMatrix,
     check_features,
     check_matrix,
-    check_numeric_features,
     check_vector,
     feature_matrix,
     moments,
     pooled_moments,
     standard_scale,
 )
+from fedhem_kernel.analyses.kmeans_bounds import NearestCentres
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.guard import Partition, Unions
 from fedhem_kernel.privacy.report import PrivacyReport
@@ -359,6 +359,16 @@ def _row_norms(fm: FeatureMatrix, xa: np.ndarray) -> np.ndarray:
     return cached[1]
 
 
+def _nearest_centres(fm: FeatureMatrix, xa: np.ndarray, centers: np.ndarray) -> NearestCentres:
+    """Each row's nearest centre, kept between rounds (recomputed only where bounds allow a move)."""
+    state = fm.extras.get("nearest")
+    if state is not None and state.x is xa:
+        state.update(centers)
+        return state
+    state = fm.extras["nearest"] = NearestCentres.start(xa, _row_norms(fm, xa), centers)
+    return state
+
+
 def _clusters(
     fm: FeatureMatrix, xa: np.ndarray, atoms: Atoms | None, centers: np.ndarray, exact: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
@@ -373,15 +383,15 @@ def _clusters(
     k = len(centers)
     x = xa[:, :-1]
     if atoms is None:
-        labels, sums = nearest(xa, centers, sums=not exact, ones=True)  # no sums in the last round
-        counts = np.bincount(labels, minlength=k)
-        if exact:
+        state = _nearest_centres(fm, xa, centers)
+        labels, counts = state.labels.copy(), state.counts.copy()
+        if exact:  # the last round: no sums
             inertia = np.bincount(labels, squared_distances(x, centers, labels), minlength=k)
-        else:
-            norms = np.bincount(labels, _row_norms(fm, xa), minlength=k)
-            cc = np.einsum("ij,ij->i", centers, centers)
-            inertia = np.maximum(norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc, 0)
-        return labels, counts, sums, inertia
+            return labels, counts, None, inertia
+        sums = state.sums.copy()
+        cc = np.einsum("ij,ij->i", centers, centers)
+        inertia = state.norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
+        return labels, counts, sums, np.maximum(inertia, 0.0)
     # micro-clusters (a few thousand): whole-array operations, no blocks
     cc = np.einsum("ij,ij->i", centers, centers)
     lab = (atoms.means_ones @ np.vstack([-2.0 * centers.T, cc])).argmin(axis=1)
@@ -870,21 +880,44 @@ class KMeansResult:
                 )
 
     def _repr_html_(self) -> str:
+        from fedhem_kernel.display.cluster_state import kmeans_footnote, kmeans_title
         from fedhem_kernel.display.html import result_html
 
-        units = "standardised" if self.standardize else "original"
-        status = "converged" if self.converged else "stopped at max_iter"
         return result_html(
-            f"k-means on '{self.dataset}': {self.n_clusters} clusters, "
-            f"{self.n_iter} rounds ({status})",
+            kmeans_title(self),
             self.summary,
             self.privacy,
-            footnote=(
-                f"Centres in original units; inertia {self.inertia:.6g} ({units} units). "
-                f"Labels are kept at each site as column '{self.column}'. " + " ".join(self.notes)
-            ),
+            footnote=kmeans_footnote(self),
             extra_tables=[("per site", self.by_site)],
         )
+
+    def widget(self, pca: Any = None) -> Any:
+        """This result as an interactive widget: centres and sizes, the per-site table, the privacy
+        panel and a figure: with ``pca=`` (a ``fed.pca`` result on these features) the centres on
+        PC1/PC2, area ~ released size; without, a heatmap of each centre against the pooled mean
+        (in pooled SDs when ``standardize=True``). No patient's point is ever drawn."""
+        from fedhem_kernel.display.cluster_state import (
+            kmeans_figure,
+            kmeans_footnote,
+            kmeans_tables,
+            kmeans_title,
+        )
+        from fedhem_kernel.display.widgets import ResultTableWidget
+
+        figure = kmeans_figure(self, pca)
+        return ResultTableWidget(
+            kmeans_title(self),
+            kmeans_tables(self),
+            self.privacy,
+            footnote=kmeans_footnote(self, figure),
+            figure=figure,
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
 
     def __repr__(self) -> str:
         return (
@@ -904,9 +937,8 @@ def run_kmeans(
     seed: int = 0,
     max_iter: int = 300,
     tol: float = 1e-4,
-    categorical: Sequence[str] = (),
 ) -> KMeansResult:
-    feats = check_numeric_features(features, categorical, "k-means", q.dataset)
+    feats = check_features(features)
     _check_number(k, "k", 1, integer=True)
     if k > MAX_CLUSTERS:
         raise ParameterError(f"'k' must be at most {MAX_CLUSTERS}")

@@ -34,7 +34,6 @@ import pandas as pd
 from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.feature_matrix import (
     check_features,
-    check_numeric_features,
     feature_matrix,
     pooled_moments,
     standard_scale,
@@ -140,19 +139,43 @@ class PCAResult:
         )
 
     def _repr_html_(self) -> str:
+        from fedhem_kernel.display.cluster_plot import loadings_html
+        from fedhem_kernel.display.cluster_state import pca_footnote, pca_title
         from fedhem_kernel.display.html import result_html
 
         return result_html(
-            f"PCA on '{self.dataset}': {self.n_components} components of "
-            f"{len(self.features)} features, {self.n_samples} patients",
+            pca_title(self),
             self.summary,
             self.privacy,
-            footnote=(
-                "From the pooled covariance"
-                + (" of standardised features (correlation)." if self.standardize else ".")
-                + " Signs as scikit-learn (largest loading positive)."
-            ),
+            footnote=pca_footnote(self),
+            figure=loadings_html(self),
         )
+
+    def widget(self, kmeans: Any = None) -> Any:
+        """This result as an interactive widget: the components table, the privacy panel and a
+        plot of each feature's loadings on PC1/PC2, or with ``kmeans=`` (a k-means result on
+        these features) its cluster centres there instead, as ``kmeans.widget(pca=...)``."""
+        from fedhem_kernel.display.cluster_state import (
+            pca_figure,
+            pca_footnote,
+            pca_title,
+        )
+        from fedhem_kernel.display.state import table_state
+        from fedhem_kernel.display.widgets import ResultTableWidget
+
+        return ResultTableWidget(
+            pca_title(self),
+            [table_state(self.summary, "explained variance and loadings")],
+            self.privacy,
+            footnote=pca_footnote(self),
+            figure=pca_figure(self, kmeans),
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
+        from fedhem_kernel.display.mimebundle import result_mimebundle
+
+        return result_mimebundle(self, self.widget, include, exclude)
 
     def __repr__(self) -> str:
         return f"PCAResult(\n{self.summary.to_string()}\n{self.privacy!r})"
@@ -163,9 +186,8 @@ def run_pca(
     features: Sequence[str] | str,
     n_components: int | None,
     standardize: bool = True,
-    categorical: Sequence[str] = (),
 ) -> PCAResult:
-    feats = check_numeric_features(features, categorical, "PCA", q.dataset)
+    feats = check_features(features)
     p = len(feats)
     if n_components is None:
         n_components = p

@@ -10,6 +10,9 @@
 - :mod:`~fedhem_kernel.display.progress`: the progress widget shown while a slow query runs.
 - :mod:`~fedhem_kernel.display.cif`, :mod:`~fedhem_kernel.display.cif_widget`: competing risks,
   stacked cumulative-incidence panels (PNG, HTML and the ``cif`` widget view).
+- :mod:`~fedhem_kernel.display.cluster_state`, :mod:`~fedhem_kernel.display.cluster_plot`: k-means
+  and PCA figures (centres or loadings on two components, cluster-profile heatmap) for the widget
+  and matplotlib, from the same points.
 
 Importing this package imports nothing else (ipywidgets loads only when a widget is made).
 """

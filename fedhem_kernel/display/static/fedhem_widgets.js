@@ -143,13 +143,166 @@ function renderForest(fig) {
   return h("div", { class: "fedhem-figure" }, root);
 }
 
+// -- scatter on two principal components: k-means centres (area ~ released size) or PCA loadings --
+// Equal units on both axes (distances are honest); the origin is always in view.
+function linearTicks(lo, hi, target) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / target;
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  const m = raw / p;
+  const step = (m < 1.5 ? 1 : m < 3 ? 2 : m < 7 ? 5 : 10) * p;
+  const out = [];
+  for (let i = Math.ceil(lo / step); i * step <= hi * (1 + 1e-9) + 1e-12; i++) out.push(Number((i * step).toPrecision(12)));
+  return out;
+}
+
+function axisName(label) {
+  return String(label || "").split(" (")[0];
+}
+
+function renderScree(scree) {
+  const W = 460, barH = 12, rowH = 16, left = 52;
+  const root = svg("svg", { class: "fedhem-scree", width: W, height: rowH * scree.length + 4,
+    viewBox: `0 0 ${W} ${rowH * scree.length + 4}`, role: "img", "aria-label": "explained variance ratio" });
+  scree.forEach((c, i) => {
+    const y = 2 + i * rowH, w = (c.ratio || 0) * (W - left - 60);
+    root.append(svg("text", { x: left - 6, y: y + barH - 2, "text-anchor": "end" }, c.label));
+    const bar = svg("rect", { x: left, y, width: Math.max(0, w), height: barH, class: "fedhem-scree-bar" });
+    bar.append(svg("title", {}, `${c.label}: ${fmt(c.ratio === null ? null : 100 * c.ratio)}% of the variance`));
+    root.append(bar);
+    root.append(svg("text", { x: left + w + 4, y: y + barH - 2 }, c.ratio === null ? "" : `${(100 * c.ratio).toFixed(1)}%`));
+  });
+  return h("div", { class: "fedhem-scree-block" }, h("div", { class: "fedhem-caption" }, "explained variance ratio"), root);
+}
+
+function renderScatter(fig) {
+  const centres = fig.mode === "centers";
+  const points = (fig.points || []).filter((p) => p.x !== null && p.y !== null);
+  const W = 460, H = 400, left = 56, right = 14, top = 10, bottom = 42;
+  const plotW = W - left - right, plotH = H - top - bottom;
+  const RMAX = 28, RMIN = 3;
+  const radius = (p) => (centres ? Math.max(RMIN, RMAX * Math.sqrt(p.area || 0)) : 3);
+  const xs = [0, ...points.map((p) => p.x)], ys = [0, ...points.map((p) => p.y)];
+  if (fig.unit_circle) { xs.push(-1, 1); ys.push(-1, 1); }
+  const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
+  const pad = centres ? RMAX + 6 : 34; // room for the largest circle, or a feature's label
+  const unit = Math.min((plotW - 2 * pad) / Math.max(x1 - x0, 1e-9), (plotH - 2 * pad) / Math.max(y1 - y0, 1e-9));
+  const cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+  const x = (v) => left + plotW / 2 + (v - cx) * unit;
+  const y = (v) => top + plotH / 2 - (v - cy) * unit;
+  const root = svg("svg", { class: "fedhem-scatter", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": fig.title || "scatter", "data-mode": fig.mode || "" });
+  const xTicks = linearTicks(cx - plotW / 2 / unit, cx + plotW / 2 / unit, 5);
+  const yTicks = linearTicks(cy - plotH / 2 / unit, cy + plotH / 2 / unit, 5);
+  for (const t of xTicks) {
+    root.append(svg("line", { x1: x(t), x2: x(t), y1: top, y2: top + plotH, class: t === 0 ? "fedhem-scatter-zero" : "fedhem-km-grid" }));
+    root.append(svg("text", { x: x(t), y: top + plotH + 14, "text-anchor": "middle", class: "fedhem-km-tick" }, fmt(t)));
+  }
+  for (const t of yTicks) {
+    root.append(svg("line", { x1: left, x2: left + plotW, y1: y(t), y2: y(t), class: t === 0 ? "fedhem-scatter-zero" : "fedhem-km-grid" }));
+    root.append(svg("text", { x: left - 5, y: y(t) + 4, "text-anchor": "end", class: "fedhem-km-tick" }, fmt(t)));
+  }
+  root.append(svg("rect", { x: left, y: top, width: plotW, height: plotH, class: "fedhem-km-frame" }));
+  root.append(svg("text", { x: left + plotW / 2, y: H - 6, "text-anchor": "middle", class: "fedhem-km-label" }, fig.x_label || ""));
+  root.append(svg("text", { x: 12, y: top + plotH / 2, "text-anchor": "middle", class: "fedhem-km-label",
+    transform: `rotate(-90 12 ${top + plotH / 2})` }, fig.y_label || ""));
+  if (fig.unit_circle) {
+    root.append(svg("circle", { cx: x(0), cy: y(0), r: unit, class: "fedhem-scatter-circle" }));
+  }
+  const xn = axisName(fig.x_label), yn = axisName(fig.y_label);
+  // larger circles first, so that a small cluster's circle stays on top
+  const order = points.map((p, i) => [p, i]).sort((a, b) => radius(b[0]) - radius(a[0]));
+  for (const [p, i] of order) {
+    const colour = PALETTE[i % PALETTE.length];
+    const g = svg("g", { class: "fedhem-scatter-point", "data-label": p.label });
+    if (centres) {
+      const empty = !(p.size > 0);
+      g.append(svg("circle", { cx: x(p.x), cy: y(p.y), r: radius(p), fill: empty ? "none" : colour, stroke: colour,
+        class: empty ? "fedhem-scatter-empty" : "" }));
+      g.append(svg("text", { x: x(p.x), y: y(p.y) + 4, "text-anchor": "middle", class: "fedhem-scatter-label" }, p.label));
+      g.append(svg("title", {}, `cluster ${p.label}: ${p.size} patients released; ${xn} ${fmt(p.x)}, ${yn} ${fmt(p.y)}`));
+    } else {
+      g.append(svg("line", { x1: x(0), y1: y(0), x2: x(p.x), y2: y(p.y), class: "fedhem-scatter-arrow" }));
+      g.append(svg("circle", { cx: x(p.x), cy: y(p.y), r: radius(p), fill: "#1f4e79" }));
+      g.append(svg("text", { x: x(p.x) + (p.x >= 0 ? 6 : -6), y: y(p.y) + (p.y >= 0 ? -4 : 12),
+        "text-anchor": p.x >= 0 ? "start" : "end", class: "fedhem-scatter-label" }, p.label));
+      g.append(svg("title", {}, `${p.label}: loading ${fmt(p.x)} on ${xn}, ${fmt(p.y)} on ${yn}`));
+    }
+    root.append(g);
+  }
+  return h("div", { class: "fedhem-figure" }, h("div", { class: "fedhem-caption" }, fig.title || ""), root,
+    fig.scree && fig.scree.length ? renderScree(fig.scree) : null,
+    (fig.notes || []).map((n) => h("div", { class: "fedhem-note" }, n)));
+}
+
+// -- heatmap of k-means centres: rows clusters, columns features, colour = distance from the mean --
+function heatColour(z, limit) {
+  if (z === null || z === undefined) return "#eeeeee";
+  const t = Math.max(-1, Math.min(1, z / (limit || 1)));
+  const base = t >= 0 ? [178, 24, 43] : [33, 102, 172]; // red above the pooled mean, blue below
+  const c = base.map((v) => Math.round(255 + (v - 255) * Math.abs(t)));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+function renderHeatmap(fig) {
+  const rows = fig.rows || [], cols = fig.columns || [];
+  const sd = fig.scale === "sd";
+  const cellW = cols.length > 12 ? 24 : 44, cellH = 26;
+  const longest = Math.max(1, ...cols.map((c) => Math.min(c.length, 32)));
+  const rowLabel = (r, i) => `cluster ${r} (n = ${(fig.sizes || [])[i] ?? ""})`;
+  const left = Math.round(Math.max(40, ...rows.map((r, i) => rowLabel(r, i).length * 6.4)) + 10);
+  const top = Math.round(longest * 5.2 + 12), right = Math.round(longest * 4.7), legendH = 40;
+  const W = Math.max(300, left + cellW * cols.length + right), H = top + cellH * rows.length + legendH;
+  const root = svg("svg", { class: "fedhem-heatmap", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
+    "aria-label": fig.title || "cluster profiles" });
+  cols.forEach((c, j) => {
+    const cx = left + cellW * j + cellW / 2, cy = top - 6;
+    root.append(svg("text", { x: cx, y: cy, transform: `rotate(-45 ${cx} ${cy})`, class: "fedhem-heatmap-column" },
+      c.length > 32 ? `${c.slice(0, 31)}…` : c));
+  });
+  rows.forEach((r, i) => {
+    const yy = top + cellH * i;
+    root.append(svg("text", { x: left - 6, y: yy + cellH / 2 + 4, "text-anchor": "end", class: "fedhem-heatmap-row" },
+      rowLabel(r, i)));
+    cols.forEach((c, j) => {
+      const z = fig.z[i][j];
+      const cell = svg("rect", { x: left + cellW * j, y: yy, width: cellW - 1, height: cellH - 1,
+        fill: heatColour(z, fig.limit), class: "fedhem-heatmap-cell", "data-row": r, "data-column": c });
+      const away = z === null ? "" : sd
+        ? `; ${fmt(z)} SD from the pooled mean`
+        : `; ${fmt(z)} of the largest distance from the pooled mean in this column`;
+      cell.append(svg("title", {}, `cluster ${r}, ${c}: centre ${fmt(fig.values[i][j])} (pooled mean ${fmt(fig.means[j])})${away}`));
+      root.append(cell);
+      if (cellW >= 40 && z !== null) {
+        root.append(svg("text", { x: left + cellW * j + cellW / 2, y: yy + cellH / 2 + 4, "text-anchor": "middle",
+          class: Math.abs(z / (fig.limit || 1)) > 0.6 ? "fedhem-heatmap-value fedhem-heatmap-dark" : "fedhem-heatmap-value" },
+        z.toFixed(1)));
+      }
+    });
+  });
+  // colour legend: from -limit to +limit
+  const ly = top + cellH * rows.length + 12, lw = Math.min(200, W - left - right), steps = 21;
+  for (let s = 0; s < steps; s++) {
+    const v = -fig.limit + (2 * fig.limit * s) / (steps - 1);
+    root.append(svg("rect", { x: left + (lw * s) / steps, y: ly, width: lw / steps + 0.5, height: 8, fill: heatColour(v, fig.limit) }));
+  }
+  const unitText = sd ? " SD" : "";
+  root.append(svg("text", { x: left, y: ly + 20, "text-anchor": "middle", class: "fedhem-km-tick" }, `−${fmt(fig.limit)}${unitText}`));
+  root.append(svg("text", { x: left + lw / 2, y: ly + 20, "text-anchor": "middle", class: "fedhem-km-tick" }, "mean"));
+  root.append(svg("text", { x: left + lw, y: ly + 20, "text-anchor": "middle", class: "fedhem-km-tick" }, `+${fmt(fig.limit)}${unitText}`));
+  return h("div", { class: "fedhem-figure" }, h("div", { class: "fedhem-caption" }, fig.title || ""), root,
+    h("div", { class: "fedhem-note" }, `colour: ${fig.label || ""}`));
+}
+
+const FIGURES = { forest: renderForest, scatter: renderScatter, heatmap: renderHeatmap };
+
 function renderResultTables(model, el) {
   el.classList.add("fedhem-table", "fedhem-result-w");
   const draw = () => {
     const tables = model.get("tables") || [];
     const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, model.get("title")));
     const fig = model.get("figure") || {};
-    if (fig.kind === "forest") main.append(renderForest(fig));
+    if (FIGURES[fig.kind]) main.append(FIGURES[fig.kind](fig));
     tables.forEach((t, i) => {
       if (i === 0) {
         if (t.caption) main.append(h("div", { class: "fedhem-caption" }, t.caption));
