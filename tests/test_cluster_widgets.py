@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
-from test_widgets import BROWSER_ARGS, MOUNT
+from test_widgets import widget_page
 
 import fedhem_kernel as fh
 from fedhem_kernel.analyses.kmeans import HELD, RELEASED
@@ -25,7 +25,7 @@ from fedhem_kernel.display import mimebundle
 from fedhem_kernel.display.cluster_plot import plot_centers
 from fedhem_kernel.display.cluster_state import center_points, profile_figure
 from fedhem_kernel.display.state import SUPPRESSED
-from fedhem_kernel.display.widgets import ESM, STATIC, ResultTableWidget
+from fedhem_kernel.display.widgets import ResultTableWidget
 
 K = 5
 FEATURES = ["age", "wbc", "plt"]
@@ -260,8 +260,6 @@ def test_mimebundle_outside_and_inside_a_kernel(results, monkeypatch):
 
 
 def test_cluster_widgets_render_in_a_browser(results, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     km, raw, pca = results["km"], results["raw"], results["pca"]
     k, p = km.n_clusters, len(FEATURES)
     states = {
@@ -270,62 +268,51 @@ def test_cluster_widgets_render_in_a_browser(results, tmp_path):
         "loadings": synced(pca.widget()),
         "relative": synced(raw.widget()),
     }
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_content("<html><body></body></html>")
-            page.evaluate(
-                MOUNT, [ESM.read_text(), (STATIC / "fedhem_widgets.css").read_text(), states]
-            )
-            assert errors == []
-            # heatmap: k x p cells, the hover text gives the centre in original units
-            heat = page.locator("#heat.fedhem-table")
-            cells = heat.locator("svg.fedhem-heatmap rect.fedhem-heatmap-cell")
-            assert cells.count() == k * p
-            first = cells.first
-            assert (first.get_attribute("data-row"), first.get_attribute("data-column")) == (
-                "1",
-                FEATURES[0],
-            )
-            tip = first.locator("title").text_content()
-            centre = float(km.cluster_centers.iloc[0, 0])
-            z = float((km.cluster_centers.iloc[0, 0] - km.mean.iloc[0]) / km.scale.iloc[0])
-            assert tip.startswith(f"cluster 1, {FEATURES[0]}: centre {float(f'{centre:.4g}'):g}")
-            assert f"{float(f'{z:.4g}'):g} SD from the pooled mean" in tip
-            fills = cells.evaluate_all("cs => cs.map(c => c.getAttribute('fill'))")
-            assert len(set(fills)) > 1
-            assert heat.locator(".fedhem-privacy").count() == 1
-            assert heat.locator("details.fedhem-more").count() == 1  # per-site table, collapsed
-            rel = page.locator("#relative svg.fedhem-heatmap rect.fedhem-heatmap-cell")
-            assert "of the largest distance" in rel.first.locator("title").text_content()
-            # centres: k circles (no patient points), labelled, sized by released size
-            pts = page.locator("#centres svg.fedhem-scatter g.fedhem-scatter-point")
-            assert pts.count() == k
-            assert sorted(pts.locator("text").all_text_contents()) == list(km.cluster_centers.index)
-            radii = {
-                g.get_attribute("data-label"): float(g.locator("circle").get_attribute("r"))
-                for g in pts.all()
-            }
-            sizes = km.cluster_sizes
-            np.testing.assert_allclose(
-                [radii[c] ** 2 for c in sizes.index],
-                28**2 * sizes.to_numpy() / sizes.max(),
-                rtol=1e-6,
-            )
-            tip = pts.first.locator("title").text_content()
-            assert "patients released" in tip and "PC1" in tip and "PC2" in tip
-            assert page.locator("#centres .fedhem-scree-bar").count() == 2
-            assert "PC1 (" in page.locator("#centres svg.fedhem-scatter").inner_html()
-            # loadings: one arrow per feature, named
-            arrows = page.locator("#loadings g.fedhem-scatter-point")
-            assert arrows.count() == p
-            assert arrows.locator("line.fedhem-scatter-arrow").count() == p
-            assert sorted(arrows.locator("text").all_text_contents()) == sorted(FEATURES)
-            assert "loading" in arrows.first.locator("title").text_content()
-            page.screenshot(path=str(tmp_path / "cluster_widgets.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+    with widget_page(states) as (page, errors):
+        assert errors == []
+        # heatmap: k x p cells, the hover text gives the centre in original units
+        heat = page.locator("#heat.fedhem-table")
+        cells = heat.locator("svg.fedhem-heatmap rect.fedhem-heatmap-cell")
+        assert cells.count() == k * p
+        first = cells.first
+        assert (first.get_attribute("data-row"), first.get_attribute("data-column")) == (
+            "1",
+            FEATURES[0],
+        )
+        tip = first.locator("title").text_content()
+        centre = float(km.cluster_centers.iloc[0, 0])
+        z = float((km.cluster_centers.iloc[0, 0] - km.mean.iloc[0]) / km.scale.iloc[0])
+        assert tip.startswith(f"cluster 1, {FEATURES[0]}: centre {float(f'{centre:.4g}'):g}")
+        assert f"{float(f'{z:.4g}'):g} SD from the pooled mean" in tip
+        fills = cells.evaluate_all("cs => cs.map(c => c.getAttribute('fill'))")
+        assert len(set(fills)) > 1
+        assert heat.locator(".fedhem-privacy").count() == 1
+        assert heat.locator("details.fedhem-more").count() == 1  # per-site table, collapsed
+        rel = page.locator("#relative svg.fedhem-heatmap rect.fedhem-heatmap-cell")
+        assert "of the largest distance" in rel.first.locator("title").text_content()
+        # centres: k circles (no patient points), labelled, sized by released size
+        pts = page.locator("#centres svg.fedhem-scatter g.fedhem-scatter-point")
+        assert pts.count() == k
+        assert sorted(pts.locator("text").all_text_contents()) == list(km.cluster_centers.index)
+        radii = {
+            g.get_attribute("data-label"): float(g.locator("circle").get_attribute("r"))
+            for g in pts.all()
+        }
+        sizes = km.cluster_sizes
+        np.testing.assert_allclose(
+            [radii[c] ** 2 for c in sizes.index],
+            28**2 * sizes.to_numpy() / sizes.max(),
+            rtol=1e-6,
+        )
+        tip = pts.first.locator("title").text_content()
+        assert "patients released" in tip and "PC1" in tip and "PC2" in tip
+        assert page.locator("#centres .fedhem-scree-bar").count() == 2
+        assert "PC1 (" in page.locator("#centres svg.fedhem-scatter").inner_html()
+        # loadings: one arrow per feature, named
+        arrows = page.locator("#loadings g.fedhem-scatter-point")
+        assert arrows.count() == p
+        assert arrows.locator("line.fedhem-scatter-arrow").count() == p
+        assert sorted(arrows.locator("text").all_text_contents()) == sorted(FEATURES)
+        assert "loading" in arrows.first.locator("title").text_content()
+        page.screenshot(path=str(tmp_path / "cluster_widgets.png"), full_page=True)
+        assert errors == []

@@ -80,3 +80,20 @@ def test_rows_on_the_bisector_are_recomputed():
     check(state, xa, np.array([[-1.0], [1.0]]))
     state.update(np.array([[-1.0], [1.0 - 1e-15]]))  # the tie tips towards the second centre
     check(state, xa, np.array([[-1.0], [1.0 - 1e-15]]))
+
+
+def test_many_centres_run_in_blocks_and_the_centre_gaps_stay_lower_bounds():
+    from fedhem_kernel.analyses import kmeans_bounds
+
+    xa, norms = rows(5000, 20, 3)
+    rng = np.random.default_rng(2)
+    centers = xa[rng.choice(len(xa), 600, replace=False), :-1]  # 2**20 // 600 rows per block
+    state = NearestCentres.start(xa, norms, centers)
+    check(state, xa, centers)
+    state.update(centers + rng.normal(scale=0.05, size=centers.shape))
+    check(state, xa, state.centers)
+    gaps = kmeans_bounds._nearest_other(centers)
+    exact = np.sqrt(((centers[:, None] - centers[None]) ** 2).sum(axis=2))
+    np.fill_diagonal(exact, np.inf)
+    assert (gaps <= exact.min(axis=1)).all()
+    np.testing.assert_allclose(gaps, exact.min(axis=1), rtol=1e-6)

@@ -13,7 +13,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -518,8 +521,28 @@ async ([src, css, states]) => {
 """
 
 
-def test_widgets_render_in_a_browser(fed, tmp_path):
+@contextmanager
+def widget_page(states: dict[str, dict]) -> Iterator[tuple[Any, list[str]]]:
+    """Debian's chromium with every synced state mounted as a widget (by ``MOUNT``); yields the
+    page and the list its page errors are collected in."""
     from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_content("<html><body></body></html>")
+            page.evaluate(
+                MOUNT, [ESM.read_text(), (STATIC / "fedhem_widgets.css").read_text(), states]
+            )
+            yield page, errors
+        finally:
+            browser.close()
+
+
+def test_widgets_render_in_a_browser(fed, tmp_path):
 
     km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
     xt = fed.crosstab("d", "grp", "sex")
@@ -537,61 +560,48 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
     n_suppressed = sum(
         f == SUPPRESSED for t in states["xt"]["tables"] for r in t["rows"] for f in r["flags"]
     )
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_content("<html><body></body></html>")
-            page.evaluate(
-                MOUNT, [ESM.read_text(), (STATIC / "fedhem_widgets.css").read_text(), states]
-            )
-            page.evaluate(
-                "() => { window.models.quick.set('done', true); window.models.quick.fire('done'); }"
-            )
-            assert errors == []
-            # Kaplan–Meier: one curve and band per group, numbers at risk, merged ticks, privacy
-            root = page.locator("#km.fedhem-km")
-            assert root.locator("path.fedhem-km-curve").count() == 3
-            assert root.locator("path.fedhem-km-band").count() == 3
-            risk = [int(x) for x in root.locator("text.fedhem-km-risk").all_text_contents()]
-            assert risk and all(r == 0 or r >= K for r in risk)
-            assert root.locator("circle.fedhem-km-merged").count() > 0
-            assert "withheld by site_a" in root.locator(".fedhem-km-legend").inner_text()
-            assert root.locator(".fedhem-privacy tbody tr").count() == len(km.privacy.outcomes)
-            box = root.locator("rect.fedhem-km-overlay").bounding_box()
-            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
-            tip = root.locator(".fedhem-km-tooltip")
-            assert tip.is_visible()
-            assert (
-                "t = " in tip.inner_text()
-                and "at risk" in tip.inner_text()
-                and "S = " in tip.inner_text()
-            )
-            # tables: every suppressed cell is a badge, the privacy panel is composed in
-            table = page.locator("#xt.fedhem-table")
-            assert (
-                table.locator("td[data-flag=suppressed] .fedhem-badge").count() == n_suppressed > 0
-            )
-            assert table.locator(".fedhem-privacy").count() == 1
-            panel = page.locator("#privacy.fedhem-privacy")
-            statuses = panel.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.status)")
-            assert statuses == [o.status for o in km.privacy.outcomes]
-            # progress: hidden at first; the slow one appears after the delay, the quick one never
-            assert not page.locator("#slow.fedhem-progress").is_visible()
-            page.wait_for_timeout(1300)
-            assert page.locator("#slow.fedhem-progress").is_visible()
-            assert "0/1 sites answered" in page.locator("#slow").inner_text()
-            assert not page.locator("#quick.fedhem-progress").is_visible()
-            page.evaluate(
-                """() => { const m = window.models.slow;
-                m.set('sites', [{site: 'a', status: 'refused'}]); m.fire('sites');
-                m.set('elapsed', 2.5); m.set('done', true); m.fire('done'); }"""
-            )
-            assert "finished after 2.5 s" in page.locator("#slow").inner_text()
-            assert page.locator("#slow [data-status=refused]").count() == 1
-            page.screenshot(path=str(tmp_path / "widgets.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+    with widget_page(states) as (page, errors):
+        page.evaluate(
+            "() => { window.models.quick.set('done', true); window.models.quick.fire('done'); }"
+        )
+        assert errors == []
+        # Kaplan–Meier: one curve and band per group, numbers at risk, merged ticks, privacy
+        root = page.locator("#km.fedhem-km")
+        assert root.locator("path.fedhem-km-curve").count() == 3
+        assert root.locator("path.fedhem-km-band").count() == 3
+        risk = [int(x) for x in root.locator("text.fedhem-km-risk").all_text_contents()]
+        assert risk and all(r == 0 or r >= K for r in risk)
+        assert root.locator("circle.fedhem-km-merged").count() > 0
+        assert "withheld by site_a" in root.locator(".fedhem-km-legend").inner_text()
+        assert root.locator(".fedhem-privacy tbody tr").count() == len(km.privacy.outcomes)
+        box = root.locator("rect.fedhem-km-overlay").bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+        tip = root.locator(".fedhem-km-tooltip")
+        assert tip.is_visible()
+        assert (
+            "t = " in tip.inner_text()
+            and "at risk" in tip.inner_text()
+            and "S = " in tip.inner_text()
+        )
+        # tables: every suppressed cell is a badge, the privacy panel is composed in
+        table = page.locator("#xt.fedhem-table")
+        assert table.locator("td[data-flag=suppressed] .fedhem-badge").count() == n_suppressed > 0
+        assert table.locator(".fedhem-privacy").count() == 1
+        panel = page.locator("#privacy.fedhem-privacy")
+        statuses = panel.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.status)")
+        assert statuses == [o.status for o in km.privacy.outcomes]
+        # progress: hidden at first; the slow one appears after the delay, the quick one never
+        assert not page.locator("#slow.fedhem-progress").is_visible()
+        page.wait_for_timeout(1300)
+        assert page.locator("#slow.fedhem-progress").is_visible()
+        assert "0/1 sites answered" in page.locator("#slow").inner_text()
+        assert not page.locator("#quick.fedhem-progress").is_visible()
+        page.evaluate(
+            """() => { const m = window.models.slow;
+            m.set('sites', [{site: 'a', status: 'refused'}]); m.fire('sites');
+            m.set('elapsed', 2.5); m.set('done', true); m.fire('done'); }"""
+        )
+        assert "finished after 2.5 s" in page.locator("#slow").inner_text()
+        assert page.locator("#slow [data-status=refused]").count() == 1
+        page.screenshot(path=str(tmp_path / "widgets.png"), full_page=True)
+        assert errors == []

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import sparse
 
 CHUNK = 16384  # rows per block of the distance computation (k x CHUNK fits the CPU cache)
+BLOCK_CELLS = 2**20  # at most this many distances per block (8 MB) when k is large
 #: Relative widening of squared-distance bounds (rounding of ||x||² - 2x·c + ||c||² is ~1e-15).
 MARGIN = 1e-10
 
@@ -45,8 +46,9 @@ def _blocks(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     first = np.empty(n)
     second = np.full(n, np.inf)
     weights = np.arange(k, dtype=np.uint16)  # k <= 1000 (MAX_CLUSTERS)
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
+    step = max(256, min(CHUNK, BLOCK_CELLS // k))  # k x step distances at a time
+    for start in range(0, n, step):
+        stop = min(start + step, n)
         d = ct @ x[start:stop].T  # (k, rows)
         best = d.min(axis=0)
         at_best = (d == best).view(np.uint8)  # one 1 per column, unless centres tie
@@ -181,7 +183,8 @@ def _nearest_other(centers: np.ndarray) -> np.ndarray:
     k = len(centers)
     if k == 1:
         return np.array([np.inf])
-    diff = centers[:, None, :] - centers[None, :, :]
-    dist = np.sqrt((diff**2).sum(axis=2))
-    dist[np.arange(k), np.arange(k)] = np.inf
-    return dist.min(axis=1)
+    cc = np.einsum("ij,ij->i", centers, centers)
+    d2 = cc[:, None] + cc[None, :] - 2.0 * (centers @ centers.T)  # k x k, never k x k x p
+    np.fill_diagonal(d2, np.inf)
+    # a margin below the rounding of the Gram form keeps this a lower bound on the distances
+    return np.sqrt(np.maximum(d2.min(axis=1) - MARGIN * 2.0 * cc.max(), 0.0))
