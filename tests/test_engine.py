@@ -96,3 +96,46 @@ def test_audit_log_keeps_request_arrays_by_shape_only():
     assert "array[" in text or "list of" in text  # coefficient vectors / grids summarised
     assert max(len(str(p)) for p in cox_steps["parameters"]) < 2000
     fed.close()
+
+
+def test_a_steps_first_round_follows_its_first_round_in_the_previous_query(monkeypatch):
+    """Fast rounds run on the calling thread; a query's first round learns from the last query's."""
+    import threading
+    import time
+
+    from flwr.clientapp import ClientApp
+
+    from fedhem_kernel.engine import local_grid
+
+    ensure_task_identity()
+    threads: list[bool] = []
+    work = {"seconds": 0.0}
+    app = ClientApp()
+
+    @app.query("work")
+    def handler(msg: Message, context: Context) -> Message:
+        threads.append(threading.current_thread() is threading.main_thread())
+        time.sleep(work["seconds"])
+        return Message(RecordDict(), reply_to=msg)
+
+    nodes = {
+        i: (app, Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}))
+        for i in (1, 2, 3)
+    }
+    grid = LocalGrid(nodes, max_workers=2)
+
+    def round_on_caller(query: str) -> bool:
+        threads.clear()
+        msgs = [grid.create_message(RecordDict(), "query.work", i, query) for i in nodes]
+        assert len(list(grid.send_and_receive(msgs))) == 3
+        assert len(set(threads)) == 1
+        return threads[0]
+
+    monkeypatch.setattr(local_grid, "REPROBE_SECONDS", 0.005)
+    assert not round_on_caller("q1")  # nothing known: the pool
+    assert round_on_caller("q1")  # the first round was fast: this one runs on the caller
+    assert round_on_caller("q2")  # so does the next query's first round
+    work["seconds"] = 0.01
+    assert round_on_caller("q3")  # decided by q2's fast first round; slower than REPROBE_SECONDS
+    assert not round_on_caller("q4")  # so q4's first round tries the pool again
+    grid.close()

@@ -210,6 +210,19 @@ def test_profile_describes_each_cluster_and_its_survival(demo):
     assert demo.kaplan_meier("aml", "os_months", "os_status", group="cluster").groups == ["1", "2"]
 
 
+def test_a_new_clustering_replaces_the_column_without_touching_the_old_table(demo):
+    demo.kmeans("aml", ["age", "wbc"], 3)
+    site, executor = next(iter(demo._executors.items()))
+    before = executor.datasets["aml"].frame
+    snapshot = before.copy(deep=True)
+    demo.kmeans("aml", ["age"], 2, seed=3)
+    after = executor.datasets["aml"].frame
+    pd.testing.assert_frame_equal(before, snapshot)  # the earlier table is never written to
+    assert list(after.columns) == list(before.columns)
+    assert set(after["cluster"].dropna()) <= {"1", "2"}
+    assert set(before["cluster"].dropna()) == {"1", "2", "3"}
+
+
 def test_a_filtered_clustering_labels_only_its_cohort(demo):
     res = demo.kmeans("aml", ["age", "wbc"], 2, where="age >= 60")
     assert res.where == "age >= 60"

@@ -28,6 +28,7 @@ CHUNK = 16384  # rows per block of the distance computation (k x CHUNK fits the 
 BLOCK_CELLS = 2**20  # at most this many distances per block (8 MB) when k is large
 #: Relative widening of squared-distance bounds (rounding of ||x||² - 2x·c + ||c||² is ~1e-15).
 MARGIN = 1e-10
+DENSE_CELLS = 2**16  # moved rows x k up to which their change to the sums is a dense product
 
 
 def _blocks(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,14 +70,23 @@ class NearestCentres:
     """Labels of the rows of ``x`` (a last column of ones) for the centres last asked for.
 
     ``counts``, ``sums`` (k x p) and ``norms`` (per cluster sum of ||x||²) describe those labels.
+
+    The bounds are kept as of each row's last recomputation, against running totals of the
+    centres' moves: ``drift[j]`` (how far centre j has moved in all) and ``drift_other[j]`` (the
+    sum over rounds of the largest move of a centre other than j). A row of cluster j has upper
+    bound ``up + drift[j]`` and lower bound ``up - gap - drift_other[j]``, as Hamerly's
+    round-by-round updates give, so a round touches each row's state once (one comparison)
+    instead of rewriting both bounds.
     """
 
     x: np.ndarray
     row_norms: np.ndarray
     centers: np.ndarray
     labels: np.ndarray
-    upper: np.ndarray
-    lower: np.ndarray
+    up: np.ndarray  # upper bound - drift[label], as of the row's last recomputation
+    gap: np.ndarray  # upper - lower bound - drift[label] - drift_other[label], likewise
+    drift: np.ndarray
+    drift_other: np.ndarray
     counts: np.ndarray
     sums: np.ndarray
     norms: np.ndarray
@@ -95,16 +105,17 @@ class NearestCentres:
             return
         k = len(centers)
         delta = np.sqrt(((centers - self.centers) ** 2).sum(axis=1))
-        if k > 1:
+        self.drift += delta
+        if k > 1:  # a row's other centres moved by at most the largest move but its own
             order = np.argsort(delta)
-            top, runner_up = order[-1], order[-2]
-            self.upper += delta[self.labels]
-            self.lower -= np.where(self.labels == top, delta[runner_up], delta[top])
-        else:
-            self.upper += delta[self.labels]
-        half = 0.5 * _nearest_other(centers)
-        settled = self.upper < np.maximum(self.lower, half[self.labels])
-        rows = np.flatnonzero(~settled)
+            other = np.full(k, delta[order[-1]])
+            other[order[-1]] = delta[order[-2]]
+            self.drift_other += other
+        # settled: upper < lower, or upper < half the distance from its centre to the next
+        rows = np.flatnonzero(self.gap >= -(self.drift + self.drift_other)[self.labels])
+        if len(rows):
+            half = 0.5 * _nearest_other(centers) - self.drift
+            rows = rows[self.up[rows] >= half[self.labels[rows]]]
         self.centers = centers.copy()
         self.recomputed = len(rows)
         if len(rows) == 0:
@@ -114,12 +125,12 @@ class NearestCentres:
             return
         xs = self.x[rows]
         labels, first, second = _blocks(xs, centers)
-        self._bounds(rows, first, second, centers)
+        self._bounds(rows, labels, first, second, centers)
         old = self.labels[rows]
         moved = labels != old
         if moved.any():
             src, dst, r = old[moved], labels[moved], rows[moved]
-            self.sums += _moves(src, dst, self.x[r], k)
+            self.sums += _moves(src, dst, xs[moved], k)
             self.counts += np.bincount(dst, minlength=k) - np.bincount(src, minlength=k)
             nm = self.row_norms[r]
             self.norms += np.bincount(dst, nm, minlength=k) - np.bincount(src, nm, minlength=k)
@@ -130,9 +141,11 @@ class NearestCentres:
         n = len(self.x)
         labels, first, second = _blocks(self.x, centers)
         self.labels = labels
-        self.upper = np.empty(n)
-        self.lower = np.empty(n)
-        self._bounds(slice(None), first, second, centers)
+        self.up = np.empty(n)
+        self.gap = np.empty(n)
+        self.drift = np.zeros(k)
+        self.drift_other = np.zeros(k)
+        self._bounds(slice(None), labels, first, second, centers)
         self.sums = _sums(labels, self.x, k)
         self.counts = np.bincount(labels, minlength=k)
         self.norms = np.bincount(labels, self.row_norms, minlength=k)
@@ -140,13 +153,21 @@ class NearestCentres:
         self.recomputed = n
 
     def _bounds(
-        self, rows: slice | np.ndarray, first: np.ndarray, second: np.ndarray, centers: np.ndarray
+        self,
+        rows: slice | np.ndarray,
+        labels: np.ndarray,
+        first: np.ndarray,
+        second: np.ndarray,
+        centers: np.ndarray,
     ) -> None:
         """Bounds from rounded squared distances, widened by :data:`MARGIN` of their scale."""
         norms = self.row_norms[rows]
         scale = MARGIN * (norms + float(np.einsum("ij,ij->i", centers, centers).max()))
-        self.upper[rows] = np.sqrt(np.maximum(first + norms, 0.0) + scale)
-        self.lower[rows] = np.sqrt(np.maximum(second + norms - scale, 0.0))
+        upper = np.sqrt(np.maximum(first + norms, 0.0) + scale)
+        lower = np.sqrt(np.maximum(second + norms - scale, 0.0))
+        drift = self.drift[labels]
+        self.up[rows] = upper - drift
+        self.gap[rows] = upper - lower - drift - self.drift_other[labels]
 
 
 def _sums(labels: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
@@ -159,8 +180,14 @@ def _sums(labels: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
 
 def _moves(src: np.ndarray, dst: np.ndarray, x: np.ndarray, k: int) -> np.ndarray:
     """What rows moving from cluster ``src`` to ``dst`` change in the per-cluster sums: one
-    sparse product with +1 at each row's new cluster and -1 at its old one."""
+    product with +1 at each row's new cluster and -1 at its old one (dense when small)."""
     m = len(src)
+    if k * m <= DENSE_CELLS:
+        change = np.zeros((k, m))
+        i = np.arange(m)
+        change[dst, i] = 1.0
+        change[src, i] = -1.0
+        return (change @ x)[:, :-1]
     data = np.tile([1.0, -1.0], m)
     index = np.column_stack([dst, src]).ravel()
     change = sparse.csc_matrix((data, index, np.arange(0, 2 * m + 1, 2)), shape=(k, m))
@@ -172,6 +199,8 @@ def _empty(n: int, k: int, p: int) -> tuple[np.ndarray, ...]:
         np.zeros(n, dtype=np.intp),
         np.empty(n),
         np.empty(n),
+        np.zeros(k),
+        np.zeros(k),
         np.zeros(k, dtype=np.int64),
         np.zeros((k, p)),
         np.zeros(k),

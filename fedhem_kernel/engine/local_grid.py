@@ -62,6 +62,10 @@ INLINE_SECONDS = 0.002
 #: ... and so do rounds whose last run on the pool took at least this share of the sites' summed
 #: CPU time (the threads mostly waited for each other: Python holds one lock).
 POOL_GAIN = 0.75
+#: A query's first round of a step follows the same step's first round in the previous query,
+#: unless that ran on the caller's thread and its slowest site took longer than this: then it goes
+#: to the pool again, to see whether the larger work now gains from it.
+REPROBE_SECONDS = 0.05
 
 
 @dataclass
@@ -86,6 +90,12 @@ class _RoundTiming:
         if self.pooled and self.finished:
             helps = (self.finished - self.started) < POOL_GAIN * self.cpu
         return self.slowest <= INLINE_SECONDS or helps is False, helps
+
+    def next_first(self) -> tuple[bool, bool | None]:
+        """:meth:`next_inline` for the same step's first round in a later query."""
+        if not self.pooled and self.slowest > REPROBE_SECONDS:
+            return False, None
+        return self.next_inline()
 
 
 def release_free_memory() -> None:
@@ -217,6 +227,8 @@ class LocalGrid(Grid):
         self._pending: dict[str, Future[bytes]] = {}
         #: per (query, message type): the slowest delivery of its last round (see push_messages)
         self._rounds: dict[tuple[str, str], _RoundTiming] = {}
+        #: per message type: its latest first round in a query
+        self._first_rounds: dict[str, _RoundTiming] = {}
         self._timing = threading.Lock()
         self._run = Run.create_empty(next(_run_ids))
         #: Bytes on the wire per node: what the coordinator sent to it and what it sent back.
@@ -292,18 +304,29 @@ class LocalGrid(Grid):
         :data:`POOL_GAIN` of the sites' summed CPU time, is delivered on the calling thread
         instead, one site after the other: the rounds of an iterative fit (k-means, Cox) are
         mostly Python work that holds the GIL, and handing them to threads costs more than it
-        saves. A query's first round of each step always goes to the pool (it may build what
-        later rounds reuse). While several sites run on the pool, BLAS runs one thread each
-        (:class:`_OneBlasThread`).
+        saves. A query's first round of a step (which may build what later rounds reuse) is
+        decided the same way from that step's first round in the previous query (see
+        :data:`REPROBE_SECONDS`); the very first goes to the pool. While several sites run on
+        the pool, BLAS runs one thread each (:class:`_OneBlasThread`).
         """
         messages = list(messages)
         keys = {(m.metadata.group_id, m.metadata.message_type) for m in messages}
         with self._timing:
-            last = {key: self._rounds.pop(key, None) for key in keys}
-            decided = {key: t.next_inline() if t else (False, None) for key, t in last.items()}
+            decided = {}
+            first = set()
+            for key in keys:
+                timing = self._rounds.pop(key, None)
+                if timing is None:
+                    first.add(key)
+                    timing = self._first_rounds.get(key[1])
+                    decided[key] = timing.next_first() if timing else (False, None)
+                else:
+                    decided[key] = timing.next_inline()
             inline = all(d[0] for d in decided.values())
             for key, (_, helps) in decided.items():  # this round's timing, most recent last
                 self._rounds[key] = _RoundTiming(pooled=not inline, pool_helps=helps)
+                if key in first:
+                    self._first_rounds[key[1]] = self._rounds[key]
             while len(self._rounds) > 256:
                 del self._rounds[next(iter(self._rounds))]
         parallel = not inline and len(messages) > 1 and self._workers > 1

@@ -48,7 +48,13 @@ def add_derived(ds: Dataset, columns: Mapping[str, DerivedColumn]) -> Dataset:
         if col.values is not None:
             new[name] = _full_column(ds, col)
             specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
-    frame = ds.frame.drop(columns=[c for c in drop if c in ds.frame.columns])
-    if new:  # all at once: a radiomics run adds a hundred columns
+    frame = ds.frame.copy(deep=False)  # shares the other columns' arrays: ds.frame stays as it was
+    for name in drop:
+        if name in frame.columns:
+            del frame[name]
+    if len(new) > 10:  # all at once: a radiomics run adds a hundred columns
         frame = pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
+    else:
+        for name, values in new.items():
+            frame[name] = values
     return replace(ds, frame=frame, schema=DatasetSchema(ds.schema.site, ds.name, specs))
