@@ -692,21 +692,38 @@ class _Contributions:
                 del self.last[site]  # the site left the query: its contributions go with it
         for site in sorted(payloads):  # a fixed order: sums do not depend on reply order
             payload = payloads[site]
-            has, c, s, w = self.last.setdefault(
-                site,
-                (np.zeros(k, dtype=bool), np.zeros(k, np.int64), np.zeros((k, p)), np.zeros(k)),
-            )
-            status = np.asarray(payload["status"], dtype=object)
+            entry = self.last.get(site)
+            if entry is None:
+                entry = self.last[site] = (
+                    np.zeros(k, dtype=bool),
+                    np.zeros(k, np.int64),
+                    np.zeros((k, p)),
+                    np.zeros(k),
+                )
+            has, c, s, w = entry
+            status = payload["status"]
+            got_c = np.asarray(payload["counts"], dtype=np.int64)
+            got_s = np.asarray(payload["sums"], dtype=float).reshape(k, p)
+            got_w = np.asarray(payload["inertia"], dtype=float)
+            if len(status) == k and all(st == RELEASED for st in status):  # the usual round
+                has[:] = True
+                c[:], s[:], w[:] = got_c, got_s, got_w
+                counts += c
+                sums += s
+                for value in w.tolist():
+                    inertia += value
+                continue
+            status = np.asarray(status, dtype=object)
             released = status == RELEASED
-            c[released] = np.asarray(payload["counts"], dtype=np.int64)[released]
-            s[released] = np.asarray(payload["sums"], dtype=float).reshape(k, p)[released]
-            w[released] = np.asarray(payload["inertia"], dtype=float)[released]
+            c[released] = got_c[released]
+            s[released] = got_s[released]
+            w[released] = got_w[released]
             has[released] = True
             has[status == WITHHELD] = False  # held: the last released contribution stays
             counts += np.where(has, c, 0)
             sums += np.where(has[:, None], s, 0.0)
-            for value in w[has]:
-                inertia += float(value)
+            for value in w[has].tolist():
+                inertia += value
         return counts, sums, inertia
 
 

@@ -27,7 +27,7 @@ _ARRAY_TAG = "__ndarray__"
 
 
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"  # .npy format 1.0
-_PLAIN = (str, int, float, bool, type(None))  # what JSON takes as it is
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # what JSON takes as it is
 
 
 def _pack(obj: Any, arrays: list[np.ndarray]) -> Any:
@@ -39,6 +39,8 @@ def _pack(obj: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(obj, dict):
         return {str(k): _pack(v, arrays) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
+        if all(type(v) in _PLAIN for v in obj):
+            return list(obj)
         return [_pack(v, arrays) for v in obj]
     if isinstance(obj, np.integer):
         return int(obj)

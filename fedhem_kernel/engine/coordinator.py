@@ -136,7 +136,9 @@ class Coordinator:
                 **kw,
             )
 
-        self.notify(event("round"))
+        watched = bool(self.observers)  # events are built only for someone to see them
+        if watched:
+            self.notify(event("round"))
         replies: dict[str, SiteReply] = {}
         for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
             name = self.sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
@@ -148,13 +150,15 @@ class Coordinator:
                 )
             else:
                 replies[name] = decode_reply(msg.content)
-            self.notify(event("reply", site=name, status=replies[name].status))
+            if watched:
+                self.notify(event("reply", site=name, status=replies[name].status))
         for name in [*asked, *sorted(wanted - set(asked))]:
             if name not in replies:
                 replies[name] = SiteReply(
                     name, "error", error=FedHemError("no reply in time", site=name).to_dict()
                 )
-                self.notify(event("reply", site=name, status="error"))
+                if watched:
+                    self.notify(event("reply", site=name, status="error"))
         return replies
 
 

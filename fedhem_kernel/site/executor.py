@@ -263,14 +263,32 @@ def _summarise(value: Any, depth: int = 0) -> Any:
     """Request parameters as the audit log keeps them: arrays and long lists by shape, not content.
 
     (A Cox iteration sends coefficient vectors and time grids; keeping every array in the log would
-    grow it by megabytes per query.)
+    grow it by megabytes per query.) Runs for every request: plain values are passed through first.
     """
-    if isinstance(value, np.ndarray):
-        return f"array{list(value.shape)} {value.dtype}"
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is np.ndarray:
+        return f"array{list(value.shape)} {_dtype_name(value.dtype)}"
     if isinstance(value, dict):
         return {k: _summarise(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and len(value) > 20:
         return f"{type(value).__name__} of {len(value)}"
     if isinstance(value, (list, tuple)) and depth < 4:
+        if all(type(v) in _PLAIN for v in value):
+            return list(value)
         return [_summarise(v, depth + 1) for v in value]
+    if isinstance(value, np.ndarray):
+        return f"array{list(value.shape)} {_dtype_name(value.dtype)}"
     return value
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
