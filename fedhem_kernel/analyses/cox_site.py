@@ -302,6 +302,12 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         raise data.refuse(
             "min_cell_count", f"fewer than {k} patients have complete data for this model"
         )
+    if dropped and data.near_released(keep):  # the fit's sums are over the kept rows only
+        raise data.refuse(
+            "differencing",
+            "the patients with complete data for this model differ from an earlier released "
+            f"cohort by fewer than {k} patients",
+        )
 
     # design columns: numeric as is, categorical as 0/1 for every agreed level but the first
     columns: list[str] = []
@@ -449,6 +455,8 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     for s in strata:  # its rows are consecutive in the sorted design
         lo, hi = np.searchsorted(row_block, (s.lo, s.hi))
         s.event_sum = np.array([(xt[j, lo:hi] * row_event[lo:hi]).sum() for j in range(p)])
+    if dropped:  # every check passed: later queries are checked against the kept rows too
+        data.remember_released(keep)
     return SiteDesign(
         columns=columns,
         xt=xt,

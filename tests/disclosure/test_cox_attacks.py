@@ -370,3 +370,33 @@ def test_hand_crafted_model_check_requests_release_nothing_finer(tables):
         for reply in replies.values():
             assert reply.status == "error" and reply.payload is None
             assert "edges" in reply.error["reason"]
+
+
+def test_rows_left_out_for_missing_values_cannot_difference_an_earlier_release(tables):
+    # 'big' leaves out six patients without age; an earlier release covered all but five of them,
+    # so a Cox fit on the rest would differ from it by one patient: refused, with no values
+    for df in tables.values():
+        df["pid"] = np.arange(len(df))
+    tables["big"].loc[:5, "age"] = np.nan
+    with federation(tables) as fed:
+        first = fed.describe("c", ["time"], where="pid not in (0, 1, 2, 3, 4)")
+        assert first.privacy.outcome("big").released
+        res = fed.cox("c", "time", "event", ["age", "mutation"])
+    outcome = res.privacy.outcome("big")
+    assert outcome.status == "refused" and outcome.rules == ("differencing",)
+    assert "differ from an earlier released cohort" in outcome.details[0]
+    assert res.privacy.outcome("mid").released  # nothing left out there
+    assert res.n_observations == SIZES["mid"] + SIZES["small"]
+
+
+def test_a_cohort_differencing_the_rows_a_cox_fit_kept_is_refused(tables):
+    # the other order: the fit on the patients with an age is remembered, and a filter that
+    # differs from it by one patient is refused
+    for df in tables.values():
+        df["pid"] = np.arange(len(df))
+    tables["big"].loc[:5, "age"] = np.nan
+    with federation(tables) as fed:
+        assert fed.cox("c", "time", "event", ["age"]).privacy.outcome("big").released
+        res = fed.describe("c", ["time"], where="pid not in (0, 1, 2, 3, 4)")
+    outcome = res.privacy.outcome("big")
+    assert outcome.status == "refused" and outcome.rules == ("differencing",)
