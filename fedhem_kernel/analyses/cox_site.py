@@ -27,7 +27,9 @@ Site steps (registered in :mod:`fedhem_kernel.analyses.cox`):
 Release rules (all at the site, all before anything is computed):
 
 - rows with a missing value in the model's columns are left out; if 1..k-1 of them would be, the
-  site refuses (``min_subset_size``: a fit on everyone else could be differenced from one on all);
+  site refuses (``min_subset_size``: a fit on everyone else could be differenced from one on all),
+  and the kept rows must not differ from an earlier released row set by 1..k-1 patients
+  (``differencing``; :meth:`SiteData.complete_rows`, shared with k-means, PCA and ComBat);
 - ``max_parameters``: at most one parameter per 10 patients (like the rules below, not applied
   under ``Policy.unrestricted()``, whose minimum cell count is 1);
 - ``min_cell_count``: every level of a categorical covariate present at the site has >= k patients,
@@ -282,31 +284,13 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     if not np.isin(e[seen], (0.0, 1.0)).all():
         raise SchemaError("event indicator must be 0/1", **data.err(spec.event), rule="schema")
 
+    # 0 or >= k rows left out, and the kept rows must not difference an earlier release
+    keep = data.complete_rows(missing, first_missing, "the model's columns")
     dropped = int(missing.sum())
-    if 0 < dropped < k:
-        raise data.refuse(
-            "min_subset_size",
-            f"fewer than {k} patients have a missing value in the model's columns: a fit without "
-            "them could be compared with one on the whole cohort (choose other columns)",
-            first_missing,
-        )
-    if dropped:
-        rec.note("patients with a missing value in the model's columns are left out")
-    keep = ~missing
     n = int(keep.sum())
-    if n == 0:
-        raise SchemaError(
-            "no patient has complete data for this model", **data.err(first_missing), rule="schema"
-        )
     if n < k:
         raise data.refuse(
             "min_cell_count", f"fewer than {k} patients have complete data for this model"
-        )
-    if dropped and data.near_released(keep):  # the fit's sums are over the kept rows only
-        raise data.refuse(
-            "differencing",
-            "the patients with complete data for this model differ from an earlier released "
-            f"cohort by fewer than {k} patients",
         )
 
     # design columns: numeric as is, categorical as 0/1 for every agreed level but the first
