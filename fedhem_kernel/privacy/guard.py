@@ -132,6 +132,9 @@ class DifferencingGuard:
         self._cohorts: dict[str, dict[str, np.ndarray]] = {}
         self._partitions: dict[str, dict[str, Partition]] = {}
         self._lock = threading.Lock()
+        #: Grows whenever a row set is remembered that was not remembered before: an answer that
+        #: depends only on the remembered sets (and its own inputs) holds while this is the same.
+        self.version = 0
 
     def closest_difference(self, dataset: str, mask: np.ndarray) -> int | None:
         """Smallest non-zero symmetric difference to a remembered cohort (None if none differs)."""
@@ -172,7 +175,10 @@ class DifferencingGuard:
         packed = np.packbits(np.asarray(mask, dtype=bool))
         key = _digest(packed)
         with self._lock:
-            self._cohorts.setdefault(dataset, {})[key] = packed
+            cohorts = self._cohorts.setdefault(dataset, {})
+            if key not in cohorts:
+                cohorts[key] = packed
+                self.version += 1
 
     # -- unions of a partition's groups ---------------------------------------------------------
     def partition(self, dataset: str, group: np.ndarray) -> Partition:
@@ -244,7 +250,9 @@ class DifferencingGuard:
         part = unions.part
         with self._lock:
             for i in range(len(unions.digests)) if which is None else which:
-                part.sets.setdefault(unions.digests[i], unions.packed[i])
+                if unions.digests[i] not in part.sets:
+                    part.sets[unions.digests[i]] = unions.packed[i]
+                    self.version += 1
 
     def __len__(self) -> int:
         plain = sum(len(v) for v in self._cohorts.values())

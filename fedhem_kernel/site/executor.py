@@ -71,7 +71,8 @@ class SiteExecutor:
         self.audit = audit or AuditLog()
         self.guard = DifferencingGuard()
         self._scratch: dict[str, dict[str, Any]] = {}  # per dataset, kept between query rounds
-        self._cohorts: dict[str, tuple[Dataset, bytes, pd.DataFrame]] = {}  # see _cohort
+        self._cohorts: dict[str, tuple[Dataset, bytes, pd.DataFrame, np.ndarray]] = {}
+        self._masks: dict[str, tuple[Dataset, str | None, int, np.ndarray]] = {}
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteExecutor:
@@ -203,15 +204,31 @@ class SiteExecutor:
     def _cohort(self, ds: Dataset, mask: np.ndarray) -> pd.DataFrame:
         """``ds.frame[mask]``, kept while the dataset and the mask stay the same: the rounds of an
         iterative query (k-means) send the same cohort each time, and steps only read it."""
-        key = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
         cached = self._cohorts.get(ds.name)
+        if cached is not None and cached[0] is ds and cached[3] is mask:
+            return cached[2]  # the mask of the round before (see _cohort_mask)
+        key = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
         if cached is not None and cached[0] is ds and cached[1] == key:
-            return cached[2]
-        cohort = ds.frame[mask]
-        self._cohorts[ds.name] = (ds, key, cohort)
+            cohort = cached[2]
+        else:
+            cohort = ds.frame[mask]
+        self._cohorts[ds.name] = (ds, key, cohort, mask)
         return cohort
 
     def _cohort_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
+        """The rows of ``where``, checked (subset sizes, differencing); the rounds of one query
+        ask the same again: the checked mask is kept while the dataset, the filter and what the
+        guard remembers (its ``version``) stay the same, since the answer depends on nothing else.
+        """
+        version = self.guard.version
+        cached = self._masks.get(ds.name)
+        if cached is not None and cached[0] is ds and cached[1] == where and cached[2] == version:
+            return cached[3]
+        mask = self._checked_mask(ds, where)
+        self._masks[ds.name] = (ds, where, version, mask)
+        return mask
+
+    def _checked_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
         expr = compile_where(where, ds.schema)
         n = ds.n_rows
         if expr is None:

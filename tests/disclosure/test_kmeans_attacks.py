@@ -334,6 +334,28 @@ def test_guard_unions_of_micro_clusters_are_checked_as_plain_row_sets(seed, size
     assert len(stored) > 40  # unions were released along the way
 
 
+def test_the_guard_version_grows_with_every_new_row_set_and_only_then():
+    # the site keeps a checked cohort while the version stays the same (SiteExecutor._cohort_mask):
+    # a row set remembered without a new version would let a stale check through
+    rng = np.random.default_rng(3)
+    guard = DifferencingGuard()
+    mask = rng.random(60) < 0.5
+    guard.remember("d", mask)
+    assert guard.version == 1
+    guard.remember("d", mask.copy())  # the same rows again: nothing new
+    assert guard.version == 1
+    part = guard.partition("d", random_partition(rng, 60, 6))
+    members = rng.random((3, part.n_groups)) < 0.5
+    guard.remember_unions("d", Unions.of(part, members))
+    assert guard.version == 1 + len(set(Unions.of(part, members).digests))
+    before = guard.version
+    guard.remember_unions("d", Unions.of(part, members))
+    assert guard.version == before
+    members[0] = ~members[0]
+    guard.remember_unions("d", Unions.of(part, members))
+    assert guard.version == before + 1
+
+
 def test_a_cluster_near_an_earlier_release_is_held_under_micro_clusters(tables, releases):
     """The micro-cluster path of the gate: a cluster 2 patients off a remembered row set is held."""
     init = np.array([[50.0, 30.0], [65.0, 70.0], [75.0, 100.0]])

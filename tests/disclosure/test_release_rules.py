@@ -184,6 +184,27 @@ def test_differencing_attack_is_refused():
     assert all(rule == "differencing" for rule in refused["rule"])
 
 
+def test_a_cohort_checked_before_is_checked_again_once_the_site_remembers_more():
+    # The rounds of a query reuse the site's checked cohort while its guard has remembered
+    # nothing new. A release in between of a row set three patients away (as another analysis'
+    # kept rows would be) must make the same filter be checked again, and refused.
+    tables = {}
+    for i, site in enumerate(["a", "b"]):
+        df = rare_cohort(20 + i, 150)
+        df["age"] = np.where(df["age"].between(50, 50.4), 49.0, df["age"])
+        df.loc[:2, "age"] = 50.2  # exactly three patients in [50, 50.4) at each site
+        tables[site] = {"c": df}
+    with fh.Federation.local(tables) as f:
+        f.describe("c", columns=["age"], where="age >= 50")
+        f.describe("c", columns=["time"], where="age >= 50")  # the same cohort: answered
+        for site, t in tables.items():
+            f._executors[site].guard.remember("c", (t["c"]["age"] >= 50.4).to_numpy())
+        with pytest.raises(fh.DisclosureError) as info:
+            f.describe("c", columns=["time"], where="age >= 50")
+    assert "differencing" in str(info.value)
+    assert "50.2" not in str(info.value)
+
+
 def test_rare_category_names_never_leave_a_site(releases):
     df = rare_cohort(5, 200)
     df.loc[0, "risk"] = "patient-7731"  # a free-text slip that identifies one person
