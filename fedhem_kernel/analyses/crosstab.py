@@ -39,10 +39,13 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
     row, col = require_str(params, "row"), require_str(params, "col")
     rows = _labels(data, row, params.get("row_levels"))
     cols = _labels(data, col, params.get("col_levels"))
-    present = rows.notna() & cols.notna()
-    if not present.all():
-        data.log.note("patients with a missing value in either column are left out")
-    rows, cols = rows[present], cols[present]
+    # 0 or >= k patients with a missing value may be left out, and the rest must not difference
+    # an earlier release: else the table against a one-way table of the same cohort shows the
+    # left-out patients' values in the other column
+    missing = (rows.isna() | cols.isna()).to_numpy()
+    first = row if rows.isna().any() else col
+    complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
+    rows, cols = rows[complete], cols[complete]
     row_levels = [data.site] if row == SITE_COLUMN else list(params["row_levels"])
     col_levels = [data.site] if col == SITE_COLUMN else list(params["col_levels"])
     if (rows == OTHER).any():
@@ -66,6 +69,8 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
                 else ""
             ),
         )
+    if not complete.all():
+        data.remember_released(complete)
     return {
         "row_levels": row_levels,
         "col_levels": col_levels,

@@ -205,6 +205,29 @@ def test_a_cohort_checked_before_is_checked_again_once_the_site_remembers_more()
     assert "50.2" not in str(info.value)
 
 
+@pytest.mark.parametrize("n_missing", [2, 6])
+def test_crosstab_does_not_show_the_values_of_a_few_patients_missing_the_other_column(n_missing):
+    # Attack: crosstab(risk, sex) against crosstab(risk, site) on the same cohort: per level of
+    # risk, the difference counts the patients whose sex is missing. With 1..k-1 of them that
+    # tells their risk group; the site refuses. With >= k it answers (and remembers the rows).
+    tables = {}
+    for i, site in enumerate(["a", "b"]):
+        df = rare_cohort(40 + i, 200)
+        df["sex"] = np.random.default_rng(i).choice(["f", "m"], len(df)).astype(object)
+        tables[site] = {"c": df}
+    tables["a"]["c"].loc[: n_missing - 1, "sex"] = None
+    with fh.Federation.local(tables) as f:
+        f.crosstab("c", "risk", "site")
+        res = f.crosstab("c", "risk", "sex")
+    outcome = res.privacy.outcome("a")
+    if n_missing < K:
+        assert outcome.status == "refused" and outcome.rules == ("min_subset_size",)
+        assert res.by_site.get("a") is None or res.by_site["a"].isna().all().all()
+    else:
+        assert outcome.status in ("released", "suppressed")  # small cells may be suppressed
+    assert res.privacy.outcome("b").released
+
+
 def test_rare_category_names_never_leave_a_site(releases):
     df = rare_cohort(5, 200)
     df.loc[0, "risk"] = "patient-7731"  # a free-text slip that identifies one person
