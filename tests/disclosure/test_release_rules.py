@@ -163,13 +163,19 @@ def test_some_sites_refuse_and_the_result_says_which(fed):
     assert report.outcome("big").released
 
 
-def test_differencing_attack_is_refused():
+def three_patients_near_50() -> dict[str, dict[str, pd.DataFrame]]:
+    """Two sites, each with exactly three patients aged in [50, 50.4)."""
     tables = {}
     for i, site in enumerate(["a", "b"]):
         df = rare_cohort(20 + i, 150)
         df["age"] = np.where(df["age"].between(50, 50.4), 49.0, df["age"])
-        df.loc[:2, "age"] = 50.2  # exactly three patients in [50, 50.4) at each site
+        df.loc[:2, "age"] = 50.2
         tables[site] = {"c": df}
+    return tables
+
+
+def test_differencing_attack_is_refused():
+    tables = three_patients_near_50()
     with fh.Federation.local(tables) as f:
         f.describe("c", columns=["age"], where="age >= 50")
         # the same cohort again is fine (no difference)
@@ -188,12 +194,7 @@ def test_a_cohort_checked_before_is_checked_again_once_the_site_remembers_more()
     # The rounds of a query reuse the site's checked cohort while its guard has remembered
     # nothing new. A release in between of a row set three patients away (as another analysis'
     # kept rows would be) must make the same filter be checked again, and refused.
-    tables = {}
-    for i, site in enumerate(["a", "b"]):
-        df = rare_cohort(20 + i, 150)
-        df["age"] = np.where(df["age"].between(50, 50.4), 49.0, df["age"])
-        df.loc[:2, "age"] = 50.2  # exactly three patients in [50, 50.4) at each site
-        tables[site] = {"c": df}
+    tables = three_patients_near_50()
     with fh.Federation.local(tables) as f:
         f.describe("c", columns=["age"], where="age >= 50")
         f.describe("c", columns=["time"], where="age >= 50")  # the same cohort: answered
