@@ -69,9 +69,15 @@ def test_lloyd_equals_sklearn_with_given_start_centres(name, seed):
     init = start_centres(x, k, seed)
     with federation(df) as fed:
         res = fed.kmeans("d", list(df.columns), k, init=init, standardize=False)
+        log = fed.audit_log("site_a")
+        steps = log.loc[log["analysis"].str.startswith("kmeans"), "analysis"].tolist()
     km = KMeans(k, init=init, n_init=1, algorithm="lloyd", max_iter=300, tol=1e-4).fit(x)
     assert res.converged
     assert_same_as_sklearn(res, km, float(np.abs(x).max()))
+    # no statistics round: the first Lloyd round brought the moments (pooled mean, and tol)
+    assert steps == ["kmeans_step"] * res.n_iter + ["kmeans_assign"]
+    scale = float(np.abs(x).max())
+    np.testing.assert_allclose(res.mean.to_numpy(), x.mean(axis=0), rtol=0, atol=1e-12 * scale)
     assert list(res.cluster_centers.columns) == list(df.columns)
     assert res.privacy.released_sites == ["site_a", "site_b", "site_c"]
 

@@ -95,7 +95,7 @@ class SiteData:
                 rule="schema",
             )
         if values is not None:
-            values = pd.Series(np.asarray(values, dtype=object), index=self.cohort.index)
+            values = pd.Series(values, index=self.cohort.index, dtype=object)  # no inference
         self.derived[column] = DerivedColumn(values, dtype, source)
 
     def rows_mask(self, selected: np.ndarray) -> np.ndarray:

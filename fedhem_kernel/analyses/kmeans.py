@@ -7,7 +7,10 @@ Protocol (one message per site per round; every reply is checked at the site):
    population SD used by ``standardize=True`` (as scikit-learn's ``StandardScaler``) and the mean
    feature variance that scales ``tol`` (scikit-learn's ``_tolerance``). Later rounds work in
    centred units ``(x - mean) / scale`` (scale 1 without standardising), as scikit-learn centres
-   ``X`` before Lloyd; centres are reported in original units.
+   ``X`` before Lloyd; centres are reported in original units. With an ``init`` array and
+   ``standardize=False`` nothing is needed before the first Lloyd round: there is no statistics
+   round, the first ``kmeans_step`` brings the same moments (``moments=True``; for ``tol`` and the
+   reported mean), and the rounds work in units centred on the given centres' mean.
 2. Start centres: an ``init`` array (k x features, original units) or ``"k-means++"`` (below).
 3. ``kmeans_step`` for the current centres: per cluster the count, the sum of its members and their
    inertia. The coordinator divides pooled sums by pooled counts and stops when the squared centre
@@ -536,20 +539,32 @@ def _release(
     return out
 
 
-def site_kmeans_stats(data: SiteData, params: Payload) -> Payload:
-    fm, _ = _matrix(data, params)
+def _moments(fm: FeatureMatrix) -> Payload:
     if "moments" not in fm.extras:
         fm.extras["moments"] = moments(fm.x)
     return dict(fm.extras["moments"])
 
 
+def site_kmeans_stats(data: SiteData, params: Payload) -> Payload:
+    fm, _ = _matrix(data, params)
+    return _moments(fm)
+
+
 def site_kmeans_step(data: SiteData, params: Payload) -> Payload:
-    """One Lloyd round: per cluster of the given centres, count, sums and inertia (checked)."""
+    """One Lloyd round: per cluster of the given centres, count, sums and inertia (checked);
+    with ``moments=True`` also what ``kmeans_stats`` releases (the first round of a run that
+    needs no statistics before it)."""
     fm, xa, n_clusters, atoms = _working(data, params)
     centers = check_matrix(params, "centers", xa.shape[1] - 1, n_clusters, n_clusters)
+    with_moments = params.get("moments", False)
+    if not isinstance(with_moments, bool):
+        raise ParameterError("'moments' must be true or false")
     labels, counts, sums, inertia = _clusters(fm, xa, atoms, centers, exact=False)
     status = gate_clusters(data, fm, labels, counts, atoms)
-    return _release(status, counts, sums, inertia)
+    out = _release(status, counts, sums, inertia)
+    if with_moments:
+        out["moments"] = _moments(fm)
+    return out
 
 
 def site_kmeans_assign(data: SiteData, params: Payload) -> Payload:
@@ -561,11 +576,13 @@ def site_kmeans_assign(data: SiteData, params: Payload) -> Payload:
     status = gate_clusters(data, fm, labels, counts, atoms)
     if atoms is not None:
         labels = labels[atoms.index]  # each row's cluster
-    names = np.array([str(j + 1) for j in range(n_clusters)], dtype=object)
     released = np.array([s == RELEASED for s in status])
-    values = np.full(len(fm.complete), None, dtype=object)
-    values[np.flatnonzero(fm.complete)] = np.where(released[labels], names[labels], None)
-    data.derive(COLUMN, values, "category", source)
+    # names "1".."k", None for a cluster the site withheld: one lookup per row
+    names = [str(j + 1) if released[j] else None for j in range(n_clusters)]
+    names = np.array([*names, None], dtype=object)
+    code = np.full(len(fm.complete), n_clusters)
+    code[fm.complete] = labels
+    data.derive(COLUMN, names[code], "category", source)
     if not released[labels].all():
         data.log.note(f"patients in clusters this site withheld have no '{COLUMN}' value")
     return _release(status, counts, None, inertia)
@@ -967,14 +984,19 @@ def run_kmeans(
     _check_number(tol, "tol", 0, integer=False)
     p = len(feats)
     source = f"kmeans {uuid.uuid4().hex[:12]}"
-    stats = q.ask("kmeans_stats", {"features": feats, "k": k})
-    _, mean, var = _pooled_stats(stats)
-    if standardize:
-        scale = standard_scale(feats, var, q.dataset)
+    # Given centres and no standardising: nothing is needed before the first Lloyd round, which
+    # brings the statistics (one round fewer) and works in units centred on the given centres'
+    # mean; otherwise a statistics round first, and units centred on the pooled mean.
+    early = isinstance(start, str) or standardize
+    if early:
+        stats = q.ask("kmeans_stats", {"features": feats, "k": k})
+        _, mean, var = _pooled_stats(stats)
+        scale = standard_scale(feats, var, q.dataset) if standardize else np.ones(p)
+        shift = mean  # centred units, as scikit-learn's KMeans centres X
+        tol_w = float(np.mean(var / scale**2)) * tol
     else:
         scale = np.ones(p)
-    shift = mean  # centred units, as scikit-learn's KMeans centres X
-    tol_w = float(np.mean(var / scale**2)) * tol
+        shift = np.asarray(start, dtype=float).mean(axis=0)
     base = {
         "features": feats,
         "k": k,
@@ -992,7 +1014,13 @@ def run_kmeans(
     n_iter = 0
     empty_rounds: set[int] = set()
     for i in range(max_iter):
-        payloads = q.ask("kmeans_step", {**base, "centers": centers})
+        params = {**base, "centers": centers}
+        if i == 0 and not early:
+            params["moments"] = True
+        payloads = q.ask("kmeans_step", params)
+        if i == 0 and not early:
+            _, mean, var = _pooled_stats({s: pl["moments"] for s, pl in payloads.items()})
+            tol_w = float(np.mean(var)) * tol
         counts, sums, inertia = contrib.add(payloads)
         new = centers.copy()
         filled = counts > 0
@@ -1011,6 +1039,7 @@ def run_kmeans(
         final,
         centers,
         shift,
+        mean,
         scale,
         feats,
         n_iter,
@@ -1029,6 +1058,7 @@ def _result(
     final: dict[str, Payload],
     centers: np.ndarray,
     shift: np.ndarray,
+    mean: np.ndarray,
     scale: np.ndarray,
     feats: list[str],
     n_iter: int,
@@ -1097,7 +1127,7 @@ def _result(
         dataset=q.dataset,
         features=tuple(feats),
         standardize=standardize,
-        mean=pd.Series(shift, index=feats, name="mean"),
+        mean=pd.Series(mean, index=feats, name="mean"),
         scale=pd.Series(scale, index=feats, name="scale"),
         init=init,
         seed=seed,

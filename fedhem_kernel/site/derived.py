@@ -50,7 +50,7 @@ def add_derived(ds: Dataset, columns: Mapping[str, DerivedColumn]) -> Dataset:
             specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
     frame = ds.frame.copy(deep=False)  # shares the other columns' arrays: ds.frame stays as it was
     for name in drop:
-        if name in frame.columns:
+        if name in frame.columns and name not in new:  # one being replaced is set below
             del frame[name]
     if len(new) > 10:  # all at once: a radiomics run adds a hundred columns
         frame = pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from fedhem_kernel.errors import SchemaError
+
 DType = Literal["float", "int", "bool", "category", "image", "mask"]
 DTYPES: tuple[str, ...] = ("float", "int", "bool", "category", "image", "mask")
 #: Columns holding file paths (an image, or its segmentation mask) relative to the site's data root:
@@ -43,8 +45,6 @@ class DatasetSchema:
         return name in self.columns
 
     def column(self, name: str) -> ColumnSpec:
-        from fedhem_kernel.errors import SchemaError
-
         try:
             return self.columns[name]
         except KeyError:
