@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 
 import fedhem_kernel as fh
 from fedhem_kernel.engine.client_app import make_client_app
@@ -139,3 +139,53 @@ def test_a_steps_first_round_follows_its_first_round_in_the_previous_query(monke
     assert round_on_caller("q3")  # decided by q2's fast first round; slower than REPROBE_SECONDS
     assert not round_on_caller("q4")  # so q4's first round tries the pool again
     grid.close()
+
+
+def _records_of_every_kind() -> RecordDict:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+    config = {
+        "int": 3,
+        "negative": -(2**62),
+        "big": 2**63 + 5,  # uint64 in Flower's wire form
+        "float": 0.25,
+        "bool": True,
+        "str": "a b",
+        "bytes": b"\x00\x01",
+        "ints": [1, 2],
+        "strs": ["x", "y"],
+        "floats": [0.5],
+    }
+    return RecordDict(
+        {
+            "meta": ConfigRecord(config),
+            "metrics": MetricRecord({"m": 1.5, "n": [1, 2]}),
+            "arrays": ArrayRecord({"a": Array(np.arange(4.0))}),
+        }
+    )
+
+
+def test_the_wire_form_and_its_parse_are_flowers_own():
+    """to_proto writes config records itself and from_proto fills them without re-checking types:
+    the bytes equal Flower's message_to_proto and the parsed message equals message_from_proto."""
+    from flwr.common.serde import message_from_proto, message_to_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+
+    from fedhem_kernel.engine.local_grid import from_proto, to_proto
+
+    ensure_task_identity()
+    msg = Message(_records_of_every_kind(), dst_node_id=1, message_type="query.x")
+    wire = to_proto(msg).SerializeToString()
+    assert wire == message_to_proto(msg).SerializeToString()
+    ours, theirs = (f(ProtoMessage.FromString(wire)) for f in (from_proto, message_from_proto))
+    assert ours.content == theirs.content == msg.content
+    assert ours.metadata == theirs.metadata
+    for name, record in ours.content.items():
+        assert type(record) is type(msg.content[name])
+    ours.content["meta"]["later"] = 1  # still Flower's record: later values are checked
+    with pytest.raises(TypeError):
+        ours.content["meta"]["bad"] = object()
+    error = Message(Error(code=3, reason="r"), reply_to=msg)
+    wire = to_proto(error).SerializeToString()
+    assert wire == message_to_proto(error).SerializeToString()
+    assert from_proto(ProtoMessage.FromString(wire)).error == error.error

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 import fedhem_kernel as fh
 from fedhem_kernel.analyses.feature_matrix import _singles_out
-from fedhem_kernel.analyses.kmeans import KMeansResult, micro_clusters
+from fedhem_kernel.analyses.kmeans import Atoms, KMeansResult, _clusters, micro_clusters
 from fedhem_kernel.engine import codec
 from fedhem_kernel.engine.local_grid import ensure_task_identity, wire_copy
 
@@ -159,6 +159,26 @@ def test_kmeans_plus_plus_under_the_default_policy_finds_the_same_clusters(name)
     assert res.inertia * (1 - 1e-9) <= history[-1] <= res.inertia * (1 + 1e-3)
     assert res.n_observations == len(x)  # every cluster released at every site
     pd.testing.assert_frame_equal(res.cluster_centers, again.cluster_centers)
+
+
+def test_tied_centres_take_each_micro_cluster_once_to_the_first_of_them():
+    """Two equal centres tie for the micro-clusters nearest them: the first takes them all
+    (argmin's rule), the second none, and no micro-cluster is counted twice."""
+    x = pooled(public_table("wine"))
+    index = micro_clusters(x, 5)
+    n = np.bincount(index)
+    sums = np.zeros((len(n), x.shape[1]))
+    np.add.at(sums, index, x)
+    atoms = Atoms(index, n, sums, sums / n[:, None], np.zeros(len(n)))
+    centers = start_centres(x, 3, 0)
+    centers = np.vstack([centers, centers[1]])  # centre 4 equals centre 2
+    labels, counts, got, _ = _clusters(
+        None, np.zeros((len(x), x.shape[1] + 1)), atoms, centers, False
+    )
+    expected = ((atoms.means[:, None, :] - centers[None]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(labels, expected)
+    assert counts[1] > 0 and counts[3] == 0 and counts.sum() == len(x)
+    np.testing.assert_allclose(got, [sums[labels == j].sum(axis=0) for j in range(4)], rtol=1e-12)
 
 
 def test_different_seeds_start_differently():

@@ -249,11 +249,14 @@ class Atoms:
     means: np.ndarray  # (A, p)
     within: np.ndarray  # (A,) sum of squared distances of its rows to its mean
     part: Partition | None = None  # the site's guard memory of released unions of micro-clusters
-    means_ones: np.ndarray = field(init=False)  # (A, p + 1): means and a column of ones
+    means_ones_t: np.ndarray = field(init=False)  # (p + 1, A): means and a row of ones, by column
     stats: np.ndarray = field(init=False)  # (A, p + 2): sums, size, sum of ||x||² over its rows
+    n_rows: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.means_ones = np.column_stack([self.means, np.ones(len(self.n))])
+        ones = np.ones(len(self.n))
+        self.means_ones_t = np.ascontiguousarray(np.column_stack([self.means, ones]).T)
+        self.n_rows = int(self.n.sum())
         norms = np.einsum("ij,ij->i", self.means, self.means)
         self.stats = np.column_stack([self.sums, self.n, self.within + self.n * norms])
 
@@ -395,12 +398,21 @@ def _clusters(
         cc = np.einsum("ij,ij->i", centers, centers)
         inertia = state.norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
         return labels, counts, sums, np.maximum(inertia, 0.0)
-    # micro-clusters (a few thousand): whole-array operations, no blocks
+    # micro-clusters (a few thousand): whole-array operations, no blocks; a (centre x micro-
+    # cluster) block as in kmeans_bounds._blocks, so that the minimum runs along micro-clusters
     cc = np.einsum("ij,ij->i", centers, centers)
-    lab = (atoms.means_ones @ np.vstack([-2.0 * centers.T, cc])).argmin(axis=1)
-    member = (lab == np.arange(k)[:, None]).astype(float)  # (k, A)
+    d = np.column_stack([-2.0 * centers, cc]) @ atoms.means_ones_t  # (k, A)
+    at_best = d == d.min(axis=0)
+    member = at_best.astype(float)  # (k, A): one 1 per micro-cluster, unless centres tie
     pooled = member @ atoms.stats  # (k, p + 2): sums, sizes, sum of n ||x||² over the rows
     p = centers.shape[1]
+    if np.rint(pooled[:, p].sum()) != atoms.n_rows:  # a tie: the first of the tied centres
+        lab = d.argmin(axis=0)
+        member = (lab == np.arange(k)[:, None]).astype(float)
+        pooled = member @ atoms.stats
+    else:
+        lab = np.einsum("i,ij->j", np.arange(k, dtype=np.uint16), at_best.view(np.uint8))
+        lab = lab.astype(np.intp)
     sums, counts = pooled[:, :p], np.rint(pooled[:, p]).astype(np.int64)
     if exact:
         d2 = squared_distances(atoms.means, centers, lab)

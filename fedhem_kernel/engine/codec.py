@@ -53,7 +53,7 @@ def _pack(obj: Any, arrays: list[np.ndarray]) -> Any:
 
 def _unpack(obj: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(obj, dict):
-        if set(obj) == {_ARRAY_TAG}:
+        if _ARRAY_TAG in obj and len(obj) == 1:
             index = obj[_ARRAY_TAG]
             if not isinstance(index, int) or not 0 <= index < len(arrays):
                 raise ValueError("record references an array it does not carry")
@@ -84,10 +84,19 @@ def _fields_descr(descr: Any) -> Any:
     return out
 
 
+_DTYPES: dict[str, np.dtype] = {}  # a plain descr ("<f8") and its dtype, once checked
+
+
 def _dtype(descr: Any) -> np.dtype:
+    if isinstance(descr, str):
+        known = _DTYPES.get(descr)
+        if known is not None:
+            return known
     dtype = npy_format.descr_to_dtype(_fields_descr(descr))
     if dtype.hasobject:
         raise ValueError("arrays of Python objects cannot be received")
+    if isinstance(descr, str) and len(_DTYPES) < 64:
+        _DTYPES[descr] = dtype
     return dtype
 
 
@@ -134,21 +143,34 @@ def _unblob(data: bytes, start: int, layout: Any) -> list[np.ndarray]:
 INLINE_BYTES = 2**20
 
 
+def checked_config_record(values: dict[str, Any]) -> ConfigRecord:
+    """A ``ConfigRecord`` holding ``values``, which are already of its types (built here from
+    ints, strings and bytes, or just parsed from protobuf, whose typed fields guarantee them).
+
+    ``ConfigRecord(values)`` would check each value's type again; that check (``typing.get_args``
+    per value) costs more than the rest of a small round's record handling. The record is Flower's
+    own class with the same content. ``tests/test_engine.py`` fails if Flower stores it otherwise.
+    """
+    record = ConfigRecord()
+    record.__dict__["_data"].update(values)
+    return record
+
+
 def to_records(kind: str, doc: dict[str, Any]) -> RecordDict:
     arrays: list[np.ndarray] = []
     packed = _pack(doc, arrays)
     if not arrays:
         meta = {"protocol": PROTOCOL, "doc": json.dumps({"kind": kind, "doc": packed})}
-        return RecordDict({"meta": ConfigRecord(meta)})
+        return RecordDict({"meta": checked_config_record(meta)})
     inline = sum(a.nbytes for a in arrays) + 8 * len(arrays) <= INLINE_BYTES
     data, layout = _blob(arrays, head=not inline)
     text = json.dumps({"kind": kind, "doc": packed, "layout": layout})
     meta: dict[str, Any] = {"protocol": PROTOCOL, "doc": text}  # few entries: cheap records
     if inline:
         meta["blob"] = data
-        return RecordDict({"meta": ConfigRecord(meta)})
+        return RecordDict({"meta": checked_config_record(meta)})
     blob = Array(dtype="uint8", shape=(len(data),), stype=SType.NUMPY, data=data)
-    return RecordDict({"meta": ConfigRecord(meta), "arrays": ArrayRecord({"blob": blob})})
+    return RecordDict({"meta": checked_config_record(meta), "arrays": ArrayRecord({"blob": blob})})
 
 
 def from_records(kind: str, content: RecordDict) -> dict[str, Any]:

@@ -23,18 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 from flwr.clientapp import ClientApp
 from flwr.common.serde import (
+    array_record_from_proto,
     config_record_to_proto,
+    error_from_proto,
     error_to_proto,
-    message_from_proto,
+    metadata_from_proto,
     metadata_to_proto,
+    metric_record_from_proto,
     metric_record_to_proto,
 )
+from flwr.common.serde_utils import record_value_dict_from_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedhem_kernel.engine.codec import checked_config_record
 
 COORDINATOR_NODE_ID = 0
 
@@ -193,7 +200,7 @@ def to_proto(message: Message) -> ProtoMessage:
                     value.stype = array.stype
                     value.data = array.data
             elif isinstance(record, ConfigRecord):
-                item.config_record.CopyFrom(config_record_to_proto(record))
+                _config_record_into(item.config_record, record)
             elif isinstance(record, MetricRecord):
                 item.metric_record.CopyFrom(metric_record_to_proto(record))
             else:
@@ -203,9 +210,52 @@ def to_proto(message: Message) -> ProtoMessage:
     return proto
 
 
+#: Scalar ``ConfigRecord`` values and their protobuf fields (as Flower's serde writes them).
+_SCALAR_FIELDS = {bool: "bool", float: "double", str: "string", bytes: "bytes"}
+
+
+def _config_record_into(proto: Any, record: ConfigRecord) -> None:
+    """Write ``record`` into its (empty) protobuf in place: the same fields and order as Flower's
+    ``config_record_to_proto`` for scalars (what FedHem's records hold); anything else through it."""
+    fields = []
+    for key, value in record.items():
+        kind = _SCALAR_FIELDS.get(type(value))
+        if kind is None and type(value) is int and -(2**63) <= value < 2**63:
+            kind = "sint64"
+        if kind is None:
+            proto.CopyFrom(config_record_to_proto(record))
+            return
+        fields.append((key, kind, value))
+    items = proto.items
+    for key, kind, value in fields:
+        setattr(items.add(key=key).value, kind, value)
+
+
+def from_proto(proto: ProtoMessage) -> Message:
+    """The ``Message`` of a parsed protobuf, as Flower's ``message_from_proto`` builds it,
+    except that config records are filled with the parsed values without checking each value's
+    type again (:func:`~fedhem_kernel.engine.codec.checked_config_record`)."""
+    content = None
+    if proto.HasField("content"):
+        content = RecordDict()
+        for item in proto.content.items:
+            kind = item.WhichOneof("value")
+            if kind == "config_record":
+                entries = {e.key: e.value for e in item.config_record.items}
+                content[item.key] = checked_config_record(record_value_dict_from_proto(entries))
+            elif kind == "array_record":
+                content[item.key] = array_record_from_proto(item.array_record)
+            elif kind == "metric_record":
+                content[item.key] = metric_record_from_proto(item.metric_record)
+            else:
+                raise ValueError(f"Unsupported record type: {kind}")
+    error = error_from_proto(proto.error) if proto.HasField("error") else None
+    return make_message(metadata_from_proto(proto.metadata), content, error)
+
+
 def wire_copy(message: Message) -> Message:
     """The message as the other side would parse it off the wire."""
-    return message_from_proto(ProtoMessage.FromString(to_wire(message)))
+    return from_proto(ProtoMessage.FromString(to_wire(message)))
 
 
 def _set_message_id(message: Message, message_id: str) -> None:
@@ -266,7 +316,7 @@ class LocalGrid(Grid):
         app, context = self._nodes[node_id]
         proto = ProtoMessage.FromString(wire)
         del wire  # a large request is held once at a time: bytes, then protobuf, then Message
-        msg = message_from_proto(proto)
+        msg = from_proto(proto)
         del proto
         try:
             reply = app(msg, context)
@@ -360,7 +410,7 @@ class LocalGrid(Grid):
             future = self._pending.get(message_id)
             if future is not None and future.done():
                 del self._pending[message_id]
-                out.append(message_from_proto(ProtoMessage.FromString(future.result())))
+                out.append(from_proto(ProtoMessage.FromString(future.result())))
         return out
 
     def send_and_receive(
@@ -383,7 +433,7 @@ class LocalGrid(Grid):
                 size += len(future.result())
                 proto = ProtoMessage.FromString(future.result())
                 del future  # the reply's bytes are freed once parsed, not when every site is in
-                message = message_from_proto(proto)
+                message = from_proto(proto)
                 del proto
                 yield message
                 del message
