@@ -12,8 +12,9 @@ path is the real one (Flower messages to five ClientApps, site steps, checks, au
 For each: the first query (the sites build their feature matrices and, under the default policy,
 their micro-clusters) and the best of ``--repeat`` repeated queries (the sites keep both), each
 against the best of ``--repeat`` scikit-learn fits timed in the same loop (min / median / max shown:
-the machine may be shared). Rounds: Lloyd iterations; a federated query also sends a statistics
-round and a final labelling round. Then PCA on the same rows.
+the machine may be shared). Rounds: Lloyd iterations; a federated query also sends a final
+labelling round (with given centres and ``standardize=False`` the first Lloyd round brings the
+statistics). Then PCA on the same rows.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import fedhem_kernel as fh
 
 N_FEATURES = 10
 N_CLUSTERS = 8
-EXTRA_ROUNDS = 2  # statistics, final labels
+EXTRA_ROUNDS = 1  # final labels (given centres, standardize=False: no statistics round)
 
 
 def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
