@@ -114,7 +114,18 @@ def check_matrix(params: Payload, key: str, p: int, max_rows: int, min_rows: int
 
 
 def _cohort_key(data: SiteData, features: Sequence[str]) -> tuple:
-    """The features and the cohort's rows (a digest of its whole-dataset mask)."""
+    """The features and the cohort's rows (a digest of its whole-dataset mask); the same as last
+    time for the same cohort frame, schema and features (the rounds of one query)."""
+    memo = data.scratch.get("cohort_key")
+    wanted = tuple(features)
+    if memo is not None and memo[0] is data.cohort and memo[1] is data.schema and memo[2] == wanted:
+        return memo[3]
+    key = _new_cohort_key(data, features)
+    data.scratch["cohort_key"] = (data.cohort, data.schema, wanted, key)
+    return key
+
+
+def _new_cohort_key(data: SiteData, features: Sequence[str]) -> tuple:
     rows = data.cohort.index.to_numpy()
     if data.n_rows is not None and len(rows) == data.n_rows:
         digest = "all"  # positions are distinct, so n_rows of them are every row

@@ -73,6 +73,9 @@ class SiteExecutor:
         self._scratch: dict[str, dict[str, Any]] = {}  # per dataset, kept between query rounds
         self._cohorts: dict[str, tuple[Dataset, bytes, pd.DataFrame, np.ndarray]] = {}
         self._masks: dict[str, tuple[Dataset, str | None, int, np.ndarray]] = {}
+        #: per dataset: the (guard, mask) last remembered, so a round on the same checked mask
+        #: does not hash it again (the guard never forgets a set)
+        self._remembered: dict[str, tuple[DifferencingGuard, np.ndarray]] = {}
 
     @classmethod
     def from_config(cls, config: SiteConfig) -> SiteExecutor:
@@ -196,7 +199,10 @@ class SiteExecutor:
         )
         payload = step.run(data, dict(request.params))
         if self.policy.differencing_guard:
-            self.guard.remember(ds.name, mask)
+            last = self._remembered.get(ds.name)
+            if last is None or last[0] is not self.guard or last[1] is not mask:
+                self.guard.remember(ds.name, mask)
+                self._remembered[ds.name] = (self.guard, mask)
         if data.derived:  # columns the step leaves at the site (site/derived.py)
             self.datasets[ds.name] = add_derived(ds, data.derived)
         return payload
