@@ -198,6 +198,25 @@ def test_a_filter_down_to_a_few_patients_is_refused(tables, releases):
         assert_no_value_leaks(fed, releases, str(info.value))
 
 
+def test_the_first_round_that_brings_the_moments_is_refused_on_a_few_patients(tables, releases):
+    """With given centres and standardize=False the first Lloyd round carries the moments that
+    the statistics round would: a filter down to three patients gets neither."""
+    for i, df in enumerate(tables.values()):
+        df.loc[:2, "age"] = 120.0 + i
+    init = np.array([[60.0, 40.0], [65.0, 90.0]])
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.kmeans("c", FEATURES, 2, init=init, standardize=False, where="age > 110")
+        assert "min_subset_size" in info.value.rule
+        assert not list(kmeans_payloads(releases, "moments"))
+        res = fed.kmeans("c", FEATURES, 2, init=init, standardize=False)
+        sent = [p["moments"] for _, p in kmeans_payloads(releases, "moments")]
+        assert len(sent) == len(SIZES)  # the first round only, one per site
+        assert sorted(int(m["n"]) for m in sent) == sorted(len(df) for df in tables.values())
+        assert res.n_observations == sum(len(df) for df in tables.values())
+        assert_no_value_leaks(fed, releases, str(info.value))
+
+
 def test_kmeans_plus_plus_candidates_are_never_one_patients_row(tables, releases):
     with federation(tables) as fed:
         res = fed.kmeans("c", FEATURES, 4, seed=7)
