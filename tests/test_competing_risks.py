@@ -31,6 +31,7 @@ from conftest import split_rows
 from scipy import stats
 from sksurv.datasets import load_bmt, load_cgvhd, load_flchain
 from sksurv.nonparametric import cumulative_incidence_competing_risks
+from test_widgets import widget_page
 
 import fedhem_kernel as fh
 from fedhem_kernel.analyses.cumulative_incidence import (
@@ -607,62 +608,30 @@ def test_widget_state_holds_only_pooled_released_counts(releases):
 
 
 def test_widget_renders_in_a_browser(demo, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    from fedhem_kernel.display.widgets import ESM, STATIC
-
     res = demo.cumulative_incidence(
         "aml", "efs_months", "efs_cause", group="eln_risk", cause_names={1: "relapse", 2: "death"}
     )
     w = res.widget()
     state = {k: v for k, v in w.get_state().items() if not k.startswith("_") or k == "_kind"}
-    mount = """
-    async ([src, css, state]) => {
-      const style = document.createElement("style"); style.textContent = css;
-      document.head.append(style);
-      const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
-      const widget = (await import(url)).default;
-      const handlers = {};
-      const model = {
-        get: (k) => state[k], set: (k, v) => { state[k] = v; },
-        on: (evs, f) => evs.split(" ").forEach((e) => (handlers[e] ||= []).push(f)),
-        off: () => {}, save_changes: () => {},
-        fire: (k) => (handlers["change:" + k] || []).forEach((f) => f()),
-      };
-      const el = document.createElement("div"); el.id = "cif"; document.body.append(el);
-      widget.render({ model, el });
-    }
-    """
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_content("<html><body></body></html>")
-            css = (STATIC / "fedhem_widgets.css").read_text()
-            page.evaluate(mount, [ESM.read_text(), css, state])
-            root = page.locator("#cif.fedhem-cif")
-            assert root.locator(".fedhem-cif-panel").count() == 3
-            assert root.locator("path.fedhem-cif-area").count() == 3 * 2
-            risk = [int(x) for x in root.locator("text.fedhem-km-risk").all_text_contents()]
-            assert risk and all(r == 0 or r >= K for r in risk)
-            legend = root.locator(".fedhem-cif-legend").inner_text()
-            assert "relapse" in legend and "event of interest" in legend and "Gray's test" in legend
-            assert root.locator(".fedhem-privacy tbody tr").count() == len(res.privacy.outcomes)
-            box = root.locator("rect.fedhem-km-overlay").first.bounding_box()
-            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2)
-            tip = root.locator(".fedhem-km-tooltip").first
-            assert tip.is_visible() and "relapse:" in tip.inner_text()
-            assert "at risk" in tip.inner_text()
-            page.screenshot(path=str(tmp_path / "cif_stacked.png"), full_page=True)
-            # switch to curves with their 95 % bands
-            root.locator("button.fedhem-cif-mode-curves").click()
-            assert root.locator("path.fedhem-cif-area").count() == 0
-            assert root.locator("path.fedhem-km-band").count() == 3 * 2
-            assert root.locator("path.fedhem-km-curve").count() == 3 * 2
-            page.screenshot(path=str(tmp_path / "cif_curves.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+    with widget_page({"cif": state}) as (page, errors):
+        root = page.locator("#cif.fedhem-cif")
+        assert root.locator(".fedhem-cif-panel").count() == 3
+        assert root.locator("path.fedhem-cif-area").count() == 3 * 2
+        risk = [int(x) for x in root.locator("text.fedhem-km-risk").all_text_contents()]
+        assert risk and all(r == 0 or r >= K for r in risk)
+        legend = root.locator(".fedhem-cif-legend").inner_text()
+        assert "relapse" in legend and "event of interest" in legend and "Gray's test" in legend
+        assert root.locator(".fedhem-privacy tbody tr").count() == len(res.privacy.outcomes)
+        box = root.locator("rect.fedhem-km-overlay").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] / 2)
+        tip = root.locator(".fedhem-km-tooltip").first
+        assert tip.is_visible() and "relapse:" in tip.inner_text()
+        assert "at risk" in tip.inner_text()
+        page.screenshot(path=str(tmp_path / "cif_stacked.png"), full_page=True)
+        # switch to curves with their 95 % bands
+        root.locator("button.fedhem-cif-mode-curves").click()
+        assert root.locator("path.fedhem-cif-area").count() == 0
+        assert root.locator("path.fedhem-km-band").count() == 3 * 2
+        assert root.locator("path.fedhem-km-curve").count() == 3 * 2
+        page.screenshot(path=str(tmp_path / "cif_curves.png"), full_page=True)
+        assert errors == []
