@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedhem_kernel.errors import DisclosureError, FedHemError
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.report import PrivacyReport
 
 #: Outcomes shown in the sidebar, worst last.
 OUTCOMES = ("released", "suppressed", "refused", "error")

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-from flwr.app import Context, RecordDict
 
 from fedhem_kernel.activity import ActivityLog, default_user
 from fedhem_kernel.analyses.combat import CombatResult, run_combat
@@ -29,34 +28,14 @@ from fedhem_kernel.analyses.kmeans import KMeansResult, run_kmeans
 from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
 from fedhem_kernel.analyses.pca import PCAResult, run_pca
 from fedhem_kernel.analyses.radiomics import RadiomicsResult, run_radiomics
-from fedhem_kernel.engine.client_app import make_client_app
 from fedhem_kernel.engine.coordinator import Coordinator, Query
-from fedhem_kernel.engine.local_grid import LocalGrid
+from fedhem_kernel.engine.local_grid import InProcess, LocalGrid
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
-from fedhem_kernel.site.executor import CATALOG_STEP, SiteExecutor, SiteRequest
-from fedhem_kernel.site.filters import parse_where
+from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteRequest
+from fedhem_kernel.protocol.where import parse_where
 
 R = TypeVar("R")
-
-
-def _embedded_grid(executors: Sequence[SiteExecutor]) -> tuple[LocalGrid, dict[int, str]]:
-    by_name = {ex.name: ex for ex in executors}
-    app = make_client_app(lambda context: by_name[str(context.node_config["site-name"])])
-    nodes = {}
-    names = {}
-    for i, ex in enumerate(executors, start=1):
-        context = Context(
-            run_id=1,
-            node_id=i,
-            node_config={"site-name": ex.name},
-            state=RecordDict(),
-            run_config={},
-        )
-        nodes[i] = (app, context)
-        names[i] = ex.name
-    return LocalGrid(nodes), names
 
 
 class Federation:
@@ -72,28 +51,25 @@ class Federation:
         *,
         user: str | None = None,
         name: str = "federation",
-        executors: Sequence[SiteExecutor] = (),
         activity: ActivityLog | None = None,
     ) -> None:
-        self._coordinator = coordinator
+        #: The coordinator: sends site step requests over the grid and reads the replies. Public
+        #: on purpose: in a deployment the researcher runs it, so every site must be safe against
+        #: hand-made requests (``fed.coordinator.send(SiteRequest(...), sites=[...])``).
+        self.coordinator = coordinator
         self.user = user or default_user()
         self.name = name
-        self._executors = {ex.name: ex for ex in executors}
         #: Where finished queries are listed for the sidebar (see :mod:`fedhem_kernel.activity`).
         self.activity = activity if activity is not None else ActivityLog.default()
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def _embedded(
-        cls, executors: Sequence[SiteExecutor], *, name: str, user: str | None
+        cls, address: str, names: Mapping[int, str], *, name: str, user: str | None
     ) -> Federation:
-        if not executors:
-            raise ParameterError("a federation needs at least one site")
-        names = [ex.name for ex in executors]
-        if len(set(names)) != len(names):
-            raise ParameterError("site names must be unique")
-        grid, node_names = _embedded_grid(executors)
-        return cls(Coordinator(grid, node_names), user=user, name=name, executors=executors)
+        """A federation of sites hosted in this process at ``address`` (the grid keeps only it)."""
+        grid = LocalGrid(InProcess(address), list(names))
+        return cls(Coordinator(grid, dict(names)), user=user, name=name)
 
     @classmethod
     def demo(
@@ -105,24 +81,10 @@ class Federation:
         are written once into a cache folder (``FEDHEM_CACHE``, else ``~/.cache/fedhem``) and
         reused; that folder is the site's data root.
         """
-        from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
-        from fedhem_kernel.demo.imaging import (
-            IMAGING_DATASET,
-            imaging_column_types,
-            write_demo_imaging,
-        )
+        from fedhem_kernel import node  # the site side: hosts the sites behind an address
 
-        imaging = write_demo_imaging(seed)
-        configs = []
-        for site in DEMO_SITES:
-            tables = make_site_tables(site, seed=seed)
-            datasets = {
-                ds: DatasetDecl(ds, df, COLUMN_TYPES.get(ds, {})) for ds, df in tables.items()
-            }
-            root, table = imaging[site]
-            datasets[IMAGING_DATASET] = DatasetDecl(IMAGING_DATASET, table, imaging_column_types())
-            configs.append(SiteConfig(site, datasets, policy or Policy(), data_root=root))
-        return cls._embedded([SiteExecutor.from_config(c) for c in configs], name="demo", user=user)
+        address, names = node.start_embedded(node.demo_configs(seed, policy))
+        return cls._embedded(address, names, name="demo", user=user)
 
     @classmethod
     def local(
@@ -141,43 +103,24 @@ class Federation:
         column types per dataset (``{"aml": {"os_months": {"type": "float", "unit": "months"}}}``;
         ``{"mri": {"image": "image", "mask": "mask", "patient_id": {"type": "category", "key":
         True}}}`` for an imaging dataset). ``data_root`` (one folder, or site -> folder) is where the
-        paths of image and mask columns point.
+        paths of image and mask columns point. The federation keeps no reference to the tables.
         """
-        executors = []
-        for site, tables in sites.items():
-            if isinstance(policy, Mapping):
-                site_policy = policy.get(site, Policy())
-            else:
-                site_policy = policy or Policy()
-            decls = {
-                ds: DatasetDecl(ds, src, dict((columns or {}).get(ds, {})))
-                for ds, src in tables.items()
-            }
-            audit = Path(audit_dir) / f"{site}.jsonl" if audit_dir is not None else None
-            root = data_root.get(site) if isinstance(data_root, Mapping) else data_root
-            config = SiteConfig(
-                site, decls, site_policy, audit, data_root=Path(root) if root is not None else None
-            )
-            executors.append(SiteExecutor.from_config(config))
-        return cls._embedded(executors, name="local", user=user)
+        from fedhem_kernel import node
+
+        configs = node.local_configs(
+            sites, policy, columns=columns, audit_dir=audit_dir, data_root=data_root
+        )
+        address, names = node.start_embedded(configs)
+        return cls._embedded(address, names, name="local", user=user)
 
     @classmethod
     def from_config(cls, path: str | Path, *, user: str | None = None) -> Federation:
         """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``)."""
-        path = Path(path)
-        data = read_toml(path, "federation config")
-        sites = data.get("sites")
-        if not isinstance(sites, Mapping) or not sites:
-            raise SchemaError("federation config needs at least one [sites.NAME] table")
-        executors = []
-        for site, table in sites.items():
-            if "config" in table:
-                config = SiteConfig.from_toml(path.parent / table["config"], name=site)
-            else:
-                config = SiteConfig.from_mapping(table, base_dir=path.parent, name=site)
-            executors.append(SiteExecutor.from_config(config))
-        name = str(data.get("federation", {}).get("name", path.stem))
-        return cls._embedded(executors, name=name, user=user)
+        from fedhem_kernel import node
+
+        name, configs = node.federation_configs(path)
+        address, names = node.start_embedded(configs)
+        return cls._embedded(address, names, name=name, user=user)
 
     @classmethod
     def connect(cls, *args: Any, **kwargs: Any) -> Federation:
@@ -190,8 +133,8 @@ class Federation:
     # -- federation info ------------------------------------------------------------------------
     def _catalog_replies(self) -> dict[str, Any]:
         request = SiteRequest(CATALOG_STEP, None, {}, None, self.user)
-        replies = self._coordinator.send(request)
-        return {s: replies[s] for s in self._coordinator.site_names if s in replies}
+        replies = self.coordinator.send(request)
+        return {s: replies[s] for s in self.coordinator.site_names if s in replies}
 
     @property
     def sites(self) -> pd.DataFrame:
@@ -237,13 +180,22 @@ class Federation:
         }
 
     def audit_log(self, site: str | None = None) -> pd.DataFrame:
-        """The audit entries of embedded sites (a deployed site keeps its own)."""
-        chosen = [site] if site is not None else list(self._executors)
+        """What each site's audit log holds of your own requests (the site keeps the whole log).
+
+        Asked of the sites through the engine (the ``audit`` step): one row per request, with the
+        site's outcome, rule and details as it recorded them, never another researcher's entries.
+        """
+        names = self.coordinator.site_names
+        if site is not None and site not in names:
+            raise ParameterError(f"no site '{site}' in this federation")
+        request = SiteRequest(AUDIT_STEP, None, {}, None, self.user)
+        replies = self.coordinator.send(request, None if site is None else [site])
         rows = []
-        for name in chosen:
-            if name not in self._executors:
-                raise ParameterError(f"no embedded site '{name}'")
-            rows += [{"site": name, **e} for e in self._executors[name].audit.entries()]
+        for name in names if site is None else [site]:
+            reply = replies.get(name)
+            if reply is None or reply.payload is None:
+                continue
+            rows += [{"site": name, **e} for e in reply.payload["entries"]]
         return pd.DataFrame(rows)
 
     # -- analyses -------------------------------------------------------------------------------
@@ -259,7 +211,7 @@ class Federation:
                 raise type(exc)(
                     exc.reason, dataset=dataset, column=exc.column, rule=exc.rule
                 ) from None
-        return Query(self._coordinator, analysis, dataset, where, self.user)
+        return Query(self.coordinator, analysis, dataset, where, self.user)
 
     def _run(self, q: Query, combine: Callable[[Query], R]) -> R:
         """Run one analysis and list it, with its privacy outcome, in this user's activity."""
@@ -460,10 +412,10 @@ class Federation:
                 ),
             )
         finally:  # sites that did not store this clustering drop an older 'cluster' column
-            dropped = [s for s in self._coordinator.site_names if s not in q.active]
+            dropped = [s for s in self.coordinator.site_names if s not in q.active]
             if dropped:
                 request = SiteRequest("kmeans_clear", dataset, {}, None, self.user, q.query_id)
-                self._coordinator.send(request, dropped)
+                self.coordinator.send(request, dropped)
 
     def pca(
         self,
@@ -546,16 +498,17 @@ class Federation:
                 column_types=types,
             ),
         )
-        dropped = [s for s in self._coordinator.site_names if s not in q.active]
+        dropped = [s for s in self.coordinator.site_names if s not in q.active]
         if dropped:  # they keep no columns of this run: drop those of an earlier one
             params = {"columns": list(result.columns)}
             request = SiteRequest("combat_clear", dataset, params, None, self.user, q.query_id)
-            self._coordinator.send(request, dropped)
+            self.coordinator.send(request, dropped)
         return result
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:
-        grid = self._coordinator.grid
+        """Close the grid (embedded sites hosted for this federation are shut down)."""
+        grid = self.coordinator.grid
         if isinstance(grid, LocalGrid):
             grid.close()
 
@@ -566,7 +519,7 @@ class Federation:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Federation({self.name!r}, sites={self._coordinator.site_names})"
+        return f"Federation({self.name!r}, sites={self.coordinator.site_names})"
 
     def _repr_html_(self) -> str:
         return f"<b>FedHem federation '{self.name}'</b>" + self.sites.to_html(index=False)

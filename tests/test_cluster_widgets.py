@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from sites import sites_of
 from test_widgets import widget_page
 
 import fedhem_kernel as fh
@@ -212,12 +213,12 @@ def test_a_cluster_held_at_a_site_is_suppressed_in_the_widget(releases):
     before): their sizes there are suppressed cells, and the sizes drawn leave them out."""
     with federation() as fed:
         first = fed.kmeans("d", FEATURES, 3, init=INIT, standardize=False)
-        labels = fed._executors["site_a"].datasets["d"].frame["cluster"].to_numpy()
+        labels = sites_of(fed)["site_a"].datasets["d"].frame["cluster"].to_numpy()
     assert (first.by_site["status"] == RELEASED).all()
     earlier = labels == "2"
     earlier[np.flatnonzero(~earlier)[:2]] = True
     with federation() as fed:
-        fed._executors["site_a"].guard.remember("d", earlier)
+        sites_of(fed)["site_a"].guard.remember("d", earlier)
         again = fed.kmeans("d", FEATURES, 3, init=INIT, standardize=False)
         pca = fed.pca("d", FEATURES, 2, standardize=False)
     status = again.by_site.set_index(["site", "cluster"])["status"]

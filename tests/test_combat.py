@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from conftest import split_rows
 from neuroCombat import neuroCombat
+from sites import sites_of
 from sklearn.datasets import load_breast_cancer
 
 import fedhem_kernel as fh
@@ -89,7 +90,7 @@ def reference(
 
 def harmonised(fed: fh.Federation, sites: dict[str, pd.DataFrame], res: CombatResult) -> np.ndarray:
     """The derived columns, read from each site's own dataset (pooled in site order)."""
-    frames = [fed._executors[s].datasets["d"].frame[list(res.columns)] for s in sites]
+    frames = [sites_of(fed)[s].datasets["d"].frame[list(res.columns)] for s in sites]
     return pd.concat(frames, ignore_index=True).to_numpy(dtype=float)
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
+from sites import grid_of_apps
 
 import fedhem_kernel as fh
-from fedhem_kernel.engine.client_app import make_client_app
-from fedhem_kernel.engine.codec import decode_reply, decode_request, encode_request
-from fedhem_kernel.engine.local_grid import LocalGrid, ensure_task_identity, wire_copy
-from fedhem_kernel.site.executor import SiteExecutor, SiteRequest
+from fedhem_kernel import node
+from fedhem_kernel.protocol.codec import decode_reply, decode_request, encode_request
+from fedhem_kernel.protocol.messages import SiteRequest
+from fedhem_kernel.protocol.wire import ensure_task_identity, wire_copy
+from fedhem_kernel.site.app import make_client_app
+from fedhem_kernel.site.executor import SiteExecutor
 
 
 def test_flower_task_identity_internal_api_still_exists():
@@ -34,19 +37,19 @@ def test_request_roundtrip_through_the_wire_format():
 
 
 def test_local_grid_delivers_copies_and_collects_replies(demo):
-    replies = demo._coordinator.send(SiteRequest("catalog", None))
-    assert set(replies) == set(demo._coordinator.site_names)
+    replies = demo.coordinator.send(SiteRequest("catalog", None))
+    assert set(replies) == set(demo.coordinator.site_names)
     assert all(r.status == "released" for r in replies.values())
 
 
 def test_client_app_answers_unknown_step_with_an_error_reply():
     ensure_task_identity()
-    ex = SiteExecutor("s", {})
-    app = make_client_app(lambda ctx: ex)
+    ex = SiteExecutor("s", {}, steps=node.site_steps())
+    app = make_client_app(lambda ctx: ex, ex.steps)
     ctx = Context(
         run_id=1, node_id=1, node_config={"site-name": "s"}, state=RecordDict(), run_config={}
     )
-    grid = LocalGrid({1: (app, ctx)})
+    grid = grid_of_apps({1: (app, ctx)})
     msg = grid.create_message(encode_request(SiteRequest("nope", "x")), "query.nope", 1, "g")
     (reply,) = list(grid.send_and_receive([msg]))
     assert reply.has_error()  # no handler registered: Flower's error reply, no site text
@@ -75,14 +78,14 @@ def test_policy_is_the_sites_not_the_researchers():
 
 def test_local_grid_counts_the_bytes_each_site_sends():
     fed = fh.Federation.demo()
-    grid = fed._coordinator.grid
+    grid = fed.coordinator.grid
     before = dict(grid.bytes_received)
     fed.describe("aml", ["age"])
     after = grid.bytes_received
-    for node_id in fed._coordinator.sites:
+    for node_id in fed.coordinator.sites:
         assert after[node_id] > before[node_id]  # every site replied with something on the wire
         assert grid.bytes_sent[node_id] > 0
-    assert set(grid.replies_received) == set(fed._coordinator.sites)
+    assert set(grid.replies_received) == set(fed.coordinator.sites)
     fed.close()
 
 
@@ -122,7 +125,7 @@ def test_a_steps_first_round_follows_its_first_round_in_the_previous_query(monke
         i: (app, Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}))
         for i in (1, 2, 3)
     }
-    grid = LocalGrid(nodes, max_workers=2)
+    grid = grid_of_apps(nodes, max_workers=2)
 
     def round_on_caller(query: str) -> bool:
         threads.clear()
@@ -171,7 +174,7 @@ def test_the_wire_form_and_its_parse_are_flowers_own():
     from flwr.common.serde import message_from_proto, message_to_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage
 
-    from fedhem_kernel.engine.local_grid import from_proto, to_proto
+    from fedhem_kernel.protocol.wire import from_proto, to_proto
 
     ensure_task_identity()
     msg = Message(_records_of_every_kind(), dst_node_id=1, message_type="query.x")

@@ -1,4 +1,4 @@
-"""Tests of the ``where=`` filter language (fedhem_kernel.site.filters)."""
+"""Tests of the ``where=`` filter language (syntax: fedhem_kernel.protocol.where; check and evaluation at the site: fedhem_kernel.site.filters)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedhem_kernel.errors import FilterError
-from fedhem_kernel.site.filters import (
+from fedhem_kernel.protocol.where import (
     MAX_DEPTH,
     MAX_LENGTH,
     And,
@@ -18,13 +18,11 @@ from fedhem_kernel.site.filters import (
     IsNull,
     Not,
     Or,
-    check_where,
     columns_of,
-    compile_where,
-    evaluate_where,
     parse_where,
     to_text,
 )
+from fedhem_kernel.site.filters import check_where, compile_where, evaluate_where
 from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
 
 # --------------------------------------------------------------------------------------------------

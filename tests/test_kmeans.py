@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from conftest import split_rows
 from flwr.app import Message
+from sites import sites_of
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
@@ -20,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 import fedhem_kernel as fh
 from fedhem_kernel.analyses.feature_matrix import _singles_out
 from fedhem_kernel.analyses.kmeans import Atoms, KMeansResult, _clusters, micro_clusters
-from fedhem_kernel.engine import codec
-from fedhem_kernel.engine.local_grid import ensure_task_identity, wire_copy
+from fedhem_kernel.protocol import codec
+from fedhem_kernel.protocol.wire import ensure_task_identity, wire_copy
 
 LOADERS = {"iris": (load_iris, 3), "wine": (load_wine, 3), "breast_cancer": (load_breast_cancer, 2)}
 
@@ -238,7 +239,7 @@ def test_profile_describes_each_cluster_and_its_survival(demo):
 
 def test_a_new_clustering_replaces_the_column_without_touching_the_old_table(demo):
     demo.kmeans("aml", ["age", "wbc"], 3)
-    site, executor = next(iter(demo._executors.items()))
+    site, executor = next(iter(sites_of(demo).items()))
     before = executor.datasets["aml"].frame
     snapshot = before.copy(deep=True)
     demo.kmeans("aml", ["age"], 2, seed=3)

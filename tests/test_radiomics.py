@@ -19,6 +19,7 @@ from imaging_helpers import (
     copy_samples,
     write_phantoms,
 )
+from sites import sites_of
 
 import fedhem_kernel as fh
 from fedhem_kernel.analyses import radiomics as rad
@@ -39,7 +40,7 @@ def sample_federation(root: Path) -> fh.Federation:
 def site_values(fed: fh.Federation, dataset: str, columns: list[str]) -> pd.DataFrame:
     """The per-patient values kept at the sites (test-only access to the embedded sites)."""
     frames = []
-    for ex in fed._executors.values():
+    for ex in sites_of(fed).values():
         ds = ex.datasets[dataset]
         frames.append(ds.frame.set_index("patient_id")[columns])
     return pd.concat(frames)
@@ -148,7 +149,7 @@ def test_cache_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(rad, "extract_one", lambda *a: calls.append(a[1].name) or real(*a))
     monkeypatch.setattr(rad, "BUDGET_SECONDS", 0.0)  # one image per site per round
     events = []
-    fed._coordinator.observers.append(events.append)
+    fed.coordinator.observers.append(events.append)
     first = fed.radiomics("mri", params=QUICK_PARAMS)
     assert len(calls) == 22
     details = [(e.site, e.detail) for e in events if e.kind == "detail"]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sites import sites_of
 
 import fedhem_kernel as fh
 from fedhem_kernel.display import mimebundle
@@ -34,6 +35,7 @@ from fedhem_kernel.display.widgets import (
     ResultTableWidget,
 )
 from fedhem_kernel.engine.coordinator import ProgressEvent, Query, notebook_progress
+from fedhem_kernel.protocol.report import Detail, PrivacyReport, SiteOutcome
 
 K = 5  # the default policy's min_cell_count
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,35 +140,37 @@ def test_km_state_marks_merged_steps_and_withheld_groups(fed):
     # group C has 3 patients at site_a: that site withholds the whole curve
     assert groups["C"]["withheld_by"] == ["site_a"]
     assert km.privacy.outcome("site_a").status == "suppressed"
-    # the wording of the site step still matches what the widget looks for: every "merged"
-    # suppression in the report shows up as a mark on its group
+    # the widget reads the structured details, never their wording: every "merged" detail in
+    # the report shows up as a mark on its group, with the number of steps its text also says
     merged_details = [
-        (o.site, d) for o in km.privacy.outcomes for d in o.details if "merged into" in d
+        (o.site, d) for o in km.privacy.outcomes for d in o.entries if d.action == "merged"
     ]
     assert merged_details, "small steps were expected to be merged at some site"
     for site, detail in merged_details:
-        group = detail.split("'")[1]
-        assert groups[group]["merged"][site] == int(detail.split(": ")[1].split()[0])
+        assert groups[detail.group]["merged"][site] == detail.counts["steps"]
+        assert f"'{detail.group}': {detail.counts['steps']} steps" in detail.text
     assert state["time_step"] == 1.0 and state["unit"] == "months"
 
 
 def test_km_marks_list_groups_withheld_everywhere_as_not_shown():
-    report = fh_report(
-        [("s1", "suppressed", ["group 'X': too few patients or events for any step of at least 5"])]
-    )
+    text = "group 'X': too few patients or events for any step of at least 5"
+    withheld = Detail("min_cell_count", text, group="X", action="withheld", counts={"k": 5})
+    report = fh_report([("s1", "suppressed", [withheld])])
     assert km_marks(report)["withheld"] == {"X": ["s1"]}
+    # the wording alone marks nothing: only the structured fields do
+    assert km_marks(fh_report([("s1", "suppressed", [text])]))["withheld"] == {}
 
 
-def fh_report(outcomes: list[tuple[str, str, list[str]]], notes: tuple[str, ...] = ()):
-    from fedhem_kernel.privacy.report import PrivacyReport, SiteOutcome
+def fh_report(outcomes: list[tuple[str, str, list]], notes: tuple[str, ...] = ()):
+    """A report whose details are Detail records, or texts (rule min_cell_count, no fields)."""
+
+    def detail(d):
+        return d if isinstance(d, Detail) else Detail("min_cell_count", d)
 
     return PrivacyReport(
         "kaplan_meier",
         "d",
-        tuple(
-            SiteOutcome(s, st, tuple("min_cell_count" for _ in d), tuple(d))
-            for s, st, d in outcomes
-        ),
+        tuple(SiteOutcome(s, st, tuple(detail(x) for x in d)) for s, st, d in outcomes),
         notes,
     )
 
@@ -246,7 +250,7 @@ def test_privacy_panel_state_matches_the_report(fed):
 # -- progress --------------------------------------------------------------------------------
 def test_progress_observer_gets_one_reply_per_site(fed):
     events: list[ProgressEvent] = []
-    fed._coordinator.observers.append(events.append)
+    fed.coordinator.observers.append(events.append)
     fed.describe("d", columns=["age"])
     kinds = [e.kind for e in events]
     assert kinds[:2] == ["start", "round"]
@@ -259,8 +263,8 @@ def test_progress_observer_gets_one_reply_per_site(fed):
 
 def test_query_finish_tells_observers_once(fed):
     events: list[ProgressEvent] = []
-    fed._coordinator.observers = [events.append]
-    q = Query(fed._coordinator, "describe", "d")
+    fed.coordinator.observers = [events.append]
+    q = Query(fed.coordinator, "describe", "d")
     q.finish()  # never started: nothing to report
     q.ask("describe", {"columns": ["age"], "by": None, "levels": None})
     q.finish()
@@ -269,7 +273,7 @@ def test_query_finish_tells_observers_once(fed):
 
 
 def test_replies_stream_in_as_sites_answer(fed):
-    slow = fed._executors["site_c"]
+    slow = sites_of(fed)["site_c"]
     original = slow.handle
 
     def late(request):
@@ -278,7 +282,7 @@ def test_replies_stream_in_as_sites_answer(fed):
 
     slow.handle = late
     seen: list[tuple[str, float]] = []
-    fed._coordinator.observers.append(
+    fed.coordinator.observers.append(
         lambda e: seen.append((e.site, e.elapsed)) if e.kind == "reply" else None
     )
     fed.describe("d", columns=["age"])
@@ -292,14 +296,14 @@ def test_observer_errors_never_break_a_query(fed):
     def broken(event):
         raise RuntimeError("observer bug")
 
-    fed._coordinator.observers.append(broken)
+    fed.coordinator.observers.append(broken)
     assert fed.describe("d", columns=["age"]).table.loc["age", "count"] > 0
 
 
 def test_default_observer_is_quiet_outside_a_kernel(fed, capsys):
     import ipykernel  # noqa: F401 - imported but no kernel is running
 
-    assert fed._coordinator.observers == [notebook_progress]
+    assert fed.coordinator.observers == [notebook_progress]
     fed.describe("d", columns=["age"])
     assert capsys.readouterr().out == ""
 
@@ -380,6 +384,7 @@ def test_plain_python_never_imports_ipywidgets():
 # the delay is set per case so that "quick" and "slow" do not depend on the machine's load
 KERNEL_CODE = """
 import time, fedhem_kernel as fh
+from fedhem_kernel import node
 from fedhem_kernel.display import progress
 progress._PROGRESS.delay = 60.0
 fed = fh.Federation.demo()
@@ -387,7 +392,7 @@ fed.kaplan_meier("aml", "os_months", "os_status", group="eln_risk")
 """
 SLOW_CODE = """
 progress._PROGRESS.delay = 0.5
-slow = fed._executors["charite"]
+slow = node.embedded_host(fed.coordinator.grid.transport.address).executors["charite"]
 answer = slow.handle
 slow.handle = lambda request: (time.sleep(1.5), answer(request))[1]
 fed.describe("aml", columns=["age"])

@@ -19,7 +19,7 @@ from fedhem_kernel.analyses import (
     pca,
     radiomics,
 )
-from fedhem_kernel.analyses.base import SiteStep
+from fedhem_kernel.site.steps import SiteStep
 
 SITE_STEPS: dict[str, SiteStep] = {
     step.name: step

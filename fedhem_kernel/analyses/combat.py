@@ -78,7 +78,6 @@ import numpy.linalg as la
 import pandas as pd
 from scipy import sparse
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.feature_matrix import (
     check_features,
     check_matrix,
@@ -88,7 +87,9 @@ from fedhem_kernel.analyses.feature_matrix import (
 )
 from fedhem_kernel.analyses.levels import SITE_COLUMN, agree_levels
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 CACHE = "combat"
 SOURCE = "combat"

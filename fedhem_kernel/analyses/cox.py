@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 from scipy import linalg
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteStep, param_columns
 from fedhem_kernel.analyses.cox_diagnostics import (
     CONCORDANCE_BINS,
     MAX_BINS,
@@ -57,6 +56,8 @@ from fedhem_kernel.analyses.cox_site import (
 )
 from fedhem_kernel.analyses.levels import require_levels
 from fedhem_kernel.errors import FedHemError, ParameterError
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.site.steps import SiteStep, param_columns
 
 __all__ = ["CoxFit", "CoxResult", "LikelihoodRatioTest", "STEPS", "fit_cox", "run_cox"]
 

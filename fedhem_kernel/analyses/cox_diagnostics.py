@@ -43,13 +43,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.analyses.base import Payload, SiteData
 from fedhem_kernel.analyses.cox_site import SiteDesign, checked_coefficients, site_design
 from fedhem_kernel.errors import FedHemError, ParameterError
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.base import Ask
     from fedhem_kernel.analyses.cox import CoxFit
+    from fedhem_kernel.protocol.query import Ask
 
 #: Score bins for pairs across sites (more bins: fewer unresolved pairs).
 CONCORDANCE_BINS = 64

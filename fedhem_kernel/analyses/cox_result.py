@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.report import PrivacyReport
 
 if TYPE_CHECKING:
     from fedhem_kernel.analyses.cox import CoxFit

@@ -60,7 +60,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Payload, SiteData
 from fedhem_kernel.errors import ParameterError, SchemaError
 from fedhem_kernel.privacy.survival import (
     check_event_table,
@@ -68,6 +67,9 @@ from fedhem_kernel.privacy.survival import (
     event_table,
     merge_small_steps,
 )
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.protocol.report import Detail, ReleaseLog
+from fedhem_kernel.site.steps import SiteData
 
 #: Largest coefficient (standardised units) a site computes sums for.
 MAX_COEFFICIENT = 20.0
@@ -180,7 +182,7 @@ class SiteDesign:
     unit: str | None
     n_segments: int = 0
     notes: list[str] = field(default_factory=list)
-    suppressions: list[tuple[str, str]] = field(default_factory=list)
+    suppressions: list[Detail] = field(default_factory=list)
     _units: tuple[np.ndarray, np.ndarray] | None = None
     _weights: tuple[bytes, np.ndarray] | None = None  # exp(zβ) of the last request, by its key
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -224,23 +226,7 @@ class SiteDesign:
         """Repeat the build's notes and suppressions in this request's release log."""
         for text in self.notes:
             data.log.note(text)
-        for rule, detail in self.suppressions:
-            data.log.suppressed(rule, detail)
-
-
-class _Recorder:
-    """Collects notes and suppressions while a design is built (replayed on every request)."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-        self.suppressions: list[tuple[str, str]] = []
-
-    def note(self, text: str) -> None:
-        if text not in self.notes:
-            self.notes.append(text)
-
-    def suppressed(self, rule: str, detail: str) -> None:
-        self.suppressions.append((rule, detail))
+        data.log.suppressions.extend(self.suppressions)
 
 
 def _column_values(
@@ -256,7 +242,7 @@ def _column_values(
 def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     """Check every release rule and build the sorted design (raises on any refusal)."""
     k = data.k
-    rec = _Recorder()
+    rec = ReleaseLog()  # the build's notes and suppressions, replayed on every request
     t = data.numeric(spec.duration)
     e = data.numeric(spec.event)
     missing = np.isnan(t) | np.isnan(e)
@@ -404,6 +390,9 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
                 "min_cell_count",
                 (f"{where}: " if where else "")
                 + f"{n_merged} time steps with counts below {k} merged into neighbours",
+                action="merged",
+                steps=int(n_merged),
+                k=k,
             )
         block[rows] = offset + local
         strata.append(

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns, require_str
 from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN, group_index, require_levels
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.tables import suppress_table
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
 
 HIDDEN = -1
 

@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.kaplan_meier import (
     check_survival_params,
     collect_group_tables,
@@ -41,12 +40,14 @@ from fedhem_kernel.analyses.kaplan_meier import (
 )
 from fedhem_kernel.analyses.levels import grouping, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.survival import (
     cause_event_table,
     coarsen_to_policy,
     merge_small_cause_steps,
 )
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 OTHER_CAUSE = "(other)"
 COMPETING = "competing causes"

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.levels import agree_levels, group_index, grouping
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 MAX_BINS = 50
 QUANTILES = (0.25, 0.5, 0.75)

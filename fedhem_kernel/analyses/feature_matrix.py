@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from fedhem_kernel.analyses.base import Payload, SiteData
 from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData
 
 MAX_FEATURES = 200
 

@@ -19,16 +19,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.levels import grouping, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport
 from fedhem_kernel.privacy.survival import (
     check_event_table,
     coarsen_to_policy,
     event_table,
     merge_small_steps,
 )
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 ALL = "all"
 
@@ -61,6 +62,9 @@ def release_group_tables(
                 "min_cell_count",
                 f"group '{label}': too few patients or events for any step of at least {k}"
                 + too_small,
+                group=str(label),
+                action="withheld",
+                k=k,
             )
             out.append({"group": label, "suppressed": True})
             continue
@@ -71,6 +75,10 @@ def release_group_tables(
             data.log.suppressed(
                 "min_cell_count",
                 f"group '{label}': {n_merged} steps with counts below {k} merged into neighbours",
+                group=str(label),
+                action="merged",
+                steps=int(n_merged),
+                k=k,
             )
         out.append(
             {

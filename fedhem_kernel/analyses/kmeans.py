@@ -88,7 +88,6 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.feature_matrix import (
     FeatureMatrix,
     check_features,
@@ -102,7 +101,9 @@ from fedhem_kernel.analyses.feature_matrix import (
 from fedhem_kernel.analyses.kmeans_bounds import NearestCentres
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.guard import Partition, Unions
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 COLUMN = "cluster"
 CACHE = "kmeans"
@@ -515,7 +516,9 @@ def gate_clusters(
         status[min(shown, key=lambda j: (counts[j], j))] = HELD
     if WITHHELD in status:
         data.log.suppressed(
-            "min_cell_count", f"clusters with fewer than {k} patients at this site are withheld"
+            "min_cell_count",
+            f"clusters with fewer than {k} patients at this site are withheld",
+            action="withheld",
         )
     if held_first:
         data.log.suppressed(

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns, require_str
 from fedhem_kernel.errors import DisclosureError
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
 
 OTHER = "(other)"
 SITE_COLUMN = "site"

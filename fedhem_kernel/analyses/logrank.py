@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.kaplan_meier import (
     check_survival_params,
     pool_tables,
@@ -46,7 +45,9 @@ from fedhem_kernel.analyses.kaplan_meier import (
 )
 from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN, group_index, require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport, ReleaseLog
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport, ReleaseLog
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 ALL = "all"
 
@@ -273,7 +274,9 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
         if counts[i] < k:
             if k > 1:  # 0 and 1..k-1 patients look the same from outside
                 data.log.suppressed(
-                    "min_cell_count", f"{where}fewer than {k} patients at this site"
+                    "min_cell_count",
+                    f"{where}fewer than {k} patients at this site",
+                    action="withheld",
                 )
                 withheld.append(label)
                 left_out += int(in_test[i])
@@ -285,16 +288,23 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
         time_step, unit = tables["time_step"], tables["unit"]
         for note in sub.log.notes:
             data.log.note(note)
-        blocked = tuple(f"group '{g['group']}'" for g in tables["groups"] if g.get("suppressed"))
+        blocked = {str(g["group"]) for g in tables["groups"] if g.get("suppressed")}
         prefix = where if columns else ""
-        for s in sub.log.suppressions:
-            if not blocked or s["detail"].startswith(blocked):
-                data.log.suppressed(s["rule"], prefix + s["detail"])
+        for d in sub.log.suppressions:
+            if not blocked or d.group in blocked:
+                data.log.suppressed(
+                    d.rule,
+                    prefix + d.text,
+                    group=d.group,
+                    action=d.action or "suppressed",
+                    **d.counts,
+                )
         if blocked:
             data.log.suppressed(
                 "min_cell_count",
                 f"{where}not released (a group could not be released, "
                 "so the others would be compared against an incomplete risk set)",
+                action="withheld",
             )
             withheld.append(label)
             left_out += int(in_test[i])
@@ -309,6 +319,7 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
             "min_cell_count",
             f"stratum '{smallest['stratum']}': not released, so that the patients left out by "
             f"strata number 0 or at least {k} (their number could otherwise be derived)",
+            action="withheld",
         )
     return {
         "strata": [r for _, r in released],

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep, param_columns
 from fedhem_kernel.analyses.feature_matrix import (
     check_features,
     feature_matrix,
@@ -39,7 +38,9 @@ from fedhem_kernel.analyses.feature_matrix import (
     standard_scale,
 )
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 ROWS_PER_FEATURE = 10
 CACHE = "pca"

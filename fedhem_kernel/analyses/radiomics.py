@@ -60,10 +60,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import Ask, Payload, SiteData, SiteStep
 from fedhem_kernel.analyses.describe import combine_describe, site_describe
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.report import PrivacyReport
+from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.report import PrivacyReport
 from fedhem_kernel.site.imaging import (
     ImageReadError,
     file_digest,
@@ -73,6 +73,7 @@ from fedhem_kernel.site.imaging import (
     row_labels,
 )
 from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
+from fedhem_kernel.site.steps import SiteData, SiteStep
 
 log = logging.getLogger("fedhem.site.radiomics")
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
-    from fedhem_kernel.privacy.report import PrivacyReport
+    from fedhem_kernel.protocol.report import PrivacyReport
 
 STYLE = (
     "<style>.fedhem-result{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap}"

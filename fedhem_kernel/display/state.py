@@ -10,7 +10,6 @@ state is strict JSON.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -19,20 +18,13 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
-    from fedhem_kernel.privacy.report import PrivacyReport
+    from fedhem_kernel.protocol.report import PrivacyReport
 
 #: How a site sends a suppressed count (see ``fedhem_kernel.analyses.crosstab``).
 HIDDEN = -1
 
 SUPPRESSED = "suppressed"  # the cell was withheld by a site's privacy policy
 NOT_AVAILABLE = "na"  # no value: not released (e.g. min/max), or not defined (SD of one patient)
-
-# How the KM site step words its suppressions (fedhem_kernel.analyses.kaplan_meier); a test runs a
-# real query and checks that these still match.
-_MERGED = re.compile(
-    r"^group '(?P<group>.*)': (?P<n>\d+) steps with counts below (?P<k>\d+) merged"
-)
-_WITHHELD = re.compile(r"^group '(?P<group>.*)': too few patients or events")
 
 
 # -- JSON-safe scalars -----------------------------------------------------------------------------
@@ -135,12 +127,13 @@ def km_marks(report: PrivacyReport) -> dict[str, Any]:
     merged: dict[str, dict[str, int]] = {}
     withheld: dict[str, list[str]] = {}
     for o in report.outcomes:
-        for detail in o.details:
-            m = _MERGED.match(detail)
-            if m:
-                merged.setdefault(m["group"], {})[o.site] = int(m["n"])
-            elif w := _WITHHELD.match(detail):
-                withheld.setdefault(w["group"], []).append(o.site)
+        for d in o.entries:  # structured details: the wording is for people only
+            if d.group is None:
+                continue
+            if d.action == "merged" and "steps" in d.counts:
+                merged.setdefault(d.group, {})[o.site] = int(d.counts["steps"])
+            elif d.action == "withheld" and o.site not in withheld.get(d.group, []):
+                withheld.setdefault(d.group, []).append(o.site)
     return {"merged": merged, "withheld": withheld}
 
 

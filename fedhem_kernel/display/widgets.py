@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
     from fedhem_kernel.analyses.logrank import LogrankResult
     from fedhem_kernel.analyses.radiomics import RadiomicsResult
-    from fedhem_kernel.privacy.report import PrivacyReport
+    from fedhem_kernel.protocol.report import PrivacyReport
 
 STATIC = Path(__file__).parent / "static"
 ESM = STATIC / "fedhem_widgets.js"

@@ -19,46 +19,20 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
-from fedhem_kernel.engine.codec import decode_reply, encode_request
 from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
-from fedhem_kernel.privacy.report import PrivacyReport, SiteOutcome
-from fedhem_kernel.site.executor import SiteReply, SiteRequest
+from fedhem_kernel.protocol.codec import decode_reply, encode_request
+from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
+from fedhem_kernel.protocol.progress import EventKind, ProgressEvent
+from fedhem_kernel.protocol.report import Detail, PrivacyReport, SiteOutcome
 
 _RANK = {"released": 0, "suppressed": 1, "refused": 2, "error": 3}
 
 log = logging.getLogger(__name__)
-
-EventKind = Literal["start", "round", "reply", "detail", "done"]
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """What an observer learns about a running query (names and outcomes only, no values).
-
-    ``start``: a query begins (``sites`` = every site asked). ``round``: one step is sent to
-    ``sites``. ``reply``: ``site`` answered with ``status`` (released / suppressed / refused /
-    error). ``detail``: how far ``site`` is within a long step (``detail``, e.g. "12/40 images",
-    from the analysis). ``done``: the query is over (``status`` is ``"error"`` if it raised). ``elapsed`` is
-    seconds since the query started (``start``, ``done``) or since the round was sent (``round``,
-    ``reply``).
-    """
-
-    kind: EventKind
-    query_id: str
-    step: str | None = None
-    sites: tuple[str, ...] = ()
-    site: str | None = None
-    status: str | None = None
-    analysis: str | None = None
-    dataset: str | None = None
-    elapsed: float = 0.0
-    detail: str | None = None
-
 
 Observer = Callable[[ProgressEvent], None]
 
@@ -149,7 +123,7 @@ class Coordinator:
                     error=FedHemError("the site could not answer", site=name).to_dict(),
                 )
             else:
-                replies[name] = decode_reply(msg.content)
+                replies[name] = _decoded(msg.content, name)
             if watched:
                 self.notify(event("reply", site=name, status=replies[name].status))
         for name in [*asked, *sorted(wanted - set(asked))]:
@@ -181,7 +155,7 @@ class Query:
         self.query_id = uuid.uuid4().hex
         self.active = list(coordinator.site_names)
         self._status: dict[str, str] = {s: "released" for s in self.active}
-        self._details: dict[str, list[tuple[str, str]]] = {s: [] for s in self.active}
+        self._details: dict[str, list[Detail]] = {s: [] for s in self.active}
         self._errors: dict[str, FedHemError] = {}
         self._notes: list[str] = []
         self._started: float | None = None
@@ -235,12 +209,14 @@ class Query:
             self._status[site] = reply.status
         details = self._details[site]
         for s in reply.suppressions:
-            if (s["rule"], s["detail"]) not in details:
-                details.append((s["rule"], s["detail"]))
+            detail = Detail.from_dict(s)  # checked when the reply was decoded
+            if detail not in details:
+                details.append(detail)
         if reply.error is not None:
             err = error_from_dict(reply.error)
             self._errors[site] = err
-            details.append((err.rule or type(err).__name__, err.reason))
+            action = "refused" if isinstance(err, DisclosureError) else "error"
+            details.append(Detail(err.rule or type(err).__name__, err.reason, action=action))
         for note in reply.notes:
             self.note(f"{site}: {note}")
 
@@ -266,13 +242,27 @@ class Query:
     def report(self) -> PrivacyReport:
         outcomes = []
         for site in self.coordinator.site_names:
-            details = self._details.get(site, [])
             outcomes.append(
                 SiteOutcome(
                     site,
                     self._status.get(site, "error"),  # type: ignore[arg-type]
-                    tuple(r for r, _ in details),
-                    tuple(d for _, d in details),
+                    tuple(self._details.get(site, [])),
                 )
             )
         return PrivacyReport(self.analysis, self.dataset, tuple(outcomes), tuple(self._notes))
+
+
+def _decoded(content: RecordDict, site: str) -> SiteReply:
+    """A site's reply, checked: a malformed one (wrong kind, fields or details) is an error reply
+    (a site may be mistaken or not what it claims; nothing of it is used)."""
+    try:
+        reply = decode_reply(content)
+        if reply.status not in _RANK or not isinstance(reply.suppressions, list):
+            raise ValueError("unknown status")
+        for detail in reply.suppressions:
+            Detail.from_dict(detail)
+    except Exception:  # noqa: BLE001 - never trust a reply's shape
+        return SiteReply(
+            site, "error", error=FedHemError("malformed reply from the site", site=site).to_dict()
+        )
+    return reply

@@ -1,8 +1,11 @@
-"""The embedded engine: an in-process Flower ``Grid`` with one ClientApp per virtual site.
+"""The embedded engine: a Flower ``Grid`` that hands each message to its site as wire bytes.
 
-Each message is serialised to Flower's protobuf wire form (on the thread that delivers it) and parsed
-again on the other side, so a site receives exactly what a SuperNode would and nothing shares memory
-across the boundary. Sites run on a thread pool. No Ray, no servers: ready in milliseconds.
+Each message is serialised to Flower's protobuf wire form (on the thread that delivers it) and given to
+a :class:`Transport`, which reaches the sites: hosted in this process behind an endpoint address
+(:class:`InProcess`), or in a site host process of their own. A site receives exactly what a
+SuperNode would and nothing shares memory across the boundary; the grid holds no site. Deliveries run
+on a thread pool (or on the caller's thread when that is faster: see :meth:`LocalGrid.push_messages`).
+No Ray, no servers: ready in milliseconds.
 
 ``Message(...)`` reads a process-wide task identity that Flower's runtimes set; outside a runtime it is
 set here (``flwr.supercore.task_identity`` is internal API: flwr is pinned and
@@ -17,33 +20,24 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.app.message.message import make_message
-from flwr.clientapp import ClientApp
-from flwr.common.serde import (
-    array_record_from_proto,
-    config_record_to_proto,
-    error_from_proto,
-    error_to_proto,
-    metadata_from_proto,
-    metadata_to_proto,
-    metric_record_from_proto,
-    metric_record_to_proto,
-)
-from flwr.common.serde_utils import record_value_dict_from_proto
+from flwr.app import Error, Message, RecordDict
 from flwr.proto.message_pb2 import Message as ProtoMessage  # type: ignore[attr-defined]
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
-from fedhem_kernel.engine.codec import checked_config_record
-
-COORDINATOR_NODE_ID = 0
+from fedhem_kernel.protocol import endpoints
+from fedhem_kernel.protocol.wire import (
+    ensure_task_identity,
+    from_proto,
+    set_message_id,
+    to_wire,
+)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -160,119 +154,48 @@ _one_blas_thread = _OneBlasThread()
 _run_ids = itertools.count(1)
 
 
-def ensure_task_identity() -> None:
-    """Give this process the identity Flower's runtime would (only if none is set)."""
-    try:
-        TaskIdentity.run_id  # noqa: B018 - raises when unset
-    except RuntimeError:
-        TaskIdentity.run_id = 1
-        TaskIdentity.node_id = COORDINATOR_NODE_ID
-        TaskIdentity.task_id = 1
+class Transport(Protocol):
+    """How a grid reaches its sites: a message's wire bytes to a node, the reply's wire bytes back."""
+
+    def deliver(self, node_id: int, wire: bytes) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
-def to_wire(message: Message) -> bytes:
-    """The message in Flower's protobuf wire form (see :func:`to_proto`)."""
-    return to_proto(message).SerializeToString()
+class InProcess:
+    """Sites hosted in this process, reached through their endpoint address only
+    (:mod:`fedhem_kernel.protocol.endpoints`): the grid holds no site, no dataset, no row."""
 
+    def __init__(self, address: str) -> None:
+        self.address = address
 
-def to_proto(message: Message) -> ProtoMessage:
-    """The message as Flower's protobuf ``Message``.
+    def deliver(self, node_id: int, wire: bytes) -> bytes:
+        return endpoints.deliver(self.address, node_id, wire)
 
-    Serialises to the same bytes as ``message_to_proto(message)``, but is built in place: Flower's
-    serde constructs each nested record and copies it into its parent, so every array's bytes are
-    copied once per level (six times for a reply); here they are copied once into the message, then
-    serialised (fields are written in field-number order whatever order they were set in).
-    """
-    proto = ProtoMessage()
-    proto.metadata.CopyFrom(metadata_to_proto(message.metadata))
-    if message.has_content():
-        proto.content.SetInParent()
-        items = proto.content.items
-        for key, record in message.content.items():
-            item = items.add(key=key)
-            if isinstance(record, ArrayRecord):
-                item.array_record.SetInParent()
-                entries = item.array_record.items
-                for name, array in record.items():
-                    value = entries.add(key=name).value
-                    value.dtype = array.dtype
-                    value.shape.extend(array.shape)
-                    value.stype = array.stype
-                    value.data = array.data
-            elif isinstance(record, ConfigRecord):
-                _config_record_into(item.config_record, record)
-            elif isinstance(record, MetricRecord):
-                item.metric_record.CopyFrom(metric_record_to_proto(record))
-            else:
-                raise ValueError(f"Unsupported record type: {type(record)}")
-    if message.has_error():
-        proto.error.CopyFrom(error_to_proto(message.error))
-    return proto
+    def close(self) -> None:
+        endpoints.unregister(self.address)
 
-
-#: Scalar ``ConfigRecord`` values and their protobuf fields (as Flower's serde writes them).
-_SCALAR_FIELDS = {bool: "bool", float: "double", str: "string", bytes: "bytes"}
-
-
-def _config_record_into(proto: Any, record: ConfigRecord) -> None:
-    """Write ``record`` into its (empty) protobuf in place: the same fields and order as Flower's
-    ``config_record_to_proto`` for scalars (what FedHem's records hold); anything else through it."""
-    fields = []
-    for key, value in record.items():
-        kind = _SCALAR_FIELDS.get(type(value))
-        if kind is None and type(value) is int and -(2**63) <= value < 2**63:
-            kind = "sint64"
-        if kind is None:
-            proto.CopyFrom(config_record_to_proto(record))
-            return
-        fields.append((key, kind, value))
-    items = proto.items
-    for key, kind, value in fields:
-        setattr(items.add(key=key).value, kind, value)
-
-
-def from_proto(proto: ProtoMessage) -> Message:
-    """The ``Message`` of a parsed protobuf, as Flower's ``message_from_proto`` builds it,
-    except that config records are filled with the parsed values without checking each value's
-    type again (:func:`~fedhem_kernel.engine.codec.checked_config_record`)."""
-    content = None
-    if proto.HasField("content"):
-        content = RecordDict()
-        for item in proto.content.items:
-            kind = item.WhichOneof("value")
-            if kind == "config_record":
-                entries = {e.key: e.value for e in item.config_record.items}
-                content[item.key] = checked_config_record(record_value_dict_from_proto(entries))
-            elif kind == "array_record":
-                content[item.key] = array_record_from_proto(item.array_record)
-            elif kind == "metric_record":
-                content[item.key] = metric_record_from_proto(item.metric_record)
-            else:
-                raise ValueError(f"Unsupported record type: {kind}")
-    error = error_from_proto(proto.error) if proto.HasField("error") else None
-    return make_message(metadata_from_proto(proto.metadata), content, error)
-
-
-def wire_copy(message: Message) -> Message:
-    """The message as the other side would parse it off the wire."""
-    return from_proto(ProtoMessage.FromString(to_wire(message)))
-
-
-def _set_message_id(message: Message, message_id: str) -> None:
-    message.metadata.__dict__["_message_id"] = message_id
+    def __repr__(self) -> str:
+        return f"InProcess({self.address!r})"
 
 
 class LocalGrid(Grid):
-    """In-process grid: ``nodes`` maps a node id to the site's ClientApp and Context."""
+    """A Flower ``Grid`` whose sites are reached through a :class:`Transport` (in this process, or a
+    site host process), one message at a time as wire bytes.
+
+    ``node_ids`` are the sites' node ids at the transport. Closing the grid (or losing the last
+    reference to it) closes the transport, which shuts down sites hosted for it.
+    """
 
     def __init__(
-        self, nodes: dict[int, tuple[ClientApp, Context]], max_workers: int | None = None
+        self, transport: Transport, node_ids: Iterable[int], max_workers: int | None = None
     ) -> None:
         ensure_task_identity()
-        self._nodes = dict(nodes)
+        self.transport = transport
+        self._nodes = list(node_ids)
         if max_workers is None:  # site steps are CPU-bound: more threads than cores only add
             max_workers = min(4, os.cpu_count() or 1)  # memory (each holds its temporaries)
-        self._workers = max(1, min(max_workers, len(nodes) or 1))
+        self._workers = max(1, min(max_workers, len(self._nodes) or 1))
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
         self._pending: dict[str, Future[bytes]] = {}
         #: per (query, message type): the slowest delivery of its last round (see push_messages)
@@ -285,6 +208,7 @@ class LocalGrid(Grid):
         self.bytes_sent: dict[int, int] = dict.fromkeys(self._nodes, 0)
         self.bytes_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
         self.replies_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
+        self._closer = weakref.finalize(self, _close, self._pool, transport)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -313,20 +237,15 @@ class LocalGrid(Grid):
         wire = to_wire(message)
         size = len(wire)
         self.bytes_sent[node_id] += size
-        app, context = self._nodes[node_id]
-        proto = ProtoMessage.FromString(wire)
-        del wire  # a large request is held once at a time: bytes, then protobuf, then Message
-        msg = from_proto(proto)
-        del proto
         try:
-            reply = app(msg, context)
+            data = self.transport.deliver(node_id, wire)
+        except endpoints.EndpointClosed:
+            raise
         except Exception:  # noqa: BLE001 - as a SuperNode would: an error reply, no text from the app
-            reply = Message(Error(code=1, reason="the site's ClientApp failed"), reply_to=msg)
-        _set_message_id(reply, uuid.uuid4().hex)
-        proto = to_proto(reply)
-        del msg, reply  # a large reply is held twice at most (the protobuf, then its bytes)
-        data = proto.SerializeToString()
-        del proto
+            reply = Message(Error(code=1, reason="the site could not be reached"), reply_to=message)
+            set_message_id(reply, uuid.uuid4().hex)
+            data = to_wire(reply)
+        del wire
         if size + len(data) >= TRIM_BYTES:
             release_free_memory()
         self.bytes_received[node_id] += len(data)
@@ -383,10 +302,10 @@ class LocalGrid(Grid):
         ids = []
         for message in messages:
             node_id = message.metadata.dst_node_id
-            if node_id not in self._nodes:
+            if node_id not in self.bytes_sent:
                 raise ValueError(f"unknown node id {node_id}")
             message_id = uuid.uuid4().hex
-            _set_message_id(message, message_id)
+            set_message_id(message, message_id)
             if inline:
                 future = self._inline(node_id, message)
             else:
@@ -444,4 +363,10 @@ class LocalGrid(Grid):
                 release_free_memory()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the pool and close the transport (sites hosted for this grid are shut down)."""
+        self._closer()
+
+
+def _close(pool: ThreadPoolExecutor, transport: Transport) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
+    transport.close()

@@ -15,9 +15,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.base import DerivedColumn
 from fedhem_kernel.site.datasets import Dataset
 from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
+from fedhem_kernel.site.steps import DerivedColumn
 
 
 def _full_column(ds: Dataset, col: DerivedColumn) -> np.ndarray:

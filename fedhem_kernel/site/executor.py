@@ -12,47 +12,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses import SITE_STEPS
-from fedhem_kernel.analyses.base import SiteData
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.privacy.report import ReleaseLog
+from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteReply, SiteRequest
+from fedhem_kernel.protocol.report import ReleaseLog
+from fedhem_kernel.protocol.where import to_text
 from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import SiteConfig
 from fedhem_kernel.site.datasets import Dataset, load_dataset
 from fedhem_kernel.site.derived import add_derived
-from fedhem_kernel.site.filters import compile_where, evaluate_where, to_text
+from fedhem_kernel.site.filters import compile_where, evaluate_where
+from fedhem_kernel.site.steps import SiteData, SiteStep
 
 log = logging.getLogger("fedhem.site")
 
-CATALOG_STEP = "catalog"
-
-
-@dataclass(frozen=True)
-class SiteRequest:
-    step: str
-    dataset: str | None
-    params: dict[str, Any] = field(default_factory=dict)
-    where: str | None = None
-    who: str = "anonymous"
-    query_id: str = ""
-
-
-@dataclass
-class SiteReply:
-    site: str
-    status: str  # released | suppressed | refused | error
-    payload: dict[str, Any] | None = None
-    suppressions: list[dict[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    error: dict[str, Any] | None = None
+#: Most audit entries one ``audit`` request returns.
+MAX_AUDIT_ENTRIES = 10_000
 
 
 class SiteExecutor:
@@ -64,9 +46,14 @@ class SiteExecutor:
         datasets: dict[str, Dataset],
         policy: Policy | None = None,
         audit: AuditLog | None = None,
+        *,
+        steps: Mapping[str, SiteStep],
     ) -> None:
         self.name = name
         self.datasets = datasets
+        #: The site steps this site runs, by name (handed over when it is built: see
+        #: :mod:`fedhem_kernel.node`); a request for any other step is an error.
+        self.steps = dict(steps)
         self.policy = policy or Policy()
         self.audit = audit or AuditLog()
         self.guard = DifferencingGuard()
@@ -78,7 +65,7 @@ class SiteExecutor:
         self._remembered: dict[str, tuple[DifferencingGuard, np.ndarray]] = {}
 
     @classmethod
-    def from_config(cls, config: SiteConfig) -> SiteExecutor:
+    def from_config(cls, config: SiteConfig, steps: Mapping[str, SiteStep]) -> SiteExecutor:
         """Load every dataset; a load error is audited and raised (nothing half-loaded is kept)."""
         audit = AuditLog(config.audit_log)
         datasets: dict[str, Dataset] = {}
@@ -112,7 +99,7 @@ class SiteExecutor:
             rule=None,
             detail=f"{len(datasets)} datasets loaded",
         )
-        return cls(config.name, datasets, config.policy, audit)
+        return cls(config.name, datasets, config.policy, audit, steps=steps)
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
@@ -139,10 +126,11 @@ class SiteExecutor:
             request,
             query_id,
             status,
-            ",".join(sorted({s["rule"] for s in rlog.suppressions})) or None,
-            [f"{s['rule']}: {s['detail']}" for s in rlog.suppressions],
+            ",".join(sorted({d.rule for d in rlog.suppressions})) or None,
+            [f"{d.rule}: {d.text}" for d in rlog.suppressions],
         )
-        return SiteReply(self.name, status, payload, rlog.suppressions, rlog.notes)
+        suppressions = [d.to_dict() for d in rlog.suppressions]
+        return SiteReply(self.name, status, payload, suppressions, rlog.notes)
 
     def _audit(
         self, req: SiteRequest, query_id: str, outcome: str, rule: str | None, details: list[str]
@@ -161,7 +149,9 @@ class SiteExecutor:
     def _run(self, request: SiteRequest, rlog: ReleaseLog) -> dict[str, Any]:
         if request.step == CATALOG_STEP:
             return self.catalog()
-        step = SITE_STEPS.get(request.step)
+        if request.step == AUDIT_STEP:
+            return self.audit_trail(request.who, request.params)
+        step = self.steps.get(request.step)
         if step is None:
             raise ParameterError(f"unknown analysis step '{request.step}'", site=self.name)
         if not self.policy.allows(step.analysis):
@@ -280,6 +270,25 @@ class SiteExecutor:
             },
             "policy": self.policy.to_dict(),
         }
+
+    def audit_trail(self, who: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The audit entries of ``who``'s own requests, newest last (at most ``limit``).
+
+        What a researcher may read of a site's audit log: their own requests and what the site
+        answered them, which they were told already. Other researchers' entries and the site's own
+        (dataset loads) are never sent.
+        """
+        limit = params.get("limit", MAX_AUDIT_ENTRIES)
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 1 <= limit <= MAX_AUDIT_ENTRIES
+        ):
+            raise ParameterError(
+                f"'limit' must be a whole number from 1 to {MAX_AUDIT_ENTRIES}", site=self.name
+            )
+        mine = [e for e in self.audit.entries() if e.get("who") == who]
+        return {"entries": mine[-limit:]}
 
 
 def _summarise(value: Any, depth: int = 0) -> Any:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sites import site_audit, sites_of
 
 import fedhem_kernel as fh
-from fedhem_kernel.site.executor import SiteRequest
+from fedhem_kernel.protocol.messages import SiteRequest
 
 K = 5
 SECRET = 123.456789  # one patient's marker value: finding it anywhere is a leak
@@ -55,14 +56,14 @@ def combat_payloads(releases):
 
 
 def assert_no_value_leaks(fed: fh.Federation, releases, *messages: str) -> None:
-    texts = [*messages, *(repr(r) for r in releases), fed.audit_log().to_json()]
+    texts = [*messages, *(repr(r) for r in releases), site_audit(fed).to_json()]
     for text in texts:
         assert str(SECRET) not in text and "123.45" not in text
         assert "rare-scanner" not in text  # a batch value held by fewer than k patients
 
 
 def harmonised(fed: fh.Federation, site: str) -> pd.DataFrame:
-    frame = fed._executors[site].datasets["c"].frame
+    frame = sites_of(fed)[site].datasets["c"].frame
     return frame[[c for c in frame.columns if c.endswith("_combat")]]
 
 
@@ -72,7 +73,7 @@ def stats_reply(fed: fh.Federation, site: str, **params):
     base.update(params)
     base.setdefault("levels", {c: ["F", "M"] for c in base["categorical"]})
     base["suffix"] = "_combat"
-    return fed._coordinator.send(SiteRequest("combat_stats", "c", base))[site]
+    return fed.coordinator.send(SiteRequest("combat_stats", "c", base))[site]
 
 
 def test_released_payloads_hold_only_per_batch_aggregates(tables, releases):
@@ -94,7 +95,7 @@ def test_released_payloads_hold_only_per_batch_aggregates(tables, releases):
             "var_pooled": np.full(3, 1e-12),
             "beta_cov": np.array([[1e9, 0.0, 0.0], [0.0, 0.0, 1e9]]),
         }
-        fed._coordinator.send(SiteRequest("combat_apply", "c", crafted))
+        fed.coordinator.send(SiteRequest("combat_apply", "c", crafted))
         assert_no_value_leaks(fed, releases)
     assert res.privacy.released_sites == list(SIZES)
     payloads = combat_payloads(releases)
@@ -212,11 +213,11 @@ def test_bad_input_names_site_dataset_and_column(tables):
         res = fed.combat("c", FEATURES, suffix="_x")  # would replace a loaded column at 'big'
         assert res.privacy.outcome("big").status == "error"
         assert "choose another suffix" in res.privacy.outcome("big").details[0]
-        err = fed._coordinator.send(
+        err = fed.coordinator.send(
             SiteRequest("combat_stats", "c", {"features": FEATURES, "suffix": "_x"}), ["big"]
         )["big"].error
         assert (err["site"], err["dataset"], err["column"]) == ("big", "c", "volume_x")
-        assert (fed._executors["big"].datasets["c"].frame["volume_x"] == 1.0).all()
+        assert (sites_of(fed)["big"].datasets["c"].frame["volume_x"] == 1.0).all()
         with pytest.raises(fh.ParameterError) as info:
             fed.combat("c", ["marker"])  # empirical Bayes needs two features
         assert "at least two features" in str(info.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sites import sites_of
 
 import fedhem_kernel as fh
 from fedhem_kernel.privacy.survival import (
@@ -133,7 +134,7 @@ def test_a_filter_down_to_a_few_patients_is_refused_without_values(fed):
     assert "95" not in info.value.reason
     # "everyone but the oldest two" at the big site: subtracting it from the whole would expose
     # them, so that site refuses (with its rule) and the others answer
-    ages = np.sort(fed._executors["big"].datasets["c"].frame["age"].to_numpy())
+    ages = np.sort(sites_of(fed)["big"].datasets["c"].frame["age"].to_numpy())
     where = f"age <= {ages[-3]}"
     # the other sites cannot release the rarest cause on its own, and say how to proceed
     with pytest.raises(fh.DisclosureError, match="combine_competing=True"):
@@ -148,12 +149,12 @@ def test_differencing_two_filters_is_refused(fed):
     res = fed.cumulative_incidence("c", "time", "cause", where="age >= 50", combine_competing=True)
     assert res.privacy.released_sites
     # nudging the threshold to leave out one or two patients at the big site
-    ages = np.sort(fed._executors["big"].datasets["c"].frame["age"].to_numpy())
+    ages = np.sort(sites_of(fed)["big"].datasets["c"].frame["age"].to_numpy())
     nudged = np.unique(ages[ages >= 50.0])[2]  # the third distinct age from 50 on
     left_out = {
         site: int(((a >= 50.0) & (a < nudged)).sum())
         for site, a in (
-            (site, ex.datasets["c"].frame["age"].to_numpy()) for site, ex in fed._executors.items()
+            (site, ex.datasets["c"].frame["age"].to_numpy()) for site, ex in sites_of(fed).items()
         )
     }
     assert 1 <= left_out["big"] < K

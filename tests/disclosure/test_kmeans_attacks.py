@@ -13,16 +13,17 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from sites import site_audit, sites_of
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.base import SiteData
 from fedhem_kernel.analyses.feature_matrix import FeatureMatrix
 from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD, gate_clusters
 from fedhem_kernel.privacy.guard import DifferencingGuard, Unions
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.privacy.report import ReleaseLog
-from fedhem_kernel.site.executor import SiteRequest
+from fedhem_kernel.protocol.messages import SiteRequest
+from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
+from fedhem_kernel.site.steps import SiteData
 
 K = 5
 SECRET = 123.456789  # one patient's marker value: finding it anywhere is a leak
@@ -60,7 +61,7 @@ def kmeans_payloads(releases, key: str = "counts"):
 
 
 def assert_no_value_leaks(fed: fh.Federation, releases, message: str = "") -> None:
-    texts = [message, *(repr(r) for r in releases), fed.audit_log().to_json()]
+    texts = [message, *(repr(r) for r in releases), site_audit(fed).to_json()]
     for text in texts:
         assert str(SECRET) not in text and "123.45" not in text
 
@@ -96,7 +97,7 @@ def test_a_tiny_cluster_is_not_released(tables, releases):
         # hand-crafted: a centre on the outliers of each site, the others far away
         for block in outliers.values():
             centres = np.vstack([block.mean(axis=0), [[0.0, 0.0], [60.0, 40.0], [70.0, 90.0]]])
-            fed._coordinator.send(SiteRequest("kmeans_step", "c", raw_params(centres, 4)))
+            fed.coordinator.send(SiteRequest("kmeans_step", "c", raw_params(centres, 4)))
     assert assert_counts_zero_or_at_least_k(releases) > 20
     sizes = res.by_site["size"].dropna()
     assert ((sizes == 0) | (sizes >= K)).all()
@@ -132,14 +133,14 @@ def test_centres_aimed_at_one_patient_cannot_extract_their_row(tables, releases)
         for step in np.linspace(0.0, 30.0, 121):
             for direction in ([1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]):
                 centre = target + step * np.asarray(direction)
-                fed._coordinator.send(
+                fed.coordinator.send(
                     SiteRequest("kmeans_step", "c", raw_params(np.vstack([centre, far]), 3))
                 )
         # 2. the final-labels step and a k-means++ round aimed the same way
-        fed._coordinator.send(
+        fed.coordinator.send(
             SiteRequest("kmeans_assign", "c", raw_params(np.vstack([target, far]), 3))
         )
-        fed._coordinator.send(
+        fed.coordinator.send(
             SiteRequest(
                 "kmeans_candidates",
                 "c",
@@ -237,7 +238,7 @@ def test_kmeans_plus_plus_candidates_are_never_one_patients_row(tables, releases
 def test_a_cohort_that_differences_a_released_cluster_is_refused(tables):
     with federation(tables) as fed:
         fed.kmeans("c", FEATURES, 3)
-        frame = fed._executors["big"].datasets["c"].frame
+        frame = sites_of(fed)["big"].datasets["c"].frame
         outside = frame.loc[frame["cluster"] != "1", "pid"].astype(int).tolist()[:2]
         where = f"cluster == '1' or pid in ({outside[0]}, {outside[1]})"
         res = fed.describe("c", ["age"], where=where)
@@ -261,7 +262,7 @@ def test_gate_withholds_small_clusters_and_protects_their_complement():
     # 3 patients: withheld; then the site's total minus cluster 2 would give them away, so the
     # smallest other cluster is held as well (23 patients not released)
     assert status == [WITHHELD, HELD, RELEASED]
-    assert {s["rule"] for s in data.log.suppressions} == {"min_cell_count", "differencing"}
+    assert {d.rule for d in data.log.suppressions} == {"min_cell_count", "differencing"}
 
 
 def test_gate_holds_a_cluster_close_to_an_earlier_release():
@@ -380,12 +381,12 @@ def test_a_cluster_near_an_earlier_release_is_held_under_micro_clusters(tables, 
     init = np.array([[50.0, 30.0], [65.0, 70.0], [75.0, 100.0]])
     with federation(tables) as fed:  # where the clusters fall (micro-clusters are deterministic)
         first = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
-        labels = fed._executors["big"].datasets["c"].frame["cluster"].to_numpy()
+        labels = sites_of(fed)["big"].datasets["c"].frame["cluster"].to_numpy()
     assert (first.by_site["status"] == RELEASED).all()
     earlier = labels == "2"
     earlier[np.flatnonzero(~earlier)[:2]] = True  # released before: cluster 2 and 2 patients more
     with federation(tables) as fed:
-        fed._executors["big"].guard.remember("c", earlier)
+        sites_of(fed)["big"].guard.remember("c", earlier)
         again = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
     status = again.by_site.set_index(["site", "cluster"])["status"]
     assert status["big", "2"] == HELD

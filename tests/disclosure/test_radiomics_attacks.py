@@ -17,10 +17,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from imaging_helpers import IMAGING_COLUMNS, QUICK_PARAMS, write_phantoms  # noqa: E402
+from sites import sites_of
 
 import fedhem_kernel as fh  # noqa: E402
 from fedhem_kernel.errors import DisclosureError  # noqa: E402
-from fedhem_kernel.site.executor import SiteRequest  # noqa: E402
+from fedhem_kernel.protocol.messages import SiteRequest  # noqa: E402
 
 K = 5
 
@@ -65,7 +66,7 @@ def test_released_messages_hold_counts_of_k_or_more_and_no_patient_value(
     fed = federation(root, tables)
     result = fed.radiomics("mri", params=QUICK_PARAMS)
     # the per-patient values kept at site_a: none of them may appear in any message
-    kept = fed._executors["site_a"].datasets["mri"].frame[list(result.columns.values())]
+    kept = sites_of(fed)["site_a"].datasets["mri"].frame[list(result.columns.values())]
     values = set(np.round(kept.to_numpy().ravel(), 9))
     for reply in releases:
         payload = reply.payload or {}
@@ -108,7 +109,7 @@ def test_a_request_for_per_patient_features_is_refused(root: Path, tables) -> No
         result.features  # noqa: B018 - the attribute a user would try
     assert info.value.rule == "row_level"
     # the same, sent to a site by hand as the engine would
-    site = fed._executors["site_a"]
+    site = sites_of(fed)["site_a"]
     for step in ("radiomics_extract", "radiomics_keep"):
         reply = site.handle(
             SiteRequest(step, "mri", {"params": QUICK_PARAMS, "run": "x", "release": "features"})

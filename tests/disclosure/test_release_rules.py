@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sites import sites_of
 
 import fedhem_kernel as fh
 
@@ -199,7 +200,7 @@ def test_a_cohort_checked_before_is_checked_again_once_the_site_remembers_more()
         f.describe("c", columns=["age"], where="age >= 50")
         f.describe("c", columns=["time"], where="age >= 50")  # the same cohort: answered
         for site, t in tables.items():
-            f._executors[site].guard.remember("c", (t["c"]["age"] >= 50.4).to_numpy())
+            sites_of(f)[site].guard.remember("c", (t["c"]["age"] >= 50.4).to_numpy())
         with pytest.raises(fh.DisclosureError) as info:
             f.describe("c", columns=["time"], where="age >= 50")
     assert "differencing" in str(info.value)

@@ -1,9 +1,10 @@
-"""What every analysis module provides: site steps (rows -> checked aggregates) and a combine step.
+"""What a site step is given and what it is: :class:`SiteData` and :class:`SiteStep`.
 
 A site step receives :class:`SiteData` (the cohort after ``where=``, the dataset's schema, the site's
-policy and a :class:`ReleaseLog` for suppressions) and returns a payload of plain values and numpy
-arrays; every count in it must already obey the policy. The coordinator side of an analysis is a
-function ``run(ask, request)`` that asks the sites (one or more rounds) and combines the replies.
+policy and a :class:`~fedhem_kernel.protocol.report.ReleaseLog` for suppressions) and returns a
+payload of plain values and numpy arrays; every count in it must already obey the policy. The site
+executor is handed the steps it may run when it is built (:mod:`fedhem_kernel.node` hands it those
+of every registered analysis); this package never imports an analysis.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,27 +20,9 @@ import pandas as pd
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
 from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.privacy.report import ReleaseLog
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.site.schema import DatasetSchema
-
-Payload = dict[str, Any]
-
-
-class Ask(Protocol):
-    """The coordinator side of one researcher query (see ``engine.coordinator.Query``)."""
-
-    dataset: str
-    where: str | None
-
-    def ask(self, step: str, params: Payload) -> dict[str, Payload]:
-        """Send ``query.<step>`` to every site still taking part; payloads of those that released."""
-        ...
-
-    def note(self, text: str) -> None: ...
-
-    def progress(self, site: str, detail: str) -> None:
-        """Show how far ``site`` is in a long step (e.g. "12/40 images"): names and counts only."""
-        ...
 
 
 @dataclass(frozen=True)

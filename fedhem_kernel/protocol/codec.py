@@ -20,7 +20,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.common.constant import SType
 from numpy.lib import format as npy_format
 
-from fedhem_kernel.site.executor import SiteReply, SiteRequest
+from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
 
 PROTOCOL = 2  # 2: a message's arrays travel as one byte string (see to_records)
 _ARRAY_TAG = "__ndarray__"

@@ -1,0 +1,154 @@
+"""A site node: the site executor with the site steps of every registered analysis.
+
+Side: site. This is where the two halves of a site meet: ``fedhem_kernel.site`` (datasets, filters,
+executor, audit, ClientApp), which never imports an analysis, and the analysis registry's site steps,
+which this module hands over when it builds an executor. Nothing on the researcher's side imports the
+site; embedded federations come through :func:`start_embedded` (sites hosted in this process behind
+an endpoint address) and :func:`serve` (sites in a process of their own, spoken to over a pipe).
+
+Deployment: ``flower-supernode ... --node-config 'data-path="/data/site.toml"'`` with the ClientApp
+``fedhem_kernel.node:app``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+
+from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.protocol import endpoints
+from fedhem_kernel.site.app import make_client_app
+from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
+from fedhem_kernel.site.executor import SiteExecutor
+from fedhem_kernel.site.host import SiteHost
+from fedhem_kernel.site.steps import SiteStep
+
+
+def site_steps() -> dict[str, SiteStep]:
+    """Every registered analysis's site steps, by step name."""
+    from fedhem_kernel.analyses import SITE_STEPS
+
+    return dict(SITE_STEPS)
+
+
+def executor(config: SiteConfig) -> SiteExecutor:
+    """A site's executor: its datasets loaded (a load error is audited and raised) and every
+    registered site step."""
+    return SiteExecutor.from_config(config, site_steps())
+
+
+# -- deployment ----------------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _executor_for(path: str, name: str | None) -> SiteExecutor:
+    return executor(SiteConfig.from_toml(path, name=name))
+
+
+def executor_from_node_config(context: Context) -> SiteExecutor:
+    """Deployment: ``flower-supernode --node-config 'data-path="/data/site.toml"'``."""
+    cfg = context.node_config
+    name = cfg.get("site-name")
+    return _executor_for(str(cfg["data-path"]), str(name) if name else None)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first use: importing this module loads no site's data
+        value = make_client_app(executor_from_node_config, site_steps())
+        globals()["app"] = value
+        return value
+    raise AttributeError(f"module 'fedhem_kernel.node' has no attribute {name!r}")
+
+
+app: ClientApp  # the deployment ClientApp (see __getattr__)
+
+
+# -- embedded federations ------------------------------------------------------------------------
+def start_embedded(configs: Sequence[SiteConfig]) -> tuple[str, dict[int, str]]:
+    """Load the sites and host them in this process; their endpoint address and node names.
+
+    The caller (a researcher-side grid) keeps the address only; closing it (``endpoints.unregister``)
+    drops the sites.
+    """
+    if not configs:
+        raise ParameterError("a federation needs at least one site")
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ParameterError("site names must be unique")
+    host = SiteHost([executor(c) for c in configs])
+    return endpoints.register(host.deliver), host.names
+
+
+def embedded_host(address: str) -> SiteHost:
+    """The host of an embedded federation's sites (for the site side's own tools and tests)."""
+    deliver = endpoints.lookup(address)
+    host = getattr(deliver, "__self__", None)
+    if not isinstance(host, SiteHost):
+        raise ParameterError("no sites are hosted in this process at that address")
+    return host
+
+
+def demo_configs(seed: int = 2026, policy: Policy | None = None) -> list[SiteConfig]:
+    """Four synthetic haematology sites (AML, MDS, MM, SCD and the MRI sub-study ``mm_imaging``)."""
+    from fedhem_kernel.demo.cohorts import COLUMN_TYPES, DEMO_SITES, make_site_tables
+    from fedhem_kernel.demo.imaging import IMAGING_DATASET, imaging_column_types, write_demo_imaging
+
+    imaging = write_demo_imaging(seed)
+    configs = []
+    for site in DEMO_SITES:
+        tables = make_site_tables(site, seed=seed)
+        datasets = {ds: DatasetDecl(ds, df, COLUMN_TYPES.get(ds, {})) for ds, df in tables.items()}
+        root, table = imaging[site]
+        datasets[IMAGING_DATASET] = DatasetDecl(IMAGING_DATASET, table, imaging_column_types())
+        configs.append(SiteConfig(site, datasets, policy or Policy(), data_root=root))
+    return configs
+
+
+def local_configs(
+    sites: Mapping[str, Mapping[str, Any]],
+    policy: Policy | Mapping[str, Policy] | None = None,
+    *,
+    columns: Mapping[str, Mapping[str, Any]] | None = None,
+    audit_dir: str | Path | None = None,
+    data_root: str | Path | Mapping[str, str | Path] | None = None,
+) -> list[SiteConfig]:
+    """Site configs of tables given in Python (see ``Federation.local``)."""
+    configs = []
+    for site, tables in sites.items():
+        if isinstance(policy, Mapping):
+            site_policy = policy.get(site, Policy())
+        else:
+            site_policy = policy or Policy()
+        decls = {
+            ds: DatasetDecl(ds, src, dict((columns or {}).get(ds, {})))
+            for ds, src in tables.items()
+        }
+        audit = Path(audit_dir) / f"{site}.jsonl" if audit_dir is not None else None
+        root = data_root.get(site) if isinstance(data_root, Mapping) else data_root
+        configs.append(
+            SiteConfig(
+                site, decls, site_policy, audit, data_root=Path(root) if root is not None else None
+            )
+        )
+    return configs
+
+
+def federation_configs(path: str | Path) -> tuple[str, list[SiteConfig]]:
+    """A federation TOML's name and its sites (``[sites.NAME] config = "site.toml"`` or inline)."""
+    path = Path(path)
+    data = read_toml(path, "federation config")
+    sites = data.get("sites")
+    if not isinstance(sites, Mapping) or not sites:
+        raise SchemaError("federation config needs at least one [sites.NAME] table")
+    configs = []
+    for site, table in sites.items():
+        if "config" in table:
+            configs.append(SiteConfig.from_toml(path.parent / table["config"], name=site))
+        else:
+            configs.append(SiteConfig.from_mapping(table, base_dir=path.parent, name=site))
+    name = str(data.get("federation", {}).get("name", path.stem))
+    return name, configs

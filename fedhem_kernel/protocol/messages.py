@@ -1,0 +1,71 @@
+"""What crosses the trust boundary: a site step request, and a site's reply.
+
+A request names the step (``query.<step>`` in Flower's terms), the dataset, the step's parameters
+(plain values and numpy arrays) and the ``where=`` text; a reply carries the site's status, the
+payload the combine step needs, what the site suppressed or left out and why
+(:class:`~fedhem_kernel.protocol.report.Detail` records, as dicts on the wire), notes, and an error
+(a :class:`~fedhem_kernel.errors.FedHemError` as a dict) when it refused or failed.
+:mod:`fedhem_kernel.protocol.codec` turns both into typed Flower records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: The step every site answers whatever analyses it runs: column names, types and units of its
+#: datasets and its policy, never a value or a count.
+CATALOG_STEP = "catalog"
+#: The step every site answers with the audit entries of the requesting researcher's own requests.
+AUDIT_STEP = "audit"
+#: Steps that are not an analysis's: every site answers them whatever its policy allows.
+SERVICE_STEPS = (CATALOG_STEP, AUDIT_STEP)
+
+Status = Literal["released", "suppressed", "refused", "error"]
+
+
+@dataclass(frozen=True)
+class SiteRequest:
+    """One site step asked of a site.
+
+    Parameters
+    ----------
+    step : str
+        The site step (``"km_tables"``, ``"cox_sums"``, ..., or :data:`CATALOG_STEP`).
+    dataset : str or None
+        The dataset it runs on (``None`` for the catalog).
+    params : dict
+        The step's parameters: plain values, lists, dicts and numpy arrays. A site checks every
+        one of them in its own units; it trusts nothing it is sent.
+    where : str or None
+        The ``where=`` filter text (parsed and checked again at the site).
+    who : str
+        The researcher, as the site's audit log records it.
+    query_id : str
+        The researcher's query this step belongs to (several rounds share it).
+    """
+
+    step: str
+    dataset: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    where: str | None = None
+    who: str = "anonymous"
+    query_id: str = ""
+
+
+@dataclass
+class SiteReply:
+    """A site's answer to one :class:`SiteRequest`.
+
+    ``status`` is ``released`` (all of it), ``suppressed`` (released, with parts withheld or
+    merged: see ``suppressions``), ``refused`` (a privacy rule: ``error`` says which) or ``error``
+    (bad input, or a failure at the site). ``suppressions`` are
+    :class:`~fedhem_kernel.protocol.report.Detail` records as dicts.
+    """
+
+    site: str
+    status: Status
+    payload: dict[str, Any] | None = None
+    suppressions: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
