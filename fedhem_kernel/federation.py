@@ -7,33 +7,34 @@ checked release comes back to be combined here. Nothing in this module can read 
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
 from fedhem_kernel.activity import ActivityLog, default_user
-from fedhem_kernel.analyses.combat import CombatResult, run_combat
-from fedhem_kernel.analyses.cox import CoxResult, run_cox
-from fedhem_kernel.analyses.crosstab import CrosstabResult, run_crosstab
-from fedhem_kernel.analyses.cumulative_incidence import (
-    CumulativeIncidenceResult,
-    run_cumulative_incidence,
-)
-from fedhem_kernel.analyses.describe import DescribeResult, run_describe
-from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult, run_kaplan_meier
-from fedhem_kernel.analyses.kmeans import KMeansResult, run_kmeans
-from fedhem_kernel.analyses.logrank import LogrankResult, run_logrank
-from fedhem_kernel.analyses.pca import PCAResult, run_pca
-from fedhem_kernel.analyses.radiomics import RadiomicsResult, run_radiomics
+from fedhem_kernel.analyses import registry
 from fedhem_kernel.engine.coordinator import Coordinator, Query
 from fedhem_kernel.engine.local_grid import InProcess, LocalGrid
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteRequest
 from fedhem_kernel.protocol.where import parse_where
+
+if TYPE_CHECKING:
+    from fedhem_kernel.analyses.combat.result import CombatResult
+    from fedhem_kernel.analyses.cox.result import CoxResult
+    from fedhem_kernel.analyses.crosstab.result import CrosstabResult
+    from fedhem_kernel.analyses.cumulative_incidence.result import CumulativeIncidenceResult
+    from fedhem_kernel.analyses.describe.result import DescribeResult
+    from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
+    from fedhem_kernel.analyses.kmeans.result import KMeansResult
+    from fedhem_kernel.analyses.logrank.result import LogrankResult
+    from fedhem_kernel.analyses.pca.result import PCAResult
+    from fedhem_kernel.analyses.radiomics.result import RadiomicsResult
 
 R = TypeVar("R")
 
@@ -199,6 +200,27 @@ class Federation:
         return pd.DataFrame(rows)
 
     # -- analyses -------------------------------------------------------------------------------
+    def run(self, analysis: str, dataset: str, *, where: str | None = None, **params: Any) -> Any:
+        """Run any registered analysis on ``dataset``: the generic call behind every method below.
+
+        ``params`` are the analysis's own (its combine step's ``run(query, **params)``, see
+        :mod:`fedhem_kernel.analyses.registry`); ``where`` filters the cohort at every site. The
+        query is listed, with its privacy outcome, in this user's activity.
+
+        Examples
+        --------
+        >>> fed.run("kaplan_meier", "aml", duration="os_months", event="os_status")  # doctest: +SKIP
+        """
+        try:
+            package = registry.package(analysis)
+        except KeyError:
+            raise ParameterError(
+                f"unknown analysis {analysis!r}; registered: {', '.join(registry.names())}"
+            ) from None
+        combine = importlib.import_module(f"{package}.combine")
+        q = self._query(analysis, dataset, where)
+        return self._execute(q, lambda q: combine.run(q, **params))
+
     def _query(self, analysis: str, dataset: str, where: str | None) -> Query:
         if not isinstance(dataset, str) or not dataset:
             raise ParameterError("'dataset' must be a dataset name")
@@ -213,7 +235,7 @@ class Federation:
                 ) from None
         return Query(self.coordinator, analysis, dataset, where, self.user)
 
-    def _run(self, q: Query, combine: Callable[[Query], R]) -> R:
+    def _execute(self, q: Query, combine: Callable[[Query], R]) -> R:
         """Run one analysis and list it, with its privacy outcome, in this user's activity."""
         try:
             result = combine(q)
@@ -245,21 +267,13 @@ class Federation:
         where: str | None = None,
     ) -> DescribeResult:
         """Count, mean, SD and quantiles (from pooled histograms) of numeric columns."""
-        q = self._query("describe", dataset, where)
-        numeric: list[str] = []
-        if columns is None:
-            cat = self.catalog(dataset)
-            numeric = list(
-                dict.fromkeys(cat.loc[cat["dtype"].isin(["float", "int"]), "column"].tolist())
-            )
-        return self._run(q, lambda q: run_describe(q, columns, by, numeric))
+        return self.run("describe", dataset, where=where, columns=columns, by=by)
 
     def crosstab(
         self, dataset: str, row: str, col: str, where: str | None = None, margins: bool = False
     ) -> CrosstabResult:
         """Counts by two categorical columns (``col="site"`` for one column per site)."""
-        q = self._query("crosstab", dataset, where)
-        return self._run(q, lambda q: run_crosstab(q, row, col, margins))
+        return self.run("crosstab", dataset, where=where, row=row, col=col, margins=margins)
 
     def kaplan_meier(
         self,
@@ -270,8 +284,9 @@ class Federation:
         where: str | None = None,
     ) -> KaplanMeierResult:
         """Pooled Kaplan–Meier curves (one per group) with Greenwood intervals."""
-        q = self._query("kaplan_meier", dataset, where)
-        return self._run(q, lambda q: run_kaplan_meier(q, duration, event, group))
+        return self.run(
+            "kaplan_meier", dataset, where=where, duration=duration, event=event, group=group
+        )
 
     def logrank(
         self,
@@ -292,12 +307,17 @@ class Federation:
         ``multivariate_logrank_test``: ``None``, ``"wilcoxon"``, ``"tarone-ware"``, ``"peto"`` or
         ``"fleming-harrington"`` (with ``p`` and ``q``).
         """
-        query = self._query("logrank", dataset, where)
-        return self._run(
-            query,
-            lambda query: run_logrank(
-                query, duration, event, group, strata=strata, weightings=weightings, p=p, q=q
-            ),
+        return self.run(
+            "logrank",
+            dataset,
+            where=where,
+            duration=duration,
+            event=event,
+            group=group,
+            strata=strata,
+            weightings=weightings,
+            p=p,
+            q=q,
         )
 
     def cumulative_incidence(
@@ -320,12 +340,16 @@ class Federation:
         ``combine_competing=True`` counts every other cause as one "competing causes" curve (use it
         when a rare cause makes a site withhold its table).
         """
-        q = self._query("cumulative_incidence", dataset, where)
-        return self._run(
-            q,
-            lambda q: run_cumulative_incidence(
-                q, duration, event, event_of_interest, group, cause_names, combine_competing
-            ),
+        return self.run(
+            "cumulative_incidence",
+            dataset,
+            where=where,
+            duration=duration,
+            event=event,
+            event_of_interest=event_of_interest,
+            group=group,
+            cause_names=cause_names,
+            combine_competing=combine_competing,
         )
 
     def cox(
@@ -352,26 +376,17 @@ class Federation:
         ``concordance_bounds_``), ``proportional_hazard_test()`` (scaled Schoenfeld residuals, as
         lifelines) and ``plot()`` (forest plot). ``diagnostics=False`` skips those two extra rounds.
         """
-        q = self._query("cox", dataset, where)
-        covs = [covariates] if isinstance(covariates, str) else list(covariates)
-        cat = self.catalog(dataset)
-        categorical = sorted(
-            set(cat.loc[cat["dtype"] == "category", "column"])
-            & {c for c in covs if isinstance(c, str)}
-        )
-        return self._run(
-            q,
-            lambda q: run_cox(
-                q,
-                duration,
-                event,
-                covs,
-                strata,
-                ties,
-                categorical,
-                diagnostics=diagnostics,
-                concordance_bins=concordance_bins,
-            ),
+        return self.run(
+            "cox",
+            dataset,
+            where=where,
+            duration=duration,
+            event=event,
+            covariates=covariates,
+            strata=strata,
+            ties=ties,
+            diagnostics=diagnostics,
+            concordance_bins=concordance_bins,
         )
 
     def kmeans(
@@ -395,27 +410,18 @@ class Federation:
         ``fed.describe(dataset, by="cluster")``, ``fed.kaplan_meier(..., group="cluster")`` or
         ``result.profile(fed, [...])`` describe the clusters.
         """
-        q = self._query("kmeans", dataset, where)
-        feats = [features] if isinstance(features, str) else list(features)
-        try:  # a categorical feature is refused by the sites (no catalog round first)
-            return self._run(
-                q,
-                lambda q: run_kmeans(
-                    q,
-                    feats,
-                    k,
-                    init=init,
-                    standardize=standardize,
-                    seed=seed,
-                    max_iter=max_iter,
-                    tol=tol,
-                ),
-            )
-        finally:  # sites that did not store this clustering drop an older 'cluster' column
-            dropped = [s for s in self.coordinator.site_names if s not in q.active]
-            if dropped:
-                request = SiteRequest("kmeans_clear", dataset, {}, None, self.user, q.query_id)
-                self.coordinator.send(request, dropped)
+        return self.run(
+            "kmeans",
+            dataset,
+            where=where,
+            features=features,
+            k=k,
+            init=init,
+            standardize=standardize,
+            seed=seed,
+            max_iter=max_iter,
+            tol=tol,
+        )
 
     def pca(
         self,
@@ -431,9 +437,14 @@ class Federation:
         ``result.transform(kmeans.cluster_centers)`` and ``result.plot_centers(kmeans)`` place the
         centres of a k-means result on the components.
         """
-        q = self._query("pca", dataset, where)
-        feats = [features] if isinstance(features, str) else list(features)
-        return self._run(q, lambda q: run_pca(q, feats, n_components, standardize))
+        return self.run(
+            "pca",
+            dataset,
+            where=where,
+            features=features,
+            n_components=n_components,
+            standardize=standardize,
+        )
 
     def radiomics(
         self,
@@ -448,8 +459,7 @@ class Federation:
         mean, SD, quantiles); the per-patient features stay at each site as columns of ``dataset``
         (``result.columns``), usable in ``describe``, ``cox``, ``kmeans`` and ``combat``.
         """
-        q = self._query("radiomics", dataset, where)
-        return self._run(q, lambda q: run_radiomics(q, params))
+        return self.run("radiomics", dataset, where=where, params=params)
 
     def combat(
         self,
@@ -474,36 +484,18 @@ class Federation:
         sums leave it. ``result.batch_effects`` (gamma_star, delta_star), ``result.summary``
         (per batch mean and SD before and after); later queries use ``result.columns``.
         """
-        q = self._query("combat", dataset, where)
-        feats = [features] if isinstance(features, str) else features
-        feats = list(feats) if hasattr(feats, "__iter__") else feats  # else: an error names it
-        covs = [covariates] if isinstance(covariates, str) else covariates
-        covs = list(covs) if hasattr(covs, "__iter__") else covs
-        types: dict[str, tuple[str, str]] = {}
-        for row in self.catalog(dataset).itertuples(index=False):
-            known = types.get(row.column, ("", ""))[0] in ("category", "bool")
-            if row.column not in types or (row.dtype in ("category", "bool") and not known):
-                types[row.column] = (str(row.dtype), str(row.site))  # first site saying so
-        result = self._run(
-            q,
-            lambda q: run_combat(
-                q,
-                feats,
-                batch,
-                covs,
-                suffix=suffix,
-                eb=eb,
-                parametric=parametric,
-                mean_only=mean_only,
-                column_types=types,
-            ),
+        return self.run(
+            "combat",
+            dataset,
+            where=where,
+            features=features,
+            batch=batch,
+            covariates=covariates,
+            suffix=suffix,
+            eb=eb,
+            parametric=parametric,
+            mean_only=mean_only,
         )
-        dropped = [s for s in self.coordinator.site_names if s not in q.active]
-        if dropped:  # they keep no columns of this run: drop those of an earlier one
-            params = {"columns": list(result.columns)}
-            request = SiteRequest("combat_clear", dataset, params, None, self.user, q.query_id)
-            self.coordinator.send(request, dropped)
-        return result
 
     # -- housekeeping ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -12,6 +12,7 @@ Deployment: ``flower-supernode ... --node-config 'data-path="/data/site.toml"'``
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -20,9 +21,11 @@ from typing import Any
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
+from fedhem_kernel.analyses import registry
 from fedhem_kernel.errors import ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol import endpoints
+from fedhem_kernel.protocol.messages import SERVICE_STEPS
 from fedhem_kernel.site.app import make_client_app
 from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import SiteExecutor
@@ -31,10 +34,23 @@ from fedhem_kernel.site.steps import SiteStep
 
 
 def site_steps() -> dict[str, SiteStep]:
-    """Every registered analysis's site steps, by step name."""
-    from fedhem_kernel.analyses import SITE_STEPS
+    """Every registered analysis's site steps (its package's ``site.STEPS``), by step name.
 
-    return dict(SITE_STEPS)
+    A step must belong to its package's analysis (the policy allows or refuses it by that name),
+    and step names are unique across analyses.
+    """
+    steps: dict[str, SiteStep] = {}
+    for analysis, package in registry.ANALYSES.items():
+        module = importlib.import_module(f"{package}.site")
+        for step in module.STEPS:
+            if step.analysis != analysis:
+                raise ValueError(
+                    f"site step {step.name!r} of {package} belongs to {step.analysis!r}"
+                )
+            if step.name in steps or step.name in SERVICE_STEPS:
+                raise ValueError(f"two site steps are named {step.name!r}")
+            steps[step.name] = step
+    return steps
 
 
 def executor(config: SiteConfig) -> SiteExecutor:

@@ -25,7 +25,7 @@ from sites import sites_of
 from sklearn.datasets import load_breast_cancer
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.combat import CombatResult
+from fedhem_kernel.analyses.combat.result import CombatResult
 
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 POLICIES = {"unrestricted": fh.Policy.unrestricted(), "default": fh.Policy()}

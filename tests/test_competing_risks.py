@@ -34,13 +34,13 @@ from sksurv.nonparametric import cumulative_incidence_competing_risks
 from test_widgets import widget_page
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.cumulative_incidence import (
-    COMPETING,
-    CumulativeIncidenceResult,
+from fedhem_kernel.analyses.cumulative_incidence import COMPETING
+from fedhem_kernel.analyses.cumulative_incidence.combine import (
     aalen_johansen,
     gray_score_variance,
     gray_statistic,
 )
+from fedhem_kernel.analyses.cumulative_incidence.result import CumulativeIncidenceResult
 from fedhem_kernel.demo.cohorts import COLUMN_TYPES, make_demo_tables
 
 K = 5
@@ -584,7 +584,7 @@ def test_plain_python_never_imports_the_widget_stack():
 
 
 def test_widget_state_holds_only_pooled_released_counts(releases):
-    from fedhem_kernel.analyses.cumulative_incidence import pool_cause_tables
+    from fedhem_kernel.analyses.cumulative_incidence.combine import pool_cause_tables
 
     df = demo_aml()
     with federation(df, seed=6, policy=fh.Policy()) as fed:

@@ -9,13 +9,14 @@ import pytest
 from conftest import split_rows
 from lifelines import CoxPHFitter, datasets
 from scipy import stats
+from sites import sites_of
 from sksurv.datasets import load_veterans_lung_cancer, load_whas500
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.util import Surv
 
 import fedhem_kernel as fh
-import fedhem_kernel.analyses.cox as cox_module
-from fedhem_kernel.analyses import cox_site
+import fedhem_kernel.analyses.cox.combine as cox_module
+from fedhem_kernel.analyses.cox.site_design import SCRATCH
 
 TOL = 1e-6
 
@@ -252,10 +253,10 @@ def test_default_policy_fit_is_close_to_the_exact_fit_and_says_so():
 
 # -- the result object -----------------------------------------------------------------------------
 def test_result_names_and_display():
-    cox_site.clear_cache()  # designs left by other tests' refused sites (an LRU bounds them)
     df, duration, event = DATASETS["rossi"]()
     with federation(df) as fed:
         res = fed.cox("data", duration, event, ["fin", "age", "prio"])
+        executors = sites_of(fed)
     assert list(res.summary.columns) == list(
         CoxPHFitter()
         .fit(df[[duration, event, "fin", "age", "prio"]], duration, event)
@@ -275,7 +276,8 @@ def test_result_names_and_display():
     widget = res.widget()
     assert widget.tables[0]["columns"][0] == "coef"
     assert [row["index"][0] for row in widget.tables[0]["rows"]] == ["fin", "age", "prio"]
-    assert not any(cox_site._cache.values())  # the sites dropped the fit's cached design
+    for executor in executors.values():  # the sites dropped the fit's design
+        assert not cached_designs_of(executor, "data")
     # the pooled sums at the final coefficients stay available to later steps
     assert res.fit is not None and res.fit.strata[0].S0 is not None
     assert np.allclose(res.fit.beta / res.fit.scale, res.params_)
@@ -303,3 +305,8 @@ def test_unknown_column_names_site_dataset_and_column():
             fed.cox("data", duration, event, ["age", "nope"])
     assert (info.value.dataset, info.value.column) == ("data", "nope")
     assert info.value.site in {"site_a", "site_b", "site_c"}
+
+
+def cached_designs_of(executor, dataset: str) -> dict:
+    """The Cox designs a site keeps in a dataset's scratch."""
+    return executor._scratch.get(dataset, {}).get(SCRATCH, {})

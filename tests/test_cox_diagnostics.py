@@ -20,7 +20,8 @@ from scipy.stats import rankdata
 from test_cox import DATASETS, dummy_coded, federation
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses import cox_diagnostics as cd
+from fedhem_kernel.analyses import cox as cd
+from fedhem_kernel.analyses.cox import site_checks
 
 matplotlib.use("Agg")
 
@@ -175,7 +176,7 @@ def test_within_site_counts_equal_brute_force_with_ties(seed):
     times = rng.integers(0, 12, n).astype(float)  # many tied times
     events = rng.random(n) < 0.6
     score = rng.integers(0, 6, n).astype(float)  # many tied scores
-    counts = cd.within_concordance(times, events.astype(float), score)
+    counts = site_checks.within_concordance(times, events.astype(float), score)
     assert tuple(int(v) for v in counts) == brute_force(times, events, score)
     pairs, conc, tied = counts
     if pairs:
@@ -191,7 +192,7 @@ def test_cells_never_hold_between_one_and_k_minus_one():
         times = np.sort(rng.integers(0, 40, n)).astype(float)
         events = (rng.random(n) < 0.5).astype(float)
         bins = rng.integers(0, 64, n)
-        cells = cd.score_cells(times, events, bins, k)
+        cells = site_checks.score_cells(times, events, bins, k)
         for key in ("events", "censored"):
             v = np.asarray(cells[key])
             assert np.all((v == 0) | (v >= k))

@@ -19,8 +19,10 @@ from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.feature_matrix import _singles_out
-from fedhem_kernel.analyses.kmeans import Atoms, KMeansResult, _clusters, micro_clusters
+from fedhem_kernel.analyses.common.site_features import _singles_out
+from fedhem_kernel.analyses.kmeans.result import KMeansResult
+from fedhem_kernel.analyses.kmeans.site import _clusters
+from fedhem_kernel.analyses.kmeans.site_micro import Atoms, micro_clusters
 from fedhem_kernel.protocol import codec
 from fedhem_kernel.protocol.wire import ensure_task_identity, wire_copy
 

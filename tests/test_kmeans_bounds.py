@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedhem_kernel.analyses.kmeans import nearest
-from fedhem_kernel.analyses.kmeans_bounds import NearestCentres
+from fedhem_kernel.analyses.kmeans.site import nearest
+from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
 
 
 def rows(n: int, p: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def test_rows_on_the_bisector_are_recomputed():
 
 
 def test_many_centres_run_in_blocks_and_the_centre_gaps_stay_lower_bounds():
-    from fedhem_kernel.analyses import kmeans_bounds
+    from fedhem_kernel.analyses.kmeans import site_bounds as kmeans_bounds
 
     xa, norms = rows(5000, 20, 3)
     rng = np.random.default_rng(2)

@@ -19,7 +19,7 @@ from conftest import public, split_rows
 from lifelines.statistics import logrank_test, multivariate_logrank_test
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.logrank import event_time_weights, stratum_statistics
+from fedhem_kernel.analyses.logrank.combine import event_time_weights, stratum_statistics
 
 REL = 1e-8
 K = 5

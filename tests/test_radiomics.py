@@ -22,7 +22,9 @@ from imaging_helpers import (
 from sites import sites_of
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses import radiomics as rad
+from fedhem_kernel.analyses.radiomics import combine as rad_combine
+from fedhem_kernel.analyses.radiomics import params as rad_params
+from fedhem_kernel.analyses.radiomics import site as rad_site
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 
 
@@ -122,9 +124,9 @@ def test_features_are_columns_for_later_queries(samples) -> None:
 
 
 def test_feature_names_become_identifiers() -> None:
-    assert rad.column_name("original_glcm_Idm") == "original_glcm_Idm"
-    assert rad.column_name("wavelet-LLH_glcm_Idm") == "wavelet_LLH_glcm_Idm"
-    assert rad.column_name("log-sigma-1-0-mm-3D_firstorder_Mean").isidentifier()
+    assert rad_params.column_name("original_glcm_Idm") == "original_glcm_Idm"
+    assert rad_params.column_name("wavelet-LLH_glcm_Idm") == "wavelet_LLH_glcm_Idm"
+    assert rad_params.column_name("log-sigma-1-0-mm-3D_firstorder_Mean").isidentifier()
 
 
 def _imaging_fed(root: Path, sizes: dict[str, int], policy: fh.Policy | None = None, **kw):
@@ -145,9 +147,9 @@ def test_cache_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     """A repeated query reads the site's cache; progress is reported per site between rounds."""
     fed = _imaging_fed(tmp_path, {"site_a": 12, "site_b": 10})
     calls = []
-    real = rad.extract_one
-    monkeypatch.setattr(rad, "extract_one", lambda *a: calls.append(a[1].name) or real(*a))
-    monkeypatch.setattr(rad, "BUDGET_SECONDS", 0.0)  # one image per site per round
+    real = rad_site.extract_one
+    monkeypatch.setattr(rad_site, "extract_one", lambda *a: calls.append(a[1].name) or real(*a))
+    monkeypatch.setattr(rad_combine, "BUDGET_SECONDS", 0.0)  # one image per site per round
     events = []
     fed.coordinator.observers.append(events.append)
     first = fed.radiomics("mri", params=QUICK_PARAMS)
@@ -410,4 +412,4 @@ def test_cache_keys_change_with_content(tmp_path: Path) -> None:
     first = file_digest(f)
     f.write_bytes(b"two!")
     assert file_digest(f) != first
-    assert json.dumps(rad.canonical_params(None)) == "{}"
+    assert json.dumps(rad_params.canonical_params(None)) == "{}"

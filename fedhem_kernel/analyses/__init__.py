@@ -1,42 +1,14 @@
-"""The analysis registry: every site step a site answers, by message action name.
+"""The analyses: one package each, listed in :mod:`~fedhem_kernel.analyses.registry`.
 
-Adding an analysis: write one module with its site step(s), combine step and result type, list its
-``STEPS`` here. Nothing in ``engine/`` or ``kernel/`` changes.
+An analysis package ``analyses/<name>/`` holds
+
+- ``site.py`` (and ``site_*.py``): runs at each site: rows -> partial aggregates, with its release
+  rules; its ``STEPS`` are the site steps the site's ClientApp answers;
+- ``combine.py`` (and ``combine_*.py``): runs on the researcher's side: ``run(query, **params)`` asks
+  the sites (one or more rounds) and combines what they released into the result;
+- ``result.py``: the result type (numbers only; renderers are registered in ``display/``);
+- ``__init__.py``: what both sides share (names, constants); it imports neither side.
+
+Adding an analysis is one package and one line in the registry. ``common/`` holds helpers several
+analyses share, named by side in the same way.
 """
-
-from __future__ import annotations
-
-from fedhem_kernel.analyses import (
-    combat,
-    cox,
-    crosstab,
-    cumulative_incidence,
-    describe,
-    kaplan_meier,
-    kmeans,
-    levels,
-    logrank,
-    pca,
-    radiomics,
-)
-from fedhem_kernel.site.steps import SiteStep
-
-SITE_STEPS: dict[str, SiteStep] = {
-    step.name: step
-    for module in (
-        levels,
-        describe,
-        crosstab,
-        kaplan_meier,
-        logrank,
-        cumulative_incidence,
-        cox,
-        kmeans,
-        pca,
-        radiomics,
-        combat,
-    )
-    for step in module.STEPS
-}
-
-__all__ = ["SITE_STEPS", "SiteStep"]

@@ -19,7 +19,7 @@ import pandas as pd
 from fedhem_kernel.display.state import json_value, km_marks, table_state
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.cumulative_incidence import CumulativeIncidenceResult
+    from fedhem_kernel.analyses.cumulative_incidence.result import CumulativeIncidenceResult
 
 #: Cause colours: the event of interest first (a warm colour), then the others.
 CAUSE_COLOURS = ["#d62728", "#1f77b4", "#7f7f7f", "#9467bd", "#8c564b", "#2ca02c", "#e377c2"]

@@ -17,7 +17,7 @@ from fedhem_kernel.display.state import privacy_state
 from fedhem_kernel.display.widgets import _FedHemWidget
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.cumulative_incidence import CumulativeIncidenceResult
+    from fedhem_kernel.analyses.cumulative_incidence.result import CumulativeIncidenceResult
 
 
 class CumulativeIncidenceWidget(_FedHemWidget):

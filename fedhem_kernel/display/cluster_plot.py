@@ -20,8 +20,8 @@ from fedhem_kernel.display.cluster_state import (
 )
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.kmeans import KMeansResult
-    from fedhem_kernel.analyses.pca import PCAResult
+    from fedhem_kernel.analyses.kmeans.result import KMeansResult
+    from fedhem_kernel.analyses.pca.result import PCAResult
 
 #: marker area (points²) of the largest cluster; a cluster's area is this times its relative size
 LARGEST_AREA = 900.0

@@ -29,8 +29,8 @@ from fedhem_kernel.display.state import json_value, table_state
 from fedhem_kernel.errors import ParameterError
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.kmeans import KMeansResult
-    from fedhem_kernel.analyses.pca import PCAResult
+    from fedhem_kernel.analyses.kmeans.result import KMeansResult
+    from fedhem_kernel.analyses.pca.result import PCAResult
 
 
 # -- shared with the matplotlib plots ----------------------------------------------------------

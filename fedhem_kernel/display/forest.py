@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.cox_result import CoxResult
+    from fedhem_kernel.analyses.cox.result import CoxResult
 
 
 def forest_rows(result: CoxResult, hazard_ratios: bool = False) -> list[dict[str, Any]]:

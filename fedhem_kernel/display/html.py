@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
+    from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
     from fedhem_kernel.protocol.report import PrivacyReport
 
 STYLE = (

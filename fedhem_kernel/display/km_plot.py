@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
+    from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
 
 
 def plot_km(

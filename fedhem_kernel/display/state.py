@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
+    from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
     from fedhem_kernel.protocol.report import PrivacyReport
 
 #: How a site sends a suppressed count (see ``fedhem_kernel.analyses.crosstab``).

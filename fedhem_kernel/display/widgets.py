@@ -25,11 +25,11 @@ from fedhem_kernel.display.state import (
 )
 
 if TYPE_CHECKING:
-    from fedhem_kernel.analyses.crosstab import CrosstabResult
-    from fedhem_kernel.analyses.describe import DescribeResult
-    from fedhem_kernel.analyses.kaplan_meier import KaplanMeierResult
-    from fedhem_kernel.analyses.logrank import LogrankResult
-    from fedhem_kernel.analyses.radiomics import RadiomicsResult
+    from fedhem_kernel.analyses.crosstab.result import CrosstabResult
+    from fedhem_kernel.analyses.describe.result import DescribeResult
+    from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
+    from fedhem_kernel.analyses.logrank.result import LogrankResult
+    from fedhem_kernel.analyses.radiomics.result import RadiomicsResult
     from fedhem_kernel.protocol.report import PrivacyReport
 
 STATIC = Path(__file__).parent / "static"

@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 
 from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
 from fedhem_kernel.protocol.codec import decode_reply, encode_request
-from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
+from fedhem_kernel.protocol.messages import CATALOG_STEP, SiteReply, SiteRequest
 from fedhem_kernel.protocol.progress import EventKind, ProgressEvent
 from fedhem_kernel.protocol.report import Detail, PrivacyReport, SiteOutcome
 
@@ -203,6 +203,36 @@ class Query:
         if not payloads:
             raise self._failure()
         return payloads
+
+    @property
+    def sites(self) -> list[str]:
+        """Every site of the federation (asked in the first round)."""
+        return list(self.coordinator.site_names)
+
+    @property
+    def dropped(self) -> list[str]:
+        """Sites that refused or failed in a round of this query and were not asked again."""
+        return [s for s in self.coordinator.site_names if s not in self.active]
+
+    def catalog(self) -> dict[str, dict[str, Any]]:
+        """Each site's catalog (column names, types, units, derived sources; never a value),
+        asked of the sites still taking part; sites that do not answer are left out (the next
+        round will report them)."""
+        request = SiteRequest(CATALOG_STEP, None, {}, None, self.who, self.query_id)
+        replies = self.coordinator.send(request, self.active)
+        return {  # in the federation's site order, not the order the replies came in
+            s: replies[s].payload
+            for s in self.coordinator.site_names
+            if s in replies and replies[s].payload is not None
+        }
+
+    def tell(self, step: str, params: dict[str, Any], sites: Iterable[str]) -> None:
+        """Send ``step`` to ``sites`` for housekeeping (e.g. dropping derived columns a site keeps
+        from an earlier run); their answers are not part of this query's result or report."""
+        sites = list(sites)
+        if sites:
+            request = SiteRequest(step, self.dataset, params, None, self.who, self.query_id)
+            self.coordinator.send(request, sites)
 
     def _record(self, site: str, reply: SiteReply) -> None:
         if _RANK[reply.status] > _RANK[self._status[site]]:

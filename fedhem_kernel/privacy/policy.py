@@ -11,21 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedhem_kernel.analyses import registry
 from fedhem_kernel.errors import ParameterError
-
-KNOWN_ANALYSES = (
-    "levels",
-    "describe",
-    "crosstab",
-    "kaplan_meier",
-    "logrank",
-    "cumulative_incidence",
-    "cox",
-    "kmeans",
-    "pca",
-    "combat",
-    "radiomics",
-)
 
 
 @dataclass(frozen=True)
@@ -70,7 +57,7 @@ class Policy:
         time_step(self.time_resolution, "months")  # validates
         if self.allowed_analyses is not None:
             object.__setattr__(self, "allowed_analyses", tuple(self.allowed_analyses))
-            unknown = sorted(set(self.allowed_analyses) - set(KNOWN_ANALYSES))
+            unknown = sorted(set(self.allowed_analyses) - set(registry.names()))
             if unknown:
                 raise ParameterError(
                     f"policy 'allowed_analyses' names unknown analyses {unknown}", rule="policy"
@@ -108,7 +95,10 @@ class Policy:
 
     def allows(self, analysis: str) -> bool:
         # agreeing on category names is part of every grouped analysis
-        return self.allowed_analyses is None or analysis in (*self.allowed_analyses, "levels")
+        return self.allowed_analyses is None or analysis in (
+            *self.allowed_analyses,
+            *registry.ALWAYS_ALLOWED,
+        )
 
     def describe_rules(self) -> list[str]:
         """The rules in plain words (for data stewards and the notebook)."""

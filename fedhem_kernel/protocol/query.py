@@ -6,7 +6,11 @@ only ever sees payloads the sites released.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fedhem_kernel.protocol.report import PrivacyReport
 
 Payload = dict[str, Any]
 
@@ -21,7 +25,31 @@ class Ask(Protocol):
         """Send ``query.<step>`` to every site still taking part; payloads of those that released."""
         ...
 
-    def note(self, text: str) -> None: ...
+    def note(self, text: str) -> None:
+        """Add a note (plain words, no values) to the query's privacy report."""
+        ...
+
+    def report(self) -> PrivacyReport:
+        """What each site released, suppressed or refused so far."""
+        ...
+
+    @property
+    def sites(self) -> list[str]:
+        """Every site of the federation."""
+        ...
+
+    @property
+    def dropped(self) -> list[str]:
+        """Sites that refused or failed in a round and were not asked again."""
+        ...
+
+    def catalog(self) -> dict[str, Payload]:
+        """Each site's catalog: column names, types, units and derived sources, never values."""
+        ...
+
+    def tell(self, step: str, params: Payload, sites: Iterable[str]) -> None:
+        """Housekeeping: send ``step`` to ``sites``; their answers are not part of the result."""
+        ...
 
     def progress(self, site: str, detail: str) -> None:
         """Show how far ``site`` is in a long step (e.g. "12/40 images"): names and counts only."""

@@ -16,8 +16,9 @@ import pytest
 from sites import site_audit, sites_of
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.feature_matrix import FeatureMatrix
-from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD, gate_clusters
+from fedhem_kernel.analyses.common.site_features import FeatureMatrix
+from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD
+from fedhem_kernel.analyses.kmeans.site import gate_clusters
 from fedhem_kernel.privacy.guard import DifferencingGuard, Unions
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import SiteRequest

@@ -1,0 +1,26 @@
+"""The query dataset's columns as the sites' catalogs list them (names, types, units; never values)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.protocol.query import Ask
+
+
+def catalog_columns(q: Ask) -> list[dict[str, Any]]:
+    """One entry per (site, column) of ``q.dataset``, in site order: ``site``, ``column``,
+    ``dtype``, ``unit``, ``derived``. Raises :class:`SchemaError` when no site has the dataset."""
+    rows = [
+        {"site": site, **column}
+        for site, payload in q.catalog().items()
+        for column in payload["datasets"].get(q.dataset, [])
+    ]
+    if not rows:
+        raise SchemaError("no such dataset at any site", dataset=q.dataset)
+    return rows
+
+
+def columns_of_type(q: Ask, dtypes: tuple[str, ...]) -> list[str]:
+    """The dataset's columns that some site types as one of ``dtypes``, in catalog order."""
+    return list(dict.fromkeys(r["column"] for r in catalog_columns(q) if r["dtype"] in dtypes))

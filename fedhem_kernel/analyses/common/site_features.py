@@ -1,0 +1,142 @@
+"""A site's numeric feature matrix for k-means, PCA and ComBat: checks, missing rows, and a per-query cache.
+
+:func:`feature_matrix` reads the named numeric columns of the cohort, leaves out rows with a missing
+value (0 or at least ``min_cell_count`` of them, as the Cox site does; otherwise the site refuses:
+a result without a few patients could be compared with one on everyone), and refuses a feature that
+singles out 1..k-1 patients (all others share one value, the one-hot attack). Checked matrices are
+kept in the executor's per-dataset ``scratch`` between the rounds of an iterative query (one entry,
+keyed by the features and the cohort's rows), so a round only computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData
+
+
+@dataclass
+class FeatureMatrix:
+    """Complete rows of the cohort's features (stays at the site)."""
+
+    features: tuple[str, ...]
+    x: np.ndarray  # (n, p) C-contiguous float64, complete rows only
+    complete: np.ndarray  # (cohort rows,) bool: the rows in ``x``
+    n_dropped: int
+    transformed: dict[bytes, np.ndarray] = field(default_factory=dict)  # latest transform only
+    extras: dict[Any, Any] = field(default_factory=dict)  # what an analysis derives from x
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def working(self, shift: np.ndarray, scale: np.ndarray, ones: bool = False) -> np.ndarray:
+        """``(x - shift) / scale`` (C-contiguous), computed once per transform.
+
+        ``ones=True`` appends a column of ones (n x (p+1)): a product with it adds a constant per
+        column, e.g. ||c||² in k-means distances, without another pass over the rows.
+        """
+        key = shift.tobytes() + scale.tobytes() + bytes([ones])
+        cached = self.transformed.get(key)
+        if cached is None:
+            n, p = self.x.shape
+            cached = np.empty((n, p + 1)) if ones else np.empty((n, p))
+            np.subtract(self.x, shift, out=cached[:, :p])
+            if (scale != 1.0).any():
+                cached[:, :p] /= scale
+            if ones:
+                cached[:, p] = 1.0
+            self.transformed.clear()
+            self.transformed[key] = cached
+        return cached
+
+
+def _cohort_key(data: SiteData, features: Sequence[str]) -> tuple:
+    """The features and the cohort's rows (a digest of its whole-dataset mask); the same as last
+    time for the same cohort frame, schema and features (the rounds of one query)."""
+    memo = data.scratch.get("cohort_key")
+    wanted = tuple(features)
+    if memo is not None and memo[0] is data.cohort and memo[1] is data.schema and memo[2] == wanted:
+        return memo[3]
+    key = _new_cohort_key(data, features)
+    data.scratch["cohort_key"] = (data.cohort, data.schema, wanted, key)
+    return key
+
+
+def _new_cohort_key(data: SiteData, features: Sequence[str]) -> tuple:
+    rows = data.cohort.index.to_numpy()
+    if data.n_rows is not None and len(rows) == data.n_rows:
+        digest = "all"  # positions are distinct, so n_rows of them are every row
+    else:
+        packed = np.packbits(data.rows_mask(np.ones(len(rows), dtype=bool)))
+        digest = hashlib.blake2b(packed.tobytes(), digest_size=16).hexdigest()
+    # a derived feature changes only by being derived again, under a new source
+    sources = tuple(data.schema.column(f).derived for f in features)
+    return (data.dataset, tuple(features), sources, data.n_rows, len(rows), digest)
+
+
+def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> FeatureMatrix:
+    """The checked complete-row matrix of ``features`` (from ``data.scratch[cache]`` if current)."""
+    key = _cohort_key(data, features)
+    entry = data.scratch.get(cache)
+    if entry is not None and entry[0] == key:
+        fm: FeatureMatrix = entry[1]
+        if fm.n_dropped:
+            data.log.note("patients with a missing value in the features are left out")
+        return fm
+    k = data.k
+    for f in features:
+        if not data.schema.column(f).is_numeric:
+            raise SchemaError(
+                "needs numeric features (code a category as 0/1 columns)",
+                **data.err(f),
+                rule="schema",
+            )
+    columns = [data.numeric(f) for f in features]
+    x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
+    missing = np.isnan(x).any(axis=1)
+    first = next((f for f, c in zip(features, columns, strict=True) if np.isnan(c).any()), None)
+    complete = data.complete_rows(missing, first, "the features")
+    dropped = int(np.count_nonzero(missing))
+    x = np.ascontiguousarray(x[complete] if dropped else x)
+    n = len(x)
+    if n < k:
+        raise data.refuse("min_cell_count", f"fewer than {k} patients have every feature")
+    if k > 1:
+        for j, f in enumerate(features):
+            if _singles_out(x[:, j], k):
+                raise data.refuse(
+                    "min_cell_count",
+                    f"feature '{f}' singles out fewer than {k} patients (all others share one "
+                    "value): their values would show in the sums",
+                    f,
+                )
+    if dropped:  # the complete rows are what later sums are over
+        data.remember_released(complete)
+    fm = FeatureMatrix(tuple(features), x, complete, dropped)
+    data.scratch[cache] = (key, fm)
+    return fm
+
+
+def _singles_out(values: np.ndarray, k: int) -> bool:
+    """Whether all but 1..k-1 of the values are one value (in linear time: such a value fills
+    more than half of the values, so it is their median)."""
+    n = len(values)
+    if n <= 2 * k:
+        _, counts = np.unique(values, return_counts=True)
+        return 0 < n - int(counts.max()) < k
+    median = np.partition(values, n // 2)[n // 2]
+    return 0 < n - int(np.count_nonzero(values == median)) < k
+
+
+def moments(x: np.ndarray) -> Payload:
+    """Count, column means and centred sums of squares (per column) of one site's rows."""
+    mean = x.mean(axis=0)
+    return {"n": len(x), "mean": mean, "m2": ((x - mean) ** 2).sum(axis=0)}

@@ -1,0 +1,68 @@
+"""Site step of ``crosstab``: the site's table with small cells suppressed (and their complements)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.analyses.crosstab import HIDDEN
+from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
+from fedhem_kernel.analyses.levels.site import group_index
+from fedhem_kernel.privacy.tables import suppress_table
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
+
+
+def _labels(data: SiteData, column: str, levels: list[str] | None) -> pd.Series:
+    if column == SITE_COLUMN:
+        return pd.Series(data.site, index=data.cohort.index, dtype=object)
+    return group_index(data, column, levels)
+
+
+def site_crosstab(data: SiteData, params: Payload) -> Payload:
+    row, col = require_str(params, "row"), require_str(params, "col")
+    rows = _labels(data, row, params.get("row_levels"))
+    cols = _labels(data, col, params.get("col_levels"))
+    # 0 or >= k patients with a missing value may be left out, and the rest must not difference
+    # an earlier release: else the table against a one-way table of the same cohort shows the
+    # left-out patients' values in the other column
+    missing = (rows.isna() | cols.isna()).to_numpy()
+    first = row if rows.isna().any() else col
+    complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
+    rows, cols = rows[complete], cols[complete]
+    row_levels = [data.site] if row == SITE_COLUMN else list(params["row_levels"])
+    col_levels = [data.site] if col == SITE_COLUMN else list(params["col_levels"])
+    if (rows == OTHER).any():
+        row_levels.append(OTHER)
+    if (cols == OTHER).any():
+        col_levels.append(OTHER)
+    r = pd.Categorical(rows, categories=row_levels).codes.astype(np.int64)
+    c = pd.Categorical(cols, categories=col_levels).codes.astype(np.int64)
+    counts = np.bincount(r * len(col_levels) + c, minlength=len(row_levels) * len(col_levels))
+    counts = counts.reshape(len(row_levels), len(col_levels))
+    k = data.k
+    s = suppress_table(counts, k)
+    n_primary = int(s.primary.sum())
+    if s.any_suppressed:
+        data.log.suppressed(
+            "min_cell_count",
+            f"{n_primary} cell(s) below {k} suppressed"
+            + (
+                f", {s.n_secondary} more so that none can be derived from the margins"
+                if s.n_secondary
+                else ""
+            ),
+        )
+    if not complete.all():
+        data.remember_released(complete)
+    return {
+        "row_levels": row_levels,
+        "col_levels": col_levels,
+        "cells": np.where(s.cells, HIDDEN, counts),
+        "row_totals": np.where(s.row_totals, HIDDEN, counts.sum(axis=1)),
+        "col_totals": np.where(s.col_totals, HIDDEN, counts.sum(axis=0)),
+        "total": HIDDEN if s.total else int(counts.sum()),
+    }
+
+
+STEPS = [SiteStep("crosstab", "crosstab", site_crosstab, param_columns("row", "col"))]

@@ -1,0 +1,111 @@
+"""Site steps of ``cumulative_incidence``: the causes a site can name, and per group its cause-specific event table."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedhem_kernel.analyses.cumulative_incidence import OTHER_CAUSE
+from fedhem_kernel.analyses.kaplan_meier.site import release_group_tables
+from fedhem_kernel.analyses.levels.site import grouping
+from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.privacy.survival import (
+    cause_event_table,
+    coarsen_to_policy,
+    merge_small_cause_steps,
+)
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
+
+
+# -- site steps -------------------------------------------------------------------------------------
+def competing_events(data: SiteData, duration: str, event: str) -> tuple[np.ndarray, np.ndarray]:
+    """Durations and integer event codes (0 = censored, 1.. = cause) of the cohort, checked.
+
+    Errors name the site, dataset and column, never a value.
+    """
+    t = data.numeric(duration)
+    if np.isnan(t).any():
+        raise SchemaError(
+            "missing survival times (exclude them with where='... is not null')",
+            **data.err(duration),
+            rule="schema",
+        )
+    if (t < 0).any():
+        raise SchemaError("negative survival times", **data.err(duration), rule="schema")
+    coding = "event codes must be 0 = censored or 1, 2, ... = the cause of the event"
+    if not data.schema.column(event).is_numeric:
+        raise SchemaError(
+            f"the event column is not numeric: {coding}", **data.err(event), rule="schema"
+        )
+    e = data.cohort[event].to_numpy(dtype=float)
+    if np.isnan(e).any():
+        raise SchemaError("missing event codes", **data.err(event), rule="schema")
+    if (e < 0).any() or not np.array_equal(e, np.round(e)):
+        raise SchemaError(coding, **data.err(event), rule="schema")
+    codes = e.astype(np.int64)
+    if len(np.unique(codes[codes > 0])) > data.policy.max_levels:
+        raise SchemaError(
+            f"more than {data.policy.max_levels} distinct causes: not a cause-of-event column",
+            **data.err(event),
+            rule="max_levels",
+        )
+    return t, codes
+
+
+def site_causes(data: SiteData, params: Payload) -> Payload:
+    """The causes this site can name: codes with at least ``min_cell_count`` events."""
+    event = params["event"]
+    _, codes = competing_events(data, params["duration"], event)
+    values, counts = np.unique(codes[codes > 0], return_counts=True)
+    common = [int(v) for v, c in zip(values, counts, strict=True) if c >= data.k]
+    if len(common) < len(values):
+        data.log.suppressed(
+            "min_cell_count",
+            f"{len(values) - len(common)} cause(s) of '{event}' with fewer than {data.k} events "
+            f"are not named (counted as '{OTHER_CAUSE}' unless another site names them)",
+        )
+    return {"causes": common}
+
+
+def site_cause_tables(data: SiteData, params: Payload) -> Payload:
+    """Per group: the coarsened, merged event table with one event count per cause."""
+    duration, event, group = params["duration"], params["event"], params.get("group")
+    causes = np.asarray([int(c) for c in params["causes"]], dtype=np.int64)
+    if np.any(causes <= 0) or len(np.unique(causes)) != len(causes):
+        raise ParameterError("'causes' must be distinct whole numbers >= 1")
+    t, codes = competing_events(data, duration, event)
+    unit = data.schema.column(duration).unit
+    t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
+    # column of each patient's cause: the agreed causes in order, then (other); -1 = censored
+    column = np.where(codes == 0, -1, len(causes))
+    if len(causes):
+        order = np.argsort(causes)
+        pos = np.minimum(np.searchsorted(causes[order], codes), len(causes) - 1)
+        named = (codes > 0) & (causes[order][pos] == codes)
+        column[named] = order[pos[named]]
+    n_columns = len(causes) + 1
+    groups = grouping(data, group, params.get("levels"))
+    out = release_group_tables(
+        data,
+        groups,
+        params.get("levels"),
+        len(t),
+        lambda sel: cause_event_table(t[sel], column[sel], n_columns),
+        merge_small_cause_steps,
+        too_small=(
+            " (every cause and the censored count must be 0 or at least the minimum; "
+            "combine_competing=True counts the other causes together)"
+        ),
+    )
+    return {"groups": out, "time_step": step, "unit": unit}
+
+
+STEPS = [
+    SiteStep("cif_causes", "cumulative_incidence", site_causes, param_columns("duration", "event")),
+    SiteStep(
+        "cif_tables",
+        "cumulative_incidence",
+        site_cause_tables,
+        param_columns("duration", "event", "group"),
+    ),
+]

@@ -1,0 +1,142 @@
+"""Combine step of ``describe``: exact pooled moments, quantiles from the pooled histograms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.analyses.common.combine_catalog import columns_of_type
+from fedhem_kernel.analyses.describe import QUANTILES, STAT_COLUMNS
+from fedhem_kernel.analyses.describe.result import DescribeResult
+from fedhem_kernel.analyses.levels.combine import agree_levels
+from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.protocol.query import Ask, Payload
+
+
+def _bin_pieces(cell: dict) -> tuple[list[tuple[float, float, float]], list[tuple[float, float]]]:
+    """Uniform pieces (lo, hi, count) and point masses (x, count) that model one site's values."""
+    edges = np.asarray(cell["edges"], dtype=float)
+    counts = np.asarray(cell["counts"], dtype=float)
+    means = np.asarray(cell["means"], dtype=float)
+    equal = np.asarray(cell["equal"], dtype=bool)
+    sd = math.sqrt(cell["m2"] / (cell["n"] - 1)) if cell["n"] > 1 else 0.0
+    uniform, masses = [], []
+    for b in range(len(counts)):
+        if equal[b]:
+            masses.append((means[b], counts[b]))
+            continue
+        lo, hi = edges[b], edges[b + 1]
+        if np.isnan(lo) and np.isnan(hi):  # a single bin: uniform with the same mean and SD
+            lo, hi = means[b] - math.sqrt(3) * sd, means[b] + math.sqrt(3) * sd
+        elif np.isnan(lo):  # first bin: mirror the inner edge about the bin mean
+            lo = 2 * means[b] - hi
+        elif np.isnan(hi):
+            hi = 2 * means[b] - lo
+        uniform.append((lo, max(hi, lo), counts[b]))
+    return uniform, masses
+
+
+def _pooled_quantiles(cells: list[dict]) -> list[float]:
+    uniform, masses = [], []
+    for cell in cells:
+        u, m = _bin_pieces(cell)
+        uniform += u
+        masses += m
+    n = sum(c for *_, c in uniform) + sum(c for _, c in masses)
+    xs = np.unique(
+        np.array([v for lo, hi, _ in uniform for v in (lo, hi)] + [x for x, _ in masses])
+    )
+    f_left = np.zeros(len(xs))
+    jump = np.zeros(len(xs))
+    for lo, hi, c in uniform:
+        if hi > lo:
+            f_left += c * np.clip((xs - lo) / (hi - lo), 0.0, 1.0)
+        else:
+            f_left += c * (xs > lo)
+            jump += c * (xs == lo)
+    for x, c in masses:
+        f_left += c * (xs > x)
+        jump += c * (xs == x)
+    cdf = np.column_stack([f_left, f_left + jump]).ravel()
+    at = np.repeat(xs, 2)
+    return [float(np.interp(p * n, cdf, at)) for p in QUANTILES]
+
+
+def combine_describe(per_site: dict[str, Payload]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pooled table and per-site table from the sites' released cells."""
+    pooled: dict[tuple[str, str], list[dict]] = {}
+    suppressed: set[tuple[str, str]] = set()
+    site_rows = []
+    for site, payload in per_site.items():
+        for cell in payload["cells"]:
+            key = (cell["group"], cell["column"])
+            pooled.setdefault(key, [])
+            row = {"site": site, "group": cell["group"], "variable": cell["column"]}
+            if "suppressed" in cell:
+                suppressed.add(key)
+                site_rows.append({**row, "count": pd.NA, "suppressed": cell["suppressed"]})
+                continue
+            pooled[key].append(cell)
+            n = cell["n"]
+            site_rows.append(
+                {
+                    **row,
+                    "count": n,
+                    "mean": cell.get("mean", np.nan),
+                    "std": math.sqrt(cell["m2"] / (n - 1)) if n > 1 else np.nan,
+                    "suppressed": "",
+                }
+            )
+    rows = []
+    for (group, column), cells in pooled.items():
+        cells = [c for c in cells if c["n"] > 0]
+        row: dict = {"group": group, "variable": column, "n_sites": len(cells)}
+        if not cells:  # none released: NA if a site suppressed it, else truly no values
+            hidden = (group, column) in suppressed
+            rows.append({**row, "count": pd.NA if hidden else 0})
+            continue
+        n = sum(c["n"] for c in cells)
+        mean = sum(c["n"] * c["mean"] for c in cells) / n
+        m2 = sum(c["m2"] + c["n"] * (c["mean"] - mean) ** 2 for c in cells)
+        q = _pooled_quantiles(cells)
+        row.update(count=n, mean=mean, std=math.sqrt(m2 / (n - 1)) if n > 1 else np.nan)
+        row.update(dict(zip(("25%", "50%", "75%"), q, strict=True)))
+        if all("min" in c for c in cells):
+            row.update(min=min(c["min"] for c in cells), max=max(c["max"] for c in cells))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["group", "variable", *STAT_COLUMNS])
+    table["count"] = table["count"].astype("Int64")
+    table["n_sites"] = table["n_sites"].astype("Int64")
+    by_site = pd.DataFrame(
+        site_rows, columns=["site", "group", "variable", "count", "mean", "std", "suppressed"]
+    )
+    by_site["count"] = by_site["count"].astype("Int64")
+    return table, by_site
+
+
+def run(
+    q: Ask, columns: Sequence[str] | str | None = None, by: str | None = None
+) -> DescribeResult:
+    """Count, mean, SD and quantiles of ``columns`` (default: every numeric column), by ``by``."""
+    if columns is None:
+        numeric = columns_of_type(q, ("float", "int"))
+        columns = [c for c in numeric if c != by]
+    elif isinstance(columns, str):
+        columns = [columns]
+    columns = list(columns)
+    if not columns:
+        raise ParameterError("no numeric columns to describe", dataset=q.dataset)
+    if by == "site":
+        raise ParameterError("describe by 'site': see the by_site table of any describe result")
+    levels = agree_levels(q, by)
+    payloads = q.ask("describe", {"columns": columns, "by": by, "levels": levels})
+    table, by_site = combine_describe(payloads)
+    if by is None:
+        table = table.drop(columns="group").set_index("variable")
+        by_site = by_site.drop(columns="group")
+    else:
+        table = table.set_index(["group", "variable"])
+    return DescribeResult(table, by_site, q.report(), by)

@@ -1,0 +1,86 @@
+"""Site step of ``describe``: per group and column the moments and a histogram of >= k patients per bin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fedhem_kernel.analyses.describe import MAX_BINS
+from fedhem_kernel.analyses.levels.site import group_index, grouping
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
+
+
+def _histogram(x: np.ndarray, k: int, allow_min_max: bool) -> dict[str, np.ndarray]:
+    """Bins of >= k sorted values each: edges (B+1), counts, within-bin means, all-equal flags.
+
+    Inner edges lie midway between neighbouring values (tied values never straddle an edge); outer
+    edges are min/max only where the policy allows, otherwise the outer bins are placed by their mean.
+    """
+    n = len(x)
+    target = max(k, math.ceil(n / MAX_BINS))
+    cuts: list[int] = []
+    i = target
+    while n - i >= target:
+        while i < n and x[i - 1] == x[i]:
+            i += 1  # never split tied values across bins
+        if n - i < target:
+            break
+        cuts.append(i)
+        i += target
+    bounds = np.array([0, *cuts, n])
+    inner = [(x[c - 1] + x[c]) / 2.0 for c in cuts]
+    lo, hi = (float(x[0]), float(x[-1])) if allow_min_max else (np.nan, np.nan)
+    sums = np.add.reduceat(x, bounds[:-1])
+    counts = np.diff(bounds)
+    equal = np.array([x[a] == x[b - 1] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    return {
+        "edges": np.array([lo, *inner, hi], dtype=float),
+        "counts": counts.astype(np.int64),
+        "means": sums / counts,
+        "equal": equal,
+    }
+
+
+def site_describe(data: SiteData, params: Payload) -> Payload:
+    columns = list(params["columns"])
+    by = params.get("by")
+    groups = grouping(data, by, params.get("levels"))
+    if groups is None:
+        groups = group_index(data, None, None)
+    k = data.k
+    labels = params.get("levels") or ["all"]
+    cells = []
+    for g in labels:
+        in_group = (groups == g).to_numpy()
+        n_group = int(in_group.sum())
+        for col in columns:
+            values = data.numeric(col)[in_group]
+            x = np.sort(values[~np.isnan(values)])
+            n = len(x)
+            cell: dict = {"group": g, "column": col}
+            if 0 < n_group < k:
+                data.log.suppressed(
+                    "min_cell_count", f"a group of '{by}' has fewer than {k} patients"
+                )
+                cell["suppressed"] = "min_cell_count"
+            elif 0 < n < k or 0 < n_group - n < k:
+                what = "values" if 0 < n < k else "missing values"
+                data.log.suppressed(
+                    "min_cell_count", f"'{col}' has fewer than {k} {what} in a group"
+                )
+                cell["suppressed"] = "min_cell_count"
+            elif n == 0:
+                cell.update(n=0)
+            else:
+                mean = float(x.mean())
+                cell.update(n=n, mean=mean, m2=float(((x - mean) ** 2).sum()))
+                cell.update(_histogram(x, k, data.policy.allow_min_max))
+                if data.policy.allow_min_max:
+                    cell.update(min=float(x[0]), max=float(x[-1]))
+            cells.append(cell)
+    return {"cells": cells}
+
+
+STEPS = [SiteStep("describe", "describe", site_describe, param_columns("columns", "by"))]

@@ -1,0 +1,177 @@
+"""Combine step of ``kaplan_meier``: pooled event tables, the Kaplan–Meier estimate and Greenwood intervals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
+from fedhem_kernel.analyses.levels.combine import require_levels
+from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.protocol.query import Ask, Payload
+
+
+# -- combine --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PooledTable:
+    """Pooled counts of one group at the union of the sites' released times."""
+
+    time: np.ndarray
+    at_risk: np.ndarray
+    events: np.ndarray
+    sites: tuple[str, ...]
+
+    def at_risk_at(self, times: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.time, times, side="left")
+        padded = np.append(self.at_risk, 0)
+        return padded[idx]
+
+
+def pool_tables(tables: dict[str, dict[str, np.ndarray]]) -> PooledTable:
+    """Sum site event tables (each a step function of the number at risk)."""
+    times = np.unique(np.concatenate([tab["time"] for tab in tables.values()]))
+    at_risk = np.zeros(len(times), dtype=np.int64)
+    events = np.zeros(len(times), dtype=np.int64)
+    for tab in tables.values():
+        t_s = np.asarray(tab["time"], dtype=float)
+        idx = np.searchsorted(t_s, times, side="left")
+        inside = idx < len(t_s)
+        at_risk[inside] += np.asarray(tab["at_risk"])[idx[inside]]
+        exact = np.zeros(len(times), dtype=bool)
+        exact[inside] = t_s[idx[inside]] == times[inside]
+        events[exact] += np.asarray(tab["events"])[idx[exact]]
+    return PooledTable(times, at_risk, events, tuple(tables))
+
+
+def collect_group_tables(
+    per_site: dict[str, Payload],
+) -> tuple[list[str], dict[str, dict[str, dict[str, np.ndarray]]], dict[str, list[str]]]:
+    """Released tables by group and site; and, per group, the sites that suppressed it."""
+    labels: list[str] = []
+    by_group: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    withheld: dict[str, list[str]] = {}
+    for site, payload in per_site.items():
+        for g in payload["groups"]:
+            label = g["group"]
+            if label not in labels:
+                labels.append(label)
+            by_group.setdefault(label, {})
+            if g.get("suppressed"):
+                withheld.setdefault(label, []).append(site)
+            elif not g.get("empty"):
+                by_group[label][site] = g
+    return labels, by_group, withheld
+
+
+def km_estimate(table: PooledTable, alpha: float = 0.05) -> pd.DataFrame:
+    """Product-limit estimate with lifelines' exponential Greenwood interval, indexed by time."""
+    n, d = table.at_risk.astype(float), table.events.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_s = np.cumsum(np.log(n - d) - np.log(n))
+        var_terms = d / (n * (n - d))
+    var_terms[~np.isfinite(var_terms)] = 0.0
+    cum_sq = np.cumsum(var_terms)
+    times = table.time
+    if len(times) == 0 or times[0] > 0:
+        times = np.concatenate(([0.0], times))
+        log_s = np.concatenate(([0.0], log_s))
+        cum_sq = np.concatenate(([0.0], cum_sq))
+    surv = np.exp(log_s)
+    z = stats.norm.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log(surv)
+        lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(cum_sq) / v))
+        upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(cum_sq) / v))
+    lower = np.where(np.isnan(lower), 1.0, lower)
+    upper = np.where(np.isnan(upper), 1.0, upper)
+    return pd.DataFrame({"survival": surv, "lower": lower, "upper": upper}, index=times)
+
+
+def median_time(survival: pd.Series) -> float:
+    """lifelines' rule: the first time at which S(t) <= 0.5 (inf if never)."""
+    if survival.iloc[-1] > 0.5:
+        return float("inf")
+    return float(survival.index[(-survival).searchsorted([-0.5])[0]])
+
+
+def _step_values(
+    times: np.ndarray, values: np.ndarray, at: np.ndarray, before: float
+) -> np.ndarray:
+    """Right-continuous step function (value at the last time <= t; ``before`` earlier)."""
+    idx = np.searchsorted(times, at, side="right") - 1
+    return np.where(idx >= 0, values[np.clip(idx, 0, None)], before)
+
+
+def build_km_result(
+    q: Ask, per_site: dict[str, Payload], duration: str, event: str, group: str | None
+) -> KaplanMeierResult:
+    labels, by_group, withheld = collect_group_tables(per_site)
+    estimates: dict[str, pd.DataFrame] = {}
+    pooled: dict[str, PooledTable] = {}
+    for label in labels:
+        if withheld.get(label):
+            q.note(
+                f"group '{label}': not released by {', '.join(withheld[label])} "
+                "(the pooled curve uses the other sites)"
+            )
+        if by_group.get(label):
+            pooled[label] = pool_tables(by_group[label])
+            estimates[label] = km_estimate(pooled[label])
+    if not estimates:
+        raise DisclosureError(
+            "no site could release any step of this curve", dataset=q.dataset, rule="min_cell_count"
+        )
+    timeline = np.unique(np.concatenate([est.index.to_numpy() for est in estimates.values()]))
+    sf, ci, risk, tables, medians = {}, {}, {}, {}, {}
+    for label, est in estimates.items():
+        t = est.index.to_numpy()
+        sf[label] = _step_values(t, est["survival"].to_numpy(), timeline, 1.0)
+        ci[f"{label}_lower_0.95"] = _step_values(t, est["lower"].to_numpy(), timeline, 1.0)
+        ci[f"{label}_upper_0.95"] = _step_values(t, est["upper"].to_numpy(), timeline, 1.0)
+        risk[label] = pooled[label].at_risk_at(timeline)
+        medians[label] = median_time(est["survival"])
+        tab = pd.DataFrame(
+            {"at_risk": pooled[label].at_risk, "observed": pooled[label].events},
+            index=pd.Index(pooled[label].time, name="time"),
+        )
+        tab.attrs["survival"] = est["survival"]
+        tables[label] = tab
+    index = pd.Index(timeline, name="timeline")
+    first = next(iter(per_site.values()))
+    return KaplanMeierResult(
+        survival_function=pd.DataFrame(sf, index=index),
+        confidence_interval=pd.DataFrame(ci, index=index),
+        at_risk=pd.DataFrame(risk, index=index),
+        event_tables=tables,
+        median_survival=pd.Series(medians, name="median_survival"),
+        privacy=q.report(),
+        duration=duration,
+        event=event,
+        group=group,
+        time_step=first.get("time_step"),
+        unit=first.get("unit"),
+        contributing_sites={g: p.sites for g, p in pooled.items()},
+    )
+
+
+def check_survival_params(duration: Any, event: Any, group: Any) -> None:
+    for name, value in (("duration", duration), ("event", event)):
+        if not isinstance(value, str) or not value:
+            raise ParameterError(f"'{name}' must be a column name")
+    if group is not None and not isinstance(group, str):
+        raise ParameterError("'group' must be a column name or None")
+    if group == "site":
+        raise ParameterError("group='site' is not supported yet: compare sites with crosstab")
+
+
+def run(q: Ask, duration: str, event: str, group: str | None = None) -> KaplanMeierResult:
+    """Pooled Kaplan–Meier curves, one per level of ``group``."""
+    check_survival_params(duration, event, group)
+    levels = require_levels(q, group)
+    params = {"duration": duration, "event": event, "group": group, "levels": levels}
+    per_site = q.ask("km_tables", params)
+    return build_km_result(q, per_site, duration, event, group)

@@ -1,0 +1,447 @@
+"""Site steps of ``kmeans``: moments, Lloyd rounds (per cluster count, sum and inertia, gated), the final
+labels kept at the site, and the k-means++ start from micro-cluster candidates.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from fedhem_kernel.analyses.common.params import check_features, check_matrix, check_vector
+from fedhem_kernel.analyses.common.site_features import FeatureMatrix, feature_matrix, moments
+from fedhem_kernel.analyses.kmeans import COLUMN, HELD, MAX_CLUSTERS, RELEASED, WITHHELD
+from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
+from fedhem_kernel.analyses.kmeans.site_micro import Atoms, atoms
+from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.guard import Partition, Unions
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
+
+CACHE = "kmeans"
+
+
+CHUNK = 4096  # rows per block of the distance computation (fits the CPU cache)
+
+
+# -- site side ------------------------------------------------------------------------------------
+def _n_clusters(params: Payload) -> int:
+    k = params.get("k")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CLUSTERS:
+        raise ParameterError(f"'k' must be a whole number between 1 and {MAX_CLUSTERS}")
+    return k
+
+
+def _matrix(data: SiteData, params: Payload) -> tuple[FeatureMatrix, int]:
+    """The checked feature matrix and the number of clusters (refused if too many for the site)."""
+    features = check_features(params.get("features"))
+    n_clusters = _n_clusters(params)
+    fm = feature_matrix(data, features, CACHE)
+    k = data.k
+    if k > 1 and n_clusters * 2 * k > fm.n:
+        raise data.refuse(
+            "max_clusters",
+            f"{n_clusters} clusters need at least {2 * k} patients per cluster with every feature "
+            "at this site",
+        )
+    return fm, n_clusters
+
+
+def _working(
+    data: SiteData, params: Payload
+) -> tuple[FeatureMatrix, np.ndarray, int, Atoms | None]:
+    """Feature matrix, working rows with a column of ones (n x (p+1)), clusters, micro-clusters."""
+    fm, n_clusters = _matrix(data, params)
+    p = len(fm.features)
+    shift = check_vector(params, "shift", p)
+    scale = check_vector(params, "scale", p, positive=True)
+    standardize = params.get("standardize", True)
+    if not isinstance(standardize, bool):
+        raise ParameterError("'standardize' must be true or false")
+    xa = fm.working(shift, scale, ones=True)  # (n, p+1): last column of ones, see nearest()
+    return fm, xa, n_clusters, atoms(data, fm, xa, standardize)
+
+
+def nearest(
+    x: np.ndarray, centers: np.ndarray, sums: bool = True, ones: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nearest centre of every row and (unless ``sums=False``) the per-cluster sums of the rows.
+
+    Labels in blocks of rows that fit the CPU cache: ||c||² - 2 x·c by one small matrix product,
+    then argmin; sums as a sparse (cluster x row) indicator matrix times x. No Python loop over
+    rows. ``ones=True``: ``x`` has an extra last column of ones
+    (``FeatureMatrix.working(..., ones=True)``), so ||c||² comes with the product.
+    """
+    n = len(x)
+    k, p = centers.shape
+    labels = np.empty(n, dtype=np.intp)
+    cc = np.einsum("ij,ij->i", centers, centers)
+    ct = -2.0 * centers.T
+    if ones:
+        ct = np.vstack([ct, cc])
+    ct = np.ascontiguousarray(ct)
+    for start in range(0, n, CHUNK):
+        d = x[start : start + CHUNK] @ ct
+        if not ones:
+            d += cc
+        np.argmin(d, axis=1, out=labels[start : start + CHUNK])
+    if not sums:
+        return labels, None
+    indicator = sparse.csc_matrix((np.ones(n), labels, np.arange(n + 1)), shape=(k, n))
+    return labels, np.asarray(indicator @ x)[:, :p]
+
+
+def squared_distances(x: np.ndarray, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """sum((x - c)²) of every row to its centre (no cancellation, unlike ||x||² - 2x·c + ||c||²)."""
+    out = np.empty(len(x))
+    for start in range(0, len(x), CHUNK):
+        diff = x[start : start + CHUNK] - centers[labels[start : start + CHUNK]]
+        out[start : start + CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def _row_norms(fm: FeatureMatrix, xa: np.ndarray) -> np.ndarray:
+    """||x||² of every working row (``xa`` without its column of ones), once per transform."""
+    cached = fm.extras.get("row_norms")
+    if cached is None or cached[0] is not xa:
+        x = xa[:, :-1]
+        cached = fm.extras["row_norms"] = (xa, np.einsum("ij,ij->i", x, x))
+    return cached[1]
+
+
+def _nearest_centres(fm: FeatureMatrix, xa: np.ndarray, centers: np.ndarray) -> NearestCentres:
+    """Each row's nearest centre, kept between rounds (recomputed only where bounds allow a move)."""
+    state = fm.extras.get("nearest")
+    if state is not None and state.x is xa:
+        state.update(centers)
+        return state
+    state = fm.extras["nearest"] = NearestCentres.start(xa, _row_norms(fm, xa), centers)
+    return state
+
+
+def _clusters(
+    fm: FeatureMatrix, xa: np.ndarray, atoms: Atoms | None, centers: np.ndarray, exact: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Labels, and per cluster: counts, sums and inertia (whole micro-clusters when given).
+
+    The labels are per row, or per micro-cluster when ``atoms`` are given.
+
+    ``xa``: the working rows with a last column of ones. The inertia is exact (sum of (x - c)²)
+    when ``exact``, else from the cluster's sums and sum of squared row norms (rounding of order
+    1e-16 x ||x||², fine for the per-round history).
+    """
+    k = len(centers)
+    x = xa[:, :-1]
+    if atoms is None:
+        state = _nearest_centres(fm, xa, centers)
+        labels, counts = state.labels.copy(), state.counts.copy()
+        if exact:  # the last round: no sums
+            inertia = np.bincount(labels, squared_distances(x, centers, labels), minlength=k)
+            return labels, counts, None, inertia
+        sums = state.sums.copy()
+        cc = np.einsum("ij,ij->i", centers, centers)
+        inertia = state.norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
+        return labels, counts, sums, np.maximum(inertia, 0.0)
+    # micro-clusters (a few thousand): whole-array operations, no blocks; a (centre x micro-
+    # cluster) block as in kmeans_bounds._blocks, so that the minimum runs along micro-clusters
+    cc = np.einsum("ij,ij->i", centers, centers)
+    d = np.column_stack([-2.0 * centers, cc]) @ atoms.means_ones_t  # (k, A)
+    at_best = d == d.min(axis=0)
+    member = at_best.astype(float)  # (k, A): one 1 per micro-cluster, unless centres tie
+    pooled = member @ atoms.stats  # (k, p + 2): sums, sizes, sum of n ||x||² over the rows
+    p = centers.shape[1]
+    if np.rint(pooled[:, p].sum()) != atoms.n_rows:  # a tie: the first of the tied centres
+        lab = d.argmin(axis=0)
+        member = (lab == np.arange(k)[:, None]).astype(float)
+        pooled = member @ atoms.stats
+    else:
+        lab = np.einsum("i,ij->j", np.arange(k, dtype=np.uint16), at_best.view(np.uint8))
+        lab = lab.astype(np.intp)
+    sums, counts = pooled[:, :p], np.rint(pooled[:, p]).astype(np.int64)
+    if exact:
+        d2 = squared_distances(atoms.means, centers, lab)
+        inertia = member @ (atoms.within + atoms.n * d2)
+    else:  # as for rows above: rounding of order 1e-16 x ||x||²
+        inertia = pooled[:, p + 1] - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
+        inertia = np.maximum(inertia, 0.0)
+    return lab, counts, sums, inertia
+
+
+def _members(fm: FeatureMatrix, labels: np.ndarray, clusters: Sequence[int]) -> np.ndarray:
+    """Cohort-row flags of the rows in the given clusters."""
+    sel = np.zeros(len(fm.complete), dtype=bool)
+    sel[np.flatnonzero(fm.complete)[np.isin(labels, clusters)]] = True
+    return sel
+
+
+class _RowSets:
+    """The differencing checks of clusters and unions of clusters, on rows (``labels`` per row)."""
+
+    def __init__(self, data: SiteData, fm: FeatureMatrix, labels: np.ndarray) -> None:
+        self.data, self.fm, self.labels = data, fm, labels
+
+    def near(self, unions: list[list[int]]) -> list[bool]:
+        return [self.data.near_released(_members(self.fm, self.labels, u)) for u in unions]
+
+    def remember(self, unions: list[list[int]]) -> None:
+        for u in unions:
+            self.data.remember_released(_members(self.fm, self.labels, u))
+
+
+class _AtomSets:
+    """The same checks with ``labels`` per micro-cluster: the guard works on micro-cluster
+    bitmasks (:class:`~fedhem_kernel.privacy.guard.Partition`), in their number, not the rows'."""
+
+    def __init__(self, data: SiteData, part: Partition, labels: np.ndarray) -> None:
+        assert data.guard is not None
+        self.guard, self.data, self.part, self.labels = data.guard, data, part, labels
+        self._prepared: dict[tuple[tuple[int, ...], ...], Unions] = {}
+
+    def _unions(self, unions: list[list[int]]) -> Unions:
+        key = tuple(tuple(u) for u in unions)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            if all(len(u) == 1 for u in unions):
+                members = self.labels[None, :] == np.array([u[0] for u in unions])[:, None]
+            else:
+                members = np.stack([np.isin(self.labels, u) for u in unions])
+            prepared = self._prepared[key] = Unions.of(self.part, members)
+        return prepared
+
+    def near(self, unions: list[list[int]]) -> list[bool]:
+        if not unions:
+            return []
+        return self.guard.near_unions(self.data.dataset, self._unions(unions), self.data.k).tolist()
+
+    def remember(self, unions: list[list[int]]) -> None:
+        if unions:
+            self.guard.remember_unions(self.data.dataset, self._unions(unions))
+
+
+def gate_clusters(
+    data: SiteData,
+    fm: FeatureMatrix,
+    labels: np.ndarray,
+    counts: np.ndarray,
+    atoms: Atoms | None = None,
+) -> list[str]:
+    """Per cluster: released, withheld (1..k-1 members) or held (differencing / complement).
+
+    ``labels``: each row's cluster, or each micro-cluster's when ``atoms`` are given.
+    """
+    n_clusters = len(counts)
+    status = [RELEASED] * n_clusters
+    k = data.k
+    if k <= 1 and data.guard is None:
+        return status
+    if data.guard is None:
+        sets: _RowSets | _AtomSets | None = None
+    elif atoms is not None and atoms.part is not None:
+        sets = _AtomSets(data, atoms.part, labels)
+    else:
+        sets = _RowSets(data, fm, labels)
+    for j in range(n_clusters):
+        if 0 < counts[j] < k:
+            status[j] = WITHHELD
+    checked = [j for j in range(n_clusters) if counts[j] >= k]
+    if sets is not None:
+        for j, near in zip(checked, sets.near([[j] for j in checked]), strict=True):
+            if near:
+                status[j] = HELD
+    held_first = sum(s == HELD for s in status)
+    while True:  # the rows not released: the site's total minus its released clusters
+        rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
+        shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
+        if not rest or not shown:
+            break
+        if sum(counts[rest]) >= k and (sets is None or not sets.near([rest])[0]):
+            break
+        status[min(shown, key=lambda j: (counts[j], j))] = HELD
+    if WITHHELD in status:
+        data.log.suppressed(
+            "min_cell_count",
+            f"clusters with fewer than {k} patients at this site are withheld",
+            action="withheld",
+        )
+    if held_first:
+        data.log.suppressed(
+            "differencing",
+            f"clusters whose members differ from an earlier release by fewer than {k} patients "
+            "are held at their last release",
+        )
+    if sum(s == HELD for s in status) > held_first:
+        data.log.suppressed(
+            "differencing",
+            "clusters are held so that the withheld ones cannot be derived from the site's total",
+        )
+    shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
+    rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
+    if sets is not None:
+        sets.remember([[j] for j in shown])  # usually the unions checked above: prepared once
+        if rest and shown:
+            sets.remember([rest])
+    return status
+
+
+def _release(
+    status: list[str], counts: np.ndarray, sums: np.ndarray | None, inertia: np.ndarray
+) -> Payload:
+    keep = np.array([s == RELEASED for s in status])
+    out: Payload = {
+        "status": status,
+        "counts": np.where(keep, counts, 0).astype(np.int64),
+        "inertia": np.where(keep, inertia, 0.0),
+    }
+    if sums is not None:
+        out["sums"] = np.where(keep[:, None], sums, 0.0)
+    return out
+
+
+def _moments(fm: FeatureMatrix) -> Payload:
+    if "moments" not in fm.extras:
+        fm.extras["moments"] = moments(fm.x)
+    return dict(fm.extras["moments"])
+
+
+def site_kmeans_stats(data: SiteData, params: Payload) -> Payload:
+    fm, _ = _matrix(data, params)
+    return _moments(fm)
+
+
+def site_kmeans_step(data: SiteData, params: Payload) -> Payload:
+    """One Lloyd round: per cluster of the given centres, count, sums and inertia (checked);
+    with ``moments=True`` also what ``kmeans_stats`` releases (the first round of a run that
+    needs no statistics before it)."""
+    fm, xa, n_clusters, atoms = _working(data, params)
+    centers = check_matrix(params, "centers", xa.shape[1] - 1, n_clusters, n_clusters)
+    with_moments = params.get("moments", False)
+    if not isinstance(with_moments, bool):
+        raise ParameterError("'moments' must be true or false")
+    labels, counts, sums, inertia = _clusters(fm, xa, atoms, centers, exact=False)
+    status = gate_clusters(data, fm, labels, counts, atoms)
+    out = _release(status, counts, sums, inertia)
+    if with_moments:
+        out["moments"] = _moments(fm)
+    return out
+
+
+def site_kmeans_assign(data: SiteData, params: Payload) -> Payload:
+    """Final labels: counts and exact inertia per cluster; the labels stay as column ``cluster``."""
+    fm, xa, n_clusters, atoms = _working(data, params)
+    centers = check_matrix(params, "centers", xa.shape[1] - 1, n_clusters, n_clusters)
+    source = str(params.get("source") or "kmeans")[:80]
+    labels, counts, _, inertia = _clusters(fm, xa, atoms, centers, exact=True)
+    status = gate_clusters(data, fm, labels, counts, atoms)
+    if atoms is not None:
+        labels = labels[atoms.index]  # each row's cluster
+    released = np.array([s == RELEASED for s in status])
+    # names "1".."k", None for a cluster the site withheld: one lookup per row
+    names = [str(j + 1) if released[j] else None for j in range(n_clusters)]
+    names = np.array([*names, None], dtype=object)
+    code = np.full(len(fm.complete), n_clusters)
+    code[fm.complete] = labels
+    data.derive(COLUMN, names[code], "category", source)
+    if not released[labels].all():
+        data.log.note(f"patients in clusters this site withheld have no '{COLUMN}' value")
+    return _release(status, counts, None, inertia)
+
+
+def site_kmeans_clear(data: SiteData, params: Payload) -> Payload:
+    """Drop this site's derived ``cluster`` column (it belongs to an earlier k-means)."""
+    spec = data.schema.columns.get(COLUMN)
+    if spec is not None and spec.derived is not None:
+        data.derive(COLUMN, None, "category", "")
+    return {}
+
+
+def _site_rng(params: Payload, site: str, dataset: str) -> np.random.Generator:
+    seed = params.get("seed")
+    rnd = params.get("round")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ParameterError("'seed' must be a whole number >= 0")
+    if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        raise ParameterError("'round' must be a whole number >= 0")
+    return np.random.default_rng(
+        [seed, rnd, zlib.crc32(site.encode()), zlib.crc32(dataset.encode())]
+    )
+
+
+def _points(x: np.ndarray, atoms: Atoms | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What k-means++ samples: micro-cluster means with their sizes and within sums of squares."""
+    if atoms is None:
+        return x, np.ones(len(x)), np.zeros(len(x))
+    return atoms.means, atoms.n.astype(float), atoms.within
+
+
+def _d2(points: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Squared distance of every point to its nearest chosen centre."""
+    if not len(chosen):
+        return np.zeros(len(points))
+    return squared_distances(points, chosen, nearest(points, chosen, sums=False)[0])
+
+
+def site_kmeans_candidates(data: SiteData, params: Payload) -> Payload:
+    """k-means++ round: the site's D² mass and micro-cluster means drawn by their D² mass."""
+    fm, xa, n_clusters, atoms = _working(data, params)
+    x = xa[:, :-1]
+    chosen = check_matrix(params, "centers", x.shape[1], n_clusters - 1)
+    wanted = params.get("n_candidates")
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= 20:
+        raise ParameterError("'n_candidates' must be a whole number between 1 and 20")
+    rng = _site_rng(params, data.site, data.dataset)
+    points, weight, within = _points(x, atoms)
+    mass = weight if not len(chosen) else within + weight * _d2(points, chosen)
+    total = float(mass.sum())
+    if not total > 0:
+        return {"mass": 0.0, "candidates": np.empty((0, x.shape[1]))}
+    out: list[np.ndarray] = []
+    skipped = 0
+    for i in rng.choice(len(points), size=3 * wanted, replace=True, p=mass / total):
+        if len(out) == wanted:
+            break
+        if atoms is not None and atoms.part is not None:  # a released row set like any other
+            sets = _AtomSets(data, atoms.part, np.arange(len(points)))
+            if sets.near([[i]])[0]:
+                skipped += 1
+                continue
+            sets.remember([[i]])
+        out.append(points[i])
+    if skipped:
+        data.log.suppressed(
+            "differencing",
+            f"k-means++ candidates within {data.k} patients of an earlier release were skipped",
+        )
+    return {"mass": total, "candidates": np.array(out).reshape(len(out), x.shape[1])}
+
+
+def site_kmeans_potential(data: SiteData, params: Payload) -> Payload:
+    """k-means++ greedy step: the site's D² mass if each candidate were added to the centres."""
+    _, xa, n_clusters, atoms = _working(data, params)
+    x = xa[:, :-1]
+    chosen = check_matrix(params, "centers", x.shape[1], n_clusters - 1, 1)
+    candidates = check_matrix(params, "candidates", x.shape[1], 20, 1)
+    points, weight, within = _points(x, atoms)
+    current = _d2(points, chosen)
+    pot = [
+        float((within + weight * np.minimum(current, ((points - c) ** 2).sum(axis=1))).sum())
+        for c in candidates
+    ]
+    return {"potential": np.array(pot)}
+
+
+def _kmeans_columns(params: Payload) -> list[str]:
+    return param_columns("features")(params)
+
+
+STEPS = [
+    SiteStep(name, "kmeans", fn, _kmeans_columns)
+    for name, fn in (
+        ("kmeans_stats", site_kmeans_stats),
+        ("kmeans_candidates", site_kmeans_candidates),
+        ("kmeans_potential", site_kmeans_potential),
+        ("kmeans_step", site_kmeans_step),
+        ("kmeans_assign", site_kmeans_assign),
+    )
+] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [])]

@@ -1,0 +1,14 @@
+"""Agreeing on the categories of a grouping variable without naming rare ones.
+
+Site step: the levels of a column that hold at least ``min_cell_count`` patients at this site (a rare
+level's *name* could identify a patient, e.g. a free-text diagnosis). Combine: the sorted union. Every
+grouped analysis (``by=``, ``group=``, crosstab) asks this first, so that all sites code the same levels;
+a level rare at every site is left out (crosstab shows it as ``(other)``).
+"""
+
+from __future__ import annotations
+
+OTHER = "(other)"
+
+
+SITE_COLUMN = "site"

@@ -1,0 +1,54 @@
+"""Site step of ``levels``: the levels of a column a site can name, and the grouping helpers every grouped site step uses."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
+
+
+def site_levels(data: SiteData, params: Payload) -> Payload:
+    column = require_str(params, "column")
+    labels = data.labels(column).dropna()
+    counts = labels.value_counts()
+    if len(counts) > data.policy.max_levels:
+        raise data.refuse(
+            "max_levels",
+            f"more than {data.policy.max_levels} distinct values: not a grouping variable",
+            column,
+        )
+    common = sorted(str(v) for v, c in counts.items() if c >= data.k)
+    if len(common) < len(counts):
+        data.log.suppressed(
+            "min_cell_count",
+            f"{len(counts) - len(common)} level(s) of '{column}' with fewer than {data.k} "
+            "patients are not named",
+        )
+    return {"levels": common}
+
+
+def grouping(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series | None:
+    """:func:`group_index` for analyses that leave out missing and ``(other)`` rows (with a note)."""
+    if column is None:
+        return None
+    groups = group_index(data, column, levels)
+    if groups.isna().any():
+        data.log.note(f"patients with missing '{column}' are left out")
+    if (groups == OTHER).any():
+        data.log.note(f"levels of '{column}' rare at every site are left out")
+    return groups
+
+
+def group_index(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series:
+    """Per cohort row: the level label, ``OTHER`` for a value outside ``levels``, NA if missing."""
+    if column is None or levels is None:
+        return pd.Series("all", index=data.cohort.index, dtype=object)
+    labels = data.labels(column)
+    known = labels.isin(levels)
+    out = labels.where(known | labels.isna(), OTHER)
+    return out
+
+
+STEPS = [SiteStep("levels", "levels", site_levels, param_columns("column"))]
