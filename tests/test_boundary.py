@@ -104,6 +104,20 @@ def test_a_violating_import_is_caught(tmp_path, module, line, rule):
     assert len(found) == 1 and rule in found[0] and module in found[0], found
 
 
+def test_no_result_module_imports_the_display_when_imported():
+    results = sorted(
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for p in PACKAGE.glob("analyses/**/result*.py")
+    )
+    assert len(results) >= 10
+    code = (
+        f"import json, sys, importlib; [importlib.import_module(m) for m in {results!r}]; "
+        "print(json.dumps([m for m in sys.modules if m.startswith('fedhem_kernel.display')]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
 def test_importing_the_coordinator_imports_no_site_step():
     code = (
         "import json, sys; import fedhem_kernel.engine.coordinator; "
@@ -214,8 +228,10 @@ TOY = {
     "result.py": """
         from dataclasses import dataclass
 
-        @dataclass(frozen=True)
-        class CountResult:
+        from fedhem_kernel.analyses.common.result_base import Result
+
+        @dataclass(frozen=True, repr=False)
+        class CountResult(Result):
             n: int
             privacy: object
     """,
@@ -241,6 +257,11 @@ def test_a_new_analysis_is_one_package_and_one_registry_line(tmp_path, monkeypat
         log = fed.audit_log()
         assert set(log.loc[log["analysis"] == "toy_count", "site"]) == {"a", "b", "c"}
         assert all(n > 0 for n in fed.coordinator.grid.replies_received.values())
+        # and it displays with no display code of its own: the generic renderers
+        html = res._repr_html_()
+        assert "toycount on &#x27;d&#x27;" in html and "50" in html and "Privacy report" in html
+        assert "CountResult(" in repr(res) and res.to_frame().loc["n", "value"] == 50
+        assert res.widget().title == "toycount on 'd'"
     # the policy knows the analysis by its registry name
     only = fh.Policy(allowed_analyses=("toycount",))
     with fh.Federation.local({"a": {"d": cohort(30, 3)}}, policy=only) as fed:

@@ -219,7 +219,7 @@ def test_forest_plot_html_and_widget_show_the_summary():
         assert row["estimate"] == pytest.approx(s["exp(coef)"])
         assert row["lower"] == pytest.approx(s["exp(coef) lower 95%"])
         assert row["upper"] == pytest.approx(s["exp(coef) upper 95%"])
-    model = res._model_table()
+    model = res.model_table()
     assert "concordance (Harrell's C)" in model.index
 
 

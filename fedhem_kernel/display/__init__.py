@@ -1,5 +1,9 @@
 """How results look in a notebook.
 
+- :mod:`~fedhem_kernel.display.render`: renderers by result type (``result._repr_html_()`` and
+  ``result.widget()`` look them up there); :mod:`~fedhem_kernel.display.renderers` registers them,
+  with a generic pair for any result.
+
 - :mod:`~fedhem_kernel.display.html`, :mod:`~fedhem_kernel.display.km_plot`: the static HTML (and
   matplotlib PNG) every result has, also the fallback where no live kernel is attached.
 - :mod:`~fedhem_kernel.display.widgets`: interactive anywidget views (``result.widget()``):

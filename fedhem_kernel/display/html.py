@@ -74,17 +74,4 @@ def km_html(result: KaplanMeierResult) -> str:
         plt.close(fig)
     medians = result.median_survival.to_frame().T
     medians.index = ["median survival"]
-    grid = (
-        "exact times"
-        if result.time_step is None
-        else f"times on a grid of {result.time_step:g} {result.unit or 'units'}"
-    )
-    return result_html(
-        f"Kaplan–Meier: {result.duration} / {result.event}"
-        + (f" by {result.group}" if result.group else "")
-        + f" on '{result.privacy.dataset}'",
-        medians,
-        result.privacy,
-        figure=img,
-        footnote=f"{grid}; curves pooled from the sites' released event tables.",
-    )
+    return result_html(result.title, medians, result.privacy, figure=img, footnote=result.footnote)

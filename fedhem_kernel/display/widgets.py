@@ -131,23 +131,13 @@ def km_widget(result: KaplanMeierResult) -> KaplanMeierWidget:
 
 def describe_widget(result: DescribeResult) -> ResultTableWidget:
     return summary_widget(
-        f"describe '{result.privacy.dataset}'" + (f" by '{result.by}'" if result.by else ""),
-        result.table,
-        result.by_site,
-        result.privacy,
-        "Quantiles from pooled site histograms (no patient's own value is released).",
+        result.title, result.table, result.by_site, result.privacy, result.footnote
     )
 
 
 def radiomics_widget(result: RadiomicsResult) -> ResultTableWidget:
-    n = sum(result.n_images.values())
     return summary_widget(
-        f"radiomics on '{result.privacy.dataset}': {len(result.summary)} features, {n} images",
-        result.summary,
-        result.by_site,
-        result.privacy,
-        "Per-patient features stay at the sites as columns; quantiles from pooled site "
-        "histograms (no patient's own value is released).",
+        result.title, result.summary, result.by_site, result.privacy, result.footnote
     )
 
 
@@ -185,7 +175,7 @@ def crosstab_widget(result: CrosstabResult) -> ResultTableWidget:
     tables = [table_state(result.table, "pooled")]
     tables += [table_state(df, f"site {site}") for site, df in result.by_site.items()]
     return ResultTableWidget(
-        f"crosstab '{result.row}' × '{result.col}' on '{result.privacy.dataset}'",
+        result.title,
         tables,
         result.privacy,
         footnote="suppressed: withheld at a site (a cell below the minimum count, or a cell "
@@ -195,26 +185,14 @@ def crosstab_widget(result: CrosstabResult) -> ResultTableWidget:
 
 
 def logrank_widget(result: LogrankResult) -> ResultTableWidget:
-    head = pd.DataFrame(
-        {
-            "value": [
-                result.test_statistic,
-                result.p_value,
-                result.degrees_of_freedom,
-            ]
-        },
-        index=pd.Index(["test_statistic", "p", "degrees_of_freedom"], name=result.test_name),
-        dtype=object,
-    )
     tables = [
-        table_state(head, ""),
+        table_state(result.test, ""),
         table_state(
             result.summary,
             "observed and expected events" + (" (summed over strata)" if result.strata else ""),
         ),
     ]
-    if result.strata_tests is not None:
-        tables.append(table_state(result.strata_tests, "test within each stratum"))
+    tables += [table_state(table, caption) for caption, table in result.tables()]
     return ResultTableWidget(result.title, tables, result.privacy)
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
-@dataclass(frozen=True)
-class CombatResult:
+@dataclass(frozen=True, repr=False)
+class CombatResult(Result):
     """ComBat harmonisation; the harmonised values stay at the sites as derived columns.
 
     ``features`` (harmonised), ``columns`` (their derived column names at the sites,
@@ -55,33 +56,31 @@ class CombatResult:
         """Multiplicative batch effects (batch x feature; variance ratios)."""
         return self.batch_effects["delta_star"]
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import result_html
-
+    @property
+    def title(self) -> str:
         method = (
             "no empirical Bayes"
             if not self.eb
             else ("parametric" if self.parametric else "non-parametric") + " empirical Bayes"
         )
-        return result_html(
+        return (
             f"ComBat on '{self.dataset}': {len(self.features)} features, {self.n_batches} "
             f"batches, {self.n_observations} patients ({method}"
-            + (", mean only)" if self.mean_only else ")"),
-            self.batch_effects,
-            self.privacy,
-            footnote=(
-                "Batch effects: gamma_star (additive) and delta_star (multiplicative), in units "
-                "of the pooled residual SD. Harmonised values are kept at each site as columns "
-                + ", ".join(f"'{c}'" for c in self.columns)
-                + ". "
-                + " ".join(self.notes)
-            ),
-            extra_tables=[("before and after, per batch", self.summary)],
+            + (", mean only)" if self.mean_only else ")")
         )
 
-    def __repr__(self) -> str:
+    @property
+    def footnote(self) -> str:
         return (
-            f"CombatResult(features={list(self.features)}, columns={list(self.columns)}, "
-            f"n_batches={self.n_batches}, n_observations={self.n_observations}\n"
-            f"{self.batch_effects.to_string()}\n{self.privacy!r})"
+            "Batch effects: gamma_star (additive) and delta_star (multiplicative), in units "
+            "of the pooled residual SD. Harmonised values are kept at each site as columns "
+            + ", ".join(f"'{c}'" for c in self.columns)
+            + ". "
+            + " ".join(self.notes)
+        )
+
+    def _headline(self) -> str:
+        return (
+            f"features={list(self.features)}, columns={list(self.columns)}, "
+            f"n_batches={self.n_batches}, n_observations={self.n_observations}"
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.protocol.report import PrivacyReport
 
 if TYPE_CHECKING:
@@ -65,8 +66,8 @@ def summary_frame(params: pd.Series, variance: pd.DataFrame, alpha: float = 0.05
     return df
 
 
-@dataclass(frozen=True)
-class CoxResult:
+@dataclass(frozen=True, repr=False)
+class CoxResult(Result):
     """A pooled Cox proportional-hazards fit, named as lifelines' ``CoxPHFitter``.
 
     ``summary`` (coef, exp(coef), se(coef), 95 % intervals, z, p), ``params_``, ``variance_matrix_``,
@@ -174,7 +175,32 @@ class CoxResult:
         dof = len(self.params_)
         return LikelihoodRatioTest(float(stat), dof, float(stats.chi2.sf(stat, dof)))
 
-    def _model_table(self) -> pd.DataFrame:
+    def _concordance_text(self) -> str:
+        c = self.concordance
+        if c is None:
+            return ""
+        if c.unresolved == 0:
+            return f"{c.value:.4f}"
+        return f"{c.value:.4f} (between {c.lower:.4f} and {c.upper:.4f})"
+
+    @property
+    def title(self) -> str:
+        return f"Cox model: {self.duration} / {self.event} on '{self.privacy.dataset}'"
+
+    @property
+    def footnote(self) -> str:
+        grid = (
+            "exact times"
+            if self.time_step is None
+            else f"times on each site's grid of {self.time_step:g} {self.unit or 'units'}"
+        )
+        return f"{grid}; ties by {self.ties.capitalize()}; pooled from the sites' risk-set sums."
+
+    def tables(self) -> list[tuple[str, pd.DataFrame]]:
+        return [("Model", self.model_table())]
+
+    def model_table(self) -> pd.DataFrame:
+        """The model as a one-column table: data, fit, likelihood-ratio test, concordance."""
         lr = self.log_likelihood_ratio_test()
         rows = {
             "duration / event": f"{self.duration} / {self.event}",
@@ -195,61 +221,6 @@ class CoxResult:
             rows.pop("strata")
         return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
-    def _concordance_text(self) -> str:
-        c = self.concordance
-        if c is None:
-            return ""
-        if c.unresolved == 0:
-            return f"{c.value:.4f}"
-        return f"{c.value:.4f} (between {c.lower:.4f} and {c.upper:.4f})"
-
-    def _title(self) -> str:
-        return f"Cox model: {self.duration} / {self.event} on '{self.privacy.dataset}'"
-
-    def _footnote(self) -> str:
-        grid = (
-            "exact times"
-            if self.time_step is None
-            else f"times on each site's grid of {self.time_step:g} {self.unit or 'units'}"
-        )
-        return f"{grid}; ties by {self.ties.capitalize()}; pooled from the sites' risk-set sums."
-
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.forest import forest_html
-        from fedhem_kernel.display.html import result_html
-
-        return result_html(
-            self._title(),
-            self.summary,
-            self.privacy,
-            extra_tables=[("Model", self._model_table())],
-            footnote=self._footnote(),
-            figure=forest_html(self),
-        )
-
-    def widget(self) -> Any:
-        """This result as an interactive widget: the coefficients table, the model and the privacy panel."""
-        from fedhem_kernel.display.forest import forest_state
-        from fedhem_kernel.display.state import table_state
-        from fedhem_kernel.display.widgets import ResultTableWidget
-
-        return ResultTableWidget(
-            self._title(),
-            [table_state(self.summary, "coefficients"), table_state(self._model_table(), "model")],
-            self.privacy,
-            footnote=self._footnote(),
-            figure=forest_state(self),
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
+    def _headline(self) -> str:
         coefs = ", ".join(f"{c}={v:.4g}" for c, v in self.params_.items())
-        return (
-            f"CoxResult({self.duration}, {self.event}; {coefs}; "
-            f"log-likelihood {self.log_likelihood_:.4f}; {self.privacy!r})"
-        )
+        return f"{self.duration}, {self.event}; {coefs}; log-likelihood {self.log_likelihood_:.4f}"

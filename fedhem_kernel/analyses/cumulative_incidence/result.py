@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.report import PrivacyReport
 
@@ -35,8 +36,8 @@ class GrayTestResult:
 
 
 # -- result -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CumulativeIncidenceResult:
+@dataclass(frozen=True, repr=False)
+class CumulativeIncidenceResult(Result):
     """Pooled cumulative incidence of competing causes (Aalen–Johansen), one curve per cause and group.
 
     ``cumulative_incidence`` is indexed by time with columns ``(group, cause)``; ``group`` is
@@ -91,31 +92,37 @@ class CumulativeIncidenceResult:
             self, ax=ax, stacked=stacked, at_risk_counts=at_risk_counts
         )
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.cif import cif_html
+    @property
+    def summary(self) -> pd.DataFrame:
+        """Per group and cause: events and the cumulative incidence at the last released time."""
+        rows = {}
+        for g, tab in self.event_tables.items():
+            cif = tab.attrs["cumulative_incidence"]
+            for cause in self.causes:
+                rows[(g, cause)] = {
+                    "events": int(tab.get(f"observed_{cause}", pd.Series(dtype=int)).sum()),
+                    "cumulative_incidence": float(cif[cause].iloc[-1]) if len(cif) else 0.0,
+                }
+        index = pd.MultiIndex.from_tuples(list(rows), names=["group", "cause"])
+        return pd.DataFrame(
+            list(rows.values()), index=index, columns=["events", "cumulative_incidence"]
+        )
 
-        return cif_html(self)
+    @property
+    def title(self) -> str:
+        return (
+            f"Cumulative incidence: {self.duration} / {self.event}"
+            + (f" by {self.group}" if self.group else "")
+            + f" on '{self.privacy.dataset}'"
+        )
 
-    def widget(self) -> Any:
-        """This result as an interactive widget: stacked curves per group (or curves with 95 %
-        bands), numbers at risk, hover values, Gray's test and the privacy panel."""
-        from fedhem_kernel.display.cif_widget import cif_widget
-
-        return cif_widget(self)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
+    def _headline(self) -> str:
         test = f"; {self.gray_test!r}" if self.gray_test is not None else ""
         return (
-            f"CumulativeIncidenceResult({self.duration}, {self.event}"
+            f"{self.duration}, {self.event}"
             + (f", group={self.group}" if self.group else "")
             + f"; causes {', '.join(self.causes)}; event of interest {self.event_of_interest}"
-            + f"{test}; {self.privacy!r})"
+            + test
         )
 
 

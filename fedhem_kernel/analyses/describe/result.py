@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
-@dataclass(frozen=True)
-class DescribeResult:
+@dataclass(frozen=True, repr=False)
+class DescribeResult(Result):
     """Pooled summary statistics (``table``), per-site releases (``by_site``) and ``privacy``."""
 
     table: pd.DataFrame
@@ -19,27 +19,15 @@ class DescribeResult:
     privacy: PrivacyReport
     by: str | None = None
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import result_html
+    @property
+    def summary(self) -> pd.DataFrame:
+        """The pooled table (``table``)."""
+        return self.table
 
-        return result_html(
-            f"describe '{self.privacy.dataset}'" + (f" by '{self.by}'" if self.by else ""),
-            self.table,
-            self.privacy,
-            footnote="Quantiles from pooled site histograms (no patient's own value is released).",
-        )
+    @property
+    def title(self) -> str:
+        return f"describe '{self.privacy.dataset}'" + (f" by '{self.by}'" if self.by else "")
 
-    def widget(self) -> Any:
-        """This result as an interactive widget: pooled and per-site tables (suppressed cells marked) and the privacy panel."""
-        from fedhem_kernel.display.widgets import describe_widget
-
-        return describe_widget(self)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
-        return f"DescribeResult(\n{self.table.to_string()}\n{self.privacy!r})"
+    @property
+    def footnote(self) -> str:
+        return "Quantiles from pooled site histograms (no patient's own value is released)."

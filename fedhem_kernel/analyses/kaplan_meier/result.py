@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
-@dataclass(frozen=True)
-class KaplanMeierResult:
+@dataclass(frozen=True, repr=False)
+class KaplanMeierResult(Result):
     """Pooled Kaplan–Meier estimate, one column per group (lifelines naming)."""
 
     survival_function: pd.DataFrame
@@ -49,27 +50,39 @@ class KaplanMeierResult:
 
         return plot_km(self, ax=ax, ci=ci, at_risk_counts=at_risk_counts)
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import km_html
+    @property
+    def summary(self) -> pd.DataFrame:
+        """Per group: patients at risk at the start, events and the median survival time."""
+        rows = {
+            g: {
+                "at_risk": int(tab["at_risk"].iloc[0]) if len(tab) else 0,
+                "events": int(tab["observed"].sum()),
+                "median_survival": self.median_survival.get(g, np.nan),
+            }
+            for g, tab in self.event_tables.items()
+        }
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "group"
+        return frame
 
-        return km_html(self)
-
-    def widget(self) -> Any:
-        """This result as an interactive widget: the curves with 95 % bands, numbers at risk, hover values and the privacy panel."""
-        from fedhem_kernel.display.widgets import km_widget
-
-        return km_widget(self)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
-        med = ", ".join(f"{g}: {v:.4g}" for g, v in self.median_survival.items())
+    @property
+    def title(self) -> str:
         return (
-            f"KaplanMeierResult({self.duration}, {self.event}"
-            + (f", group={self.group}" if self.group else "")
-            + f"; median survival {med}; {self.privacy!r})"
+            f"Kaplan–Meier: {self.duration} / {self.event}"
+            + (f" by {self.group}" if self.group else "")
+            + f" on '{self.privacy.dataset}'"
         )
+
+    @property
+    def footnote(self) -> str:
+        grid = (
+            "exact times"
+            if self.time_step is None
+            else f"times on a grid of {self.time_step:g} {self.unit or 'units'}"
+        )
+        return f"{grid}; curves pooled from the sites' released event tables."
+
+    def _headline(self) -> str:
+        med = ", ".join(f"{g}: {v:.4g}" for g, v in self.median_survival.items())
+        group = f", group={self.group}" if self.group else ""
+        return f"{self.duration}, {self.event}{group}; median survival {med}"

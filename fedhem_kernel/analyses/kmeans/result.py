@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.analyses.kmeans import COLUMN
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.report import PrivacyReport
@@ -30,8 +31,8 @@ class ClusterProfile:
         return f"ClusterProfile(\n{self.describe!r}\n{self.kaplan_meier!r})"
 
 
-@dataclass(frozen=True)
-class KMeansResult:
+@dataclass(frozen=True, repr=False)
+class KMeansResult(Result):
     """Federated k-means (scikit-learn naming without the trailing underscore).
 
     ``cluster_centers`` (k x features, original units), ``cluster_sizes`` (patients per cluster in
@@ -113,49 +114,8 @@ class KMeansResult:
                     column=self.column,
                 )
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.cluster_state import kmeans_footnote, kmeans_title
-        from fedhem_kernel.display.html import result_html
-
-        return result_html(
-            kmeans_title(self),
-            self.summary,
-            self.privacy,
-            footnote=kmeans_footnote(self),
-            extra_tables=[("per site", self.by_site)],
-        )
-
-    def widget(self, pca: Any = None) -> Any:
-        """This result as an interactive widget: centres and sizes, the per-site table, the privacy
-        panel and a figure: with ``pca=`` (a ``fed.pca`` result on these features) the centres on
-        PC1/PC2, area ~ released size; without, a heatmap of each centre against the pooled mean
-        (in pooled SDs when ``standardize=True``). No patient's point is ever drawn."""
-        from fedhem_kernel.display.cluster_state import (
-            kmeans_figure,
-            kmeans_footnote,
-            kmeans_tables,
-            kmeans_title,
-        )
-        from fedhem_kernel.display.widgets import ResultTableWidget
-
-        figure = kmeans_figure(self, pca)
-        return ResultTableWidget(
-            kmeans_title(self),
-            kmeans_tables(self),
-            self.privacy,
-            footnote=kmeans_footnote(self, figure),
-            figure=figure,
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
+    def _headline(self) -> str:
         return (
-            f"KMeansResult(n_clusters={self.n_clusters}, inertia={self.inertia:.6g}, "
-            f"n_iter={self.n_iter}, converged={self.converged}\n"
-            f"{self.summary.to_string()}\n{self.privacy!r})"
+            f"n_clusters={self.n_clusters}, inertia={self.inertia:.6g}, "
+            f"n_iter={self.n_iter}, converged={self.converged}"
         )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.protocol.report import PrivacyReport
 
 _TITLES = {
@@ -19,8 +19,8 @@ _TITLES = {
 
 
 # -- result ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LogrankResult:
+@dataclass(frozen=True, repr=False)
+class LogrankResult(Result):
     """A (weighted, stratified) log-rank test; lifelines' ``StatisticalResult`` naming.
 
     ``test_statistic``, ``p_value`` and ``degrees_of_freedom`` are those of lifelines'
@@ -58,37 +58,23 @@ class LogrankResult:
             title += f" (strata: {', '.join(self.strata)})"
         return title
 
-    def _head(self) -> pd.DataFrame:
+    @property
+    def test(self) -> pd.DataFrame:
+        """The test as a one-column table: statistic, p and degrees of freedom."""
         return pd.DataFrame(
             {"value": [self.test_statistic, self.p_value, self.degrees_of_freedom]},
             index=pd.Index(["test_statistic", "p", "degrees_of_freedom"], name=self.test_name),
             dtype=object,
         )
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import result_html
-
-        what = "Observed and expected events" + (" (summed over strata)" if self.strata else "")
-        extra = [(what, self.summary)]
+    def tables(self) -> list[tuple[str, pd.DataFrame]]:
+        out = []
         if self.strata_tests is not None:
-            extra.append(("Test within each stratum", self.strata_tests))
-        return result_html(self.title, self._head(), self.privacy, extra_tables=extra)
+            out.append(("test within each stratum", self.strata_tests))
+        return out
 
-    def widget(self) -> Any:
-        """This result as an interactive widget: the test, observed and expected events, and the privacy panel."""
-        from fedhem_kernel.display.widgets import logrank_widget
-
-        return logrank_widget(self)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
+    def _headline(self) -> str:
         return (
-            f"LogrankResult({self.test_name}: test_statistic={self.test_statistic:.4f}, "
-            f"p_value={self.p_value:.4g}, degrees_of_freedom={self.degrees_of_freedom}; "
-            f"{self.privacy!r})"
+            f"{self.test_name}: test_statistic={self.test_statistic:.4f}, "
+            f"p_value={self.p_value:.4g}, degrees_of_freedom={self.degrees_of_freedom}"
         )

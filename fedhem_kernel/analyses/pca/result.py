@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
-@dataclass(frozen=True)
-class PCAResult:
+@dataclass(frozen=True, repr=False)
+class PCAResult(Result):
     """Principal components of the pooled rows (scikit-learn naming without the underscore).
 
     ``components`` (n_components x features, unit rows), ``explained_variance`` (eigenvalues of the
@@ -77,45 +78,3 @@ class PCAResult:
             ],
             axis=1,
         )
-
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.cluster_plot import loadings_html
-        from fedhem_kernel.display.cluster_state import pca_footnote, pca_title
-        from fedhem_kernel.display.html import result_html
-
-        return result_html(
-            pca_title(self),
-            self.summary,
-            self.privacy,
-            footnote=pca_footnote(self),
-            figure=loadings_html(self),
-        )
-
-    def widget(self, kmeans: Any = None) -> Any:
-        """This result as an interactive widget: the components table, the privacy panel and a
-        plot of each feature's loadings on PC1/PC2, or with ``kmeans=`` (a k-means result on
-        these features) its cluster centres there instead, as ``kmeans.widget(pca=...)``."""
-        from fedhem_kernel.display.cluster_state import (
-            pca_figure,
-            pca_footnote,
-            pca_title,
-        )
-        from fedhem_kernel.display.state import table_state
-        from fedhem_kernel.display.widgets import ResultTableWidget
-
-        return ResultTableWidget(
-            pca_title(self),
-            [table_state(self.summary, "explained variance and loadings")],
-            self.privacy,
-            footnote=pca_footnote(self),
-            figure=pca_figure(self, kmeans),
-        )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the widget view plus the HTML fallback and text (see display.mimebundle)."""
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
-        return f"PCAResult(\n{self.summary.to_string()}\n{self.privacy!r})"

@@ -7,13 +7,14 @@ from typing import Any
 
 import pandas as pd
 
+from fedhem_kernel.analyses.common.result_base import Result
 from fedhem_kernel.errors import DisclosureError
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
 # -- coordinator ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RadiomicsResult:
+@dataclass(frozen=True, repr=False)
+class RadiomicsResult(Result):
     """Summary of radiomic features over the federation; the per-patient values stay at the sites.
 
     ``summary``: DataFrame indexed by pyradiomics feature name, columns ``count``, ``mean``, ``sd``,
@@ -46,28 +47,14 @@ class RadiomicsResult:
             rule="row_level",
         )
 
-    def _repr_html_(self) -> str:
-        from fedhem_kernel.display.html import result_html
-
+    @property
+    def title(self) -> str:
         n = sum(self.n_images.values())
-        return result_html(
-            f"radiomics on '{self.privacy.dataset}': {len(self.summary)} features, {n} images",
-            self.summary,
-            self.privacy,
-            footnote="Per-patient features stay at the sites as columns; quantiles from pooled "
-            "site histograms (no patient's own value is released).",
+        return f"radiomics on '{self.privacy.dataset}': {len(self.summary)} features, {n} images"
+
+    @property
+    def footnote(self) -> str:
+        return (
+            "Per-patient features stay at the sites as columns; quantiles from pooled "
+            "site histograms (no patient's own value is released)."
         )
-
-    def widget(self) -> Any:
-        """This result as a widget: the summary table and the privacy panel."""
-        from fedhem_kernel.display.widgets import radiomics_widget
-
-        return radiomics_widget(self)
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from fedhem_kernel.display.mimebundle import result_mimebundle
-
-        return result_mimebundle(self, self.widget, include, exclude)
-
-    def __repr__(self) -> str:
-        return f"RadiomicsResult(\n{self.summary.to_string()}\n{self.privacy!r})"
