@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import linalg
 
 from fedhem_kernel.analyses.common.combine_catalog import columns_of_type
+from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import (
     CONCORDANCE_BINS,
     MAX_BINS,
@@ -24,6 +24,7 @@ from fedhem_kernel.analyses.cox import (
 from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
+    PooledStratum,
     TimeWeights,
     _pool_strata,
     accumulate_from_end,
@@ -105,34 +106,6 @@ def check_cox_params(
     return CoxSpec(duration, event, tuple(covs), strata_value, ties, cats)
 
 
-class StepSizer:
-    """lifelines' step-size schedule (``lifelines.utils.StepSizer``), so the iterates match."""
-
-    def __init__(self, initial: float = 0.95) -> None:
-        self.initial = initial
-        self.step_size = initial
-        self.temper_back_up = False
-        self.norms: list[float] = []
-
-    def update(self, norm_of_delta: float) -> float:
-        self.norms.append(norm_of_delta)
-        if self.temper_back_up:
-            self.step_size = min(self.step_size * 1.3, self.initial)
-        if norm_of_delta >= 15.0:
-            self.step_size *= 0.1
-            self.temper_back_up = True
-        elif 15.0 > norm_of_delta > 5.0:
-            self.step_size *= 0.25
-            self.temper_back_up = True
-        recent = self.norms[-3:]
-        if len(self.norms) >= 3:
-            if np.all(np.diff(recent) < 0):
-                self.step_size = min(self.step_size * 1.3, 1.0)
-            else:
-                self.step_size *= 0.98
-        return self.step_size
-
-
 def _pool_moments(setups: dict[str, Payload]) -> tuple[int, np.ndarray, np.ndarray]:
     """Pooled count, mean and sample standard deviation (Chan et al.) of every design column."""
     n_tot = 0
@@ -160,6 +133,121 @@ def _release(q: Ask, base: Payload) -> None:
         q.ask("cox_release", base)
     except FedHemError:
         pass  # a site that cannot answer drops the design from its cache later (LRU)
+
+
+class PooledCoxObjective:
+    """The Cox log partial likelihood, gradient and Hessian at ``beta``, from the sites' sums.
+
+    One ``cox_sums`` round per evaluation (``two_rounds``: then a ``cox_hessian`` round with the
+    pooled per-time weights); the pooled risk-set sums of the last evaluation stay in ``strata``.
+    """
+
+    def __init__(
+        self,
+        q: Ask,
+        base: Payload,
+        strata: list[PooledStratum],
+        sites: tuple[str, ...],
+        center: np.ndarray,
+        scale: np.ndarray,
+        ties: str,
+        split: bool,
+        by_site: bool,
+    ) -> None:
+        self.q, self.base, self.strata, self.sites = q, base, strata, sites
+        self.center, self.scale, self.ties, self.split = center, scale, ties, split
+        self.by_site = by_site
+        self.efron = ties == "efron"
+        self.p = len(center)
+        self.event_sums = [(st.event_sum - st.events.sum() * center) / scale for st in strata]
+        self.tied = [{"label": list(st.label), "times": st.times[st.tied]} for st in strata]
+        self.index = {st.label: st for st in strata}
+        self.rows_at: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+
+    def __call__(self, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        p = self.p
+        self._ask_sums(beta)
+        if not self.split:
+            ll, grad, hess, _ = evaluate(self.strata, beta, self.event_sums, self.ties)
+            return ll, grad, hess
+        ll, grad, partial, weights = evaluate(
+            self.strata, beta, self.event_sums, self.ties, np.zeros((p, p))
+        )
+        if not (np.isfinite(ll) and np.isfinite(grad).all()):
+            return ll, grad, np.full((p, p), np.nan)
+        # evaluate() returns -(info + weighted_s2): the same numbers without a second pass
+        return ll, grad, partial - self._ask_hessian(beta, weights)
+
+    def _params(self, beta: np.ndarray) -> Payload:
+        return {
+            **self.base,
+            "beta": [float(b) for b in beta],
+            "center": [float(c) for c in self.center],
+            "scale": [float(s) for s in self.scale],
+        }
+
+    def _check(self, replies: dict[str, Payload]) -> None:
+        gone = [s for s in self.sites if s not in replies]
+        if gone:
+            raise FedHemError(
+                f"site(s) {', '.join(gone)} stopped answering during the fit: no consistent "
+                "pooled fit is possible (see the privacy report)",
+                dataset=self.q.dataset,
+            )
+
+    def _ask_sums(self, beta: np.ndarray) -> None:
+        p, q_len = self.p, self.p * (self.p + 1) // 2
+        params = {**self._params(beta), "parts": "first" if self.split else "all"}
+        if self.efron:
+            params["tied"] = self.tied
+        for st in self.strata:  # the last iteration's sums are not needed during the round
+            st.S0 = st.S1 = st.S2 = st.D0 = st.D1 = st.D2 = None
+        replies = self.q.ask("cox_sums", params)
+        self._check(replies)
+        for st in self.strata:
+            t, nt = len(st.times), int(st.tied.sum())
+            st.S0, st.S1 = np.zeros(t), np.zeros((t, p))
+            st.S2 = None if self.split else np.zeros((t, q_len))
+            if self.efron:
+                st.D0, st.D1 = np.zeros(nt), np.zeros((nt, p))
+                st.D2 = None if self.split else np.zeros((nt, q_len))
+        for site in list(replies):  # a site's reply is dropped as soon as it is pooled
+            self._pool_reply(site, replies.pop(site))
+        for st in self.strata:
+            for pooled in (st.S0, st.S1, st.S2):
+                if pooled is not None:
+                    accumulate_from_end(pooled)
+
+    def _pool_reply(self, site: str, payload: Payload) -> None:
+        for item in payload["strata"]:
+            st = self.index[(site,) if self.by_site else tuple(item["label"])]
+            # the site's risk set at a pooled time: its steps at or after that time
+            at = self.rows_at.get((st.label, site))
+            if at is None:
+                at = np.searchsorted(st.times, st.site_steps[site], side="right") - 1
+                self.rows_at[(st.label, site)] = at
+            for k in ("0", "1", "2"):
+                pooled = getattr(st, "S" + k)
+                if pooled is not None:
+                    pool_steps(pooled, at, np.asarray(item["A" + k], dtype=float))
+                pooled = getattr(st, "D" + k)
+                if pooled is not None:
+                    pooled += np.asarray(item["D" + k], dtype=float)
+
+    def _ask_hessian(self, beta: np.ndarray, weights: list[TimeWeights]) -> np.ndarray:
+        items = [
+            {
+                "label": list(st.label),
+                "times": st.times,
+                "c1": w.c1,
+                **({"tied": st.times[st.tied], "c2": w.c2[st.tied]} if self.efron else {}),
+            }
+            for st, w in zip(self.strata, weights, strict=True)
+        ]
+        replies = self.q.ask("cox_hessian", {**self._params(beta), "weights": items})
+        self._check(replies)
+        total = sum(np.asarray(r["hessian"], dtype=float) for r in replies.values())
+        return unpack_triangle(np.asarray(total), self.p)
 
 
 def fit_cox(
@@ -201,7 +289,6 @@ def fit_cox(
                 raise FedHemError(
                     "the sites coded the covariates differently", site=site, dataset=q.dataset
                 )
-        sites = tuple(setups)
         n, center, scale = _pool_moments(setups)
         flat = [c for c, s in zip(columns, scale, strict=True) if not s > 0]
         if flat:
@@ -215,172 +302,58 @@ def fit_cox(
         n_events = int(sum(int(st.events.sum()) for st in strata))
         if n_events == 0:
             raise ParameterError("no events in the cohort: nothing to fit", dataset=q.dataset)
-        event_sums = [(st.event_sum - st.events.sum() * center) / scale for st in strata]
-        efron = spec.ties == "efron"
-        tied = [{"label": list(st.label), "times": st.times[st.tied]} for st in strata]
-        index = {st.label: st for st in strata}
         p = len(columns)
-        q_len = p * (p + 1) // 2
         if protocol is None:
             small = sum_bytes(strata, p, spec.ties) <= ONE_ROUND_MAX_BYTES
             protocol = "one_round" if small else "two_rounds"
         if protocol not in ("one_round", "two_rounds"):
             raise ParameterError("protocol must be 'one_round' or 'two_rounds'")
-        split = protocol == "two_rounds"
-
-        def check_replies(replies: dict[str, Payload]) -> None:
-            gone = [s for s in sites if s not in replies]
-            if gone:
-                raise FedHemError(
-                    f"site(s) {', '.join(gone)} stopped answering during the fit: no consistent "
-                    "pooled fit is possible (see the privacy report)",
-                    dataset=q.dataset,
-                )
-
-        def step_params(beta: np.ndarray) -> Payload:
-            return {
-                **base,
-                "beta": [float(b) for b in beta],
-                "center": [float(c) for c in center],
-                "scale": [float(s) for s in scale],
-            }
-
-        def ask_sums(beta: np.ndarray) -> None:
-            params = {**step_params(beta), "parts": "first" if split else "all"}
-            if efron:
-                params["tied"] = tied
-            for st in strata:  # the last iteration's sums are not needed during the round
-                st.S0 = st.S1 = st.S2 = st.D0 = st.D1 = st.D2 = None
-            replies = q.ask("cox_sums", params)
-            check_replies(replies)
-            for st in strata:
-                t, nt = len(st.times), int(st.tied.sum())
-                st.S0, st.S1 = np.zeros(t), np.zeros((t, p))
-                st.S2 = None if split else np.zeros((t, q_len))
-                if efron:
-                    st.D0, st.D1 = np.zeros(nt), np.zeros((nt, p))
-                    st.D2 = None if split else np.zeros((nt, q_len))
-            for site in list(replies):  # a site's reply is dropped as soon as it is pooled
-                pool_reply(site, replies.pop(site))
-            for st in strata:
-                for pooled in (st.S0, st.S1, st.S2):
-                    if pooled is not None:
-                        accumulate_from_end(pooled)
-
-        rows_at: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
-
-        def pool_reply(site: str, payload: Payload) -> None:
-            for item in payload["strata"]:
-                st = index[(site,) if by_site else tuple(item["label"])]
-                # the site's risk set at a pooled time: its steps at or after that time
-                at = rows_at.get((st.label, site))
-                if at is None:
-                    at = np.searchsorted(st.times, st.site_steps[site], side="right") - 1
-                    rows_at[(st.label, site)] = at
-                for k in ("0", "1", "2"):
-                    pooled = getattr(st, "S" + k)
-                    if pooled is not None:
-                        pool_steps(pooled, at, np.asarray(item["A" + k], dtype=float))
-                    pooled = getattr(st, "D" + k)
-                    if pooled is not None:
-                        pooled += np.asarray(item["D" + k], dtype=float)
-
-        def ask_hessian(beta: np.ndarray, weights: list[TimeWeights]) -> np.ndarray:
-            items = [
-                {
-                    "label": list(st.label),
-                    "times": st.times,
-                    "c1": w.c1,
-                    **({"tied": st.times[st.tied], "c2": w.c2[st.tied]} if efron else {}),
-                }
-                for st, w in zip(strata, weights, strict=True)
-            ]
-            replies = q.ask("cox_hessian", {**step_params(beta), "weights": items})
-            check_replies(replies)
-            total = sum(np.asarray(r["hessian"], dtype=float) for r in replies.values())
-            return unpack_triangle(np.asarray(total), p)
-
-        def evaluate_at(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-            ask_sums(beta)
-            if not split:
-                ll, grad, hess, _ = evaluate(strata, beta, event_sums, spec.ties)
-                return ll, grad, hess
-            ll, grad, partial, weights = evaluate(
-                strata, beta, event_sums, spec.ties, np.zeros((p, p))
+        objective = PooledCoxObjective(
+            q,
+            base,
+            strata,
+            tuple(setups),
+            center,
+            scale,
+            spec.ties,
+            protocol == "two_rounds",
+            by_site,
+        )
+        try:
+            newton = newton_raphson(
+                objective,
+                p,
+                precision=precision,
+                r_precision=r_precision,
+                max_steps=max_steps,
+                max_coefficient=MAX_COEFFICIENT,
+                what="partial likelihood",
             )
-            if not (np.isfinite(ll) and np.isfinite(grad).all()):
-                return ll, grad, np.full((p, p), np.nan)
-            # evaluate() returns -(info + weighted_s2): the same numbers without a second pass
-            return ll, grad, partial - ask_hessian(beta, weights)
-
-        # lifelines' Newton–Raphson (CoxPHFitter._newton_raphson_for_efron_model), step by step
-        beta = np.zeros(p)
-        delta = np.zeros(p)
-        sizer = StepSizer(0.95)
-        step_size = sizer.step_size
-        previous_ll = 0.0
-        ll_null = 0.0
-        converged = False
-        i = 0
-        evaluated = beta
-        hessian = gradient = np.zeros(0)
-        log_lik = norm_delta = 0.0
-        while True:
-            candidate = beta + step_size * delta
-            if np.abs(candidate).max(initial=0.0) > MAX_COEFFICIENT:
-                q.note("the fit diverged (a coefficient grew without bound): complete separation?")
-                break
-            beta = candidate
-            i += 1
-            ll, grad, hess = evaluate_at(beta)
-            if i == 1:
-                ll_null = ll
-            if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
-                raise FedHemError(
-                    "the partial likelihood is not finite at this step: the model does not converge",
-                    dataset=q.dataset,
-                )
-            try:
-                delta = linalg.solve(-hess, grad, assume_a="pos", check_finite=False)
-            except (ValueError, linalg.LinAlgError):
-                raise FedHemError(
-                    "the Hessian is singular: covariates are collinear (or a covariate separates "
-                    "events completely)",
-                    dataset=q.dataset,
-                ) from None
-            evaluated, hessian, gradient, log_lik = beta, hess, grad, ll
-            norm_delta = float(np.linalg.norm(delta))
-            decrement = float(grad @ delta) / 2
-            if (
-                norm_delta < precision
-                or (previous_ll != 0 and abs(ll - previous_ll) / (-previous_ll) < r_precision)
-                or decrement < precision
-            ):
-                converged = True
-                break
-            if i >= max_steps or step_size <= 1e-5 or (abs(ll) < 1e-4 and norm_delta > 1.0):
-                break
-            previous_ll = ll
-            step_size = sizer.update(norm_delta)
-        if not converged:
+        except FedHemError as exc:
+            if exc.dataset is not None:
+                raise
+            raise type(exc)(exc.reason, dataset=q.dataset) from None
+        if newton.diverged:
+            q.note("the fit diverged (a coefficient grew without bound): complete separation?")
+        if not newton.converged:
             q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
-        elif norm_delta > 0.1:
+        elif newton.norm_delta > 0.1:
             q.note("converged, but the last step was still large: collinearity or separation?")
         coarse = [x for x in setups.values() if x.get("time_step") is not None]
         step_info = coarse[0] if coarse else next(iter(setups.values()))
         fit = CoxFit(
             columns=columns,
-            beta=evaluated,
+            beta=newton.beta,
             center=center,
             scale=scale,
-            hessian=hessian,
-            gradient=gradient,
-            log_likelihood=log_lik,
-            log_likelihood_null=ll_null,
-            iterations=i,
-            converged=converged,
+            hessian=newton.hessian,
+            gradient=newton.gradient,
+            log_likelihood=newton.log_likelihood,
+            log_likelihood_null=newton.log_likelihood_null,
+            iterations=newton.iterations,
+            converged=newton.converged,
             strata=strata,
-            sites=sites,
+            sites=tuple(setups),
             n=n,
             n_events=n_events,
             time_step=step_info.get("time_step"),
