@@ -9,8 +9,6 @@ holds released, pooled values.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,21 +52,27 @@ def plot_cumulative_incidence(
     ax: Any = None,
     stacked: bool = True,
     at_risk_counts: bool = True,
+    figure: Any = None,
 ) -> Any:
     """One panel per group: stacked cumulative incidence (or curves with 95 % bands).
 
-    ``ax``: an axes (one group) or a sequence of axes, one per group; by default a new figure.
+    ``ax``: an axes (one group) or a sequence of axes, one per group; by default new axes on
+    ``figure`` (a ``matplotlib.figure.Figure``), or on a new pyplot figure when that is None too.
     Returns the axes (a list when there are several groups).
     """
-    import matplotlib.pyplot as plt
-
     groups = result.groups
     if ax is None:
         cols = min(len(groups), 3)
         rows = -(-len(groups) // cols)
-        fig, axes = plt.subplots(
-            rows, cols, figsize=(4.6 * cols, 3.9 * rows), squeeze=False, sharey=True
-        )
+        size = (4.6 * cols, 3.9 * rows)
+        if figure is None:
+            import matplotlib.pyplot as plt  # the caller's own plot, on their backend
+
+            figure = plt.figure(figsize=size)
+        else:
+            figure.set_size_inches(*size)
+        fig = figure
+        axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
         axes_list = list(axes.ravel())
         for extra in axes_list[len(groups) :]:
             extra.set_visible(False)
@@ -131,13 +135,6 @@ def _at_risk_row(ax: Any, result: CumulativeIncidenceResult, group: str, t_max: 
 
 
 # -- HTML -------------------------------------------------------------------------------------------
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="cumulative incidence curves" src="data:image/png;base64,{data}"/>'
-
-
 def summary_times(result: CumulativeIncidenceResult, n: int = 5) -> list[float]:
     """A few round times inside the follow-up for the summary table (e.g. 12, 24, 36 months)."""
     # up to the shortest follow-up of any group: no group's curve is read past its last time
@@ -169,19 +166,13 @@ def summary_table(result: CumulativeIncidenceResult) -> pd.DataFrame:
 
 def cif_html(result: CumulativeIncidenceResult) -> str:
     """The stacked curves as a PNG, the incidence at a few times, Gray's test, privacy report."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: the notebook's backend is left alone
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from fedhem_kernel.display.html import figure_png, result_html
 
-    from fedhem_kernel.display.html import result_html
-
-    axes = plot_cumulative_incidence(result)
-    fig = (axes[0] if isinstance(axes, list) else axes).figure
-    try:
-        img = _png(fig)
-    finally:
-        plt.close(fig)
+    fig = Figure()
+    plot_cumulative_incidence(result, figure=fig)
+    img = figure_png(fig, alt="cumulative incidence curves")
     extra = []
     if result.gray_tests is not None:
         extra.append((f"Gray's test across '{result.group}' (per cause)", result.gray_tests))

@@ -79,15 +79,10 @@ def plot_forest(
 
 def forest_html(result: CoxResult) -> str:
     """The hazard-ratio forest plot as an inline PNG (the HTML view's figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the notebook's backend is left alone
 
     from fedhem_kernel.display.html import figure_png
 
-    ax = plot_forest(result, hazard_ratios=True)
-    try:
-        return figure_png(ax.figure, alt="Forest plot of hazard ratios")
-    finally:
-        plt.close(ax.figure)
+    fig = Figure(figsize=(6, 0.45 * len(forest_rows(result, True)) + 1.2))
+    plot_forest(result, ax=fig.subplots(), hazard_ratios=True)
+    return figure_png(fig, alt="Forest plot of hazard ratios")

@@ -59,19 +59,13 @@ def figure_png(fig: Any, alt: str = "Kaplan-Meier curves") -> str:
 
 
 def km_html(result: KaplanMeierResult) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the notebook's backend is left alone
 
     from fedhem_kernel.display.km_plot import plot_km
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    try:
-        plot_km(result, ax=ax)
-        img = figure_png(fig)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(7, 4.5))
+    plot_km(result, ax=fig.subplots())
+    img = figure_png(fig)
     medians = result.median_survival.to_frame().T
     medians.index = ["median survival"]
     return result_html(result.title, medians, result.privacy, figure=img, footnote=result.footnote)
