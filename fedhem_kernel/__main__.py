@@ -3,6 +3,8 @@
 ``install``  install the ``fedhem`` Jupyter kernelspec for this interpreter.
 ``run``      execute a notebook headlessly with parameters against a federation.
 ``demo``     write the demo federation as site folders and check that it answers.
+``serve-sites``  host a federation's sites in this process, answering Flower messages on
+             stdin/stdout (what ``Federation.from_config(..., isolation="process")`` starts).
 """
 
 from __future__ import annotations
@@ -92,7 +94,29 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="~/.fedhem/demo", help="where (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=2026, help="synthetic data seed")
     demo.set_defaults(handler=_cmd_demo)
+
+    serve = commands.add_parser(
+        "serve-sites",
+        help="host a federation's sites in this process (stdin/stdout, for isolation='process')",
+        description=(
+            "Load the sites of CONFIG (a federation TOML, or 'demo') in this process and answer "
+            "framed Flower messages on stdin/stdout until stdin closes. Started by "
+            "Federation.from_config(..., isolation='process') and Federation.demo(isolation="
+            "'process'): the researcher's process then holds no site data."
+        ),
+    )
+    serve.add_argument("config", help="a federation TOML, or 'demo'")
+    serve.add_argument("--seed", type=int, default=2026, help="demo data seed")
+    serve.set_defaults(handler=_cmd_serve_sites)
     return parser
+
+
+def _cmd_serve_sites(args: argparse.Namespace) -> int:
+    from fedhem_kernel import node
+
+    if args.config == "demo":
+        return node.serve(lambda: ("demo", node.demo_configs(args.seed)))
+    return node.serve(lambda: node.federation_configs(args.config))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

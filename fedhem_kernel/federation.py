@@ -11,7 +11,7 @@ import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pandas as pd
 
@@ -19,6 +19,7 @@ from fedhem_kernel.activity import ActivityLog, default_user
 from fedhem_kernel.analyses import registry
 from fedhem_kernel.engine.coordinator import Coordinator, Query
 from fedhem_kernel.engine.local_grid import InProcess, LocalGrid
+from fedhem_kernel.engine.site_process import SiteProcess
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteRequest
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from fedhem_kernel.analyses.radiomics.result import RadiomicsResult
 
 R = TypeVar("R")
+#: Where embedded sites run: in this process, or in a site host process of their own.
+Isolation = Literal["in-process", "process"]
+ISOLATIONS = ("in-process", "process")
 
 
 class Federation:
@@ -73,15 +77,35 @@ class Federation:
         return cls(Coordinator(grid, dict(names)), user=user, name=name)
 
     @classmethod
+    def _site_process(
+        cls, config: str, argv: Sequence[str] | None, *, user: str | None
+    ) -> Federation:
+        """A federation whose sites run in a site host process (this process loads no data)."""
+        transport = SiteProcess(config, argv=argv)
+        grid = LocalGrid(transport, list(transport.names))
+        return cls(Coordinator(grid, transport.names), user=user, name=transport.federation)
+
+    @classmethod
     def demo(
-        cls, seed: int = 2026, policy: Policy | None = None, *, user: str | None = None
+        cls,
+        seed: int = 2026,
+        policy: Policy | None = None,
+        *,
+        user: str | None = None,
+        isolation: Isolation = "in-process",
     ) -> Federation:
         """Four synthetic haematology sites (AML, MDS, MM, SCD) with the default policy.
 
         Each site also holds ``mm_imaging``: a myeloma MRI sub-study whose images (NRRD phantoms)
         are written once into a cache folder (``FEDHEM_CACHE``, else ``~/.cache/fedhem``) and
-        reused; that folder is the site's data root.
+        reused; that folder is the site's data root. ``isolation="process"`` runs the sites in a
+        process of their own (this process then holds no site data; the default policy only).
         """
+        if _check_isolation(isolation) == "process":
+            if policy is not None:
+                raise ParameterError("isolation='process' runs the demo with its own policy")
+            argv = ["-m", "fedhem_kernel", "serve-sites", "demo", "--seed", str(int(seed))]
+            return cls._site_process("demo", argv, user=user)
         from fedhem_kernel import node  # the site side: hosts the sites behind an address
 
         address, names = node.start_embedded(node.demo_configs(seed, policy))
@@ -115,8 +139,18 @@ class Federation:
         return cls._embedded(address, names, name="local", user=user)
 
     @classmethod
-    def from_config(cls, path: str | Path, *, user: str | None = None) -> Federation:
-        """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``)."""
+    def from_config(
+        cls, path: str | Path, *, user: str | None = None, isolation: Isolation = "in-process"
+    ) -> Federation:
+        """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``).
+
+        ``isolation="process"``: the sites load and run in a site host process of their own
+        (``fedhem serve-sites``), so this process never holds their data; the kernel's
+        ``%fed connect`` and the Jupyter server extension use it. ``"in-process"`` (default): the
+        sites run in this process, behind the same message path.
+        """
+        if _check_isolation(isolation) == "process":
+            return cls._site_process(str(Path(path).resolve()), None, user=user)
         from fedhem_kernel import node
 
         name, configs = node.federation_configs(path)
@@ -517,11 +551,22 @@ class Federation:
         return f"<b>FedHem federation '{self.name}'</b>" + self.sites.to_html(index=False)
 
 
-def federation_from_env() -> Federation | None:
-    """The kernel's ``fed``: ``FEDHEM_FEDERATION`` = ``demo`` (default), ``none`` or a TOML path."""
+def federation_from_env(isolation: Isolation | None = None) -> Federation | None:
+    """The kernel's ``fed``: ``FEDHEM_FEDERATION`` = ``demo`` (default), ``none`` or a TOML path.
+
+    ``isolation`` as for :meth:`Federation.from_config`; by default the demo's synthetic sites
+    run in this process (ready at once) and a federation TOML's sites in a site host process, so
+    the kernel never loads a site's data.
+    """
     value = os.environ.get("FEDHEM_FEDERATION", "demo").strip()
     if value.lower() in ("", "demo"):
-        return Federation.demo()
+        return Federation.demo(isolation=isolation or "in-process")
     if value.lower() == "none":
         return None
-    return Federation.from_config(value)
+    return Federation.from_config(value, isolation=isolation or "process")
+
+
+def _check_isolation(isolation: Any) -> str:
+    if isolation not in ISOLATIONS:
+        raise ParameterError(f"'isolation' must be one of {', '.join(ISOLATIONS)}")
+    return str(isolation)

@@ -4,7 +4,8 @@ Side: site. This is where the two halves of a site meet: ``fedhem_kernel.site`` 
 executor, audit, ClientApp), which never imports an analysis, and the analysis registry's site steps,
 which this module hands over when it builds an executor. Nothing on the researcher's side imports the
 site; embedded federations come through :func:`start_embedded` (sites hosted in this process behind
-an endpoint address) and :func:`serve` (sites in a process of their own, spoken to over a pipe).
+an endpoint address) and :func:`serve` (sites in a process of their own, spoken to over a pipe:
+``fedhem serve-sites``, started by ``Federation.from_config(..., isolation="process")``).
 
 Deployment: ``flower-supernode ... --node-config 'data-path="/data/site.toml"'`` with the ClientApp
 ``fedhem_kernel.node:app``.
@@ -13,16 +14,23 @@ Deployment: ``flower-supernode ... --node-config 'data-path="/data/site.toml"'``
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping, Sequence
+import json
+import logging
+import os
+import struct
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from fedhem_kernel.analyses import registry
-from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol import endpoints
 from fedhem_kernel.protocol.messages import SERVICE_STEPS
@@ -31,6 +39,8 @@ from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import SiteExecutor
 from fedhem_kernel.site.host import SiteHost
 from fedhem_kernel.site.steps import SiteStep
+
+log = logging.getLogger("fedhem.site")
 
 
 def site_steps() -> dict[str, SiteStep]:
@@ -168,3 +178,92 @@ def federation_configs(path: str | Path) -> tuple[str, list[SiteConfig]]:
             configs.append(SiteConfig.from_mapping(table, base_dir=path.parent, name=site))
     name = str(data.get("federation", {}).get("name", path.stem))
     return name, configs
+
+
+# -- sites in a process of their own ---------------------------------------------------------------
+#: A frame on the pipe: request id, node id (a reply: status, 0 = ok), payload length; then the
+#: payload (a Flower message's wire bytes; an error's text; the start-up record as JSON).
+FRAME = struct.Struct("<QIQ")
+HELLO = 0  # request id of the start-up record
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
+    parts = []
+    while n:
+        chunk = stream.read(n)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def read_frame(stream: BinaryIO) -> tuple[int, int, bytes] | None:
+    """One frame (request id, node id or status, payload); None at the end of the stream."""
+    head = _read_exact(stream, FRAME.size)
+    if head is None:
+        return None
+    request_id, node, length = FRAME.unpack(head)
+    payload = _read_exact(stream, length) if length else b""
+    return None if payload is None else (request_id, node, payload)
+
+
+def write_frame(stream: BinaryIO, request_id: int, node: int, payload: bytes) -> None:
+    stream.write(FRAME.pack(request_id, node, len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def serve(
+    load: Callable[[], tuple[str, list[SiteConfig]]],
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+    workers: int | None = None,
+) -> int:
+    """Host a federation's sites in this process, answering framed Flower messages on a pipe.
+
+    ``load()`` gives the federation's name and its site configs. The first frame written is the
+    start-up record: ``{"federation": name, "nodes": {node id: site}}``, or, if a site cannot be
+    loaded, ``{"error": ...}`` (a :class:`~fedhem_kernel.errors.FedHemError` as a dict: site,
+    dataset, column, rule, never a value) and the process ends with status 1. Then each request
+    frame (request id, node id, wire bytes) is answered by that node's ClientApp on a thread pool,
+    in completion order; the end of the input stream ends the process. Nothing else is written to
+    ``stdout`` (the pipe): this process's own output goes to stderr.
+    """
+    if stdout is None:  # keep the pipe for frames; everything printed goes to stderr
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    lock = threading.Lock()
+    try:
+        name, configs = load()
+        address, names = start_embedded(configs)
+    except Exception as exc:  # noqa: BLE001 - the researcher's side learns why, in our words
+        if not isinstance(exc, FedHemError):
+            log.exception("site host: the sites could not be loaded")
+            exc = FedHemError(
+                f"the sites could not be loaded ({type(exc).__name__}; see the site host's log)"
+            )
+        write_frame(stdout, HELLO, 1, json.dumps({"error": exc.to_dict()}).encode())
+        return 1
+    hello = {"federation": name, "nodes": {str(i): n for i, n in names.items()}}
+    write_frame(stdout, HELLO, 0, json.dumps(hello).encode())
+
+    def answer(request_id: int, node_id: int, wire: bytes) -> None:
+        try:
+            reply, status = endpoints.deliver(address, node_id, wire), 0
+        except Exception:  # noqa: BLE001 - no text of the failure crosses (the site logs it)
+            log.exception("site host: node %s failed", node_id)
+            reply, status = b"the site's ClientApp failed", 1
+        with lock:
+            write_frame(stdout, request_id, status, reply)
+
+    pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
+    try:
+        while (frame := read_frame(stdin)) is not None:
+            pool.submit(answer, *frame)
+    finally:
+        pool.shutdown(wait=True)
+        endpoints.unregister(address)
+    return 0

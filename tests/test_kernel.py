@@ -231,6 +231,14 @@ def test_connect_replaces_fed(kc: BlockingKernelClient, tmp_path: Path) -> None:
         assert "two_sites" in out.stdout and "site_a, site_b" in out.stdout
         sites = run(kc, "%fed sites")
         assert "site_a" in sites.results[0] and "karolinska" not in sites.results[0]
+        # the connected sites run in a site host process: the kernel loaded none of their data
+        where = run(
+            kc,
+            "import gc\nfrom fedhem_kernel.site.executor import SiteExecutor\n"
+            "print(type(fed.coordinator.grid.transport).__name__, sorted({o.name for o in "
+            "gc.get_objects() if isinstance(o, SiteExecutor)} & {'site_a', 'site_b'}))",
+        )
+        assert where.stdout.strip() == "SiteProcess []", where.text
     finally:
         run(kc, "fed = fh.Federation.demo()")
 

@@ -148,17 +148,37 @@ def test_view_builds_the_federation_once_and_records_nothing(monkeypatch, activi
     calls = []
     real = fh.federation_from_env
 
-    def counting():
-        calls.append(1)
-        return real()
+    def counting(**options):
+        calls.append(options)
+        return real(**options)
 
     monkeypatch.setattr("fedhem_kernel.federation.federation_from_env", counting)
     view = FederationView()
     view.sites()
     view.catalog()
     view.policy()
-    assert len(calls) == 1
+    assert calls == [{"isolation": "process"}]  # once, with the sites in their own process
     assert not activity.exists()  # the server never runs queries, so it lists none
+
+
+def test_the_server_holds_no_rows(monkeypatch, tmp_path):
+    """The server asks the sites through the engine: they run in a site host process, and
+    nothing reachable from its view of the federation is a site, a dataset or a row."""
+    from test_boundary import reachable, rows_reachable
+
+    from fedhem_kernel.demo.files import write_demo_federation
+
+    config = write_demo_federation(tmp_path / "demo", seed=3)
+    monkeypatch.setenv("FEDHEM_FEDERATION", str(config))
+    view = FederationView()
+    try:
+        assert [s["name"] for s in view.sites()["sites"]] == DEMO_SITES
+        assert "aml" in view.catalog("aml")["datasets"]
+        assert len(view.policy()["sites"]) == 4
+        assert rows_reachable(view) == []
+        assert "SiteProcess" in {type(o).__name__ for o in reachable(view)}
+    finally:
+        view._federation.close()
 
 
 async def test_a_federation_that_cannot_load_is_a_clear_503(jp_fetch, monkeypatch, tmp_path):
@@ -174,3 +194,20 @@ async def test_a_federation_that_cannot_load_is_a_clear_503(jp_fetch, monkeypatc
         await jp_fetch("fedhem", "api", "sites")
     assert info.value.code == 503
     assert "could not be loaded" in json.loads(info.value.response.body)["message"]
+
+
+class _DenyFedHem:
+    """An authorizer that refuses the ``fedhem`` resource and allows everything else."""
+
+    def is_authorized(self, handler, user, action, resource):
+        return resource != handlers.AUTH_RESOURCE
+
+
+@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+async def test_every_endpoint_asks_the_servers_authorizer(
+    jp_fetch, jp_serverapp, monkeypatch, name
+):
+    monkeypatch.setitem(jp_serverapp.web_app.settings, "authorizer", _DenyFedHem())
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch("fedhem", "api", name)
+    assert info.value.code == 403

@@ -166,6 +166,8 @@ class InProcess:
     """Sites hosted in this process, reached through their endpoint address only
     (:mod:`fedhem_kernel.protocol.endpoints`): the grid holds no site, no dataset, no row."""
 
+    remote = False
+
     def __init__(self, address: str) -> None:
         self.address = address
 
@@ -291,7 +293,10 @@ class LocalGrid(Grid):
                     decided[key] = timing.next_first() if timing else (False, None)
                 else:
                     decided[key] = timing.next_inline()
-            inline = all(d[0] for d in decided.values())
+            # sites in another process work there: the pool's threads only wait for them
+            inline = not getattr(self.transport, "remote", False) and all(
+                d[0] for d in decided.values()
+            )
             for key, (_, helps) in decided.items():  # this round's timing, most recent last
                 self._rounds[key] = _RoundTiming(pooled=not inline, pool_helps=helps)
                 if key in first:

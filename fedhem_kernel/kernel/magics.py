@@ -5,7 +5,9 @@ The FedHem kernel loads this extension itself; in any other IPython kernel run
 
 ``%fed sites``              ``fed.sites``
 ``%fed catalog [DATASET]``  ``fed.catalog(DATASET)``
-``%fed connect PATH``       ``fed = fh.Federation.from_config(PATH)`` (closes the previous ``fed``)
+``%fed connect PATH``       ``fed = fh.Federation.from_config(PATH, isolation="process")``: the sites
+                           run in a site host process, never in the kernel (closes the previous
+                           ``fed``)
 
 ``sites`` and ``catalog`` return the DataFrame, so ``df = %fed catalog aml`` works too. If the
 namespace has no ``fed`` yet (plain IPython), it is created with ``fh.federation_from_env()``.
@@ -26,7 +28,8 @@ import fedhem_kernel as fh
 USAGE = """\
 %fed sites               sites of the federation and their datasets (fed.sites)
 %fed catalog [DATASET]   columns, types and units, for one dataset or all (fed.catalog(...))
-%fed connect PATH        fed = fh.Federation.from_config(PATH); closes the previous fed"""
+%fed connect PATH        fed = fh.Federation.from_config(PATH, isolation="process") (the sites run
+                         in their own process, not in this kernel); closes the previous fed"""
 
 SUBCOMMANDS = ("sites", "catalog", "connect")
 
@@ -45,7 +48,7 @@ class FedMagics(Magics):
 
         %fed sites               sites of the federation and their datasets (fed.sites)
         %fed catalog [DATASET]   columns, types and units (fed.catalog(DATASET))
-        %fed connect PATH        fed = fh.Federation.from_config(PATH); closes the previous fed
+        %fed connect PATH        fed = fh.Federation.from_config(PATH, isolation="process")
         """
         try:
             args = arg_split(line, posix=True)
@@ -132,7 +135,7 @@ class FedMagics(Magics):
                 "([sites.NAME] tables). `fed` is unchanged."
             )
         try:
-            new = fh.Federation.from_config(path)
+            new = fh.Federation.from_config(path, isolation="process")
         except (fh.FedHemError, OSError) as exc:
             raise UsageError(
                 f"%fed connect: could not connect to {str(path)!r}: {exc}. `fed` is unchanged."
@@ -148,7 +151,7 @@ class FedMagics(Magics):
         sites = new.sites
         online = int((sites["status"] == "online").sum())
         print(
-            f"fed = fh.Federation.from_config({str(path)!r})\n"
+            f"fed = fh.Federation.from_config({str(path)!r}, isolation='process')\n"
             f"Connected to federation {new.name!r}: {len(sites)} site(s), {online} online: "
             f"{', '.join(sites['site'])}"
         )

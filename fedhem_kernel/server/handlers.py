@@ -6,6 +6,7 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -18,13 +19,21 @@ if TYPE_CHECKING:
 
 API_PATH = "fedhem/api"
 MAX_ACTIVITY = 500
+#: The authorization resource of every FedHem endpoint (``Authorizer.is_authorized``).
+AUTH_RESOURCE = "fedhem"
+
+
+class FederationUnavailable(Exception):
+    """The federation could not be started (a site config, a site's data, the site host)."""
 
 
 class FederationView:
     """The server's read-only handle on the federation named by ``FEDHEM_FEDERATION``.
 
-    Built on first use (not at server start, so a slow or broken config never blocks Jupyter) and kept;
-    calls are serialised because the embedded federation is shared by all requests.
+    It asks the sites through the engine (catalog messages), never by loading their data: the
+    sites run in a site host process of their own (``isolation="process"``), so nothing reachable
+    from the server is a site, a dataset or a row. Started on first use (not at server start, so a
+    slow or broken config never blocks Jupyter) and kept; calls are serialised.
     """
 
     def __init__(self, federation: Federation | None = None, *, loaded: bool = False) -> None:
@@ -36,7 +45,14 @@ class FederationView:
         if not self._loaded:
             from fedhem_kernel.federation import federation_from_env  # the analysis stack, lazily
 
-            self._federation = federation_from_env()
+            try:
+                self._federation = federation_from_env(isolation="process")
+            except FedHemError as exc:  # names site, dataset, column and rule; never a value
+                raise FederationUnavailable(f"the federation could not be loaded: {exc}") from exc
+            except Exception as exc:
+                raise FederationUnavailable(
+                    f"the federation could not be loaded ({type(exc).__name__}); see the server log"
+                ) from exc
             if self._federation is not None:
                 # The server only reads the federation; the kernel records the researcher's queries.
                 self._federation.activity = ActivityLog(None)
@@ -93,7 +109,10 @@ class FederationView:
 
 
 class _FedHemHandler(APIHandler):
-    """Base: every FedHem endpoint is authenticated (APIHandler answers 403, not a redirect)."""
+    """Base: every FedHem endpoint is authenticated (APIHandler answers 403, not a redirect) and
+    authorized (the server's ``Authorizer`` decides for resource ``fedhem``, action ``read``)."""
+
+    auth_resource = AUTH_RESOURCE
 
     def initialize(self, view: FederationView) -> None:
         self.view = view
@@ -101,6 +120,9 @@ class _FedHemHandler(APIHandler):
     async def _reply(self, fn: Any, *args: Any) -> None:
         try:
             body = await asyncio.to_thread(fn, *args)
+        except FederationUnavailable as exc:
+            self.log.warning("FedHem: %s", exc, exc_info=exc.__cause__)
+            raise web.HTTPError(503, str(exc)) from None
         except FedHemError as exc:
             status = 404 if exc.dataset is not None and exc.column is None else 400
             raise web.HTTPError(status, str(exc)) from None
@@ -115,24 +137,28 @@ class _FedHemHandler(APIHandler):
 
 class SitesHandler(_FedHemHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         await self._reply(self.view.sites)
 
 
 class CatalogHandler(_FedHemHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         await self._reply(self.view.catalog, self.get_query_argument("dataset", None))
 
 
 class PolicyHandler(_FedHemHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         await self._reply(self.view.policy)
 
 
 class ActivityHandler(_FedHemHandler):
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         raw = self.get_query_argument("limit", "50")
         try:
