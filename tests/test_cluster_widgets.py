@@ -260,6 +260,7 @@ def test_mimebundle_outside_and_inside_a_kernel(results, monkeypatch):
         assert mimebundle.WIDGET_MIME not in no_widget
 
 
+@pytest.mark.browser
 def test_cluster_widgets_render_in_a_browser(results, tmp_path):
     km, raw, pca = results["km"], results["raw"], results["pca"]
     k, p = km.n_clusters, len(FEATURES)

@@ -564,6 +564,7 @@ def test_in_a_kernel_the_result_is_a_widget(demo, monkeypatch):
     assert widget.privacy["outcomes"][0]["site"] == res.privacy.outcomes[0].site
 
 
+@pytest.mark.slow
 def test_plain_python_never_imports_the_widget_stack():
     code = textwrap.dedent(
         """
@@ -607,6 +608,7 @@ def test_widget_state_holds_only_pooled_released_counts(releases):
     assert state["title"].startswith("Cumulative incidence: efs_months / efs_cause by eln_risk")
 
 
+@pytest.mark.browser
 def test_widget_renders_in_a_browser(demo, tmp_path):
     res = demo.cumulative_incidence(
         "aml", "efs_months", "efs_cause", group="eln_risk", cause_names={1: "relapse", 2: "death"}

@@ -24,6 +24,7 @@ ci = fed.cumulative_incidence("aml", "efs_months", "efs_cause", group="sex")
 """
 
 
+@pytest.mark.slow
 def test_html_figures_leave_the_backend_and_pyplot_alone():
     code = DISPLAYS + textwrap.dedent(
         """

@@ -36,6 +36,8 @@ import psutil
 import pytest
 import requests
 
+pytestmark = pytest.mark.hub
+
 REPO = Path(__file__).resolve().parents[1]
 HUB_FILES = REPO / "tests" / "jupyterhub"
 CONFIG = HUB_FILES / "jupyterhub_config.py"

@@ -22,6 +22,8 @@ from jupyter_client.manager import KernelManager
 
 from fedhem_kernel.__main__ import main
 
+pytestmark = pytest.mark.slow
+
 DEMO_SITES = ("karolinska", "charite", "hopital_st_louis", "policlinico_bari")
 TIMEOUT = 30  # seconds, per request; a hung kernel fails the test instead of hanging CI
 

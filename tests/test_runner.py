@@ -14,6 +14,8 @@ import fedhem_kernel as fh
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.runner import INJECTED_TAG, inject_parameters, parse_param
 
+pytestmark = pytest.mark.notebook
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_aml_survival.ipynb"
 

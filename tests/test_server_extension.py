@@ -12,6 +12,8 @@ from fedhem_kernel.activity import ActivityLog
 from fedhem_kernel.server import handlers
 from fedhem_kernel.server.handlers import ENDPOINTS, FederationView
 
+pytestmark = pytest.mark.slow
+
 DEMO_SITES = ["karolinska", "charite", "hopital_st_louis", "policlinico_bari"]
 
 

@@ -363,6 +363,7 @@ def test_mimebundle_in_a_kernel_adds_the_widget_view(fed, monkeypatch):
     assert mimebundle.WIDGET_MIME not in no_widget
 
 
+@pytest.mark.slow
 def test_plain_python_never_imports_ipywidgets():
     code = textwrap.dedent(
         """
@@ -406,6 +407,7 @@ def run_in_kernel(client, code: str) -> list[dict]:
     return messages
 
 
+@pytest.mark.notebook
 def test_in_a_real_kernel_results_are_widgets_and_progress_shows_only_when_slow():
     from jupyter_client.manager import start_new_kernel
 
@@ -547,6 +549,7 @@ def widget_page(states: dict[str, dict]) -> Iterator[tuple[Any, list[str]]]:
             browser.close()
 
 
+@pytest.mark.browser
 def test_widgets_render_in_a_browser(fed, tmp_path):
 
     km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")

@@ -166,6 +166,7 @@ def test_readme_timetable_lists_six_blocks_and_every_exercise():
 
 
 # -- executed on the fedhem kernel --------------------------------------------------------------
+@pytest.mark.notebook
 def test_solutions_pass_every_check(execute):
     nb = execute(SOLUTIONS)
     assert errors_in(nb) == []
@@ -178,6 +179,7 @@ def test_solutions_pass_every_check(execute):
         assert "Hint" not in printed
 
 
+@pytest.mark.notebook
 def test_exercises_run_and_give_hints(execute):
     nb = execute(EXERCISES)
     assert errors_in(nb) == []
@@ -194,6 +196,7 @@ def test_exercises_run_and_give_hints(execute):
         assert "Hint:" in printed
 
 
+@pytest.mark.notebook
 def test_welcome_tour_shows_suppression_and_refusals(execute):
     nb = execute(WELCOME)
     assert errors_in(nb) == []

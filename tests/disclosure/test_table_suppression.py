@@ -447,7 +447,17 @@ RANDOM_TABLES = [
 ]
 
 
-@pytest.mark.parametrize("idx", range(len(RANDOM_TABLES)))
+#: The first tables run in ``make test-fast`` too; all of them in ``make test``.
+FAST_TABLES = 20
+
+
+@pytest.mark.parametrize(
+    "idx",
+    [
+        i if i < FAST_TABLES else pytest.param(i, marks=pytest.mark.slow)
+        for i in range(len(RANDOM_TABLES))
+    ],
+)
 def test_random_tables_resist_lp_attacker(idx):
     counts = RANDOM_TABLES[idx]
     for k in KS:
