@@ -22,8 +22,6 @@ from typing import Any
 from fedhem_kernel.errors import DisclosureError, FedHemError
 from fedhem_kernel.protocol.report import PrivacyReport
 
-#: Outcomes shown in the sidebar, worst last.
-OUTCOMES = ("released", "suppressed", "refused", "error")
 _TAIL_BYTES = 1 << 20  # read at most the last MiB: plenty for the newest few hundred queries
 _KEEP_BYTES = 4 << 20  # rewrite the file to its newest half once it passes this size
 

@@ -500,7 +500,6 @@ class _Auditor:
         for j in range(ncol):
             self.items.append(_Quantity(("col", (j,)), self.col_masks[j], int(self.col_sums[j])))
         self.items.append(_Quantity(("total", ()), np.ones(counts.shape, dtype=bool), self.grand))
-        self.by_key = {q.key: q for q in self.items}
         # items summing the same cells are the same number (1-D tables): hidden or released together
         groups: dict[bytes, list[Key]] = {}
         for q in self.items:

@@ -45,7 +45,7 @@ parametric, mean_only)["data"]`` on the pooled rows (``tests/test_combat.py``).
 
 Release rules at the site (unless the policy is unrestricted):
 
-- features and continuous covariates as :mod:`fedhem_kernel.analyses.feature_matrix` (numeric; no
+- features and continuous covariates as :mod:`fedhem_kernel.analyses.common.site_features` (numeric; no
   column on which all but 1..k-1 patients share one value; at least k rows);
 - rows with a missing feature, covariate or batch value are left out (their harmonised value is
   missing): 0 or at least k of them (``min_subset_size``), and the rows used must not differ from an

@@ -100,12 +100,6 @@ def time_weights(st: PooledStratum, ties: str) -> TimeWeights:
     return TimeWeights(c1, c2, c3, c4, c5, log_phi)
 
 
-def reverse_cumsum(values: np.ndarray) -> np.ndarray:
-    """Sums from each row to the last (accumulated from the end, as lifelines does), then zeros."""
-    out = np.cumsum(values[::-1], axis=0)[::-1]
-    return np.concatenate((out, np.zeros((1, *values.shape[1:]))))
-
-
 def pool_steps(out: np.ndarray, at: np.ndarray, sums: np.ndarray) -> None:
     """Add one site's per-step sums to the rows ``at`` of ``out`` (repeated rows add in order).
 

@@ -100,11 +100,11 @@ class KMeansResult(Result):
 
     def _check_current(self, fed: Any) -> None:
         """Refuse when the sites' column holds another clustering (a later k-means replaced it)."""
-        for site, reply in fed._catalog_replies().items():
-            if reply.payload is None or site not in self.privacy.released_sites:
+        catalog = fed.catalog(self.dataset)  # names and sources of columns, never values
+        for site, columns in catalog.groupby("site", sort=False):
+            if site not in self.privacy.released_sites:
                 continue
-            cols = reply.payload["datasets"].get(self.dataset, [])
-            derived = {c["column"]: c.get("derived") for c in cols}
+            derived = dict(zip(columns["column"], columns["derived"], strict=True))
             if derived.get(self.column) != self.source:
                 raise ParameterError(
                     f"the '{self.column}' column now holds another clustering (a later k-means "

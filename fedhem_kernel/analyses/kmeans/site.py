@@ -145,7 +145,7 @@ def _clusters(
         inertia = state.norms - 2 * np.einsum("ij,ij->i", sums, centers) + counts * cc
         return labels, counts, sums, np.maximum(inertia, 0.0)
     # micro-clusters (a few thousand): whole-array operations, no blocks; a (centre x micro-
-    # cluster) block as in kmeans_bounds._blocks, so that the minimum runs along micro-clusters
+    # cluster) block as in site_bounds._blocks, so that the minimum runs along micro-clusters
     cc = np.einsum("ij,ij->i", centers, centers)
     d = np.column_stack([-2.0 * centers, cc]) @ atoms.means_ones_t  # (k, A)
     at_best = d == d.min(axis=0)

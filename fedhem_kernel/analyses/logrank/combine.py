@@ -90,12 +90,6 @@ def chi2_statistic(z: np.ndarray, cov: np.ndarray) -> float:
     return float(zz @ np.linalg.pinv(cov[: g - 1, : g - 1]) @ zz)
 
 
-def logrank_from_counts(n: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Statistic, observed and expected from at-risk ``n`` and events ``d`` (times × groups)."""
-    z, cov, observed, expected = stratum_statistics(n, d)
-    return chi2_statistic(z, cov), observed, expected
-
-
 # -- combine --------------------------------------------------------------------------------
 def _check_params(
     duration: Any,

@@ -11,7 +11,7 @@ component's sign fixed so that its largest-magnitude loading is positive (``svd_
 components, explained variance (ratio) and mean equal scikit-learn's on the pooled rows.
 
 Release rules (at the site, unless the policy is unrestricted): the rules of
-:mod:`fedhem_kernel.analyses.feature_matrix` (numeric features, 0 or >= k rows left out for missing
+:mod:`fedhem_kernel.analyses.common.site_features` (numeric features, 0 or >= k rows left out for missing
 values, no feature singling out 1..k-1 patients, n >= k), and ``max_parameters``: at least 10 patients
 per feature at the site (the same 1-in-10 rule as Cox). ``XᵀX`` and the sums of few rows determine much
 of those rows; with 10 rows per feature they do not.
