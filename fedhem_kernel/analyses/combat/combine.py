@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -159,6 +160,53 @@ def run(
     return result
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A checked ComBat request: what the sites are asked (``base``) and how to combine."""
+
+    base: Payload
+    spec: CombatSpec
+    batch: str | None
+    covariates: tuple[str, ...]
+    columns: list[str]
+    eb: bool
+    parametric: bool
+    mean_only: bool
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """Round 1: the batches, their sizes and moments, and B̂ = (XᵀX)⁻¹XᵀY."""
+
+    sites: list[str]
+    pairs: list[list[str]]
+    n_b: np.ndarray
+    sum_y: np.ndarray
+    m2_y: np.ndarray
+    beta: np.ndarray
+    grand_mean: np.ndarray
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.pairs)
+
+
+@dataclass(frozen=True)
+class _Effects:
+    """Round 2: the pooled residual variance, the batch effects and their EB estimates."""
+
+    var_pooled: np.ndarray
+    gamma_hat: np.ndarray
+    delta_hat: np.ndarray
+    gamma_bar: np.ndarray
+    t2: np.ndarray
+    a_prior: np.ndarray | None
+    b_prior: np.ndarray | None
+    gamma_star: np.ndarray
+    delta_star: np.ndarray
+    notes: tuple[str, ...]
+
+
 def _harmonise(
     q: Ask,
     features: Sequence[str] | str,
@@ -172,7 +220,81 @@ def _harmonise(
     column_types: Mapping[str, tuple[str, str]],
 ) -> CombatResult:
     """``column_types`` maps a column to (dtype, a site that says so)."""
-    types = dict(column_types)
+    req = _checked_request(
+        q, features, batch, covariates, suffix, eb, parametric, mean_only, dict(column_types)
+    )
+    fit = _fit_design(q, req)
+    effects = _batch_effects(q, req, fit)
+    source = f"{SOURCE} {uuid.uuid4().hex[:12]}"
+    # round 3: the sites harmonise their rows and keep them
+    final = q.ask(
+        "combat_apply",
+        {
+            **req.base,
+            "batches": fit.pairs,
+            "gamma_star": effects.gamma_star,
+            "delta_star": effects.delta_star,
+            "grand_mean": fit.grand_mean,
+            "var_pooled": effects.var_pooled,
+            "beta_cov": fit.beta[fit.n_batches :],
+            "source": source,
+        },
+    )
+    notes = list(effects.notes)
+    missing_sites = [s for s in fit.sites if s not in final]
+    if missing_sites:
+        notes.append(
+            "Sites " + ", ".join(missing_sites) + " took part in the fit but did not keep "
+            "harmonised columns (see the privacy report)."
+        )
+    for note in notes:
+        q.note(note)
+    feats = req.spec.features
+    return _result(
+        q,
+        req.spec,
+        fit.pairs,
+        fit.n_b,
+        fit.sum_y,
+        fit.m2_y,
+        final,
+        effects.gamma_star,
+        effects.delta_star,
+        columns=req.columns,
+        estimates={
+            "B_hat": pd.DataFrame(
+                fit.beta,
+                index=[_batch_name(pr, req.batch) for pr in fit.pairs] + _design_names(req.spec),
+                columns=feats,
+            ),
+            "grand_mean": pd.Series(fit.grand_mean, index=feats, name="grand_mean"),
+            "var_pooled": pd.Series(effects.var_pooled, index=feats, name="var_pooled"),
+            "gamma_hat": effects.gamma_hat,
+            "delta_hat": effects.delta_hat,
+            "gamma_bar": effects.gamma_bar,
+            "t2": effects.t2,
+            "a_prior": effects.a_prior,
+            "b_prior": effects.b_prior,
+        },
+        flags={"eb": req.eb, "parametric": req.parametric, "mean_only": req.mean_only},
+        covariates=req.covariates,
+        source=source,
+        notes=tuple(notes),
+    )
+
+
+def _checked_request(
+    q: Ask,
+    features: Sequence[str] | str,
+    batch: str | None,
+    covariates: Sequence[str] | str,
+    suffix: str,
+    eb: bool,
+    parametric: bool,
+    mean_only: bool,
+    types: dict[str, tuple[str, str]],
+) -> _Request:
+    """Check the researcher's arguments and agree the categorical covariates' levels."""
     feats = check_features(features)
     categorical_feats = [f for f in feats if types.get(f, ("", ""))[0] in CATEGORICAL_DTYPES]
     try:
@@ -208,7 +330,6 @@ def _harmonise(
         )
     categorical = [c for c in covs if types.get(c, ("", ""))[0] in CATEGORICAL_DTYPES]
     continuous = [c for c in covs if c not in categorical]
-    source = f"{SOURCE} {uuid.uuid4().hex[:12]}"
     base: Payload = {
         "features": feats,
         "batch": batch,
@@ -216,17 +337,17 @@ def _harmonise(
         "continuous": continuous,
         "suffix": suffix,
     }
-    combat_spec(
-        {**base, "levels": {c: [] for c in categorical}}
-    )  # names and overlaps, before asking
-    levels = {c: agree_levels(q, c) or [] for c in categorical}
-    base["levels"] = levels
-    spec = combat_spec(base)
-    p, qc = len(feats), spec.q
-    owners = [c for c in categorical for _ in levels[c][1:]] + continuous
+    combat_spec({**base, "levels": {c: [] for c in categorical}})  # names and overlaps first
+    base["levels"] = {c: agree_levels(q, c) or [] for c in categorical}
+    return _Request(base, combat_spec(base), batch, tuple(covs), columns, eb, parametric, mean_only)
 
-    # round 1: XᵀX and XᵀY from per-batch sums
-    stats = q.ask("combat_stats", base)
+
+def _fit_design(q: Ask, req: _Request) -> _Fit:
+    """Round 1: XᵀX and XᵀY from per-batch sums; B̂ and the grand mean."""
+    spec, batch = req.spec, req.batch
+    p, qc = len(spec.features), spec.q
+    owners = [c for c in spec.categorical for _ in spec.levels[c][1:]] + spec.continuous
+    stats = q.ask("combat_stats", req.base)
     sites = sorted(stats)
     pairs = [[s, str(b)] for s in sites for b in stats[s]["batches"]]
     n_batches = len(pairs)
@@ -263,17 +384,28 @@ def _harmonise(
         )
     beta = la.inv(xtx) @ xty  # neuroCombat: inv(XᵀX) Xᵀy per feature
     grand_mean = (n_b / float(n)) @ beta[:n_batches]
+    return _Fit(sites, pairs, n_b, sum_y, m2_y, beta, grand_mean)
 
-    # round 2: residual moments per batch -> var_pooled, gamma_hat, delta_hat
+
+def _batch_effects(q: Ask, req: _Request, fit: _Fit) -> _Effects:
+    """Round 2: residual moments per batch -> var_pooled, gamma_hat, delta_hat; then the EB
+    estimates gamma_star, delta_star (neuroCombat's it_sol or int_eprior)."""
+    feats, batch, n_b, n_batches = req.spec.features, req.batch, fit.n_b, fit.n_batches
+    p, n = len(feats), int(fit.n_b.sum())
     resid = q.ask(
         "combat_residuals",
-        {**base, "batches": pairs, "beta_batch": beta[:n_batches], "beta_cov": beta[n_batches:]},
+        {
+            **req.base,
+            "batches": fit.pairs,
+            "beta_batch": fit.beta[:n_batches],
+            "beta_cov": fit.beta[n_batches:],
+        },
     )
-    _same_sites(q, sites, resid)
-    sum_e = _stack(resid, sites, "sum_e", p)
-    m2_e = _stack(resid, sites, "m2_e", p)
+    _same_sites(q, fit.sites, resid)
+    sum_e = _stack(resid, fit.sites, "sum_e", p)
+    m2_e = _stack(resid, fit.sites, "m2_e", p)
     var_pooled = (m2_e + sum_e**2 / n_b[:, None]).sum(axis=0) / n
-    mean_square = (m2_y + sum_y**2 / n_b[:, None]).sum(axis=0) / n
+    mean_square = (fit.m2_y + fit.sum_y**2 / n_b[:, None]).sum(axis=0) / n
     flat = [
         f for f, v, ms in zip(feats, var_pooled, mean_square, strict=True) if not v > 1e-24 * ms
     ]
@@ -283,17 +415,17 @@ def _harmonise(
             dataset=q.dataset,
             column=flat[0],
         )
-    if not mean_only and (n_b < 2).any():
+    if not req.mean_only and (n_b < 2).any():
         raise ParameterError(
             "a batch of one patient has no variance: use mean_only=True or merge batches",
-            site=pairs[int(np.argmin(n_b))][0],
+            site=fit.pairs[int(np.argmin(n_b))][0],
             dataset=q.dataset,
             column=batch,
         )
     sd = np.sqrt(var_pooled)
-    gamma_hat = (sum_e / n_b[:, None] + beta[:n_batches] - grand_mean) / sd
+    gamma_hat = (sum_e / n_b[:, None] + fit.beta[:n_batches] - fit.grand_mean) / sd
     m2_s = m2_e / var_pooled
-    if mean_only:
+    if req.mean_only:
         delta_hat = np.ones((n_batches, p))
     else:
         delta_hat = m2_s / (n_b[:, None] - 1)
@@ -301,13 +433,13 @@ def _harmonise(
     gamma_bar = np.mean(gamma_hat, axis=1)
     t2 = np.var(gamma_hat, axis=1, ddof=1) if p > 1 else np.full(n_batches, np.nan)
     a_prior = b_prior = None
-    if not mean_only and p > 1:
+    if not req.mean_only and p > 1:
         a_prior = np.array([_aprior(d) for d in delta_hat])
         b_prior = np.array([_bprior(d) for d in delta_hat])
     gamma_star, delta_star = gamma_hat, delta_hat
     notes: list[str] = []
-    if eb and parametric:
-        if mean_only:
+    if req.eb and req.parametric:
+        if req.mean_only:
             gamma_star = np.array(
                 [_postmean(gamma_hat[i], gamma_bar[i], 1, 1, t2[i]) for i in range(n_batches)]
             )
@@ -325,11 +457,11 @@ def _harmonise(
                     b_prior[i],  # type: ignore[index]
                 )
                 if rounds >= MAX_IT_SOL:
-                    notes.append(f"The EB iteration for batch {pairs[i]} stopped at {rounds}.")
+                    notes.append(f"The EB iteration for batch {fit.pairs[i]} stopped at {rounds}.")
                 gs.append(g)
                 ds.append(d)
             gamma_star, delta_star = np.array(gs), np.array(ds)
-    elif eb:
+    elif req.eb:
         gs, ds = [], []
         for i in range(n_batches):
             g, d = int_eprior(int(n_b[i]), gamma_hat[i], m2_s[i], delta_hat[i])
@@ -344,59 +476,17 @@ def _harmonise(
             "batch effects across features): try eb=False",
             dataset=q.dataset,
         )
-
-    # round 3: the sites harmonise their rows and keep them
-    final = q.ask(
-        "combat_apply",
-        {
-            **base,
-            "batches": pairs,
-            "gamma_star": gamma_star,
-            "delta_star": delta_star,
-            "grand_mean": grand_mean,
-            "var_pooled": var_pooled,
-            "beta_cov": beta[n_batches:],
-            "source": source,
-        },
-    )
-    missing_sites = [s for s in sites if s not in final]
-    if missing_sites:
-        notes.append(
-            "Sites " + ", ".join(missing_sites) + " took part in the fit but did not keep "
-            "harmonised columns (see the privacy report)."
-        )
-    for note in notes:
-        q.note(note)
-    return _result(
-        q,
-        spec,
-        pairs,
-        n_b,
-        sum_y,
-        m2_y,
-        final,
+    return _Effects(
+        var_pooled,
+        gamma_hat,
+        delta_hat,
+        gamma_bar,
+        t2,
+        a_prior,
+        b_prior,
         gamma_star,
         delta_star,
-        columns=columns,
-        estimates={
-            "B_hat": pd.DataFrame(
-                beta,
-                index=[_batch_name(pr, batch) for pr in pairs] + _design_names(spec),
-                columns=feats,
-            ),
-            "grand_mean": pd.Series(grand_mean, index=feats, name="grand_mean"),
-            "var_pooled": pd.Series(var_pooled, index=feats, name="var_pooled"),
-            "gamma_hat": gamma_hat,
-            "delta_hat": delta_hat,
-            "gamma_bar": gamma_bar,
-            "t2": t2,
-            "a_prior": a_prior,
-            "b_prior": b_prior,
-        },
-        flags={"eb": eb, "parametric": parametric, "mean_only": mean_only},
-        covariates=tuple(covs),
-        source=source,
-        notes=tuple(notes),
+        tuple(notes),
     )
 
 
