@@ -191,9 +191,47 @@ def _column_values(
 
 
 def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
-    """Check every release rule and build the sorted design (raises on any refusal)."""
-    k = data.k
+    """Check every release rule and build the sorted design (raises on any refusal).
+
+    In order: the survival columns' values, the rows left out for a missing value (0 or >= k, and
+    not differencing an earlier release), the covariate columns (no rare category, enough rows
+    per parameter, no column singling out a few patients), the strata (each >= k), the time
+    steps (merged until every step's counts are 0 or >= k). Only when all pass are the kept rows
+    remembered for later differencing checks.
+    """
     rec = ReleaseLog()  # the build's notes and suppressions, replayed on every request
+    rows = _model_rows(data, spec)
+    columns, sources, blocks = _covariate_columns(data, spec, rows)
+    codes, labels = _strata_codes(data, spec, rows)
+    unit = data.schema.column(spec.duration).unit
+    tk, step = coarsen_to_policy(rows.t, data.policy.time_resolution, unit, rec.note)
+    block, strata, n_blocks = _time_steps(data, spec, tk, rows.e, codes, labels, len(blocks), rec)
+    design = _sorted_design(columns, blocks, block, rows.e, strata, n_blocks)
+    if rows.dropped:  # every check passed: later queries are checked against the kept rows too
+        data.remember_released(rows.keep)
+    design.time_step, design.unit = step, unit
+    design.notes, design.suppressions = rec.notes, rec.suppressions
+    return design
+
+
+@dataclass
+class _ModelRows:
+    """The cohort rows a fit keeps (every model column present), and their values."""
+
+    keep: np.ndarray  # flags over the cohort
+    dropped: int
+    t: np.ndarray  # kept rows only
+    e: np.ndarray
+    values: dict[str, Any]  # covariate -> values over the cohort
+    strata: dict[str, pd.Series]  # stratum column -> labels over the cohort
+
+    @property
+    def n(self) -> int:
+        return len(self.t)
+
+
+def _model_rows(data: SiteData, spec: DesignParams) -> _ModelRows:
+    k = data.k
     t = data.numeric(spec.duration)
     e = data.numeric(spec.event)
     missing = np.isnan(t) | np.isnan(e)
@@ -206,9 +244,8 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         if first_missing is None and miss.any():
             first_missing = column
         missing |= miss
-    strata_cols = spec.strata if isinstance(spec.strata, tuple) else ()
     strata_values: dict[str, pd.Series] = {}
-    for column in strata_cols:
+    for column in spec.strata if isinstance(spec.strata, tuple) else ():
         labels = data.labels(column)
         miss = labels.isna().to_numpy()
         if first_missing is None and miss.any():
@@ -220,24 +257,29 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         raise SchemaError("negative survival times", **data.err(spec.duration), rule="schema")
     if not np.isin(e[seen], (0.0, 1.0)).all():
         raise SchemaError("event indicator must be 0/1", **data.err(spec.event), rule="schema")
-
     # 0 or >= k rows left out, and the kept rows must not difference an earlier release
     keep = data.complete_rows(missing, first_missing, "the model's columns")
-    dropped = int(missing.sum())
-    n = int(keep.sum())
-    if n < k:
+    if int(keep.sum()) < k:
         raise data.refuse(
             "min_cell_count", f"fewer than {k} patients have complete data for this model"
         )
+    return _ModelRows(keep, int(missing.sum()), t[keep], e[keep], values, strata_values)
 
-    # design columns: numeric as is, categorical as 0/1 for every agreed level but the first
+
+def _covariate_columns(
+    data: SiteData, spec: DesignParams, rows: _ModelRows
+) -> tuple[list[str], list[str], list[np.ndarray]]:
+    """Design columns (numeric as they are, categorical as 0/1 for every agreed level but the
+    first), the covariate each comes from, and their values over the kept rows; refuses rare
+    categories, too many parameters and a column that singles out a few patients."""
+    k, n = data.k, rows.n
     columns: list[str] = []
     sources: list[str] = []
     blocks: list[np.ndarray] = []
     for column in spec.covariates:
         if column in spec.categorical:
             levels = spec.categorical[column]
-            labels = values[column][keep]
+            labels = rows.values[column][rows.keep]
             counts = labels.value_counts()
             rare = [lv for lv, c in counts.items() if c < k or lv not in levels]
             if rare:
@@ -255,9 +297,8 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
         else:
             columns.append(column)
             sources.append(column)
-            column_values = np.asarray(values[column], dtype=float)
-            blocks.append(column_values if dropped == 0 else column_values[keep])
-    # kept as columns (one copy of the design); laid out sorted and transposed at the end
+            column_values = np.asarray(rows.values[column], dtype=float)
+            blocks.append(column_values if rows.dropped == 0 else column_values[rows.keep])
     p = len(blocks)
     if p == 0:
         raise ParameterError("the model has no covariate columns", **data.err())
@@ -278,14 +319,21 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
                     "share one value): their survival could be read from the fit",
                     sources[j],
                 )
+    return columns, sources, blocks
 
-    # strata
+
+def _strata_codes(
+    data: SiteData, spec: DesignParams, rows: _ModelRows
+) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Each kept row's stratum (an index into the labels) and the strata's labels; refuses too
+    many strata and a stratum of fewer than k patients."""
+    k, n = data.k, rows.n
     if isinstance(spec.strata, tuple):
-        frame = pd.DataFrame({c: strata_values[c][keep].to_numpy() for c in spec.strata})
+        frame = pd.DataFrame({c: rows.strata[c][rows.keep].to_numpy() for c in spec.strata})
         codes = frame.groupby(list(spec.strata), sort=True).ngroup().to_numpy()
         firsts = frame.drop_duplicates().sort_values(list(spec.strata))
-        labels_list = [tuple(str(v) for v in row) for row in firsts.itertuples(index=False)]
-        if len(labels_list) > data.policy.max_levels:
+        labels = [tuple(str(v) for v in row) for row in firsts.itertuples(index=False)]
+        if len(labels) > data.policy.max_levels:
             raise data.refuse(
                 "max_levels",
                 f"more than {data.policy.max_levels} strata",
@@ -293,11 +341,11 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
             )
     elif spec.strata == SITE_STRATUM:
         codes = np.zeros(n, dtype=np.int64)
-        labels_list = [(data.site,)]
+        labels = [(data.site,)]
     else:
         codes = np.zeros(n, dtype=np.int64)
-        labels_list = [()]
-    sizes = np.bincount(codes, minlength=len(labels_list))
+        labels = [()]
+    sizes = np.bincount(codes, minlength=len(labels))
     if k > 1 and (sizes < k).any():
         cols = ", ".join(f"'{c}'" for c in spec.strata)  # type: ignore[union-attr]
         raise data.refuse(
@@ -305,15 +353,26 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
             f"a stratum of {cols} has fewer than {k} patients at this site",
             spec.strata[0],  # type: ignore[index]
         )
+    return codes, labels
 
-    # times: coarsened, then merged per stratum exactly like a Kaplan–Meier table
-    unit = data.schema.column(spec.duration).unit
-    tk, ek = t[keep], e[keep]
-    tk, step = coarsen_to_policy(tk, data.policy.time_resolution, unit, rec.note)
-    block = np.empty(n, dtype=np.int64)
+
+def _time_steps(
+    data: SiteData,
+    spec: DesignParams,
+    tk: np.ndarray,
+    ek: np.ndarray,
+    codes: np.ndarray,
+    labels: list[tuple[str, ...]],
+    p: int,
+    rec: ReleaseLog,
+) -> tuple[np.ndarray, list[SiteStratum], int]:
+    """Per stratum, the coarsened times merged into steps exactly like a Kaplan–Meier table
+    (every step's counts 0 or >= k); each kept row's step (numbered across strata)."""
+    k = data.k
+    block = np.empty(len(tk), dtype=np.int64)
     strata: list[SiteStratum] = []
     offset = 0
-    for s, label in enumerate(labels_list):
+    for s, label in enumerate(labels):
         rows = np.flatnonzero(codes == s)
         ts, es = tk[rows], ek[rows]
         _, inverse = np.unique(ts, return_inverse=True)
@@ -354,13 +413,26 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
                 hi=offset + len(merged),
                 block_times=np.asarray(merged.time, dtype=float),
                 block_events=np.asarray(merged.events, dtype=np.int64),
-                event_sum=np.zeros(p),  # below, from the sorted design
+                event_sum=np.zeros(p),  # set from the sorted design
             )
         )
         offset += len(merged)
+    return block, strata, offset
 
+
+def _sorted_design(
+    columns: list[str],
+    blocks: list[np.ndarray],
+    block: np.ndarray,
+    ek: np.ndarray,
+    strata: list[SiteStratum],
+    n_blocks: int,
+) -> SiteDesign:
+    """The design sorted by step, then event (stable), and transposed, filled a column at a
+    time (no n×p temporaries); each stratum's event sums from it."""
+    p, n = len(blocks), len(block)
     key = block * 2 + ek.astype(np.int64)  # rows by step, then event (stable: then row order)
-    if offset < 2**15:  # a 16-bit key: numpy sorts it by radix, several times faster
+    if n_blocks < 2**15:  # a 16-bit key: numpy sorts it by radix, several times faster
         key = key.astype(np.uint16)
     order = np.argsort(key, kind="stable")
     del key
@@ -369,7 +441,6 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     new_segment = (row_block[1:] != row_block[:-1]) | (row_event[1:] != row_event[:-1])
     n_segments = 1 + int(np.count_nonzero(new_segment))
     del new_segment
-    # the sorted, transposed design, filled a column at a time (no n×p temporaries)
     xt = np.empty((p, n))
     for j in range(p):
         np.take(blocks[j], order, out=xt[j], mode="clip")  # unbuffered (indices are valid)
@@ -379,25 +450,21 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     for s in strata:  # its rows are consecutive in the sorted design
         lo, hi = np.searchsorted(row_block, (s.lo, s.hi))
         s.event_sum = np.array([(xt[j, lo:hi] * row_event[lo:hi]).sum() for j in range(p)])
-    if dropped:  # every check passed: later queries are checked against the kept rows too
-        data.remember_released(keep)
     return SiteDesign(
         columns=columns,
         xt=xt,
         seg_starts=None,
         seg_block=None,
         seg_event=None,
-        n_blocks=offset,
+        n_blocks=n_blocks,
         row_block=row_block,
         row_event=row_event,
         strata=strata,
         mean=mean,
         m2=m2,
-        time_step=step,
-        unit=unit,
+        time_step=None,
+        unit=None,
         n_segments=n_segments,
-        notes=rec.notes,
-        suppressions=rec.suppressions,
     )
 
 
