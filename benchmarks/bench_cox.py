@@ -80,7 +80,7 @@ def worker(kind: str, n: int, p: int, sites: int, times: str) -> dict:
         del df
         fed = fh.Federation.local(tables, policy=fh.Policy.unrestricted())
         del tables
-        grid = fed._coordinator.grid
+        grid = fed.coordinator.grid
         before = sum(grid.bytes_received.values())
         ties = "breslow" if kind == "fedhem-breslow" else "efron"
         start = time.perf_counter()

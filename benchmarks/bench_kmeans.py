@@ -100,7 +100,7 @@ def bench(n: int, n_sites: int, repeat: int, default_policy: bool) -> None:
         return fed.kmeans("d", features, N_CLUSTERS, init=init, standardize=False)
 
     with fh.Federation.local(tables, policy=fh.Policy.unrestricted()) as fed:
-        fed._coordinator.observers = []
+        fed.coordinator.observers = []
         fed.sites  # noqa: B018 - warm the engine once
         res, km = compare("unrestricted", fed, federated, sklearn_fit, repeat)
         diff = np.abs(res.cluster_centers.to_numpy() - km.cluster_centers_).max()
@@ -119,7 +119,7 @@ def bench(n: int, n_sites: int, repeat: int, default_policy: bool) -> None:
     if not default_policy:
         return
     with fh.Federation.local(tables, policy=fh.Policy()) as fed:
-        fed._coordinator.observers = []
+        fed.coordinator.observers = []
         fed.sites  # noqa: B018
         res, km = compare("default policy (micro-clusters)", fed, federated, sklearn_fit, repeat)
         diff = np.abs(res.cluster_centers.to_numpy() - km.cluster_centers_).max()
