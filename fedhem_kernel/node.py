@@ -17,7 +17,6 @@ import importlib
 import json
 import logging
 import os
-import struct
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,7 @@ from fedhem_kernel.analyses import registry
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol import endpoints
+from fedhem_kernel.protocol.frames import HELLO, read_frame, write_frame
 from fedhem_kernel.protocol.messages import SERVICE_STEPS
 from fedhem_kernel.site.app import make_client_app
 from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
@@ -181,39 +181,6 @@ def federation_configs(path: str | Path) -> tuple[str, list[SiteConfig]]:
 
 
 # -- sites in a process of their own ---------------------------------------------------------------
-#: A frame on the pipe: request id, node id (a reply: status, 0 = ok), payload length; then the
-#: payload (a Flower message's wire bytes; an error's text; the start-up record as JSON).
-FRAME = struct.Struct("<QIQ")
-HELLO = 0  # request id of the start-up record
-
-
-def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
-    parts = []
-    while n:
-        chunk = stream.read(n)
-        if not chunk:
-            return None
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
-
-
-def read_frame(stream: BinaryIO) -> tuple[int, int, bytes] | None:
-    """One frame (request id, node id or status, payload); None at the end of the stream."""
-    head = _read_exact(stream, FRAME.size)
-    if head is None:
-        return None
-    request_id, node, length = FRAME.unpack(head)
-    payload = _read_exact(stream, length) if length else b""
-    return None if payload is None else (request_id, node, payload)
-
-
-def write_frame(stream: BinaryIO, request_id: int, node: int, payload: bytes) -> None:
-    stream.write(FRAME.pack(request_id, node, len(payload)))
-    stream.write(payload)
-    stream.flush()
-
-
 def serve(
     load: Callable[[], tuple[str, list[SiteConfig]]],
     stdin: BinaryIO | None = None,

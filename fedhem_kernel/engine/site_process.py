@@ -13,38 +13,23 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import IO
 
 from fedhem_kernel.errors import FedHemError, error_from_dict
+from fedhem_kernel.protocol.frames import HELLO, read_frame, write_frame
 
 log = logging.getLogger(__name__)
 
-#: The frame of :mod:`fedhem_kernel.node` (request id, node id or status, payload length).
-FRAME = struct.Struct("<QIQ")
-HELLO = 0
 #: Seconds to wait for the site host to load its sites.
 START_TIMEOUT = 300.0
 
 
 class SiteHostStopped(ConnectionError):
     """The site host process ended (or never started)."""
-
-
-def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
-    parts = []
-    while n:
-        chunk = stream.read(n)
-        if not chunk:
-            return None
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
 
 
 class SiteProcess:
@@ -91,14 +76,8 @@ class SiteProcess:
         stream = self._process.stdout
         assert stream is not None
         try:
-            while True:
-                head = _read_exact(stream, FRAME.size)
-                if head is None:
-                    break
-                request_id, status, length = FRAME.unpack(head)
-                payload = _read_exact(stream, length) if length else b""
-                if payload is None:
-                    break
+            while (frame := read_frame(stream)) is not None:
+                request_id, status, payload = frame
                 if request_id == HELLO:
                     started.set_result(json.loads(payload))
                     continue
@@ -135,8 +114,7 @@ class SiteProcess:
         assert stdin is not None
         try:
             with self._write_lock:
-                stdin.write(FRAME.pack(request_id, node_id, len(wire)))
-                stdin.write(wire)
+                write_frame(stdin, request_id, node_id, wire)
         except (BrokenPipeError, ValueError, OSError):
             with self._pending_lock:
                 self._pending.pop(request_id, None)

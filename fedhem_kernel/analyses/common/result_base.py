@@ -106,3 +106,11 @@ class Result:
         from fedhem_kernel.display.mimebundle import result_mimebundle
 
         return result_mimebundle(self, self.widget, include, exclude)
+
+
+def time_grid(time_step: float | None, unit: str | None, where: str = "a grid") -> str:
+    """How a survival result's times were released, for its footnote: "exact times" or e.g.
+    "times on a grid of 1 months"."""
+    if time_step is None:
+        return "exact times"
+    return f"times on {where} of {time_step:g} {unit or 'units'}"

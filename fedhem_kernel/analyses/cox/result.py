@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fedhem_kernel.analyses.common.result_base import Result
+from fedhem_kernel.analyses.common.result_base import Result, time_grid
 from fedhem_kernel.protocol.report import PrivacyReport
 
 if TYPE_CHECKING:
@@ -189,11 +189,7 @@ class CoxResult(Result):
 
     @property
     def footnote(self) -> str:
-        grid = (
-            "exact times"
-            if self.time_step is None
-            else f"times on each site's grid of {self.time_step:g} {self.unit or 'units'}"
-        )
+        grid = time_grid(self.time_step, self.unit, "each site's grid")
         return f"{grid}; ties by {self.ties.capitalize()}; pooled from the sites' risk-set sums."
 
     def tables(self) -> list[tuple[str, pd.DataFrame]]:

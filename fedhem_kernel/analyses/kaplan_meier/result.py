@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.common.result_base import Result
+from fedhem_kernel.analyses.common.result_base import Result, time_grid
 from fedhem_kernel.protocol.report import PrivacyReport
 
 
@@ -75,11 +75,7 @@ class KaplanMeierResult(Result):
 
     @property
     def footnote(self) -> str:
-        grid = (
-            "exact times"
-            if self.time_step is None
-            else f"times on a grid of {self.time_step:g} {self.unit or 'units'}"
-        )
+        grid = time_grid(self.time_step, self.unit)
         return f"{grid}; curves pooled from the sites' released event tables."
 
     def _headline(self) -> str:
