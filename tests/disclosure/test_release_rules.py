@@ -250,3 +250,30 @@ def test_unrestricted_policy_still_audits(releases):
         f.crosstab("c", "risk", "mutation")
         log = f.audit_log()
     assert (log["outcome"] == "released").sum() >= 2
+
+
+def test_the_audit_step_sends_a_researcher_only_their_own_entries():
+    """``fed.audit_log()`` (the ``audit`` step): a hand-made request gets the entries of the
+    researcher it names, never another researcher's, never the site's own loads, nothing else."""
+    from fedhem_kernel.protocol.messages import AUDIT_STEP, SiteRequest
+
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"age": rng.normal(60, 10, 60), "risk": rng.choice(["a", "b"], 60)})
+    with fh.Federation.local({"s": {"d": df}}, user="alice") as alice:
+        alice.describe("d", ["age"], where="age > 60")
+        bob = SiteRequest(
+            "describe", "d", {"columns": ["age"], "by": None, "levels": None}, None, "bob"
+        )
+        alice.coordinator.send(bob)
+        entries = alice.audit_log()
+        assert set(entries["who"]) == {"alice"}
+        assert "age > 60" in str(entries["parameters"].tolist())
+        as_bob = alice.coordinator.send(SiteRequest(AUDIT_STEP, None, {}, None, "bob"))["s"]
+        assert {e["who"] for e in as_bob.payload["entries"]} == {"bob"}
+        assert not any(e["analysis"] == "load" for e in as_bob.payload["entries"])
+        for bad in (0, -1, 10**9, "all", True):
+            reply = alice.coordinator.send(SiteRequest(AUDIT_STEP, None, {"limit": bad}, None, "x"))
+            assert reply["s"].status == "error" and reply["s"].payload is None
+        # the site's own log still holds everything: loads and both researchers
+        log = sites_of(alice)["s"].audit.entries()
+        assert {e["who"] for e in log} >= {"alice", "bob", "site"}
