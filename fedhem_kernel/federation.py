@@ -23,6 +23,7 @@ from fedhem_kernel.engine.site_process import SiteProcess
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteRequest
+from fedhem_kernel.protocol.params import check_arguments
 from fedhem_kernel.protocol.where import parse_where
 
 if TYPE_CHECKING:
@@ -238,8 +239,10 @@ class Federation:
         """Run any registered analysis on ``dataset``: the generic call behind every method below.
 
         ``params`` are the analysis's own (its combine step's ``run(query, **params)``, see
-        :mod:`fedhem_kernel.analyses.registry`); ``where`` filters the cohort at every site. The
-        query is listed, with its privacy outcome, in this user's activity.
+        :mod:`fedhem_kernel.analyses.registry`), checked against the package's ``PARAMS`` before
+        anything is sent (an unknown name, or a value of a kind it does not accept, is a
+        :class:`~fedhem_kernel.errors.ParameterError`); ``where`` filters the cohort at every site.
+        The query is listed, with its privacy outcome, in this user's activity.
 
         Examples
         --------
@@ -251,6 +254,9 @@ class Federation:
             raise ParameterError(
                 f"unknown analysis {analysis!r}; registered: {', '.join(registry.names())}"
             ) from None
+        spec = getattr(importlib.import_module(package), "PARAMS", None)
+        if spec is not None:  # before anything is sent; each site checks its request again
+            check_arguments(analysis, spec, params, dataset)
         combine = importlib.import_module(f"{package}.combine")
         q = self._query(analysis, dataset, where)
         return self._execute(q, lambda q: combine.run(q, **params))

@@ -203,8 +203,25 @@ def encode_request(req: SiteRequest) -> RecordDict:
     return to_records("request", _fields(req))
 
 
+#: A request's fields and the types each may have (anything else is a malformed request).
+_REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (str,),
+    "dataset": (str, type(None)),
+    "params": (dict,),
+    "where": (str, type(None)),
+    "who": (str,),
+    "query_id": (str,),
+}
+
+
 def decode_request(content: RecordDict) -> SiteRequest:
+    """The request of a message, its fields checked (strict: another shape raises ValueError)."""
     doc = from_records("request", content)
+    if not isinstance(doc, dict) or set(doc) != set(_REQUEST_FIELDS):
+        raise ValueError("malformed FedHem request")
+    for name, types in _REQUEST_FIELDS.items():
+        if not isinstance(doc[name], types):
+            raise ValueError("malformed FedHem request")
     return SiteRequest(**doc)
 
 

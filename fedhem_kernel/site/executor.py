@@ -22,6 +22,7 @@ from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, S
 from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteReply, SiteRequest
+from fedhem_kernel.protocol.params import check_request
 from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.protocol.where import to_text
 from fedhem_kernel.site.audit import AuditLog
@@ -163,6 +164,11 @@ class SiteExecutor:
         if request.dataset not in self.datasets:
             raise SchemaError("no such dataset", site=self.name, dataset=request.dataset)
         ds = self.datasets[request.dataset]
+        if step.params is not None:  # the request's shape, before anything reads it
+            try:
+                check_request(step.name, step.params, request.params)
+            except ParameterError as exc:
+                raise ParameterError(exc.reason, site=self.name, dataset=ds.name) from None
         for column in step.columns(request.params):
             spec = ds.schema.column(column)  # raises SchemaError naming the column
             if spec.is_path and step.analysis != "radiomics":

@@ -20,6 +20,7 @@ import pandas as pd
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
 from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.protocol.params import Params
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.site.schema import DatasetSchema
@@ -192,12 +193,18 @@ SiteFn = Callable[[SiteData, Payload], Payload]
 
 @dataclass(frozen=True)
 class SiteStep:
-    """One message type a site answers (``query.<name>``)."""
+    """One message type a site answers (``query.<name>``).
+
+    ``params`` declares every parameter its request may carry and the kinds of value each accepts
+    (:mod:`fedhem_kernel.protocol.params`); the executor refuses any other request before the step
+    runs. ``columns`` names the dataset columns a request reads (checked to exist first).
+    """
 
     name: str
     analysis: str
     run: SiteFn
     columns: Callable[[Payload], Sequence[str]]
+    params: Params | None = None
 
 
 def param_columns(*keys: str) -> Callable[[Payload], list[str]]:
@@ -209,7 +216,10 @@ def param_columns(*keys: str) -> Callable[[Payload], list[str]]:
             value = params.get(key)
             if value is None:
                 continue
-            out.extend([value] if isinstance(value, str) else list(value))
+            names = [value] if isinstance(value, str) else value
+            if not isinstance(names, list | tuple) or not all(isinstance(c, str) for c in names):
+                raise ParameterError(f"parameter '{key}' must be a column name or a list of them")
+            out.extend(names)
         return [c for c in out if c != "site"]
 
     return columns

@@ -66,6 +66,16 @@ Residual risks: every site is sent B̂, γ* and δ* of every batch (what the res
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import (
+    BOOL,
+    COLUMN,
+    COLUMNS,
+    NO_COLUMNS,
+    NONE,
+    Constraint,
+    Params,
+)
+
 SOURCE = "combat"
 
 
@@ -73,3 +83,19 @@ MAX_SUFFIX = 40
 
 
 CATEGORICAL_DTYPES = ("category", "bool")
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "features": (COLUMNS,),
+    "batch": (COLUMN, NONE),
+    "covariates": (COLUMNS, NO_COLUMNS),
+    "suffix": (
+        Constraint(
+            lambda v: isinstance(v, str) and 0 < len(v) <= MAX_SUFFIX,
+            f"a text of 1 to {MAX_SUFFIX} characters",
+        ),
+    ),
+    "eb": (BOOL,),
+    "parametric": (BOOL,),
+    "mean_only": (BOOL,),
+}

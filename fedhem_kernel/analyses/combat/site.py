@@ -13,9 +13,20 @@ from scipy import sparse
 
 from fedhem_kernel.analyses.combat import MAX_SUFFIX, SOURCE
 from fedhem_kernel.analyses.combat.params import CombatSpec, column_names, combat_spec
-from fedhem_kernel.analyses.common.params import check_matrix, check_vector
+from fedhem_kernel.analyses.common.params import MAX_FEATURES, check_matrix, check_vector
 from fedhem_kernel.analyses.common.site_features import feature_matrix
 from fedhem_kernel.errors import ParameterError, SchemaError
+from fedhem_kernel.protocol.params import (
+    COLUMN,
+    LEVELS,
+    NONE,
+    Params,
+    list_of,
+    mapping,
+    matrix,
+    text,
+    vector,
+)
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -295,11 +306,48 @@ def site_combat_clear(data: SiteData, params: Payload) -> Payload:
     return {}
 
 
+#: What names a ComBat design (every request but the clear carries it).
+DESIGN: Params = {
+    "features": list_of(COLUMN, MAX_FEATURES, least=1),
+    "batch": (COLUMN, NONE),
+    "categorical": (list_of(COLUMN, MAX_FEATURES), NONE),
+    "continuous": (list_of(COLUMN, MAX_FEATURES), NONE),
+    "suffix": (text(MAX_SUFFIX), NONE),
+    "levels": (mapping(COLUMN, LEVELS, most=MAX_FEATURES), NONE),
+}
+BATCHES = list_of(list_of(text(), 2, least=2), MAX_BATCHES, least=1)
+ESTIMATES = matrix(MAX_BATCHES * MAX_FEATURES, empty=True)
+
 STEPS = [
-    SiteStep(name, "combat", fn, _combat_columns)
-    for name, fn in (
-        ("combat_stats", site_combat_stats),
-        ("combat_residuals", site_combat_residuals),
-        ("combat_apply", site_combat_apply),
+    SiteStep(name, "combat", fn, _combat_columns, params)
+    for name, fn, params in (
+        ("combat_stats", site_combat_stats, DESIGN),
+        (
+            "combat_residuals",
+            site_combat_residuals,
+            {**DESIGN, "batches": BATCHES, "beta_batch": ESTIMATES, "beta_cov": ESTIMATES},
+        ),
+        (
+            "combat_apply",
+            site_combat_apply,
+            {
+                **DESIGN,
+                "batches": BATCHES,
+                "gamma_star": ESTIMATES,
+                "delta_star": ESTIMATES,
+                "grand_mean": vector(MAX_FEATURES, 1),
+                "var_pooled": vector(MAX_FEATURES, 1),
+                "beta_cov": ESTIMATES,
+                "source": (text(80), NONE),
+            },
+        ),
     )
-] + [SiteStep("combat_clear", "combat", site_combat_clear, lambda params: [])]
+] + [
+    SiteStep(
+        "combat_clear",
+        "combat",
+        site_combat_clear,
+        lambda params: [],
+        {"columns": list_of(COLUMN, MAX_FEATURES)},
+    )
+]

@@ -30,6 +30,8 @@ Model checks (two rounds after the fit): see :mod:`~fedhem_kernel.analyses.cox.s
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import BOOL, COLUMN, COLUMNS, NONE, Params, integer, options
+
 TIES = ("efron", "breslow")
 #: ``strata="site"``: a separate baseline hazard per site.
 SITE_STRATUM = "site"
@@ -41,3 +43,19 @@ CONCORDANCE_BINS = 64
 MAX_BINS = 256
 #: Time transforms of the proportional-hazards test (lifelines' names).
 TRANSFORMS = ("rank", "km", "identity", "log")
+#: Most covariates a request may name, and most design columns (dummies included) a fit may have.
+MAX_COVARIATES = 200
+MAX_COVARIATES_TOTAL = 2000
+#: Most stratum columns.
+MAX_STRATA_COLUMNS = 10
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "duration": (COLUMN,),
+    "event": (COLUMN,),
+    "covariates": (COLUMNS,),
+    "strata": (COLUMNS, NONE),
+    "ties": (options(*TIES),),
+    "diagnostics": (BOOL,),
+    "concordance_bins": (integer(1, MAX_BINS),),
+}

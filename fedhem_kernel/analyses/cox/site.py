@@ -54,6 +54,14 @@ from typing import Any
 
 import numpy as np
 
+from fedhem_kernel.analyses.cox import (
+    MAX_BINS,
+    MAX_COVARIATES,
+    MAX_COVARIATES_TOTAL,
+    MAX_STRATA_COLUMNS,
+    SITE_STRATUM,
+    TIES,
+)
 from fedhem_kernel.analyses.cox.site_checks import site_cox_diagnostics, site_cox_score
 from fedhem_kernel.analyses.cox.site_design import (
     DesignParams,
@@ -64,6 +72,20 @@ from fedhem_kernel.analyses.cox.site_design import (
     site_design,
 )
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.protocol.params import (
+    COLUMN,
+    LEVELS,
+    NONE,
+    Constraint,
+    Params,
+    list_of,
+    mapping,
+    matrix,
+    options,
+    record,
+    text,
+    vector,
+)
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -307,14 +329,74 @@ def site_cox_release(data: SiteData, params: Payload) -> Payload:
     return {}
 
 
+#: What names a fit's design (every Cox request carries it).
+DESIGN: Params = {
+    "duration": COLUMN,
+    "event": COLUMN,
+    "covariates": list_of(COLUMN, MAX_COVARIATES, least=1),
+    "categorical": mapping(COLUMN, LEVELS, most=MAX_COVARIATES),
+    "strata": (list_of(COLUMN, MAX_STRATA_COLUMNS, least=1), options(SITE_STRATUM), NONE),
+    "ties": options(*TIES),
+    "fit": text(64),
+}
+#: Coefficients, in the pooled standardised units the coordinator says (each checked in the site's
+#: own units by ``checked_coefficients``).
+COEFFICIENTS: Params = {
+    "beta": vector(MAX_COVARIATES_TOTAL, 1),
+    "center": vector(MAX_COVARIATES_TOTAL, 1),
+    "scale": vector(MAX_COVARIATES_TOTAL, 1),
+}
+STRATUM = list_of(Constraint(lambda v: isinstance(v, str) and len(v) <= 200, "a text"), 10)
+
 STEPS = [
-    SiteStep(name, "cox", run, param_columns("duration", "event", "covariates", "strata"))
-    for name, run in (
-        ("cox_setup", site_cox_setup),
-        ("cox_sums", site_cox_sums),
-        ("cox_hessian", site_cox_hessian),
-        ("cox_score", site_cox_score),
-        ("cox_diagnostics", site_cox_diagnostics),
-        ("cox_release", site_cox_release),
+    SiteStep(name, "cox", run, param_columns("duration", "event", "covariates", "strata"), params)
+    for name, run, params in (
+        ("cox_setup", site_cox_setup, DESIGN),
+        (
+            "cox_sums",
+            site_cox_sums,
+            {
+                **DESIGN,
+                **COEFFICIENTS,
+                "parts": (options("all", "first"), NONE),
+                "tied": (list_of(record({"label": STRATUM, "times": vector()})), NONE),
+            },
+        ),
+        (
+            "cox_hessian",
+            site_cox_hessian,
+            {
+                **DESIGN,
+                **COEFFICIENTS,
+                "weights": list_of(
+                    record(
+                        {
+                            "label": STRATUM,
+                            "times": vector(),
+                            "c1": vector(),
+                            "tied": (vector(), NONE),
+                            "c2": (vector(), NONE),
+                        }
+                    )
+                ),
+            },
+        ),
+        ("cox_score", site_cox_score, {**DESIGN, **COEFFICIENTS}),
+        (
+            "cox_diagnostics",
+            site_cox_diagnostics,
+            {
+                **DESIGN,
+                **COEFFICIENTS,
+                "edges": vector(MAX_BINS - 1),
+                "ph": (
+                    list_of(
+                        record({"label": STRATUM, "times": vector(), "weights": matrix(empty=True)})
+                    ),
+                    NONE,
+                ),
+            },
+        ),
+        ("cox_release", site_cox_release, DESIGN),
     )
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.cox import MAX_COEFFICIENT, SITE_STRATUM
+from fedhem_kernel.analyses.cox import MAX_COEFFICIENT, MAX_COVARIATES_TOTAL, SITE_STRATUM
 from fedhem_kernel.errors import ParameterError, SchemaError
 from fedhem_kernel.privacy.survival import (
     check_event_table,
@@ -273,6 +273,19 @@ def _covariate_columns(
     first), the covariate each comes from, and their values over the kept rows; refuses rare
     categories, too many parameters and a column that singles out a few patients."""
     k, n = data.k, rows.n
+    for column, levels in spec.categorical.items():
+        if len(levels) > data.policy.max_levels:
+            raise data.refuse("max_levels", f"more than {data.policy.max_levels} levels", column)
+    p = sum(
+        max(len(spec.categorical[c]) - 1, 0) if c in spec.categorical else 1
+        for c in spec.covariates
+    )
+    if p > MAX_COVARIATES_TOTAL or (k > 1 and p * ROWS_PER_PARAMETER > n):
+        raise data.refuse(  # before any column is built: a crafted level list could be huge
+            "max_parameters",
+            f"the model has {p} parameters: each site needs at least {ROWS_PER_PARAMETER} "
+            "patients per parameter",
+        )
     columns: list[str] = []
     sources: list[str] = []
     blocks: list[np.ndarray] = []

@@ -14,4 +14,9 @@ adding a suppressed site's value would let the others subtract it back out). ``c
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import BOOL, COLUMN, Params
+
 HIDDEN = -1
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {"row": (COLUMN,), "col": (COLUMN,), "margins": (BOOL,)}

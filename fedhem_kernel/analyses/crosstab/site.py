@@ -7,8 +7,10 @@ import pandas as pd
 
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
-from fedhem_kernel.analyses.levels.site import group_index
+from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
+from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.tables import suppress_table
+from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
 
@@ -21,8 +23,10 @@ def _labels(data: SiteData, column: str, levels: list[str] | None) -> pd.Series:
 
 def site_crosstab(data: SiteData, params: Payload) -> Payload:
     row, col = require_str(params, "row"), require_str(params, "col")
-    rows = _labels(data, row, params.get("row_levels"))
-    cols = _labels(data, col, params.get("col_levels"))
+    row_given = agreed_levels(data, params, "row_levels")
+    col_given = agreed_levels(data, params, "col_levels")
+    rows = _labels(data, row, row_given)
+    cols = _labels(data, col, col_given)
     # 0 or >= k patients with a missing value may be left out, and the rest must not difference
     # an earlier release: else the table against a one-way table of the same cohort shows the
     # left-out patients' values in the other column
@@ -30,8 +34,10 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
     first = row if rows.isna().any() else col
     complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
     rows, cols = rows[complete], cols[complete]
-    row_levels = [data.site] if row == SITE_COLUMN else list(params["row_levels"])
-    col_levels = [data.site] if col == SITE_COLUMN else list(params["col_levels"])
+    if (row != SITE_COLUMN and row_given is None) or (col != SITE_COLUMN and col_given is None):
+        raise ParameterError("a crosstab of a column needs its agreed levels")
+    row_levels = [data.site] if row == SITE_COLUMN else list(row_given or [])
+    col_levels = [data.site] if col == SITE_COLUMN else list(col_given or [])
     if (rows == OTHER).any():
         row_levels.append(OTHER)
     if (cols == OTHER).any():
@@ -65,4 +71,17 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
     }
 
 
-STEPS = [SiteStep("crosstab", "crosstab", site_crosstab, param_columns("row", "col"))]
+STEPS = [
+    SiteStep(
+        "crosstab",
+        "crosstab",
+        site_crosstab,
+        param_columns("row", "col"),
+        params={
+            "row": COLUMN,
+            "col": COLUMN,
+            "row_levels": (LEVELS, NONE),
+            "col_levels": (LEVELS, NONE),
+        },
+    )
+]

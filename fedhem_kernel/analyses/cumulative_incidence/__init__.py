@@ -25,6 +25,8 @@ per-group counts. Under ``Policy.unrestricted()`` every number equals the pooled
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import BOOL, COLUMN, NONE, TEXT, Params, integer, mapping
+
 OTHER_CAUSE = "(other)"
 
 
@@ -35,3 +37,16 @@ CONF_LEVEL = 0.95
 
 
 _LOWER, _UPPER = f"lower_{CONF_LEVEL}", f"upper_{CONF_LEVEL}"
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "duration": (COLUMN,),
+    "event": (COLUMN,),
+    "event_of_interest": (integer(), TEXT, NONE),  # 0 and unknown codes: the combine step says why
+    "group": (COLUMN, NONE),
+    "cause_names": (mapping(integer(1), TEXT), NONE),
+    "combine_competing": (BOOL,),
+}
+
+#: Most cause codes a site accepts in one request.
+MAX_CAUSES = 100

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedhem_kernel.analyses.cumulative_incidence import OTHER_CAUSE
+from fedhem_kernel.analyses.cumulative_incidence import MAX_CAUSES, OTHER_CAUSE
 from fedhem_kernel.analyses.kaplan_meier.site import release_group_tables
-from fedhem_kernel.analyses.levels.site import grouping
+from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
 from fedhem_kernel.errors import ParameterError, SchemaError
 from fedhem_kernel.privacy.survival import (
     cause_event_table,
     coarsen_to_policy,
     merge_small_cause_steps,
 )
+from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE, integer, list_of
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -84,11 +85,12 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
         named = (codes > 0) & (causes[order][pos] == codes)
         column[named] = order[pos[named]]
     n_columns = len(causes) + 1
-    groups = grouping(data, group, params.get("levels"))
+    levels = agreed_levels(data, params, "levels")
+    groups = grouping(data, group, levels)
     out = release_group_tables(
         data,
         groups,
-        params.get("levels"),
+        levels,
         len(t),
         lambda sel: cause_event_table(t[sel], column[sel], n_columns),
         merge_small_cause_steps,
@@ -101,11 +103,24 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
 
 
 STEPS = [
-    SiteStep("cif_causes", "cumulative_incidence", site_causes, param_columns("duration", "event")),
+    SiteStep(
+        "cif_causes",
+        "cumulative_incidence",
+        site_causes,
+        param_columns("duration", "event"),
+        params={"duration": COLUMN, "event": COLUMN},
+    ),
     SiteStep(
         "cif_tables",
         "cumulative_incidence",
         site_cause_tables,
         param_columns("duration", "event", "group"),
+        params={
+            "duration": COLUMN,
+            "event": COLUMN,
+            "group": (COLUMN, NONE),
+            "levels": (LEVELS, NONE),
+            "causes": list_of(integer(1, 2**31), MAX_CAUSES),
+        },
     ),
 ]

@@ -15,6 +15,8 @@ equal. Quantiles are approximate: the error is bounded by the width of the bins 
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import COLUMN, COLUMNS, NONE, Params
+
 MAX_BINS = 50
 
 
@@ -22,3 +24,6 @@ QUANTILES = (0.25, 0.5, 0.75)
 
 
 STAT_COLUMNS = ["count", "mean", "std", "min", "25%", "50%", "75%", "max", "n_sites"]
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {"columns": (COLUMNS, NONE), "by": (COLUMN, NONE)}

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from fedhem_kernel.analyses.describe import MAX_BINS
-from fedhem_kernel.analyses.levels.site import group_index, grouping
+from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, grouping
+from fedhem_kernel.protocol.params import COLUMN, LEVELS, MAX_COLUMNS, NONE, list_of
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -46,11 +47,12 @@ def _histogram(x: np.ndarray, k: int, allow_min_max: bool) -> dict[str, np.ndarr
 def site_describe(data: SiteData, params: Payload) -> Payload:
     columns = list(params["columns"])
     by = params.get("by")
-    groups = grouping(data, by, params.get("levels"))
+    levels = agreed_levels(data, params, "levels")
+    groups = grouping(data, by, levels)
     if groups is None:
         groups = group_index(data, None, None)
     k = data.k
-    labels = params.get("levels") or ["all"]
+    labels = levels or ["all"]
     cells = []
     for g in labels:
         in_group = (groups == g).to_numpy()
@@ -83,4 +85,16 @@ def site_describe(data: SiteData, params: Payload) -> Payload:
     return {"cells": cells}
 
 
-STEPS = [SiteStep("describe", "describe", site_describe, param_columns("columns", "by"))]
+STEPS = [
+    SiteStep(
+        "describe",
+        "describe",
+        site_describe,
+        param_columns("columns", "by"),
+        params={
+            "columns": list_of(COLUMN, MAX_COLUMNS, least=1),
+            "by": (COLUMN, NONE),
+            "levels": (LEVELS, NONE),
+        },
+    )
+]

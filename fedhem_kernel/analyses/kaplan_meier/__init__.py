@@ -11,4 +11,9 @@ Under ``Policy.unrestricted()`` the pooled curve equals lifelines on the pooled 
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import COLUMN, NONE, Params
+
 ALL = "all"
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {"duration": (COLUMN,), "event": (COLUMN,), "group": (COLUMN, NONE)}

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.kaplan_meier import ALL
-from fedhem_kernel.analyses.levels.site import grouping
+from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
 from fedhem_kernel.privacy.survival import (
     check_event_table,
     coarsen_to_policy,
     event_table,
     merge_small_steps,
 )
+from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -84,11 +85,12 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
     t, e = data.survival(duration, event)
     unit = data.schema.column(duration).unit
     t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
-    groups = grouping(data, group, params.get("levels"))
+    levels = agreed_levels(data, params, "levels")
+    groups = grouping(data, group, levels)
     out = release_group_tables(
         data,
         groups,
-        params.get("levels"),
+        levels,
         len(t),
         lambda sel: event_table(t[sel], e[sel]),
         merge_small_steps,
@@ -102,5 +104,11 @@ STEPS = [
         "kaplan_meier",
         site_survival_tables,
         param_columns("duration", "event", "group"),
+        params={
+            "duration": COLUMN,
+            "event": COLUMN,
+            "group": (COLUMN, NONE),
+            "levels": (LEVELS, NONE),
+        },
     )
 ]

@@ -77,9 +77,22 @@ the start, and with it the whole run, deterministic.
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import BOOL, COLUMNS, Params, integer, matrix, number, options
+
 COLUMN = "cluster"
 
 
 MAX_CLUSTERS = 1000
 #: What a site did with a cluster in a round (its reply says so per cluster).
 RELEASED, WITHHELD, HELD = "released", "withheld", "held"
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "features": (COLUMNS,),
+    "k": (integer(1, MAX_CLUSTERS),),
+    "init": (options("k-means++"), matrix()),
+    "standardize": (BOOL,),
+    "seed": (integer(0, 2**63 - 1),),
+    "max_iter": (integer(1, 10_000),),
+    "tol": (number(0),),
+}

@@ -10,13 +10,29 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import sparse
 
-from fedhem_kernel.analyses.common.params import check_features, check_matrix, check_vector
+from fedhem_kernel.analyses.common.params import (
+    MAX_FEATURES,
+    check_features,
+    check_matrix,
+    check_vector,
+)
 from fedhem_kernel.analyses.common.site_features import FeatureMatrix, feature_matrix, moments
 from fedhem_kernel.analyses.kmeans import COLUMN, HELD, MAX_CLUSTERS, RELEASED, WITHHELD
 from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
 from fedhem_kernel.analyses.kmeans.site_micro import Atoms, atoms
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.guard import Partition, Unions
+from fedhem_kernel.protocol.params import (
+    BOOL,
+    NONE,
+    Params,
+    integer,
+    list_of,
+    matrix,
+    text,
+    vector,
+)
+from fedhem_kernel.protocol.params import COLUMN as COLUMN_NAME
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -435,13 +451,49 @@ def _kmeans_columns(params: Payload) -> list[str]:
     return param_columns("features")(params)
 
 
+#: Every k-means request names its features and k.
+FEATURES: Params = {
+    "features": list_of(COLUMN_NAME, MAX_FEATURES, least=1),
+    "k": integer(1, MAX_CLUSTERS),
+}
+#: The coordinator's working units (each checked against the features at the site).
+UNITS: Params = {
+    "shift": vector(MAX_FEATURES, 1),
+    "scale": vector(MAX_FEATURES, 1),
+    "standardize": (BOOL, NONE),
+}
+CENTRES = matrix(MAX_CLUSTERS * MAX_FEATURES, empty=True)
+
 STEPS = [
-    SiteStep(name, "kmeans", fn, _kmeans_columns)
-    for name, fn in (
-        ("kmeans_stats", site_kmeans_stats),
-        ("kmeans_candidates", site_kmeans_candidates),
-        ("kmeans_potential", site_kmeans_potential),
-        ("kmeans_step", site_kmeans_step),
-        ("kmeans_assign", site_kmeans_assign),
+    SiteStep(name, "kmeans", fn, _kmeans_columns, params)
+    for name, fn, params in (
+        ("kmeans_stats", site_kmeans_stats, FEATURES),
+        (
+            "kmeans_candidates",
+            site_kmeans_candidates,
+            {
+                **FEATURES,
+                **UNITS,
+                "centers": CENTRES,
+                "n_candidates": integer(1, 1000),
+                "seed": integer(0, 2**63 - 1),
+                "round": integer(0, 10 * MAX_CLUSTERS),
+            },
+        ),
+        (
+            "kmeans_potential",
+            site_kmeans_potential,
+            {**FEATURES, **UNITS, "centers": CENTRES, "candidates": CENTRES},
+        ),
+        (
+            "kmeans_step",
+            site_kmeans_step,
+            {**FEATURES, **UNITS, "centers": CENTRES, "moments": (BOOL, NONE)},
+        ),
+        (
+            "kmeans_assign",
+            site_kmeans_assign,
+            {**FEATURES, **UNITS, "centers": CENTRES, "source": (text(80), NONE)},
+        ),
     )
-] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [])]
+] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [], {})]

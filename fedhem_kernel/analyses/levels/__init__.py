@@ -8,7 +8,12 @@ a level rare at every site is left out (crosstab shows it as ``(other)``).
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import COLUMN, Params
+
 OTHER = "(other)"
 
 
 SITE_COLUMN = "site"
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {"column": (COLUMN,)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.protocol.params import COLUMN
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
 
@@ -51,4 +52,18 @@ def group_index(data: SiteData, column: str | None, levels: list[str] | None) ->
     return out
 
 
-STEPS = [SiteStep("levels", "levels", site_levels, param_columns("column"))]
+def agreed_levels(data: SiteData, params: Payload, key: str) -> list[str] | None:
+    """The level list a request carries under ``key`` (None without one), held to this site's
+    ``max_levels``: a crafted list of thousands of levels would make the step's work grow with it.
+    (Its type was checked against the step's ``params``.)"""
+    levels = params.get(key)
+    if levels is None:
+        return None
+    if len(levels) > data.policy.max_levels:
+        raise data.refuse("max_levels", f"'{key}' lists more than {data.policy.max_levels} levels")
+    return [str(v) for v in levels]
+
+
+STEPS = [
+    SiteStep("levels", "levels", site_levels, param_columns("column"), params={"column": COLUMN})
+]

@@ -31,9 +31,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fedhem_kernel.protocol.params import COLUMN, COLUMNS, NONE, Params, number, options
+
 ALL = "all"
 
 
 def stratum_label(columns: Sequence[str], values: Sequence[str]) -> str:
     """``"wexp=1"``, ``"wexp=1, race=0"``: how a stratum is named in payloads and results."""
     return ", ".join(f"{c}={v}" for c, v in zip(columns, values, strict=True))
+
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "duration": (COLUMN,),
+    "event": (COLUMN,),
+    "group": (COLUMN,),
+    "strata": (COLUMNS, NONE),
+    "weightings": (options("wilcoxon", "tarone-ware", "peto", "fleming-harrington"), NONE),
+    "p": (number(), NONE),
+    "q": (number(), NONE),
+}
+
+#: Most stratum columns one test may use.
+MAX_STRATA_COLUMNS = 10

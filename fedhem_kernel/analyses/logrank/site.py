@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -10,9 +11,10 @@ import pandas as pd
 
 from fedhem_kernel.analyses.kaplan_meier.site import site_survival_tables
 from fedhem_kernel.analyses.levels import OTHER
-from fedhem_kernel.analyses.levels.site import group_index
-from fedhem_kernel.analyses.logrank import ALL, stratum_label
+from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
+from fedhem_kernel.analyses.logrank import ALL, MAX_STRATA_COLUMNS, stratum_label
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE, list_of
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
@@ -49,6 +51,8 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
     levels: list[list[str]] = [list(lv) for lv in params.get("strata_levels") or []]
     if len(columns) != len(levels):
         raise ParameterError("'strata' and 'strata_levels' do not match")
+    if math.prod(len(v) for v in levels) > data.policy.max_levels:
+        raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
     k = data.k
     if columns:
         codes = _stratum_codes(data, columns, levels)
@@ -61,7 +65,7 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
         size = 1
         strata = [(ALL, 0)]
     counts = np.bincount(codes[codes >= 0], minlength=size)
-    group_levels = list(params.get("levels") or [])
+    group_levels = agreed_levels(data, params, "levels") or []
     tested = group_index(data, params.get("group"), group_levels).isin(group_levels).to_numpy()
     in_test = np.bincount(codes[(codes >= 0) & tested], minlength=size)
     left_out = int((tested & (codes < 0)).sum())
@@ -135,5 +139,13 @@ STEPS = [
         "logrank",
         site_logrank_tables,
         param_columns("duration", "event", "group", "strata"),
+        params={
+            "duration": COLUMN,
+            "event": COLUMN,
+            "group": COLUMN,
+            "levels": LEVELS,
+            "strata": (list_of(COLUMN, MAX_STRATA_COLUMNS), NONE),
+            "strata_levels": (list_of(LEVELS, MAX_STRATA_COLUMNS), NONE),
+        },
     )
 ]

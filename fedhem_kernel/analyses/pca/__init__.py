@@ -23,4 +23,13 @@ components (no patient is plotted: only centres, sized by their cluster's releas
 
 from __future__ import annotations
 
+from fedhem_kernel.protocol.params import BOOL, COLUMNS, NONE, Params, integer
+
 ROWS_PER_FEATURE = 10
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "features": (COLUMNS,),
+    "n_components": (integer(1), NONE),
+    "standardize": (BOOL,),
+}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fedhem_kernel.analyses.common.params import check_features
+from fedhem_kernel.analyses.common.params import MAX_FEATURES, check_features
 from fedhem_kernel.analyses.common.site_features import feature_matrix
 from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE
+from fedhem_kernel.protocol.params import COLUMN, list_of
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -27,4 +28,12 @@ def site_pca_stats(data: SiteData, params: Payload) -> Payload:
     return {"n": fm.n, "mean": mean, "m2": centred.T @ centred}
 
 
-STEPS = [SiteStep("pca_stats", "pca", site_pca_stats, param_columns("features"))]
+STEPS = [
+    SiteStep(
+        "pca_stats",
+        "pca",
+        site_pca_stats,
+        param_columns("features"),
+        params={"features": list_of(COLUMN, MAX_FEATURES, least=1)},
+    )
+]

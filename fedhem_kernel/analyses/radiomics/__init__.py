@@ -43,5 +43,15 @@ images failed (when >= k).
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
+from fedhem_kernel.protocol.params import NONE, Params, instance, number
+
 #: Seconds a site works per extraction round before it reports its progress.
 BUDGET_SECONDS = 2.0
+
+#: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
+PARAMS: Params = {
+    "params": (instance((dict, str, PurePath), "a pyradiomics settings dict or a YAML file"), NONE),
+    "budget": (number(0), NONE),
+}

@@ -21,6 +21,7 @@ from fedhem_kernel.analyses.describe.site import site_describe
 from fedhem_kernel.analyses.radiomics import BUDGET_SECONDS
 from fedhem_kernel.analyses.radiomics.params import build_extractor, column_name, params_digest
 from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.protocol.params import NONE, Constraint, Params, number, options, text
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.imaging import (
     ImageReadError,
@@ -171,7 +172,8 @@ def site_radiomics_extract(data: SiteData, params: Payload) -> Payload:
     digest = params_digest(params_json)
     cache = FeatureCache(data.root)
     extractor = build_extractor(params_json) if state.done < len(state.rows) else None
-    budget = float(params.get("budget", BUDGET_SECONDS))
+    budget = params.get("budget")
+    budget = float(BUDGET_SECONDS if budget is None else budget)
     started = time.monotonic()
     done_before = state.done
     images = data.cohort[cols.image].to_numpy(dtype=object)
@@ -272,7 +274,24 @@ def _image_columns(params: Payload) -> list[str]:
     return []  # the image and mask columns are found from the schema, not named by the researcher
 
 
+#: pyradiomics settings as JSON (a dict of its sections); the site builds its own extractor.
+SETTINGS = Constraint(
+    lambda v: isinstance(v, dict) and len(json.dumps(v)) <= 100_000,
+    "a dict of pyradiomics settings",
+)
+RUN: Params = {
+    "params": SETTINGS,
+    "run": text(64),
+    "release": (options("summary", "features"), NONE),
+}
+
 STEPS = [
-    SiteStep("radiomics_extract", "radiomics", site_radiomics_extract, _image_columns),
-    SiteStep("radiomics_keep", "radiomics", site_radiomics_keep, _image_columns),
+    SiteStep(
+        "radiomics_extract",
+        "radiomics",
+        site_radiomics_extract,
+        _image_columns,
+        {**RUN, "budget": (number(0, 3600), NONE)},
+    ),
+    SiteStep("radiomics_keep", "radiomics", site_radiomics_keep, _image_columns, RUN),
 ]
