@@ -270,3 +270,15 @@ def test_a_new_analysis_is_one_package_and_one_registry_line(tmp_path, monkeypat
             fed.describe("d", ["age"])
     with pytest.raises(fh.ParameterError, match="unknown analysis"):
         fh.Federation.local({"a": {"d": cohort(30, 3)}}).run("nope", "d")
+
+
+def test_every_site_step_declares_the_parameters_its_request_may_carry():
+    from fedhem_kernel import node
+
+    steps = node.site_steps()
+    assert len(steps) >= 25
+    undeclared = sorted(name for name, step in steps.items() if step.params is None)
+    assert undeclared == []
+    for name in registry.names():  # and every analysis its arguments
+        package = __import__(registry.package(name), fromlist=["PARAMS"])
+        assert isinstance(getattr(package, "PARAMS", None), dict), name
