@@ -168,6 +168,9 @@ def rows_reachable(root: object) -> list[str]:
     return [type(o).__name__ for o in reachable(root) if isinstance(o, ROWS)]
 
 
+MONTHS = {"d": {"time": {"type": "float", "unit": "months"}}}
+
+
 def cohort(n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
@@ -182,7 +185,7 @@ def cohort(n: int, seed: int) -> pd.DataFrame:
 
 def test_nothing_reachable_from_a_federation_holds_rows():
     tables = {"a": {"d": cohort(300, 1)}, "b": {"d": cohort(200, 2)}}
-    with fh.Federation.local(tables) as fed:
+    with fh.Federation.local(tables, columns=MONTHS) as fed:
         fed.describe("d", ["age"], by="risk")
         fed.kaplan_meier("d", "time", "event", group="risk")
         fed.cox("d", "time", "event", ["age", "risk"])
@@ -247,7 +250,7 @@ def test_a_new_analysis_is_one_package_and_one_registry_line(tmp_path, monkeypat
     monkeypatch.setitem(registry.ANALYSES, "toycount", "toycount")  # the registry line
 
     tables = {"a": {"d": cohort(30, 3)}, "b": {"d": cohort(20, 4)}, "c": {"d": cohort(3, 5)}}
-    with fh.Federation.local(tables) as fed:
+    with fh.Federation.local(tables, columns=MONTHS) as fed:
         res = fed.run("toycount", "d")
         assert res.n == 50  # site c (3 patients) refused under the default policy
         assert res.privacy.outcome("c").status == "refused"

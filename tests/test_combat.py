@@ -58,7 +58,14 @@ def sites_with_batch_effects(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def federation(sites: dict[str, pd.DataFrame], policy: fh.Policy) -> fh.Federation:
-    return fh.Federation.local({s: {"d": part} for s, part in sites.items()}, policy=policy)
+    months = (
+        {"d": {"time": {"type": "float", "unit": "months"}}}
+        if "time" in next(iter(sites.values()))
+        else None
+    )
+    return fh.Federation.local(
+        {s: {"d": part} for s, part in sites.items()}, policy=policy, columns=months
+    )
 
 
 def reference(

@@ -137,7 +137,13 @@ def _imaging_fed(root: Path, sizes: dict[str, int], policy: fh.Policy | None = N
     return fh.Federation.local(
         sites,
         policy=policy,
-        columns={"mri": {**IMAGING_COLUMNS, "pfs_months": "float", "pfs_status": "bool"}},
+        columns={
+            "mri": {
+                **IMAGING_COLUMNS,
+                "pfs_months": {"type": "float", "unit": "months"},
+                "pfs_status": "bool",
+            }
+        },
         data_root={site: root / site for site in sizes},
         **kw,
     )

@@ -139,8 +139,9 @@ _MONTHS_PER_UNIT = {"days": 1 / 30.4375, "weeks": 7 / 30.4375, "months": 1.0, "y
 def time_step(resolution: str | float, unit: str | None) -> float | None:
     """Grid step in the column's unit for a policy's ``time_resolution``; ``None`` means exact.
 
-    ``"1 month"`` on a column in days gives 30.4375. A column without a declared unit is coarsened
-    to whole units when the resolution is given in calendar words (the result says so).
+    ``"1 month"`` on a column in days gives 30.4375. For a column without a declared unit this
+    returns 1.0 (whole units); the survival steps refuse such a column under a grid in calendar
+    words (:func:`fedhem_kernel.privacy.survival.coarsen_to_policy`).
     """
     if isinstance(resolution, bool):
         raise ParameterError("policy 'time_resolution' must be 'exact', a number or e.g. '1 month'")

@@ -22,10 +22,12 @@ is released only when every cause count and the censored count are 0 or >= k.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedhem_kernel.errors import SchemaError
 
 
 def coarsen_times(times: np.ndarray, step: float | None) -> np.ndarray:
@@ -38,18 +40,31 @@ def coarsen_times(times: np.ndarray, step: float | None) -> np.ndarray:
 
 
 def coarsen_to_policy(
-    times: np.ndarray, resolution: str | float, unit: str | None, note: Callable[[str], None]
+    times: np.ndarray,
+    resolution: str | float,
+    unit: str | None,
+    note: Callable[[str], None],
+    where: Mapping[str, str | None] | None = None,
 ) -> tuple[np.ndarray, float | None]:
-    """Times rounded up to the policy's grid (and the step), saying so through ``note``."""
+    """Times rounded up to the policy's grid (and the step), saying so through ``note``.
+
+    A grid in calendar words ("1 month") needs the duration's unit: without one the site refuses
+    (a :class:`SchemaError` at ``where``: site, dataset, column) rather than guess, since a guess of
+    whole units would release durations in days exactly. A numeric grid is in the column's unit.
+    """
     from fedhem_kernel.privacy.policy import time_step
 
     step = time_step(resolution, unit)
     if step is None:
         return np.asarray(times, dtype=float), None
-    note(
-        f"times coarsened up to a grid of {resolution}"
-        + ("" if unit else " (no unit declared: whole units)")
-    )
+    if unit is None and isinstance(resolution, str):
+        raise SchemaError(
+            f"the policy's time grid is '{resolution}', but this duration has no declared unit: "
+            "declare it in the site's config (days, weeks, months or years)",
+            **dict(where or {}),
+            rule="schema",
+        )
+    note(f"times coarsened up to a grid of {resolution}")
     return coarsen_times(times, step), step
 
 

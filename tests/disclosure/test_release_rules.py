@@ -233,7 +233,10 @@ def test_crosstab_does_not_show_the_values_of_a_few_patients_missing_the_other_c
 def test_rare_category_names_never_leave_a_site(releases):
     df = rare_cohort(5, 200)
     df.loc[0, "risk"] = "patient-7731"  # a free-text slip that identifies one person
-    with fh.Federation.local({"a": {"c": df}, "b": {"c": rare_cohort(6, 200)}}) as f:
+    months = {"c": {"time": {"type": "float", "unit": "months"}}}
+    with fh.Federation.local(
+        {"a": {"c": df}, "b": {"c": rare_cohort(6, 200)}}, columns=months
+    ) as f:
         xt = f.crosstab("c", "risk", "mutation")
         f.kaplan_meier("c", "time", "event", group="risk")
     assert "patient-7731" not in xt.table.index
@@ -277,3 +280,35 @@ def test_the_audit_step_sends_a_researcher_only_their_own_entries():
         # the site's own log still holds everything: loads and both researchers
         log = sites_of(alice)["s"].audit.entries()
         assert {e["who"] for e in log} >= {"alice", "bob", "site"}
+
+
+def test_a_duration_without_a_unit_is_refused_not_released_in_exact_days():
+    """Under a calendar grid ('1 month') a duration with no declared unit used to be coarsened to
+    whole units: durations in days came out exact. Now every survival step refuses it."""
+    rng = np.random.default_rng(8)
+    days = pd.DataFrame(
+        {
+            "time": rng.integers(1, 2000, 300).astype(float),
+            "event": rng.integers(0, 2, 300),
+            "age": rng.normal(60, 10, 300),
+            "arm": rng.choice(["a", "b"], 300),
+        }
+    )
+    with fh.Federation.local({"a": {"d": days}, "b": {"d": days.copy()}}) as fed:
+        for call in (
+            lambda: fed.kaplan_meier("d", "time", "event"),
+            lambda: fed.logrank("d", "time", "event", "arm"),
+            lambda: fed.cox("d", "time", "event", ["age"]),
+        ):
+            with pytest.raises(fh.SchemaError, match="no declared unit") as info:
+                call()
+            assert (info.value.dataset, info.value.column) == ("d", "time")
+    # a grid in the column's own unit needs none; a declared unit converts the calendar grid
+    numeric = fh.Policy(time_resolution=30)
+    with fh.Federation.local({"a": {"d": days}, "b": {"d": days.copy()}}, policy=numeric) as fed:
+        km = fed.kaplan_meier("d", "time", "event")
+        assert set(np.asarray(km.event_tables["all"].index) % 30) == {0}
+    declared = {"d": {"time": {"type": "float", "unit": "days"}}}
+    with fh.Federation.local({"a": {"d": days}, "b": {"d": days.copy()}}, columns=declared) as fed:
+        km = fed.kaplan_meier("d", "time", "event")
+        assert km.time_step == pytest.approx(30.4375)

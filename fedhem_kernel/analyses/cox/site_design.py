@@ -204,7 +204,9 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     columns, sources, blocks = _covariate_columns(data, spec, rows)
     codes, labels = _strata_codes(data, spec, rows)
     unit = data.schema.column(spec.duration).unit
-    tk, step = coarsen_to_policy(rows.t, data.policy.time_resolution, unit, rec.note)
+    tk, step = coarsen_to_policy(
+        rows.t, data.policy.time_resolution, unit, rec.note, data.err(spec.duration)
+    )
     block, strata, n_blocks = _time_steps(data, spec, tk, rows.e, codes, labels, len(blocks), rec)
     design = _sorted_design(columns, blocks, block, rows.e, strata, n_blocks)
     if rows.dropped:  # every check passed: later queries are checked against the kept rows too

@@ -76,7 +76,9 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
         raise ParameterError("'causes' must be distinct whole numbers >= 1")
     t, codes = competing_events(data, duration, event)
     unit = data.schema.column(duration).unit
-    t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
+    t, step = coarsen_to_policy(
+        t, data.policy.time_resolution, unit, data.log.note, data.err(duration)
+    )
     # column of each patient's cause: the agreed causes in order, then (other); -1 = censored
     column = np.where(codes == 0, -1, len(causes))
     if len(causes):

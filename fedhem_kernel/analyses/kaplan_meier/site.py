@@ -84,7 +84,9 @@ def site_survival_tables(data: SiteData, params: Payload) -> Payload:
     group = params.get("group")
     t, e = data.survival(duration, event)
     unit = data.schema.column(duration).unit
-    t, step = coarsen_to_policy(t, data.policy.time_resolution, unit, data.log.note)
+    t, step = coarsen_to_policy(
+        t, data.policy.time_resolution, unit, data.log.note, data.err(duration)
+    )
     levels = agreed_levels(data, params, "levels")
     groups = grouping(data, group, levels)
     out = release_group_tables(
