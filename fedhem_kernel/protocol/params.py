@@ -74,24 +74,23 @@ BOOL = Constraint(lambda v: isinstance(v, bool | np.bool_), "True or False")
 TEXT = Constraint(lambda v: isinstance(v, str), "a text")
 
 
+def _bounded(kind: Any, what: str, low: float | None, high: float | None) -> Constraint:
+    lo = "" if low is None else f" >= {low:g}"
+    hi = "" if high is None else f" <= {high:g}"
+    return Constraint(
+        lambda v: kind(v) and (low is None or v >= low) and (high is None or v <= high),
+        f"{what}{lo}{' and' if lo and hi else ''}{hi}",
+    )
+
+
 def integer(low: int | None = None, high: int | None = None) -> Constraint:
     """A whole number in [low, high] (bool is not a number here)."""
-    lo = "" if low is None else f" >= {low}"
-    hi = "" if high is None else f" <= {high}"
-    return Constraint(
-        lambda v: _is_int(v) and (low is None or v >= low) and (high is None or v <= high),
-        f"a whole number{lo}{' and' if lo and hi else ''}{hi}",
-    )
+    return _bounded(_is_int, "a whole number", low, high)
 
 
 def number(low: float | None = None, high: float | None = None) -> Constraint:
     """A finite number in [low, high]."""
-    lo = "" if low is None else f" >= {low:g}"
-    hi = "" if high is None else f" <= {high:g}"
-    return Constraint(
-        lambda v: _is_number(v) and (low is None or v >= low) and (high is None or v <= high),
-        f"a finite number{lo}{' and' if lo and hi else ''}{hi}",
-    )
+    return _bounded(_is_number, "a finite number", low, high)
 
 
 def options(*values: Any) -> Constraint:
