@@ -75,8 +75,11 @@ TEXT = Constraint(lambda v: isinstance(v, str), "a text")
 
 
 def _bounded(kind: Any, what: str, low: float | None, high: float | None) -> Constraint:
-    lo = "" if low is None else f" >= {low:g}"
-    hi = "" if high is None else f" <= {high:g}"
+    def show(x: float) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
+    lo = "" if low is None else f" >= {show(low)}"
+    hi = "" if high is None else f" <= {show(high)}"
     return Constraint(
         lambda v: kind(v) and (low is None or v >= low) and (high is None or v <= high),
         f"{what}{lo}{' and' if lo and hi else ''}{hi}",
