@@ -34,10 +34,13 @@ from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol import endpoints
 from fedhem_kernel.protocol.frames import HELLO, read_frame, write_frame
 from fedhem_kernel.protocol.messages import SERVICE_STEPS
+from fedhem_kernel.protocol.roster import Roster
 from fedhem_kernel.site.app import make_client_app
 from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import SiteExecutor
 from fedhem_kernel.site.host import SiteHost
+from fedhem_kernel.site.identity import SiteIdentity
+from fedhem_kernel.site.secure_sum import SecureSumParty
 from fedhem_kernel.site.steps import SiteStep
 
 log = logging.getLogger("fedhem.site")
@@ -63,10 +66,26 @@ def site_steps() -> dict[str, SiteStep]:
     return steps
 
 
-def executor(config: SiteConfig) -> SiteExecutor:
-    """A site's executor: its datasets loaded (a load error is audited and raised) and every
-    registered site step."""
-    return SiteExecutor.from_config(config, site_steps())
+def executor(
+    config: SiteConfig,
+    identity: SiteIdentity | None = None,
+    roster: Roster | None = None,
+    steps: Mapping[str, SiteStep] | None = None,
+) -> SiteExecutor:
+    """A site's executor: its datasets loaded (a load error is audited and raised), its site
+    steps (default: every registered analysis's) and its part in secure sums.
+
+    ``identity`` defaults to the key file the config names, ``roster`` to the config's ``[peers]``
+    and the site itself; a site without an identity key takes part in no secure sum.
+    """
+    if identity is None and config.identity_key is not None:
+        identity = SiteIdentity.from_file(config.name, config.identity_key)
+    party = None
+    if identity is not None:
+        if roster is None:
+            roster = Roster({**config.peers, config.name: identity.public_text})
+        party = SecureSumParty(identity, roster, config.policy.secure_sum_min_sites)
+    return SiteExecutor.from_config(config, site_steps() if steps is None else steps, party)
 
 
 # -- deployment ----------------------------------------------------------------------------------
@@ -94,18 +113,30 @@ app: ClientApp  # the deployment ClientApp (see __getattr__)
 
 
 # -- embedded federations ------------------------------------------------------------------------
-def start_embedded(configs: Sequence[SiteConfig]) -> tuple[str, dict[int, str]]:
+def start_embedded(
+    configs: Sequence[SiteConfig], steps: Mapping[str, SiteStep] | None = None
+) -> tuple[str, dict[int, str]]:
     """Load the sites and host them in this process; their endpoint address and node names.
 
     The caller (a researcher-side grid) keeps the address only; closing it (``endpoints.unregister``)
-    drops the sites.
+    drops the sites. ``steps``: the site steps they run (default: every registered analysis's).
     """
     if not configs:
         raise ParameterError("a federation needs at least one site")
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ParameterError("site names must be unique")
-    host = SiteHost([executor(c) for c in configs])
+    identities = {
+        c.name: (
+            SiteIdentity.from_file(c.name, c.identity_key)
+            if c.identity_key is not None
+            else SiteIdentity.generate(c.name)
+        )
+        for c in configs
+    }
+    # the sites hosted together know each other's identity keys (the consortium's roster)
+    roster = Roster({name: identity.public_key for name, identity in identities.items()})
+    host = SiteHost([executor(c, identities[c.name], roster, steps) for c in configs])
     return endpoints.register(host.deliver), host.names
 
 

@@ -24,11 +24,13 @@ from typing import Any
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
+from fedhem_kernel.engine.secure_sum import KeySession, ask_sum
 from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
 from fedhem_kernel.protocol.codec import decode_reply, encode_request
 from fedhem_kernel.protocol.messages import CATALOG_STEP, SiteReply, SiteRequest
 from fedhem_kernel.protocol.progress import EventKind, ProgressEvent
 from fedhem_kernel.protocol.report import Detail, PrivacyReport, SiteOutcome
+from fedhem_kernel.protocol.secure_sum import SecureTotal
 
 _RANK = {"released": 0, "suppressed": 1, "refused": 2, "error": 3}
 
@@ -62,6 +64,8 @@ class Coordinator:
         self.grid = grid
         self.sites = dict(sites)
         self.timeout = timeout
+        #: The key session of this coordinator's secure sums (each site's signed key, once).
+        self.keys = KeySession()
         #: Called with every :class:`ProgressEvent`; an observer that raises is logged and skipped.
         self.observers: list[Observer] = (
             [notebook_progress] if observers is None else list(observers)
@@ -195,14 +199,24 @@ class Query:
         payloads: dict[str, dict[str, Any]] = {}
         for site in list(self.active):
             reply = replies[site]
-            self._record(site, reply)
+            self.record(site, reply)
             if reply.status in ("released", "suppressed") and reply.payload is not None:
                 payloads[site] = reply.payload
             else:
-                self.active.remove(site)
+                self.drop(site)
         if not payloads:
-            raise self._failure()
+            raise self.failure()
         return payloads
+
+    def ask_sum(self, step: str, params: dict[str, Any]) -> SecureTotal:
+        """``step`` as a secure sum over the sites still taking part (see
+        :mod:`fedhem_kernel.engine.secure_sum`): totals only, no site's share."""
+        return ask_sum(self, step, params)
+
+    def drop(self, site: str) -> None:
+        """Ask ``site`` nothing more in this query (it refused or failed)."""
+        if site in self.active:
+            self.active.remove(site)
 
     @property
     def sites(self) -> list[str]:
@@ -234,7 +248,8 @@ class Query:
             request = SiteRequest(step, self.dataset, params, None, self.who, self.query_id)
             self.coordinator.send(request, sites)
 
-    def _record(self, site: str, reply: SiteReply) -> None:
+    def record(self, site: str, reply: SiteReply) -> None:
+        """Keep a site's outcome, details and notes of one round for the privacy report."""
         if _RANK[reply.status] > _RANK[self._status[site]]:
             self._status[site] = reply.status
         details = self._details[site]
@@ -258,7 +273,9 @@ class Query:
         if text not in self._notes:
             self._notes.append(text)
 
-    def _failure(self) -> FedHemError:
+    def failure(self) -> FedHemError:
+        """The error of a query no site answered: the sites' own input error when they agree,
+        else a DisclosureError listing every site's rule."""
         errors = list(self._errors.values())
         input_errors = [e for e in errors if not isinstance(e, DisclosureError)]
         if input_errors and len(input_errors) == len(errors):

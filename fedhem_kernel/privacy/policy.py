@@ -39,6 +39,9 @@ class Policy:
         Most categories a grouping or crosstab variable may have. Default 40 (DataSHIELD's default).
     allowed_analyses : tuple of str or None
         Analyses this site answers; ``None`` means all.
+    secure_sum_min_sites : int or None
+        Fewest sites this site joins in a secure sum. ``None`` (default): a majority of the sites
+        in its roster. A larger value only: the majority is the least a site accepts.
     """
 
     min_cell_count: int = 5
@@ -48,12 +51,20 @@ class Policy:
     differencing_guard: bool = True
     max_levels: int = 40
     allowed_analyses: tuple[str, ...] | None = None
+    secure_sum_min_sites: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("min_cell_count", "min_subset_size", "max_levels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ParameterError(f"policy '{name}' must be a whole number >= 1", rule="policy")
+        sites = self.secure_sum_min_sites
+        if sites is not None and (
+            not isinstance(sites, int) or isinstance(sites, bool) or sites < 1
+        ):
+            raise ParameterError(
+                "policy 'secure_sum_min_sites' must be a whole number >= 1", rule="policy"
+            )
         time_step(self.time_resolution, "months")  # validates
         if self.allowed_analyses is not None:
             object.__setattr__(self, "allowed_analyses", tuple(self.allowed_analyses))

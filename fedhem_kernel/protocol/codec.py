@@ -22,7 +22,7 @@ from numpy.lib import format as npy_format
 
 from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
 
-PROTOCOL = 2  # 2: a message's arrays travel as one byte string (see to_records)
+PROTOCOL = 3  # 2: a message's arrays travel as one byte string; 3: secure sums
 _ARRAY_TAG = "__ndarray__"
 
 
@@ -211,6 +211,7 @@ _REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
     "where": (str, type(None)),
     "who": (str,),
     "query_id": (str,),
+    "secure": (dict, type(None)),
 }
 
 

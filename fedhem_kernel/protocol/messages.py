@@ -18,8 +18,11 @@ from typing import Any, Literal
 CATALOG_STEP = "catalog"
 #: The step every site answers with the audit entries of the requesting researcher's own requests.
 AUDIT_STEP = "audit"
+#: The step every site answers with its signed key of a secure-sum key session
+#: (:mod:`fedhem_kernel.protocol.secure_sum`).
+KEYS_STEP = "secure_keys"
 #: Steps that are not an analysis's: every site answers them whatever its policy allows.
-SERVICE_STEPS = (CATALOG_STEP, AUDIT_STEP)
+SERVICE_STEPS = (CATALOG_STEP, AUDIT_STEP, KEYS_STEP)
 
 Status = Literal["released", "suppressed", "refused", "error"]
 
@@ -43,6 +46,10 @@ class SiteRequest:
         The researcher, as the site's audit log records it.
     query_id : str
         The researcher's query this step belongs to (several rounds share it).
+    secure : dict or None
+        For a secure sum: the key session, the sum's number and the key bundles of every site
+        of the sum (:mod:`fedhem_kernel.protocol.secure_sum`); the site then sends the step's summed
+        fields masked.
     """
 
     step: str
@@ -51,6 +58,7 @@ class SiteRequest:
     where: str | None = None
     who: str = "anonymous"
     query_id: str = ""
+    secure: dict[str, Any] | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from fedhem_kernel.protocol.report import PrivacyReport
+    from fedhem_kernel.protocol.secure_sum import SecureTotal
 
 Payload = dict[str, Any]
 
@@ -23,6 +24,11 @@ class Ask(Protocol):
 
     def ask(self, step: str, params: Payload) -> dict[str, Payload]:
         """Send ``query.<step>`` to every site still taking part; payloads of those that released."""
+        ...
+
+    def ask_sum(self, step: str, params: Payload) -> SecureTotal:
+        """Send ``query.<step>`` as a secure sum: the totals of its summed fields over the sites
+        that answered (no site's own share is seen), and each site's shared fields."""
         ...
 
     def note(self, text: str) -> None:

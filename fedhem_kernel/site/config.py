@@ -5,6 +5,10 @@
 name = "karolinska"
 audit_log = "audit/karolinska.jsonl"     # relative to this file; optional
 data_root = "data"                        # where image/mask paths point; default: this file's folder
+identity_key = "keys/karolinska.key"      # Ed25519, OpenSSH form; optional (no secure sums without)
+
+[peers]                                   # the other sites' identity keys (for secure sums)
+charite = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."
 
 [policy]                                  # optional; defaults are fh.Policy()
 min_cell_count = 5
@@ -45,6 +49,8 @@ class SiteConfig:
     audit_log: Path | None = None
     base_dir: Path | None = None
     data_root: Path | None = None  # image and mask paths are relative to it (default: base_dir)
+    identity_key: Path | None = None  # the site's Ed25519 identity key file (secure sums)
+    peers: Mapping[str, str] = field(default_factory=dict)  # other sites' identity keys
 
     @classmethod
     def from_mapping(
@@ -54,7 +60,7 @@ class SiteConfig:
         site_name = site_table.get("name", name)
         if not isinstance(site_name, str) or not site_name.isidentifier():
             raise SchemaError("a site needs a name that is an identifier ([site] name = ...)")
-        unknown = set(data) - {"site", "policy", "datasets", "config"}
+        unknown = set(data) - {"site", "policy", "datasets", "config", "peers"}
         if unknown:
             raise SchemaError(f"unknown tables {sorted(unknown)} in site config", site=site_name)
         policy = Policy.from_dict(data.get("policy", {}))
@@ -63,12 +69,29 @@ class SiteConfig:
             if "path" not in table:
                 raise SchemaError("dataset needs a 'path'", site=site_name, dataset=ds_name)
             datasets[ds_name] = DatasetDecl(ds_name, table["path"], dict(table.get("columns", {})))
-        unknown = set(site_table) - {"name", "audit_log", "data_root"}
+        unknown = set(site_table) - {"name", "audit_log", "data_root", "identity_key"}
         if unknown:
             raise SchemaError(f"unknown [site] settings {sorted(unknown)}", site=site_name)
+        peers = data.get("peers", {})
+        if not isinstance(peers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in peers.items()
+        ):
+            raise SchemaError("[peers] maps site names to identity keys (text)", site=site_name)
+        if site_name in peers:
+            raise SchemaError("[peers] lists the other sites, not this one", site=site_name)
         audit_path = _relative_to(site_table.get("audit_log"), base_dir)
         data_root = _relative_to(site_table.get("data_root"), base_dir)
-        return cls(site_name, datasets, policy, audit_path, base_dir, data_root)
+        identity_key = _relative_to(site_table.get("identity_key"), base_dir)
+        return cls(
+            site_name,
+            datasets,
+            policy,
+            audit_path,
+            base_dir,
+            data_root,
+            identity_key=identity_key,
+            peers=dict(peers),
+        )
 
     @classmethod
     def from_toml(cls, path: str | Path, *, name: str | None = None) -> SiteConfig:

@@ -21,15 +21,23 @@ import pandas as pd
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.guard import DifferencingGuard
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteReply, SiteRequest
+from fedhem_kernel.protocol.messages import (
+    AUDIT_STEP,
+    CATALOG_STEP,
+    KEYS_STEP,
+    SiteReply,
+    SiteRequest,
+)
 from fedhem_kernel.protocol.params import check_request
 from fedhem_kernel.protocol.report import ReleaseLog
+from fedhem_kernel.protocol.secure_sum import BAD_SUM
 from fedhem_kernel.protocol.where import to_text
 from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import SiteConfig
 from fedhem_kernel.site.datasets import Dataset, load_dataset
 from fedhem_kernel.site.derived import add_derived
 from fedhem_kernel.site.filters import compile_where, evaluate_where
+from fedhem_kernel.site.secure_sum import SecureSumParty, SumPlan, secure_fields
 from fedhem_kernel.site.steps import SiteData, SiteStep
 
 log = logging.getLogger("fedhem.site")
@@ -49,8 +57,11 @@ class SiteExecutor:
         audit: AuditLog | None = None,
         *,
         steps: Mapping[str, SiteStep],
+        secure: SecureSumParty | None = None,
     ) -> None:
         self.name = name
+        #: This site's part in secure sums (None: it takes part in none).
+        self.secure = secure
         self.datasets = datasets
         #: The site steps this site runs, by name (handed over when it is built: see
         #: :mod:`fedhem_kernel.node`); a request for any other step is an error.
@@ -66,7 +77,12 @@ class SiteExecutor:
         self._remembered: dict[str, tuple[DifferencingGuard, np.ndarray]] = {}
 
     @classmethod
-    def from_config(cls, config: SiteConfig, steps: Mapping[str, SiteStep]) -> SiteExecutor:
+    def from_config(
+        cls,
+        config: SiteConfig,
+        steps: Mapping[str, SiteStep],
+        secure: SecureSumParty | None = None,
+    ) -> SiteExecutor:
         """Load every dataset; a load error is audited and raised (nothing half-loaded is kept)."""
         audit = AuditLog(config.audit_log)
         datasets: dict[str, Dataset] = {}
@@ -100,7 +116,7 @@ class SiteExecutor:
             rule=None,
             detail=f"{len(datasets)} datasets loaded",
         )
-        return cls(config.name, datasets, config.policy, audit, steps=steps)
+        return cls(config.name, datasets, config.policy, audit, steps=steps, secure=secure)
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
@@ -141,17 +157,30 @@ class SiteExecutor:
             query=query_id,
             analysis=req.step,
             dataset=req.dataset,
-            parameters={**_summarise(req.params), "where": req.where},
+            parameters={**_summarise(req.params), "where": req.where, **_secure_summary(req)},
             outcome=outcome,
             rule=rule,
             detail=details,
         )
 
+    def _party(self) -> SecureSumParty:
+        if self.secure is None:
+            raise ParameterError(
+                "this site takes part in no secure sums (it has no identity key or roster)",
+                site=self.name,
+                rule=BAD_SUM,
+            )
+        return self.secure
+
     def _run(self, request: SiteRequest, rlog: ReleaseLog) -> dict[str, Any]:
+        if request.secure is not None and request.step in (CATALOG_STEP, AUDIT_STEP, KEYS_STEP):
+            raise ParameterError(f"'{request.step}' is not summed", site=self.name, rule=BAD_SUM)
         if request.step == CATALOG_STEP:
             return self.catalog()
         if request.step == AUDIT_STEP:
             return self.audit_trail(request.who, request.params)
+        if request.step == KEYS_STEP:
+            return self._party().keys(request.params)
         step = self.steps.get(request.step)
         if step is None:
             raise ParameterError(f"unknown analysis step '{request.step}'", site=self.name)
@@ -179,6 +208,13 @@ class SiteExecutor:
                     column=column,
                     rule="schema",
                 )
+        plan: SumPlan | None = None
+        if request.secure is not None:
+            if not step.sums:
+                raise ParameterError(
+                    f"step '{step.name}' has no secure form", site=self.name, rule=BAD_SUM
+                )
+            plan = self._party().plan(request.secure)  # checked, its number claimed: before rows
         mask = self._cohort_mask(ds, request.where)
         data = SiteData(
             self.name,
@@ -192,8 +228,11 @@ class SiteExecutor:
             scratch=self._scratch.setdefault(ds.name, {}),
             root=ds.root,
             key=ds.key,
+            secure=plan is not None,
         )
         payload = step.run(data, dict(request.params))
+        if plan is not None:
+            payload = self._masked(step, plan, payload)
         if self.policy.differencing_guard:
             last = self._remembered.get(ds.name)
             if last is None or last[0] is not self.guard or last[1] is not mask:
@@ -202,6 +241,19 @@ class SiteExecutor:
         if data.derived:  # columns the step leaves at the site (site/derived.py)
             self.datasets[ds.name] = add_derived(ds, data.derived)
         return payload
+
+    def _masked(self, step: SiteStep, plan: SumPlan, payload: dict[str, Any]) -> dict[str, Any]:
+        """A secure reply: the step's summed fields (those it returned) masked, and its shared
+        fields; a step that returns anything else is a fault of the step (an internal error:
+        nothing is sent)."""
+        if set(payload) - set(step.sums) - set(step.shared):
+            raise RuntimeError(
+                f"step {step.name}: its secure payload is not sums and shared fields"
+            )
+        party = self._party()
+        shared = {k: v for k, v in payload.items() if k in step.shared}
+        sums = {k: kind for k, kind in step.sums.items() if k in payload}
+        return {**shared, "secure": party.masked(plan, secure_fields(payload, sums))}
 
     def _cohort(self, ds: Dataset, mask: np.ndarray) -> pd.DataFrame:
         """``ds.frame[mask]``, kept while the dataset and the mask stay the same: the rounds of an
@@ -295,6 +347,23 @@ class SiteExecutor:
             )
         mine = [e for e in self.audit.entries() if e.get("who") == who]
         return {"entries": mine[-limit:]}
+
+
+def _secure_summary(req: SiteRequest) -> dict[str, Any]:
+    """What the audit log keeps of a secure-sum block: the sum's number and its sites."""
+    block = req.secure
+    if not isinstance(block, dict):
+        return {}
+    bundles = block.get("bundles")
+    bundles = bundles if isinstance(bundles, list) else []
+    sites = [b.get("site") for b in bundles[:50] if isinstance(b, dict)]
+    number = block.get("sum")
+    return {
+        "secure_sum": {
+            "sum": number if type(number) is int else None,
+            "sites": [s[:100] for s in sites if isinstance(s, str)],
+        }
+    }
 
 
 def _summarise(value: Any, depth: int = 0) -> Any:

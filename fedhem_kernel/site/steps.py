@@ -9,7 +9,7 @@ of every registered analysis); this package never imports an analysis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,10 @@ class SiteData:
     derived: dict[str, DerivedColumn] = field(default_factory=dict)
     root: Path | None = None  # the site's data root (image and mask paths are relative to it)
     key: str | None = None  # the dataset's row-key column (names rows in the site's own log)
+    #: True when the step's summed fields leave the site masked in a secure sum (only the total
+    #: over the sites is revealed): the step returns them whole, in a shape that does not depend
+    #: on the data.
+    secure: bool = False
 
     @property
     def k(self) -> int:
@@ -198,6 +202,11 @@ class SiteStep:
     ``params`` declares every parameter its request may carry and the kinds of value each accepts
     (:mod:`fedhem_kernel.protocol.params`); the executor refuses any other request before the step
     runs. ``columns`` names the dataset columns a request reads (checked to exist first).
+
+    ``sums`` names the payload fields that can be released as a secure sum over sites, and their
+    kinds (``"count"`` or ``"real"``: :mod:`fedhem_kernel.protocol.secure_sum`); ``shared`` the
+    other fields a secure reply may carry (each the same at every site, e.g. agreed levels). A
+    step without ``sums`` has no secure form.
     """
 
     name: str
@@ -205,6 +214,8 @@ class SiteStep:
     run: SiteFn
     columns: Callable[[Payload], Sequence[str]]
     params: Params | None = None
+    sums: Mapping[str, str] = field(default_factory=dict)
+    shared: tuple[str, ...] = ()
 
 
 def param_columns(*keys: str) -> Callable[[Payload], list[str]]:
