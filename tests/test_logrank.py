@@ -446,13 +446,13 @@ def test_a_stratum_column_that_isolates_a_few_patients_is_refused(fed, releases)
         assert "yes" not in repr(reply.suppressions)
 
 
-def test_a_filter_down_to_a_few_patients_is_refused(fed):
+def test_a_filter_down_to_a_few_patients_has_no_patients(fed):
     with pytest.raises(fh.DisclosureError) as info:
         fed.logrank(
             "c", "time", "event", "arm", strata="stage", where="age > 82"
-        )  # 4, 0 and 1 patients
-    assert "min_subset_size" in info.value.rule
-    assert "fewer than 5 patients" in str(info.value)
+        )  # 4, 0 and 1 patients: each joins the rest of its site's rows
+    assert "ledger" in info.value.rule
+    assert "no patients in this cohort" in str(info.value)
 
 
 def test_default_policy_says_times_were_coarsened(fed):

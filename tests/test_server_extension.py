@@ -93,7 +93,7 @@ async def test_activity_lists_this_users_queries_newest_first(jp_fetch, activity
     refused, km = queries
     assert refused["outcome"] == "refused" and refused["where"] == "age > 200"
     assert set(refused["sites"].values()) == {"refused"}
-    assert "min_subset_size" in refused["rules"]
+    assert "ledger" in refused["rules"]
     assert km["outcome"] in ("released", "suppressed")
     assert set(km["sites"]) == set(DEMO_SITES)
     assert refused["time"] >= km["time"]

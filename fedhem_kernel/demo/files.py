@@ -36,9 +36,8 @@ def _site_toml(site: str, datasets: dict[str, dict[str, dict[str, object]]]) -> 
         "",
         "[policy]  # the defaults, written out",
         "min_cell_count = 5",
-        "min_subset_size = 5",
         'time_resolution = "1 month"',
-        "differencing_guard = true",
+        "ledger = true",
     ]
     for ds, columns in datasets.items():
         lines += ["", f"[datasets.{ds}]", f'path = "{ds}.csv"', f"[datasets.{ds}.columns]"]

@@ -50,11 +50,30 @@ def _secret_ranks(secret: bytes, n: int) -> np.ndarray:
     return ranks
 
 
+def _dense(keys: np.ndarray) -> bool:
+    """Whether non-negative ``keys`` are few enough for a table of them (no sort needed)."""
+    return keys.size > 0 and int(keys.max()) <= 4 * keys.size + 1024
+
+
 def _factorize(keys: np.ndarray) -> np.ndarray:
-    """Dense ids 0..m-1 for the distinct values of ``keys`` (in order of first appearance is not
-    needed: any dense labelling of the same partition)."""
+    """Dense ids 0..m-1 for the distinct values of non-negative ``keys`` (any dense labelling of
+    the same partition): a table when the keys are small, else a sort."""
+    if _dense(keys):
+        present = np.zeros(int(keys.max()) + 1, dtype=bool)
+        present[keys] = True
+        ids = np.cumsum(present) - 1
+        return ids[keys].astype(np.int64)
     _, inverse = np.unique(keys, return_inverse=True)
     return inverse.astype(np.int64)
+
+
+def _pieces(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys and how many rows hold each."""
+    if _dense(keys):
+        counts = np.bincount(keys)
+        present = np.flatnonzero(counts)
+        return present, counts[present]
+    return np.unique(keys, return_counts=True)
 
 
 def snap_labels(
@@ -79,7 +98,7 @@ def snap_labels(
     shifted = labels + 1  # 0: not released
     width = int(shifted.max()) + 1
     keys = atoms * width + shifted
-    uniq, size = np.unique(keys, return_counts=True)
+    uniq, size = _pieces(keys)
     p_atom = uniq // width
     # an atom needs work when it is cut into pieces and one of them is small
     n_pieces = np.bincount(p_atom, minlength=int(p_atom.max()) + 1)

@@ -24,17 +24,15 @@ class Policy:
     min_cell_count : int
         Every released count (table cell, group size, KM at-risk, events and censored counts) is 0 or at
         least this many patients. Default 5 (DataSHIELD nfilter.tab = 3, vantage6 5, NVFlare 10).
-    min_subset_size : int
-        A filtered (``where=``) cohort and its complement within the dataset must both have at least this
-        many patients (complement 0, i.e. no filtering, is allowed). Default 5.
     time_resolution : str or float
         Survival times are coarsened up to a grid before anything is counted: ``"1 month"`` (default),
         ``"3 months"``, ``"1 week"``, a number in the column's own unit, or ``"exact"``.
     allow_min_max : bool
         Release minimum and maximum in ``describe`` (single patients' values). Default False.
-    differencing_guard : bool
-        Refuse a query whose cohort differs from an earlier released cohort of the same dataset by
-        fewer than ``min_cell_count`` patients. Default True.
+    ledger : bool
+        Keep a release ledger per dataset (:mod:`fedhem_kernel.privacy.ledger`): every row set a
+        release sums over (cohorts, groups, rows left out) is snapped to whole atoms of at least
+        ``min_cell_count`` patients, so that no combination of releases isolates fewer. Default True.
     max_levels : int
         Most categories a grouping or crosstab variable may have. Default 40 (DataSHIELD's default).
     allowed_analyses : tuple of str or None
@@ -45,16 +43,15 @@ class Policy:
     """
 
     min_cell_count: int = 5
-    min_subset_size: int = 5
     time_resolution: str | float = "1 month"
     allow_min_max: bool = False
-    differencing_guard: bool = True
+    ledger: bool = True
     max_levels: int = 40
     allowed_analyses: tuple[str, ...] | None = None
     secure_sum_min_sites: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_cell_count", "min_subset_size", "max_levels"):
+        for name in ("min_cell_count", "max_levels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ParameterError(f"policy '{name}' must be a whole number >= 1", rule="policy")
@@ -79,16 +76,22 @@ class Policy:
         """No thresholds, exact times: for validation on public data only (releases are still logged)."""
         return cls(
             min_cell_count=1,
-            min_subset_size=1,
             time_resolution="exact",
             allow_min_max=True,
-            differencing_guard=False,
+            ledger=False,
             max_levels=10_000,
         )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         known = {f.name for f in fields(cls)}
+        retired = sorted(set(data) & {"min_subset_size", "differencing_guard"})
+        if retired:
+            raise ParameterError(
+                f"policy settings {retired} were replaced by the release ledger ('ledger', on by "
+                "default): remove them",
+                rule="policy",
+            )
         unknown = sorted(set(data) - known)
         if unknown:
             raise ParameterError(f"unknown policy settings {unknown}", rule="policy")
@@ -102,7 +105,7 @@ class Policy:
 
     @property
     def is_unrestricted(self) -> bool:
-        return self.min_cell_count == 1 and self.min_subset_size == 1
+        return self.min_cell_count == 1 and not self.ledger
 
     def allows(self, analysis: str) -> bool:
         # agreeing on category names is part of every grouped analysis
@@ -116,8 +119,6 @@ class Policy:
         k = self.min_cell_count
         lines = [
             f"Every released count is 0 or at least {k}.",
-            f"A filtered cohort and what it leaves out must each hold at least "
-            f"{self.min_subset_size} patients.",
             "Survival times are used exactly."
             if self.time_resolution == "exact"
             else f"Survival times are coarsened to a grid of {self.time_resolution}.",
@@ -125,9 +126,11 @@ class Policy:
             if self.allow_min_max
             else "Minimum and maximum are never released.",
         ]
-        if self.differencing_guard:
+        if self.ledger:
             lines.append(
-                f"A cohort that differs from an earlier one by fewer than {k} patients is refused."
+                f"Cohorts and groups are released as whole groups of at least {k} patients that "
+                "no combination of releases can split (up to "
+                f"{k - 1} patients per group may move)."
             )
         if self.allowed_analyses is not None:
             lines.append("Analyses allowed: " + ", ".join(self.allowed_analyses) + ".")

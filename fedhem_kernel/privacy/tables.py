@@ -18,7 +18,7 @@ bounds are attained by integer tables and equal the bounds of an integer attacke
 
 Not covered by this criterion: sums of several suppressed cells that are not a row or a column
 (e.g. two hidden neighbours whose sum is small), and differencing across several releases (handled
-elsewhere: :mod:`fedhem_kernel.privacy.guard`).
+elsewhere: :mod:`fedhem_kernel.privacy.ledger`).
 
 This module depends on numpy and scipy only.
 """

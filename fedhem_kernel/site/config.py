@@ -6,6 +6,7 @@ name = "karolinska"
 audit_log = "audit/karolinska.jsonl"     # relative to this file; optional
 data_root = "data"                        # where image/mask paths point; default: this file's folder
 identity_key = "keys/karolinska.key"      # Ed25519, OpenSSH form; optional (no secure sums without)
+state_dir = "state"                       # release ledgers (one file per dataset); optional: memory
 
 [peers]                                   # the other sites' identity keys (for secure sums)
 charite = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."
@@ -50,6 +51,7 @@ class SiteConfig:
     base_dir: Path | None = None
     data_root: Path | None = None  # image and mask paths are relative to it (default: base_dir)
     identity_key: Path | None = None  # the site's Ed25519 identity key file (secure sums)
+    state_dir: Path | None = None  # the site's release ledgers (None: kept in memory)
     peers: Mapping[str, str] = field(default_factory=dict)  # other sites' identity keys
 
     @classmethod
@@ -69,7 +71,7 @@ class SiteConfig:
             if "path" not in table:
                 raise SchemaError("dataset needs a 'path'", site=site_name, dataset=ds_name)
             datasets[ds_name] = DatasetDecl(ds_name, table["path"], dict(table.get("columns", {})))
-        unknown = set(site_table) - {"name", "audit_log", "data_root", "identity_key"}
+        unknown = set(site_table) - {"name", "audit_log", "data_root", "identity_key", "state_dir"}
         if unknown:
             raise SchemaError(f"unknown [site] settings {sorted(unknown)}", site=site_name)
         peers = data.get("peers", {})
@@ -82,6 +84,7 @@ class SiteConfig:
         audit_path = _relative_to(site_table.get("audit_log"), base_dir)
         data_root = _relative_to(site_table.get("data_root"), base_dir)
         identity_key = _relative_to(site_table.get("identity_key"), base_dir)
+        state_dir = _relative_to(site_table.get("state_dir"), base_dir)
         return cls(
             site_name,
             datasets,
@@ -91,6 +94,7 @@ class SiteConfig:
             data_root,
             identity_key=identity_key,
             peers=dict(peers),
+            state_dir=state_dir,
         )
 
     @classmethod

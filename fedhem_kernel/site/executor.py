@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, SchemaError
-from fedhem_kernel.privacy.guard import DifferencingGuard
+from fedhem_kernel.privacy.ledger import Ledger, Transaction
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import (
     AUDIT_STEP,
@@ -31,7 +34,6 @@ from fedhem_kernel.protocol.messages import (
 from fedhem_kernel.protocol.params import check_request
 from fedhem_kernel.protocol.report import ReleaseLog
 from fedhem_kernel.protocol.secure_sum import BAD_SUM
-from fedhem_kernel.protocol.where import to_text
 from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import SiteConfig
 from fedhem_kernel.site.datasets import Dataset, load_dataset
@@ -47,7 +49,7 @@ MAX_AUDIT_ENTRIES = 10_000
 
 
 class SiteExecutor:
-    """Holds one site's datasets, policy, audit log and differencing memory."""
+    """Holds one site's datasets, policy, audit log and release ledgers."""
 
     def __init__(
         self,
@@ -58,8 +60,13 @@ class SiteExecutor:
         *,
         steps: Mapping[str, SiteStep],
         secure: SecureSumParty | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.name = name
+        #: Where the site keeps its release ledgers (None: in memory only).
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        #: The release ledger of each dataset (:mod:`fedhem_kernel.privacy.ledger`).
+        self.ledgers: dict[str, Ledger] = {}
         #: This site's part in secure sums (None: it takes part in none).
         self.secure = secure
         self.datasets = datasets
@@ -68,13 +75,11 @@ class SiteExecutor:
         self.steps = dict(steps)
         self.policy = policy or Policy()
         self.audit = audit or AuditLog()
-        self.guard = DifferencingGuard()
         self._scratch: dict[str, dict[str, Any]] = {}  # per dataset, kept between query rounds
         self._cohorts: dict[str, tuple[Dataset, bytes, pd.DataFrame, np.ndarray]] = {}
-        self._masks: dict[str, tuple[Dataset, str | None, int, np.ndarray]] = {}
-        #: per dataset: the (guard, mask) last remembered, so a round on the same checked mask
-        #: does not hash it again (the guard never forgets a set)
-        self._remembered: dict[str, tuple[DifferencingGuard, np.ndarray]] = {}
+        #: per dataset: recent filters and their snapped cohorts (each a union of atoms, which it
+        #: stays: atoms only split), so that a query's rounds and a repeated query get the same rows
+        self._masks: dict[str, OrderedDict[str | None, np.ndarray]] = {}
 
     @classmethod
     def from_config(
@@ -116,7 +121,15 @@ class SiteExecutor:
             rule=None,
             detail=f"{len(datasets)} datasets loaded",
         )
-        return cls(config.name, datasets, config.policy, audit, steps=steps, secure=secure)
+        return cls(
+            config.name,
+            datasets,
+            config.policy,
+            audit,
+            steps=steps,
+            secure=secure,
+            state_dir=config.state_dir,
+        )
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
@@ -215,32 +228,48 @@ class SiteExecutor:
                     f"step '{step.name}' has no secure form", site=self.name, rule=BAD_SUM
                 )
             plan = self._party().plan(request.secure)  # checked, its number claimed: before rows
-        mask = self._cohort_mask(ds, request.where)
-        data = SiteData(
-            self.name,
-            ds.name,
-            self._cohort(ds, mask),
-            ds.schema,
-            self.policy,
-            rlog,
-            guard=self.guard if self.policy.differencing_guard else None,
-            n_rows=ds.n_rows,
-            scratch=self._scratch.setdefault(ds.name, {}),
-            root=ds.root,
-            key=ds.key,
-            secure=plan is not None,
-        )
-        payload = step.run(data, dict(request.params))
-        if plan is not None:
-            payload = self._masked(step, plan, payload)
-        if self.policy.differencing_guard:
-            last = self._remembered.get(ds.name)
-            if last is None or last[0] is not self.guard or last[1] is not mask:
-                self.guard.remember(ds.name, mask)
-                self._remembered[ds.name] = (self.guard, mask)
-        if data.derived:  # columns the step leaves at the site (site/derived.py)
-            self.datasets[ds.name] = add_derived(ds, data.derived)
+        ledger = self.ledger(ds)
+        with ledger.transaction() if ledger is not None else nullcontext() as txn:
+            mask, fresh = self._cohort_mask(ds, request.where, txn)
+            data = SiteData(
+                self.name,
+                ds.name,
+                self._cohort(ds, mask),
+                ds.schema,
+                self.policy,
+                rlog,
+                n_rows=ds.n_rows,
+                scratch=self._scratch.setdefault(ds.name, {}),
+                root=ds.root,
+                key=ds.key,
+                secure=plan is not None,
+                ledger=txn,
+            )
+            payload = step.run(data, dict(request.params))
+            if plan is not None:
+                payload = self._masked(step, plan, payload)
+            if data.derived:  # columns the step leaves at the site (site/derived.py)
+                self.datasets[ds.name] = add_derived(ds, data.derived)
+        if fresh:  # the ledger now holds it: later rounds reuse it
+            recent = self._masks.setdefault(ds.name, OrderedDict())
+            recent[request.where] = mask
+            while len(recent) > 64:
+                recent.popitem(last=False)
         return payload
+
+    def ledger(self, ds: Dataset) -> Ledger | None:
+        """The release ledger of a dataset (None when the policy has none: unrestricted)."""
+        if not self.policy.ledger:
+            return None
+        ledger = self.ledgers.get(ds.name)
+        if ledger is None or ledger.n_rows != ds.n_rows:
+            path = None
+            if self.state_dir is not None:
+                path = self.state_dir / f"{ds.name}.ledger.npz"
+            ledger = Ledger(self.name, ds.name, ds.n_rows, self.policy.min_cell_count, path)
+            self.ledgers[ds.name] = ledger
+            self._masks.pop(ds.name, None)
+        return ledger
 
     def _masked(self, step: SiteStep, plan: SumPlan, payload: dict[str, Any]) -> dict[str, Any]:
         """A secure reply: the step's summed fields (those it returned) masked, and its shared
@@ -269,52 +298,32 @@ class SiteExecutor:
         self._cohorts[ds.name] = (ds, key, cohort, mask)
         return cohort
 
-    def _cohort_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
-        """The rows of ``where``, checked (subset sizes, differencing); the rounds of one query
-        ask the same again: the checked mask is kept while the dataset, the filter and what the
-        guard remembers (its ``version``) stay the same, since the answer depends on nothing else.
+    def _cohort_mask(
+        self, ds: Dataset, where: str | None, txn: Transaction | None
+    ) -> tuple[np.ndarray, bool]:
+        """The rows of ``where``, snapped to the ledger's atoms, and whether they are new (not
+        one of the dataset's recent filters: those are reused as they are, being unions of atoms).
         """
-        version = self.guard.version
-        cached = self._masks.get(ds.name)
-        if cached is not None and cached[0] is ds and cached[1] == where and cached[2] == version:
-            return cached[3]
-        mask = self._checked_mask(ds, where)
-        self._masks[ds.name] = (ds, where, version, mask)
-        return mask
-
-    def _checked_mask(self, ds: Dataset, where: str | None) -> np.ndarray:
+        recent = self._masks.get(ds.name)
+        if recent is not None and where in recent:
+            recent.move_to_end(where)
+            return recent[where], False
         expr = compile_where(where, ds.schema)
-        n = ds.n_rows
         if expr is None:
-            mask = np.ones(n, dtype=bool)
+            mask = np.ones(ds.n_rows, dtype=bool)
         else:
             mask = np.asarray(evaluate_where(expr, ds.frame), dtype=bool)
-        size = int(mask.sum())
-        rest = n - size
-        m = self.policy.min_subset_size
-        err = {"site": self.name, "dataset": ds.name}
-        if size < m:
+        if txn is not None:
+            mask = txn.snap(np.where(mask, 0, -1)) == 0
+        if not mask.any():
             raise DisclosureError(
-                f"the filtered cohort has fewer than {m} patients", **err, rule="min_subset_size"
+                "no patients in this cohort at this site (a cohort is released as whole groups of "
+                f"at least {self.policy.min_cell_count} patients)",
+                site=self.name,
+                dataset=ds.name,
+                rule="ledger",
             )
-        if 0 < rest < m:
-            raise DisclosureError(
-                f"the filter leaves out fewer than {m} patients (the complement could be derived)",
-                **err,
-                rule="min_subset_size",
-            )
-        if self.policy.differencing_guard:
-            k = self.policy.min_cell_count
-            diff = self.guard.closest_difference(ds.name, mask)
-            if diff is not None and diff < k:
-                where_text = to_text(expr) if expr is not None else "(all rows)"
-                raise DisclosureError(
-                    f"the cohort of this query ({where_text}) differs from an earlier released "
-                    f"cohort by fewer than {k} patients",
-                    **err,
-                    rule="differencing",
-                )
-        return mask
+        return mask, True
 
     def catalog(self) -> dict[str, Any]:
         """Column names, types and units of every dataset: no values, no row counts."""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.guard import DifferencingGuard
+from fedhem_kernel.privacy.ledger import Transaction
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.params import Params
 from fedhem_kernel.protocol.query import Payload
@@ -39,10 +39,12 @@ class DerivedColumn:
 class SiteData:
     """Everything a site step may read. Built by the site executor; never leaves the site.
 
-    ``guard`` (the site's memory of released row sets, None when the policy turns it off),
-    ``n_rows`` (rows of the whole dataset; ``cohort.index`` holds positions in it) and ``scratch``
-    (per-dataset space kept between the rounds of a query) are set by the executor; ``derived``
-    collects the columns a step leaves at the site (see :meth:`derive`).
+    ``ledger`` (the request's transaction on the dataset's release ledger: every row set a step
+    sums over goes through :meth:`release_groups`, :meth:`release_rows` or :meth:`complete_rows`),
+    ``n_rows`` (rows of the
+    whole dataset; ``cohort.index`` holds positions in it) and ``scratch`` (per-dataset space kept
+    between the rounds of a query) are set by the executor; ``derived`` collects the columns a step
+    leaves at the site (see :meth:`derive`).
     """
 
     site: str
@@ -51,7 +53,6 @@ class SiteData:
     schema: DatasetSchema
     policy: Policy
     log: ReleaseLog = field(default_factory=ReleaseLog)
-    guard: DifferencingGuard | None = None
     n_rows: int | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
     derived: dict[str, DerivedColumn] = field(default_factory=dict)
@@ -61,6 +62,8 @@ class SiteData:
     #: over the sites is revealed): the step returns them whole, in a shape that does not depend
     #: on the data.
     secure: bool = False
+    #: The request's transaction on the dataset's release ledger (None: no ledger, unrestricted).
+    ledger: Transaction | None = None
 
     @property
     def k(self) -> int:
@@ -94,52 +97,49 @@ class SiteData:
         mask[rows[np.asarray(selected, dtype=bool)]] = True
         return mask
 
-    def near_released(self, selected: np.ndarray) -> bool:
-        """Whether these cohort rows differ from an earlier released row set by 1..k-1 patients."""
-        if self.guard is None:
-            return False
-        mask = self.rows_mask(selected)
-        if self.guard.contains(self.dataset, mask):
-            return False  # released before, when it was checked against everything remembered
-        diff = self.guard.closest_difference(self.dataset, mask)
-        return diff is not None and diff < self.k
+    def _full(self, labels: np.ndarray) -> np.ndarray:
+        rows = self.cohort.index.to_numpy()
+        n = self.n_rows if self.n_rows is not None else int(rows.max(initial=-1)) + 1
+        full = np.full(n, -1, dtype=np.int64)
+        full[rows] = labels
+        return full
 
-    def remember_released(self, selected: np.ndarray) -> None:
-        """Add these cohort rows to the site's memory of released row sets (differencing guard)."""
-        if self.guard is not None:
-            self.guard.remember(self.dataset, self.rows_mask(selected))
+    def release_groups(self, labels: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+        """Groups of cohort rows (``labels``: ``0..g-1`` per row, ``-1`` for rows in none) as they
+        may be released: snapped to the release ledger's atoms (``privacy/ledger.py``), so that a
+        group or what it leaves out is 0 or at least k patients of every atom it cuts, however
+        releases are combined. ``fixed`` rows (e.g. without a value the step needs) stay in none.
+        Without a ledger (unrestricted) only ``fixed`` rows are taken out."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if fixed is not None:
+            fixed = np.asarray(fixed, dtype=bool)
+        if self.ledger is None:
+            return labels if fixed is None else np.where(fixed, -1, labels)
+        outside = np.ones(self.ledger.ledger.n_rows, dtype=bool)
+        rows = self.cohort.index.to_numpy()
+        outside[rows] = False  # rows outside the cohort never join a group
+        if fixed is not None:
+            outside[rows[fixed]] = True
+        return self.ledger.snap(self._full(labels), outside)[rows]
+
+    def release_rows(self, selected: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`release_groups` for one set: flags of the cohort rows it is released over."""
+        labels = np.where(np.asarray(selected, dtype=bool), 0, -1)
+        return self.release_groups(labels, fixed) == 0
 
     def complete_rows(self, missing: np.ndarray, first: str | None, what: str) -> np.ndarray:
-        """Flags of the cohort rows kept when rows with a missing value in ``what`` are left out.
-
-        0 or >= k rows may be left out (else ``min_subset_size``: a result without them could be
-        compared with one on the whole cohort); when some are, the kept rows are what later sums
-        are over, so they must not difference an earlier release (the caller remembers them with
-        :meth:`remember_released` once its other checks pass). ``first`` names a column with a
-        missing value (for the messages).
-        """
-        k = self.k
-        dropped = int(np.count_nonzero(missing))
-        if 0 < dropped < k:
-            raise self.refuse(
-                "min_subset_size",
-                f"fewer than {k} patients have a missing value in {what}: a result without them "
-                "could be compared with one on the whole cohort",
-                first,
-            )
-        complete = ~np.asarray(missing, dtype=bool)
+        """Flags of the cohort rows a step sums over when rows with a missing value in ``what``
+        are left out: the complete rows, snapped to the release ledger (rows left out are 0 or at
+        least k of every atom; a few complete rows may be left out with them). ``first`` names a
+        column with a missing value (for the messages)."""
+        missing = np.asarray(missing, dtype=bool)
+        complete = self.release_rows(~missing, fixed=missing)
         if not complete.any():
             raise SchemaError(
                 f"no patient has a value in every one of {what}", **self.err(first), rule="schema"
             )
-        if dropped:
+        if missing.any():
             self.log.note(f"patients with a missing value in {what} are left out")
-            if self.near_released(complete):
-                raise self.refuse(
-                    "differencing",
-                    f"the patients with every value in {what} differ from an earlier released "
-                    f"cohort by fewer than {k} patients",
-                )
         return complete
 
     def err(self, column: str | None = None) -> dict[str, str | None]:

@@ -283,42 +283,32 @@ def ex10(answer: Any) -> bool:
     )
 
 
-def _differencing_refusals() -> list[str]:
-    """Sites whose audit log holds a refusal under the differencing rule (embedded sites only)."""
-    try:
-        log = _fed().audit_log()
-    except Exception:  # noqa: BLE001 - a federation without embedded sites keeps no audit here
-        return []
-    if log.empty or "rule" not in log:
-        return []
-    hits = log[(log["outcome"] == "refused") & (log["rule"] == "differencing")]
-    return sorted(set(hits["site"]))
-
-
 def ex11(answer: Any) -> bool:
-    """The refusal of the second, nearly identical query: the DisclosureError (or its rule)."""
+    """The result of the second, nearly identical query (``where="age > 70"``): the same numbers
+    as the first (``"age >= 70"``), because the few patients aged exactly 70 at each site are
+    answered together with the rest of their group."""
     hint = (
-        "first run describe age where 'age >= 70', then the same with 'age > 70' inside "
-        "try/except fh.DisclosureError as err; give err (or err.rule) as the answer."
+        "first run describe age where 'age >= 70', then the same with 'age > 70'; give the second "
+        "result (the object describe returns) as the answer, then compare the two tables."
     )
     if answer is None:
         return _missing(11, hint)
-    refusing = _differencing_refusals()
-    if not refusing:
-        return _fail(
-            11,
-            "no site has refused a query under the differencing rule yet. Hint: " + hint,
-        )
-    rule = getattr(answer, "rule", answer)
-    ok = isinstance(rule, str) and "differencing" in rule.split(",")
-    if ok and isinstance(answer, Exception):
-        import fedhem_kernel as fh
-
-        ok = isinstance(answer, fh.DisclosureError)
+    table = getattr(answer, "table", None)
+    first = _fed().describe("aml", columns=["age"], where="age >= 70").table
+    second = _fed().describe("aml", columns=["age"], where="age > 70").table
+    ok = table is not None and _same_table(table, second) and _same_table(second, first)
     return _verdict(
         11,
         ok,
         hint,
-        f"{len(refusing)} site(s) refused: the two cohorts differ by fewer than the minimum "
-        "count, and subtracting the results would single those patients out.",
+        "the same numbers: the patients aged exactly 70 are a handful at each site, and answering "
+        "without them would let anyone subtract the two results; so each site answers on the same "
+        "patients as before (no refusal either, which would itself say that such patients exist).",
     )
+
+
+def _same_table(a: Any, b: Any) -> bool:
+    try:
+        return bool(a.shape == b.shape and a.fillna(-1).equals(b.fillna(-1)))
+    except Exception:  # noqa: BLE001 - not a table
+        return False

@@ -1,9 +1,10 @@
 """Adversarial checks of federated k-means under the default policy (k = 5).
 
-A spy records every reply that crosses from a site. Tiny clusters, too many clusters, a filter down to
-a few patients, hand-crafted centres aimed at one patient and a cohort built to difference a released
-cluster are refused or come back as sums over whole micro-clusters; k-means++ candidates are never one
-patient's row; no message carries a patient's value.
+A spy records every reply that crosses from a site. Tiny clusters, too many clusters and
+hand-crafted centres aimed at one patient are refused or come back as sums over whole
+micro-clusters; a filter down to a few patients, and a cohort built to difference a released
+cluster, are answered on the release ledger's rows (none, or the cluster's); k-means++ candidates
+are never one patient's row; no message carries a patient's value.
 """
 
 from __future__ import annotations
@@ -16,15 +17,8 @@ import pytest
 from sites import site_audit, sites_of
 
 import fedhem_kernel as fh
-from fedhem_kernel.analyses.common.site_features import FeatureMatrix
-from fedhem_kernel.analyses.kmeans import HELD, RELEASED, WITHHELD
-from fedhem_kernel.analyses.kmeans.site import gate_clusters
-from fedhem_kernel.privacy.guard import DifferencingGuard, Unions
-from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.analyses.kmeans import RELEASED
 from fedhem_kernel.protocol.messages import SiteRequest
-from fedhem_kernel.protocol.report import ReleaseLog
-from fedhem_kernel.site.schema import ColumnSpec, DatasetSchema
-from fedhem_kernel.site.steps import SiteData
 
 K = 5
 SECRET = 123.456789  # one patient's marker value: finding it anywhere is a leak
@@ -187,16 +181,18 @@ def test_k_near_the_number_of_patients_is_refused(tables, releases):
         assert_no_value_leaks(fed, releases, str(info.value))
 
 
-def test_a_filter_down_to_a_few_patients_is_refused(tables, releases):
+def test_a_filter_down_to_a_few_patients_has_no_patients(tables, releases):
     for i, df in enumerate(tables.values()):
         df.loc[:2, "age"] = 120.0 + i  # three very old patients per site
     with federation(tables) as fed:
         with pytest.raises(fh.DisclosureError) as info:
             fed.kmeans("c", FEATURES, 1, where="age > 110")
-        assert "min_subset_size" in info.value.rule
+        assert "ledger" in info.value.rule
         assert not list(kmeans_payloads(releases, "mean"))
-        with pytest.raises(fh.DisclosureError):  # nor everyone but them
-            fed.kmeans("c", FEATURES, 2, where="age <= 110")
+        # everyone but them is clustered as everyone: nothing to compare
+        but_them = fed.kmeans("c", FEATURES, 2, where="age <= 110", seed=1)
+        everyone = fed.kmeans("c", FEATURES, 2, seed=1)
+        pd.testing.assert_frame_equal(but_them.cluster_centers, everyone.cluster_centers)
         assert_no_value_leaks(fed, releases, str(info.value))
 
 
@@ -209,7 +205,7 @@ def test_the_first_round_that_brings_the_moments_is_refused_on_a_few_patients(ta
     with federation(tables) as fed:
         with pytest.raises(fh.DisclosureError) as info:
             fed.kmeans("c", FEATURES, 2, init=init, standardize=False, where="age > 110")
-        assert "min_subset_size" in info.value.rule
+        assert "ledger" in info.value.rule
         assert not list(kmeans_payloads(releases, "moments"))
         res = fed.kmeans("c", FEATURES, 2, init=init, standardize=False)
         sent = [p["moments"] for _, p in kmeans_payloads(releases, "moments")]
@@ -236,172 +232,67 @@ def test_kmeans_plus_plus_candidates_are_never_one_patients_row(tables, releases
     assert n_candidates >= 4 * len(SIZES)
 
 
-def test_a_cohort_that_differences_a_released_cluster_is_refused(tables):
+def test_a_cohort_a_few_patients_away_from_a_released_cluster_is_answered_on_it(tables):
     with federation(tables) as fed:
         fed.kmeans("c", FEATURES, 3)
         frame = sites_of(fed)["big"].datasets["c"].frame
         outside = frame.loc[frame["cluster"] != "1", "pid"].astype(int).tolist()[:2]
         where = f"cluster == '1' or pid in ({outside[0]}, {outside[1]})"
         res = fed.describe("c", ["age"], where=where)
-    outcome = res.privacy.outcome("big")
-    assert outcome.status == "refused" and outcome.rules == ("differencing",)
-    assert res.privacy.outcome("mid").released  # there the cohort is exactly cluster 1
+    assert res.privacy.outcome("big").released
+    by_site = res.by_site.set_index("site")
+    assert by_site.loc["big", "count"] == (frame["cluster"] == "1").sum()
 
 
-def site_data(n: int, guard: DifferencingGuard | None) -> tuple[SiteData, FeatureMatrix]:
-    schema = DatasetSchema("s", "d", {"x": ColumnSpec("x", "float")})
-    frame = pd.DataFrame({"x": np.arange(n, dtype=float)})
-    data = SiteData("s", "d", frame, schema, Policy(), ReleaseLog(), guard=guard, n_rows=n)
-    fm = FeatureMatrix(("x",), frame.to_numpy(), np.ones(n, dtype=bool), 0)
-    return data, fm
+def ledger_atoms(fed, site: str) -> np.ndarray:
+    return sites_of(fed)[site].ledgers["c"].atoms
 
 
-def test_gate_withholds_small_clusters_and_protects_their_complement():
-    data, fm = site_data(53, DifferencingGuard())
-    labels = np.repeat([0, 1, 2], [3, 20, 30])
-    status = gate_clusters(data, fm, labels, np.bincount(labels))
-    # 3 patients: withheld; then the site's total minus cluster 2 would give them away, so the
-    # smallest other cluster is held as well (23 patients not released)
-    assert status == [WITHHELD, HELD, RELEASED]
-    assert {d.rule for d in data.log.suppressions} == {"min_cell_count", "differencing"}
+def test_clusters_refine_the_ledger_into_atoms_of_at_least_k(tables, releases):
+    """Every released cluster (each round's) and k-means++ candidate is a row set in the ledger:
+    afterwards each site's atoms are >= k and its cluster column is a union of atoms."""
+    with federation(tables) as fed:
+        fed.describe("c", ["age"], where="age > 60")
+        fed.kmeans("c", FEATURES, 4, seed=3)
+        for site in SIZES:
+            atoms = ledger_atoms(fed, site)
+            sizes = np.bincount(atoms)
+            assert (sizes[sizes > 0] >= K).all(), site
+            cluster = sites_of(fed)[site].datasets["c"].frame["cluster"].to_numpy()
+            for name in set(cluster) - {None}:
+                inside = np.unique(atoms[cluster == name])
+                assert np.isin(atoms, inside).sum() == (cluster == name).sum(), (site, name)
+    assert_counts_zero_or_at_least_k(releases)
 
 
-def test_gate_holds_a_cluster_close_to_an_earlier_release():
-    guard = DifferencingGuard()
-    data, fm = site_data(60, guard)
-    labels = np.repeat([0, 1], [30, 30])
-    earlier = np.zeros(60, dtype=bool)
-    earlier[:28] = True  # an earlier release covered cluster 0 but two patients
-    guard.remember("d", earlier)
-    status = gate_clusters(data, fm, labels, np.bincount(labels))
-    # cluster 0 differs by 2: held; cluster 1 alone would then expose it (complement): held too
-    assert status == [HELD, HELD]
-    again = gate_clusters(data, fm, labels, np.bincount(labels))
-    assert again == [HELD, HELD]
-    unrelated = np.repeat([0, 1], [10, 50])
-    assert gate_clusters(data, fm, unrelated, np.bincount(unrelated)) == [RELEASED, RELEASED]
-
-
-# -- the guard's memory of unions of micro-clusters ---------------------------------------------------
-def plain_near(stored: list[np.ndarray], mask: np.ndarray, k: int) -> bool:
-    """SiteData.near_released on plain row masks: equal to none, and 1..k-1 from one."""
-    diffs = [int((s ^ mask).sum()) for s in stored]
-    return 0 not in diffs and any(0 < d < k for d in diffs)
-
-
-def random_partition(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """Row -> group (-1 for rows in none): groups of size..2*size-1 over a random subset."""
-    rows = rng.permutation(n)[: int(n * 0.9)]
-    group = np.full(n, -1)
-    cuts = np.arange(0, len(rows) - 2 * size + 1, size)
-    for g, start in enumerate(cuts):
-        end = len(rows) if g == len(cuts) - 1 else start + size
-        group[rows[start:end]] = g
-    return group
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("size", [K, 2])  # groups of >= k rows (the usual case), or smaller
-def test_guard_unions_of_micro_clusters_are_checked_as_plain_row_sets(seed, size):
-    """Every answer of the group-space guard equals the plain guard on the same row sets."""
-    rng = np.random.default_rng(seed)
-    n = 120
-    guard = DifferencingGuard()
-    stored: list[np.ndarray] = []  # every remembered row set, as rows
-    parts = [guard.partition("d", random_partition(rng, n, size)) for _ in range(2)]
-    some = {}  # per partition: a union remembered only with a few rows outside the partition
-    for part in parts:
-        # plain row sets remembered: the whole partition (aligned with its groups), a union of
-        # groups plus 1..k-1 rows outside the partition (aligned), ones a few rows off a union
-        # and off the whole partition, random ones
-        inside = part.group >= 0
-        outside = np.flatnonzero(~inside)[: rng.integers(1, K)]
-        some[part.key] = rng.random(part.n_groups) < 0.5
-        plus = part.rows(np.packbits(some[part.key]))
-        plus[outside] = True
-        near = part.rows(np.packbits(rng.random(part.n_groups) < 0.5))
-        near[np.flatnonzero(near)[: rng.integers(1, K)]] = False
-        near_all = inside.copy()
-        near_all[np.flatnonzero(inside)[: rng.integers(1, K)]] = False
-        for mask in (inside, plus, near, near_all, rng.random(n) < 0.5):
-            guard.remember("d", mask)
-            stored.append(mask)
-    for i in range(30):
-        part = parts[rng.integers(len(parts))]
-        if i % 10 == 9 and part.sets:  # remembered later: a row set 1 row off a released union
-            off = part.rows(next(iter(part.sets.values())))
-            off[rng.integers(n)] ^= True
-            guard.remember("d", off)
-            stored.append(off)
-        members = rng.random((6, part.n_groups)) < rng.uniform(0.05, 0.95)
-        members[2] = some[part.key]  # differs from a remembered set by its rows outside
-        members[3] = True  # equals a remembered set (and is near another one)
-        if part.sets and (i % 10 == 9 or rng.random() < 0.3):  # a remembered union, one off
-            members[0] = np.unpackbits(next(iter(part.sets.values())), count=part.n_groups) > 0
-            members[1] = members[0]
-            members[1, rng.integers(part.n_groups)] ^= True
-        unions = Unions.of(part, members)
-        rows = [np.concatenate([m, [False]])[part.group] for m in members]
-        expected = [plain_near(stored, r, K) for r in rows]
-        assert guard.near_unions("d", unions, K).tolist() == expected
-        for r in rows:  # a plain cohort against the remembered unions: exact too
-            diffs = [int((s ^ r).sum()) for s in stored]
-            nonzero = [d for d in diffs if d]
-            assert guard.closest_difference("d", r) == (min(nonzero) if nonzero else None)
-            assert guard.contains("d", r) == (0 in diffs)
-        keep = [j for j in range(len(members)) if not expected[j]]
-        guard.remember_unions("d", Unions.of(part, members[keep]))
-        stored += [rows[j] for j in keep if not any((s == rows[j]).all() for s in stored)]
-    assert len(stored) > 40  # unions were released along the way
-
-
-def test_the_guard_version_grows_with_every_new_row_set_and_only_then():
-    # the site keeps a checked cohort while the version stays the same (SiteExecutor._cohort_mask):
-    # a row set remembered without a new version would let a stale check through
-    rng = np.random.default_rng(3)
-    guard = DifferencingGuard()
-    mask = rng.random(60) < 0.5
-    guard.remember("d", mask)
-    assert guard.version == 1
-    guard.remember("d", mask.copy())  # the same rows again: nothing new
-    assert guard.version == 1
-    part = guard.partition("d", random_partition(rng, 60, 6))
-    members = rng.random((3, part.n_groups)) < 0.5
-    guard.remember_unions("d", Unions.of(part, members))
-    assert guard.version == 1 + len(set(Unions.of(part, members).digests))
-    before = guard.version
-    guard.remember_unions("d", Unions.of(part, members))
-    assert guard.version == before
-    members[0] = ~members[0]
-    guard.remember_unions("d", Unions.of(part, members))
-    assert guard.version == before + 1
-
-
-def test_a_cluster_near_an_earlier_release_is_held_under_micro_clusters(tables, releases):
-    """The micro-cluster path of the gate: a cluster 2 patients off a remembered row set is held."""
+def test_an_earlier_release_a_few_patients_off_a_cluster_cannot_difference_it(tables, releases):
+    """A row set released before k-means (a cluster's patients and two more) and the clusters
+    k-means releases afterwards never differ by 1..k-1 patients: the micro-clusters are built
+    inside the ledger's atoms."""
     init = np.array([[50.0, 30.0], [65.0, 70.0], [75.0, 100.0]])
     with federation(tables) as fed:  # where the clusters fall (micro-clusters are deterministic)
-        first = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
-        labels = sites_of(fed)["big"].datasets["c"].frame["cluster"].to_numpy()
-    assert (first.by_site["status"] == RELEASED).all()
+        fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
+        frame = sites_of(fed)["big"].datasets["c"].frame
+        labels, pids = frame["cluster"].to_numpy(), frame["pid"].to_numpy()
     earlier = labels == "2"
-    earlier[np.flatnonzero(~earlier)[:2]] = True  # released before: cluster 2 and 2 patients more
+    earlier[np.flatnonzero(~earlier)[:2]] = True  # cluster 2 and 2 patients more
+    chosen = ", ".join(str(int(p)) for p in pids[earlier])
     with federation(tables) as fed:
-        sites_of(fed)["big"].guard.remember("c", earlier)
+        fed.describe("c", ["age"], where=f"pid in ({chosen})")
+        released = sites_of(fed)["big"]._masks["c"][f"pid in ({chosen})"]
         again = fed.kmeans("c", FEATURES, 3, init=init, standardize=False)
-    status = again.by_site.set_index(["site", "cluster"])["status"]
-    assert status["big", "2"] == HELD
-    # cluster 2 held alone would let the site's total minus the others give it away: one more
-    assert (status["big"] == HELD).sum() == 2
-    assert (status[["mid", "small"]] == RELEASED).all()
-    assert "differencing" in again.privacy.outcome("big").rules
-    assert again.cluster_sizes.sum() < first.cluster_sizes.sum()
+        cluster = sites_of(fed)["big"].datasets["c"].frame["cluster"].to_numpy()
+    for name in ("1", "2", "3"):
+        moved = int(((cluster == name) != released).sum())
+        assert moved == 0 or moved >= K, name
+    assert (again.by_site["status"] == RELEASED).all()
     assert_counts_zero_or_at_least_k(releases)
 
 
 def test_rows_left_out_cannot_difference_an_earlier_release(tables) -> None:
     """62 complete patients at 'small' next to a released cohort of 60 would give away two
-    patients' values: the site refuses (rows left out for missing values are a new row set)."""
+    patients' values: the two join the eight left out with them (their atom), and the fit is over
+    the released 60."""
     tables["small"] = pd.concat(
         [tables["small"], cohort(7, 10, 2900).assign(marker=np.nan)], ignore_index=True
     )
@@ -409,6 +300,6 @@ def test_rows_left_out_cannot_difference_an_earlier_release(tables) -> None:
     fed = federation(tables)
     fed.describe("c", columns=["age"], where="pid < 2900")  # releases the first 60 at 'small'
     res = fed.kmeans("c", FEATURES, 2)
-    outcome = res.privacy.outcome("small")
-    assert outcome.status == "refused" and outcome.rules == ("differencing",)
+    assert res.privacy.outcome("small").released
+    assert res.n_observations == SIZES["big"] + SIZES["mid"] + 60
     fed.close()

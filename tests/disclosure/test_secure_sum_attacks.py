@@ -170,7 +170,7 @@ def _session(fed, sites=("site0", "site1", "site2")):
 
 
 def test_a_reused_sum_number_would_difference_two_cohorts_and_is_refused(monkeypatch):
-    fed = secure_sites(3, policy=Policy(differencing_guard=False, min_subset_size=1))
+    fed = secure_sites(3, policy=Policy(ledger=False))
     victim = fed.executors["site0"]
     session, bundles = _session(fed)
     x = fed.frames["site0"]["x"].to_numpy()

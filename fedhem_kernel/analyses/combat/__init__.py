@@ -48,16 +48,17 @@ Release rules at the site (unless the policy is unrestricted):
 - features and continuous covariates as :mod:`fedhem_kernel.analyses.common.site_features` (numeric; no
   column on which all but 1..k-1 patients share one value; at least k rows);
 - rows with a missing feature, covariate or batch value are left out (their harmonised value is
-  missing): 0 or at least k of them (``min_subset_size``), and the rows used must not differ from an
-  earlier released row set by 1..k-1 patients (``differencing``);
+  missing): the rows used are a row set snapped to the release ledger (rows left out are 0 or at
+  least k of every atom; a few complete rows may join them);
 - every batch at the site has at least k patients (``min_cell_count``, naming the batch column);
   every level of a categorical covariate has 0 or at least k patients in each batch, and no level
   outside the agreed ones (``min_cell_count``, naming the covariate): every Σ released is over 0
   or at least k rows;
 - ``max_parameters``: at least 10 patients per design column the site's rows touch (its batches and
   the covariate columns), as Cox and PCA: XᵀX and XᵀY of few rows would pin those rows down;
-- ``differencing``: each batch and each (batch, level) row set is a released row set: one that
-  differs from an earlier released set by 1..k-1 patients is refused, then remembered;
+- ``differencing``: the batches are row sets released through the ledger; a fit is refused when
+  the ledger would move a patient to another batch (the refusal depends on the data: kept until
+  batches are decided from noisy counts); covariate levels are values of the design, as Cox's;
 - at most ``max_levels`` batches at a site.
 
 Residual risks: every site is sent B̂, γ* and δ* of every batch (what the researcher sees in

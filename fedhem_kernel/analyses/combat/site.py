@@ -72,13 +72,6 @@ def _batch_labels(data: SiteData, spec: CombatSpec) -> np.ndarray:
     return labels.to_numpy(dtype=object)
 
 
-def _members(d: _Design, rows: np.ndarray) -> np.ndarray:
-    """Cohort-row flags of the given design rows."""
-    sel = np.zeros(len(d.complete), dtype=bool)
-    sel[np.flatnonzero(d.complete)[rows]] = True
-    return sel
-
-
 def _design(data: SiteData, params: Payload) -> _Design:
     """Check every release rule and build this site's design (raises on any refusal)."""
     spec = combat_spec(params)
@@ -100,7 +93,7 @@ def _design(data: SiteData, params: Payload) -> _Design:
             first = column
         missing |= miss
     complete = data.complete_rows(missing, first, "the features, covariates and batch")
-    dropped = int(np.count_nonzero(missing))
+    dropped = int(np.count_nonzero(~complete))
     sub = dataclasses.replace(data, cohort=data.cohort[complete]) if dropped else data
     fm = feature_matrix(sub, spec.numeric, CACHE)  # numeric checks, one-hot attack, n >= k
     p = len(spec.features)
@@ -170,28 +163,31 @@ def _design(data: SiteData, params: Payload) -> _Design:
         counts,
         sparse.csr_matrix((np.ones(n), (batch, np.arange(n))), shape=(n_batches, n)),
     )
-    _guard(data, d, cells)
+    _guard(data, d)
     return d
 
 
-def _guard(data: SiteData, d: _Design, cells: list[np.ndarray]) -> None:
-    """Refuse when a batch or (batch, level) row set is within k of an earlier release."""
-    if data.guard is None:
+def _guard(data: SiteData, d: _Design) -> None:
+    """The batches are row sets the fit sums over: they go through the release ledger, and the
+    fit is refused if the ledger would move a patient (a harmonisation needs every patient in
+    their own batch). Covariate levels are values of the design, as Cox's (each (batch, level)
+    cell is 0 or >= k: checked above).
+
+    The refusal depends on the data (which the ledger's snapping otherwise avoids): ComBat keeps
+    it until batches are decided from noisy counts (issue 17).
+    """
+    if data.ledger is None or len(d.names) == 1:
         return
-    sets = [] if len(d.names) == 1 else [d.batch == b for b in range(len(d.names))]
-    for cell in cells:
-        sets += [cell == v for v in np.unique(cell)]
-    flags = [_members(d, np.flatnonzero(s)) for s in sets]
-    if any(data.near_released(f) for f in flags):
+    rows = np.flatnonzero(d.complete)
+    labels = np.full(len(d.complete), -1, dtype=np.int64)
+    labels[rows] = d.batch
+    snapped = data.release_groups(labels, fixed=~d.complete)
+    if not np.array_equal(snapped[rows], d.batch):
         raise data.refuse(
             "differencing",
-            f"a batch or a category within a batch differs from an earlier released row set by "
-            f"fewer than {data.k} patients",
+            f"a batch cuts an earlier released group of patients into a piece of fewer than "
+            f"{data.k}",
         )
-    if not d.complete.all():  # rows were left out: the kept ones are a released row set too
-        flags.append(d.complete)
-    for f in flags:
-        data.remember_released(f)
 
 
 def _check_names(data: SiteData, params: Payload, spec: CombatSpec) -> list[str]:

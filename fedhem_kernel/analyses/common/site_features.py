@@ -104,7 +104,7 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
     missing = np.isnan(x).any(axis=1)
     first = next((f for f, c in zip(features, columns, strict=True) if np.isnan(c).any()), None)
     complete = data.complete_rows(missing, first, "the features")
-    dropped = int(np.count_nonzero(missing))
+    dropped = int(np.count_nonzero(~complete))
     x = np.ascontiguousarray(x[complete] if dropped else x)
     n = len(x)
     if n < k:
@@ -118,8 +118,6 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
                     "value): their values would show in the sums",
                     f,
                 )
-    if dropped:  # the complete rows are what later sums are over
-        data.remember_released(complete)
     fm = FeatureMatrix(tuple(features), x, complete, dropped)
     data.scratch[cache] = (key, fm)
     return fm

@@ -26,10 +26,9 @@ Site steps (registered in :mod:`fedhem_kernel.analyses.cox`):
 
 Release rules (all at the site, all before anything is computed):
 
-- rows with a missing value in the model's columns are left out; if 1..k-1 of them would be, the
-  site refuses (``min_subset_size``: a fit on everyone else could be differenced from one on all),
-  and the kept rows must not differ from an earlier released row set by 1..k-1 patients
-  (``differencing``; :meth:`SiteData.complete_rows`, shared with k-means, PCA and ComBat);
+- rows with a missing value in the model's columns are left out; the kept rows are a row set
+  snapped to the release ledger (:meth:`SiteData.complete_rows`, shared with k-means, PCA and
+  ComBat: rows left out are 0 or >= k of every atom, a few complete rows may join them);
 - ``max_parameters``: at most one parameter per 10 patients (like the rules below, not applied
   under ``Policy.unrestricted()``, whose minimum cell count is 1);
 - ``min_cell_count``: every level of a categorical covariate present at the site has >= k patients,

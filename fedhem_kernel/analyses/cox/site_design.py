@@ -193,11 +193,11 @@ def _column_values(
 def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     """Check every release rule and build the sorted design (raises on any refusal).
 
-    In order: the survival columns' values, the rows left out for a missing value (0 or >= k, and
-    not differencing an earlier release), the covariate columns (no rare category, enough rows
-    per parameter, no column singling out a few patients), the strata (each >= k), the time
-    steps (merged until every step's counts are 0 or >= k). Only when all pass are the kept rows
-    remembered for later differencing checks.
+    In order: the survival columns' values, the rows left out for a missing value (snapped to
+    the release ledger), the covariate columns (no rare category, enough rows per parameter, no
+    column singling out a few patients), the strata (each >= k), the time steps (merged until
+    every step's counts are 0 or >= k). The ledger keeps the snapped rows only if every check
+    passes (a refusal ends the request's ledger transaction).
     """
     rec = ReleaseLog()  # the build's notes and suppressions, replayed on every request
     rows = _model_rows(data, spec)
@@ -209,8 +209,6 @@ def build_design(data: SiteData, spec: DesignParams) -> SiteDesign:
     )
     block, strata, n_blocks = _time_steps(data, spec, tk, rows.e, codes, labels, len(blocks), rec)
     design = _sorted_design(columns, blocks, block, rows.e, strata, n_blocks)
-    if rows.dropped:  # every check passed: later queries are checked against the kept rows too
-        data.remember_released(rows.keep)
     design.time_step, design.unit = step, unit
     design.notes, design.suppressions = rec.notes, rec.suppressions
     return design
@@ -259,13 +257,13 @@ def _model_rows(data: SiteData, spec: DesignParams) -> _ModelRows:
         raise SchemaError("negative survival times", **data.err(spec.duration), rule="schema")
     if not np.isin(e[seen], (0.0, 1.0)).all():
         raise SchemaError("event indicator must be 0/1", **data.err(spec.event), rule="schema")
-    # 0 or >= k rows left out, and the kept rows must not difference an earlier release
+    # the kept rows, snapped to the release ledger (rows left out: 0 or >= k per atom)
     keep = data.complete_rows(missing, first_missing, "the model's columns")
     if int(keep.sum()) < k:
         raise data.refuse(
             "min_cell_count", f"fewer than {k} patients have complete data for this model"
         )
-    return _ModelRows(keep, int(missing.sum()), t[keep], e[keep], values, strata_values)
+    return _ModelRows(keep, int((~keep).sum()), t[keep], e[keep], values, strata_values)
 
 
 def _covariate_columns(

@@ -27,9 +27,8 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
     col_given = agreed_levels(data, params, "col_levels")
     rows = _labels(data, row, row_given)
     cols = _labels(data, col, col_given)
-    # 0 or >= k patients with a missing value may be left out, and the rest must not difference
-    # an earlier release: else the table against a one-way table of the same cohort shows the
-    # left-out patients' values in the other column
+    # the rows left out for a missing value are snapped to the release ledger: else the table
+    # against a one-way table of the same cohort shows the left-out patients' values
     missing = (rows.isna() | cols.isna()).to_numpy()
     first = row if rows.isna().any() else col
     complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
@@ -59,8 +58,6 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
                 else ""
             ),
         )
-    if not complete.all():
-        data.remember_released(complete)
     return {
         "row_levels": row_levels,
         "col_levels": col_levels,

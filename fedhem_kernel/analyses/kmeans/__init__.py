@@ -32,34 +32,28 @@ would release that row).
 
 Release rules (at the site, unless the policy is unrestricted; k = ``min_cell_count``):
 
-- the features are numeric; rows with a missing feature are left out, 0 or >= k of them (else
-  ``min_subset_size``); a feature on which all but 1..k-1 patients share one value is refused
+- the features are numeric; rows with a missing feature are left out (a row set snapped to the
+  release ledger, as Cox's); a feature on which all but 1..k-1 patients share one value is refused
   (``min_cell_count``: the one-hot attack, those patients' values would show in the sums);
 - ``max_clusters``: ``n_clusters <= n / (2 k)`` for the site's n patients with every feature;
 - micro-clusters: the site first groups its patients into micro-clusters of k..2k-1 similar
   patients (a k-d split down to cells of 128..256 rows, then MDAV microaggregation in each; built
-  from the site's own rows only, kept at the site for later rounds and queries). Patients are
-  assigned to centres a micro-cluster at a time (by its mean), so every released count, sum and
-  inertia is over whole micro-clusters: no cluster holds 1..k-1 of a site's patients, and no two
-  releases, in one run or in any run on the same features, cohort and ``standardize``, differ by
-  1..k-1 patients, however the centres are chosen (Lloyd moving one patient between rounds, or
-  hand-crafted centres). The finest thing the coordinator can learn is a micro-cluster's size, mean
-  and within sum of squares (microaggregation, a standard disclosure-control method). The inertia
-  reported is that of this assignment;
+  from the site's own rows only, inside each atom of its release ledger, kept at the site for later
+  rounds and queries while they still lie inside one atom). Patients are assigned to centres a
+  micro-cluster at a time (by its mean), so every released count, sum and inertia is over whole
+  micro-clusters: no cluster holds 1..k-1 of a site's patients, and every cluster cuts each atom of
+  the ledger into pieces of >= k, however the centres are chosen (Lloyd moving one patient between
+  rounds, or hand-crafted centres). The finest thing the coordinator can learn is a micro-cluster's
+  size, mean and within sum of squares (microaggregation, a standard disclosure-control method).
+  The inertia reported is that of this assignment;
+- the release ledger: every released cluster (each round's, and each k-means++ candidate's
+  micro-cluster) is a row set that refines the ledger's atoms (:mod:`fedhem_kernel.privacy.ledger`),
+  so no combination with cohorts, groups or other runs isolates fewer than k patients; since
+  clusters are unions of micro-clusters inside atoms the ledger never moves a patient (checked);
 - a cluster with 1..k-1 patients at a site (not possible with micro-clusters; checked anyway) is
   withheld: no count, no sums, its centre pooled from the other sites, and the result says so;
-- differencing: every released cluster is a row set the site remembers, together with filtered
-  cohorts (:mod:`fedhem_kernel.privacy.guard`). A cluster whose patients differ from an earlier
-  released set by 1..k-1 (possible across runs with other features or cohorts) is held (rule
-  ``differencing``): not released, and the coordinator keeps that site's last contribution for it;
-- complement: what a site's total minus its released clusters covers (its withheld and held
-  clusters) must also be 0 or >= k patients and not within k of a remembered set, else the smallest
-  released cluster is held too (repeated until it holds);
 - the stored ``cluster`` column labels only clusters the site released in the final round, so later
-  grouped queries run on row sets checked here.
-
-The guard compares row sets pairwise: it does not rule out attacks that combine many releases of
-different micro-cluster partitions (DP noise or secure aggregation would).
+  grouped queries run on row sets released here.
 
 Federated k-means++ (greedy, as scikit-learn's, with ``2 + log(k)`` trials per centre):
 

@@ -17,11 +17,10 @@ from fedhem_kernel.analyses.common.params import (
     check_vector,
 )
 from fedhem_kernel.analyses.common.site_features import FeatureMatrix, feature_matrix, moments
-from fedhem_kernel.analyses.kmeans import COLUMN, HELD, MAX_CLUSTERS, RELEASED, WITHHELD
+from fedhem_kernel.analyses.kmeans import COLUMN, MAX_CLUSTERS, RELEASED, WITHHELD
 from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
 from fedhem_kernel.analyses.kmeans.site_micro import Atoms, atoms
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.guard import Partition, Unions
 from fedhem_kernel.protocol.params import (
     BOOL,
     NONE,
@@ -192,50 +191,6 @@ def _members(fm: FeatureMatrix, labels: np.ndarray, clusters: Sequence[int]) -> 
     return sel
 
 
-class _RowSets:
-    """The differencing checks of clusters and unions of clusters, on rows (``labels`` per row)."""
-
-    def __init__(self, data: SiteData, fm: FeatureMatrix, labels: np.ndarray) -> None:
-        self.data, self.fm, self.labels = data, fm, labels
-
-    def near(self, unions: list[list[int]]) -> list[bool]:
-        return [self.data.near_released(_members(self.fm, self.labels, u)) for u in unions]
-
-    def remember(self, unions: list[list[int]]) -> None:
-        for u in unions:
-            self.data.remember_released(_members(self.fm, self.labels, u))
-
-
-class _AtomSets:
-    """The same checks with ``labels`` per micro-cluster: the guard works on micro-cluster
-    bitmasks (:class:`~fedhem_kernel.privacy.guard.Partition`), in their number, not the rows'."""
-
-    def __init__(self, data: SiteData, part: Partition, labels: np.ndarray) -> None:
-        assert data.guard is not None
-        self.guard, self.data, self.part, self.labels = data.guard, data, part, labels
-        self._prepared: dict[tuple[tuple[int, ...], ...], Unions] = {}
-
-    def _unions(self, unions: list[list[int]]) -> Unions:
-        key = tuple(tuple(u) for u in unions)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            if all(len(u) == 1 for u in unions):
-                members = self.labels[None, :] == np.array([u[0] for u in unions])[:, None]
-            else:
-                members = np.stack([np.isin(self.labels, u) for u in unions])
-            prepared = self._prepared[key] = Unions.of(self.part, members)
-        return prepared
-
-    def near(self, unions: list[list[int]]) -> list[bool]:
-        if not unions:
-            return []
-        return self.guard.near_unions(self.data.dataset, self._unions(unions), self.data.k).tolist()
-
-    def remember(self, unions: list[list[int]]) -> None:
-        if unions:
-            self.guard.remember_unions(self.data.dataset, self._unions(unions))
-
-
 def gate_clusters(
     data: SiteData,
     fm: FeatureMatrix,
@@ -243,61 +198,30 @@ def gate_clusters(
     counts: np.ndarray,
     atoms: Atoms | None = None,
 ) -> list[str]:
-    """Per cluster: released, withheld (1..k-1 members) or held (differencing / complement).
+    """Per cluster: released, or withheld (1..k-1 members; not possible with micro-clusters,
+    checked anyway); the released clusters go through the release ledger.
 
-    ``labels``: each row's cluster, or each micro-cluster's when ``atoms`` are given.
+    ``labels``: each row's cluster, or each micro-cluster's when ``atoms`` are given. Clusters are
+    unions of micro-clusters, which lie inside the ledger's atoms: the ledger moves no patient
+    (checked: a move would be a fault, and nothing is sent).
     """
     n_clusters = len(counts)
-    status = [RELEASED] * n_clusters
     k = data.k
-    if k <= 1 and data.guard is None:
-        return status
-    if data.guard is None:
-        sets: _RowSets | _AtomSets | None = None
-    elif atoms is not None and atoms.part is not None:
-        sets = _AtomSets(data, atoms.part, labels)
-    else:
-        sets = _RowSets(data, fm, labels)
-    for j in range(n_clusters):
-        if 0 < counts[j] < k:
-            status[j] = WITHHELD
-    checked = [j for j in range(n_clusters) if counts[j] >= k]
-    if sets is not None:
-        for j, near in zip(checked, sets.near([[j] for j in checked]), strict=True):
-            if near:
-                status[j] = HELD
-    held_first = sum(s == HELD for s in status)
-    while True:  # the rows not released: the site's total minus its released clusters
-        rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
-        shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
-        if not rest or not shown:
-            break
-        if sum(counts[rest]) >= k and (sets is None or not sets.near([rest])[0]):
-            break
-        status[min(shown, key=lambda j: (counts[j], j))] = HELD
+    status = [WITHHELD if 0 < counts[j] < k else RELEASED for j in range(n_clusters)]
     if WITHHELD in status:
         data.log.suppressed(
             "min_cell_count",
             f"clusters with fewer than {k} patients at this site are withheld",
             action="withheld",
         )
-    if held_first:
-        data.log.suppressed(
-            "differencing",
-            f"clusters whose members differ from an earlier release by fewer than {k} patients "
-            "are held at their last release",
-        )
-    if sum(s == HELD for s in status) > held_first:
-        data.log.suppressed(
-            "differencing",
-            "clusters are held so that the withheld ones cannot be derived from the site's total",
-        )
-    shown = [j for j in range(n_clusters) if status[j] == RELEASED and counts[j]]
-    rest = [j for j in range(n_clusters) if status[j] != RELEASED and counts[j]]
-    if sets is not None:
-        sets.remember([[j] for j in shown])  # usually the unions checked above: prepared once
-        if rest and shown:
-            sets.remember([rest])
+    if data.ledger is not None:
+        rows = labels[atoms.index] if atoms is not None else labels
+        shown = np.array([s == RELEASED for s in status])
+        cluster = np.full(len(fm.complete), -1, dtype=np.int64)
+        cluster[fm.complete] = np.where(shown[rows], rows, -1)
+        snapped = data.release_groups(cluster, fixed=~fm.complete)
+        if not np.array_equal(snapped, cluster):
+            raise RuntimeError("k-means: the ledger would move a patient between clusters")
     return status
 
 
@@ -413,22 +337,15 @@ def site_kmeans_candidates(data: SiteData, params: Payload) -> Payload:
     if not total > 0:
         return {"mass": 0.0, "candidates": np.empty((0, x.shape[1]))}
     out: list[np.ndarray] = []
-    skipped = 0
     for i in rng.choice(len(points), size=3 * wanted, replace=True, p=mass / total):
         if len(out) == wanted:
             break
-        if atoms is not None and atoms.part is not None:  # a released row set like any other
-            sets = _AtomSets(data, atoms.part, np.arange(len(points)))
-            if sets.near([[i]])[0]:
-                skipped += 1
-                continue
-            sets.remember([[i]])
+        if atoms is not None and data.ledger is not None:  # a released row set like any other
+            members = np.zeros(len(fm.complete), dtype=bool)
+            members[np.flatnonzero(fm.complete)[atoms.index == i]] = True
+            if not np.array_equal(data.release_rows(members, fixed=~fm.complete), members):
+                raise RuntimeError("k-means++: the ledger would move a patient")
         out.append(points[i])
-    if skipped:
-        data.log.suppressed(
-            "differencing",
-            f"k-means++ candidates within {data.k} patients of an earlier release were skipped",
-        )
     return {"mass": total, "candidates": np.array(out).reshape(len(out), x.shape[1])}
 
 

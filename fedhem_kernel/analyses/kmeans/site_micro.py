@@ -1,5 +1,10 @@
 """Micro-clusters at a site: groups of k..2k-1 similar patients (k-d cells, then MDAV), the units
 k-means works on under a policy with k > 1, so that every released sum is over >= k patients.
+
+Micro-clusters are built inside the atoms of the site's release ledger (each atom's complete rows
+on their own), so every union of micro-clusters — every cluster k-means releases — cuts each atom
+into pieces of >= k patients: the ledger never has to move a patient, and releasing a cluster
+refines the atoms without breaking them below k.
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_features import FeatureMatrix
-from fedhem_kernel.privacy.guard import Partition
 from fedhem_kernel.site.steps import SiteData
 
 
@@ -127,7 +131,6 @@ class Atoms:
     sums: np.ndarray  # (A, p)
     means: np.ndarray  # (A, p)
     within: np.ndarray  # (A,) sum of squared distances of its rows to its mean
-    part: Partition | None = None  # the site's guard memory of released unions of micro-clusters
     means_ones_t: np.ndarray = field(init=False)  # (p + 1, A): means and a row of ones, by column
     stats: np.ndarray = field(init=False)  # (A, p + 2): sums, size, sum of ||x||² over its rows
     n_rows: int = field(init=False)
@@ -140,36 +143,68 @@ class Atoms:
         self.stats = np.column_stack([self.sums, self.n, self.within + self.n * norms])
 
 
+def _ledger_atoms(data: SiteData, fm: FeatureMatrix) -> np.ndarray | None:
+    """The release ledger's atom of every complete row (None without a ledger)."""
+    if data.ledger is None:
+        return None
+    rows = data.cohort.index.to_numpy()[fm.complete]
+    return data.ledger.atoms[rows]
+
+
+def _within_atoms(index: np.ndarray, order: np.ndarray, ledger: np.ndarray | None) -> bool:
+    """Whether every micro-cluster lies inside one ledger atom (``order`` sorts rows by it)."""
+    if ledger is None:
+        return True
+    counts = np.bincount(index)
+    bounds = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    sorted_atoms = ledger[order]
+    low = np.minimum.reduceat(sorted_atoms, bounds)
+    high = np.maximum.reduceat(sorted_atoms, bounds)
+    return bool((low == high).all())
+
+
+def _micro_within(z: np.ndarray, k: int, ledger: np.ndarray | None) -> np.ndarray:
+    """Micro-clusters of ``z``'s rows, each inside one ledger atom."""
+    if ledger is None or (ledger == ledger[0]).all():
+        return micro_clusters(z, k)
+    index = np.empty(len(z), dtype=np.intp)
+    made = 0
+    order = np.argsort(ledger, kind="stable")
+    bounds = np.flatnonzero(np.diff(ledger[order])) + 1
+    for rows in np.split(order, bounds):
+        part = micro_clusters(z[rows], k)
+        index[rows] = part + made
+        made += int(part.max()) + 1
+    return index
+
+
 def atoms(data: SiteData, fm: FeatureMatrix, xa: np.ndarray, standardize: bool) -> Atoms | None:
-    """Micro-clusters of >= k rows (None when k = 1: every row is its own).
+    """Micro-clusters of >= k rows inside the ledger's atoms (None when k = 1: every row is its
+    own).
 
     ``xa``: the working rows with a last column of ones (the statistics are kept per transform).
+    Kept between rounds and queries while every micro-cluster still lies inside one atom (atoms
+    only split; a release of another query may split one across a micro-cluster).
     """
     if data.k <= 1:
         return None
     key = ("atoms", standardize)
     cached = fm.extras.get(key)
-    if cached is None:  # depends on the site's rows only, never on the coordinator's transform
+    ledger = _ledger_atoms(data, fm)
+    if cached is None or not _within_atoms(cached[0], cached[1], ledger):
+        # depends on the site's rows and ledger only, never on the coordinator's transform
         z = fm.x
         if standardize:
             sd = fm.x.std(axis=0)
             z = (fm.x - fm.x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-        index = micro_clusters(z, data.k)
-        part = None
-        if data.guard is not None:  # released clusters are unions of micro-clusters
-            rows = data.cohort.index.to_numpy()
-            n_rows = data.n_rows if data.n_rows is not None else int(rows.max(initial=-1)) + 1
-            group = np.full(n_rows, -1)
-            group[rows[fm.complete]] = index
-            part = data.guard.partition(data.dataset, group)
-        cached = fm.extras[key] = (index, part)
-    index, part = cached
+        index = _micro_within(z, data.k, ledger)
+        cached = fm.extras[key] = (index, np.argsort(index, kind="stable"))
+    index, order = cached
     stats_key = ("atom_stats", standardize)
     stats = fm.extras.get(stats_key)
-    if stats is not None and stats[0] is xa and stats[1].part is part:
+    if stats is not None and stats[0] is xa and stats[1].index is index:
         return stats[1]
     p = xa.shape[1] - 1
-    order = np.argsort(index, kind="stable")
     counts = np.bincount(index)
     bounds = np.concatenate(([0], np.cumsum(counts)[:-1]))
     xs = xa[order, :p]
@@ -177,6 +212,6 @@ def atoms(data: SiteData, fm: FeatureMatrix, xa: np.ndarray, standardize: bool) 
     means = sums / counts[:, None]
     diff = xs - np.repeat(means, counts, axis=0)
     within = np.add.reduceat(np.einsum("ij,ij->i", diff, diff), bounds)
-    atoms = Atoms(index, counts, sums, means, within, part)
+    atoms = Atoms(index, counts, sums, means, within)
     fm.extras[stats_key] = (xa, atoms)
     return atoms

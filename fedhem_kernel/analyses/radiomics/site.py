@@ -132,35 +132,20 @@ def _state(data: SiteData, params: Payload) -> _Run:
     if isinstance(state, _Run) and state.run == params["run"]:
         return state
     has_image = data.cohort[cols.image].notna().to_numpy()
-    n = int(has_image.sum())
-    k = data.k
-    if n == 0:
+    if not has_image.any():
         raise SchemaError("no images in the cohort", **data.err(cols.image), rule="imaging")
-    if n < k and not data.policy.is_unrestricted:
+    # the patients whose images are processed: a row set (its size is released), snapped to the
+    # release ledger before the first reply says how many there are
+    selected = data.release_rows(has_image, fixed=~has_image)
+    if not selected.any():
         raise data.refuse(
-            "min_cell_count", f"the cohort has fewer than {k} images", column=cols.image
+            "min_cell_count",
+            f"the cohort has no group of {data.k} or more images at this site",
+            column=cols.image,
         )
-    state = _Run(str(params["run"]), np.flatnonzero(has_image))
-    _image_rows(data, state.rows)  # before the first reply releases how many images there are
+    state = _Run(str(params["run"]), np.flatnonzero(selected))
     data.scratch["radiomics"] = state
     return state
-
-
-def _image_rows(data: SiteData, rows: np.ndarray) -> np.ndarray:
-    """Cohort flags of the patients with an image, refused if within k of an earlier release.
-
-    Checked when the first round is answered (its reply counts the images) and again when the
-    summary is released (another query may have released a row set in between).
-    """
-    selected = np.zeros(len(data.cohort), dtype=bool)
-    selected[rows] = True
-    if data.near_released(selected):
-        raise data.refuse(
-            "differencing",
-            f"the patients with an image differ from an earlier released group by fewer than "
-            f"{data.k}",
-        )
-    return selected
 
 
 def site_radiomics_extract(data: SiteData, params: Payload) -> Payload:
@@ -222,15 +207,19 @@ def site_radiomics_keep(data: SiteData, params: Payload) -> Payload:
         raise SchemaError("the extraction has not finished", **data.err())
     k = data.k
     unrestricted = data.policy.is_unrestricted
-    ok = np.array(sorted(state.features), dtype=np.int64)
-    if len(ok) < k and not unrestricted:
+    processed = np.zeros(len(data.cohort), dtype=bool)
+    processed[np.array(sorted(state.features), dtype=np.int64)] = True
+    if not processed.any():
+        raise SchemaError("no image could be processed at this site", **data.err(), rule="imaging")
+    # the summary's rows (failed extractions left out): a row set, snapped to the ledger
+    summarised = data.release_rows(processed, fixed=~processed)
+    if not summarised.any():
         raise data.refuse(
             "min_cell_count", f"fewer than {k} images could be processed at this site"
         )
-    if len(ok) == 0:
-        raise SchemaError("no image could be processed at this site", **data.err(), rule="imaging")
-    selected = _image_rows(data, state.rows)
-    names = list(dict.fromkeys(n for i in ok for n in state.features[int(i)]))
+    names = list(
+        dict.fromkeys(n for i in np.flatnonzero(processed) for n in state.features[int(i)])
+    )
     columns = {name: column_name(name) for name in names}
     # the feature table of the patients with an image (failed extractions: missing values)
     rows = state.rows
@@ -252,9 +241,9 @@ def site_radiomics_keep(data: SiteData, params: Payload) -> Payload:
     sub_schema = DatasetSchema(
         data.site, data.dataset, {c: ColumnSpec(c, "float", None, SOURCE) for c in frame.columns}
     )
-    sub = replace(data, cohort=frame, schema=sub_schema, derived={})
+    shown = frame.loc[data.cohort.index[summarised]]
+    sub = replace(data, cohort=shown, schema=sub_schema, derived={})
     summary = site_describe(sub, {"columns": list(frame.columns), "by": None, "levels": None})
-    data.remember_released(selected)
     failed = len(state.failed)
     if failed:
         count = (
