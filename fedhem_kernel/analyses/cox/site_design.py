@@ -366,6 +366,18 @@ def _strata_codes(
             f"a stratum of {cols} has fewer than {k} patients at this site",
             spec.strata[0],  # type: ignore[index]
         )
+    if isinstance(spec.strata, tuple) and data.ledger is not None:
+        # the strata are row sets the fit sums over: through the release ledger, and refused if
+        # it would move a patient to another stratum (data-dependent, as ComBat's batches)
+        full = np.full(len(rows.keep), -1, dtype=np.int64)
+        full[rows.keep] = codes
+        if not np.array_equal(data.release_groups(full, fixed=~rows.keep), full):
+            raise data.refuse(
+                "differencing",
+                f"a stratum cuts an earlier released group of patients into a piece of fewer "
+                f"than {k}",
+                spec.strata[0],
+            )
     return codes, labels
 
 

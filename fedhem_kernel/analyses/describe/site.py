@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from fedhem_kernel.analyses.describe import MAX_BINS
-from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, grouping
+from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
 from fedhem_kernel.protocol.params import COLUMN, LEVELS, MAX_COLUMNS, NONE, list_of
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
@@ -45,33 +47,44 @@ def _histogram(x: np.ndarray, k: int, allow_min_max: bool) -> dict[str, np.ndarr
 
 
 def site_describe(data: SiteData, params: Payload) -> Payload:
+    """Per group and column: n, mean, Σ(x - x̄)² and a histogram of >= k values per bin.
+
+    The rows each cell sums over (a group's patients with a value in the column) are a row set
+    of the release ledger, per column: pieces of fewer than k patients of an atom join the atom's
+    largest piece (another group, or the rows left out), and rows without a value are left out in
+    groups of at least k. So a cell is over 0 or at least k patients, and no two cells of any
+    releases difference to fewer.
+    """
     columns = list(params["columns"])
     by = params.get("by")
     levels = agreed_levels(data, params, "levels")
-    groups = grouping(data, by, levels)
-    if groups is None:
-        groups = group_index(data, None, None)
-    k = data.k
     labels = levels or ["all"]
+    if by is None:
+        codes = np.zeros(len(data.cohort), dtype=np.int64)
+    else:
+        raw = group_index(data, by, levels)
+        if raw.isna().any():
+            data.log.note(f"patients with missing '{by}' are left out")
+        if (raw == OTHER).any():
+            data.log.note(f"levels of '{by}' rare at every site are left out")
+        codes = pd.Categorical(raw, categories=labels).codes.astype(np.int64)
+    k = data.k
     cells = []
-    for g in labels:
-        in_group = (groups == g).to_numpy()
-        n_group = int(in_group.sum())
+    per_column = {}
+    for col in columns:
+        values = data.numeric(col)
+        missing = np.isnan(values)
+        out = missing | (codes < 0)
+        member = data.release_groups(np.where(out, -1, codes), fixed=out)
+        per_column[col] = (values, member)
+    for gi, g in enumerate(labels):
         for col in columns:
-            values = data.numeric(col)[in_group]
-            x = np.sort(values[~np.isnan(values)])
-            n = len(x)
+            values, member = per_column[col]
+            x = np.sort(values[member == gi])
             cell: dict = {"group": g, "column": col}
-            if 0 < n_group < k:
-                data.log.suppressed(
-                    "min_cell_count", f"a group of '{by}' has fewer than {k} patients"
-                )
-                cell["suppressed"] = "min_cell_count"
-            elif 0 < n < k or 0 < n_group - n < k:
-                what = "values" if 0 < n < k else "missing values"
-                data.log.suppressed(
-                    "min_cell_count", f"'{col}' has fewer than {k} {what} in a group"
-                )
+            n = len(x)
+            if 0 < n < k:  # cannot happen through the ledger (checked anyway)
+                data.log.suppressed("min_cell_count", f"'{col}' has fewer than {k} values")
                 cell["suppressed"] = "min_cell_count"
             elif n == 0:
                 cell.update(n=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.levels import OTHER
@@ -31,7 +32,11 @@ def site_levels(data: SiteData, params: Payload) -> Payload:
 
 
 def grouping(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series | None:
-    """:func:`group_index` for analyses that leave out missing and ``(other)`` rows (with a note)."""
+    """:func:`group_index` for analyses that leave out missing and ``(other)`` rows (with a note),
+    the groups snapped to the release ledger (:meth:`SiteData.release_groups`): a group is a row set
+    the analysis sums over, so a piece of fewer than k patients of an atom joins the atom's largest
+    piece (another group, or the rows left out); rows without a level stay out. Rows that leave
+    their group are NA; rows that join another group carry its label."""
     if column is None:
         return None
     groups = group_index(data, column, levels)
@@ -39,7 +44,17 @@ def grouping(data: SiteData, column: str | None, levels: list[str] | None) -> pd
         data.log.note(f"patients with missing '{column}' are left out")
     if (groups == OTHER).any():
         data.log.note(f"levels of '{column}' rare at every site are left out")
-    return groups
+    return snap_groups(data, groups, levels or [])
+
+
+def snap_groups(data: SiteData, groups: pd.Series, levels: list[str]) -> pd.Series:
+    """Level labels per cohort row (NA or ``(other)``: in no group) snapped to the ledger."""
+    if data.ledger is None:
+        return groups
+    codes = pd.Categorical(groups, categories=levels).codes.astype(np.int64)
+    snapped = data.release_groups(codes, fixed=codes < 0)
+    names = np.array([*levels, None], dtype=object)
+    return pd.Series(names[np.where(snapped >= 0, snapped, len(levels))], index=groups.index)
 
 
 def group_index(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from typing import Any
@@ -36,7 +37,8 @@ def _stratum_codes(data: SiteData, columns: list[str], levels: list[list[str]]) 
     out = np.full(stacked.shape[1], -1, dtype=np.int64)
     if valid.any():
         out[valid] = np.ravel_multi_index(stacked[:, valid], [len(lv) for lv in levels])
-    return out
+    # the strata are row sets the test sums over: snapped to the release ledger
+    return data.release_groups(out, fixed=out < 0)
 
 
 def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
@@ -85,8 +87,8 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
                 withheld.append(label)
                 left_out += int(in_test[i])
             continue
-        sub = SiteData(
-            data.site, data.dataset, data.cohort[codes == i], data.schema, data.policy, ReleaseLog()
+        sub = dataclasses.replace(
+            data, cohort=data.cohort[codes == i], log=ReleaseLog(), derived={}
         )
         tables = site_survival_tables(sub, params)
         time_step, unit = tables["time_step"], tables["unit"]
