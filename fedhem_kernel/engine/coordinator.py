@@ -161,6 +161,7 @@ class Query:
         self._status: dict[str, str] = {s: "released" for s in self.active}
         self._details: dict[str, list[Detail]] = {s: [] for s in self.active}
         self._errors: dict[str, FedHemError] = {}
+        self._budgets: dict[str, dict[str, float]] = {}
         self._notes: list[str] = []
         self._started: float | None = None
         self._finished = False
@@ -208,10 +209,13 @@ class Query:
             raise self.failure()
         return payloads
 
-    def ask_sum(self, step: str, params: dict[str, Any]) -> SecureTotal:
+    def ask_sum(
+        self, step: str, params: dict[str, Any], noise_scale: float | None = None
+    ) -> SecureTotal:
         """``step`` as a secure sum over the sites still taking part (see
-        :mod:`fedhem_kernel.engine.secure_sum`): totals only, no site's share."""
-        return ask_sum(self, step, params)
+        :mod:`fedhem_kernel.engine.secure_sum`): totals only, no site's share; ``noise_scale``
+        in DP mode."""
+        return ask_sum(self, step, params, noise_scale)
 
     def drop(self, site: str) -> None:
         """Ask ``site`` nothing more in this query (it refused or failed)."""
@@ -252,6 +256,8 @@ class Query:
         """Keep a site's outcome, details and notes of one round for the privacy report."""
         if _RANK[reply.status] > _RANK[self._status[site]]:
             self._status[site] = reply.status
+        if reply.budget is not None:
+            self._budgets[site] = dict(reply.budget)
         details = self._details[site]
         for s in reply.suppressions:
             detail = Detail.from_dict(s)  # checked when the reply was decoded
@@ -294,6 +300,7 @@ class Query:
                     site,
                     self._status.get(site, "error"),  # type: ignore[arg-type]
                     tuple(self._details.get(site, [])),
+                    self._budgets.get(site),
                 )
             )
         return PrivacyReport(self.analysis, self.dataset, tuple(outcomes), tuple(self._notes))
@@ -306,6 +313,16 @@ def _decoded(content: RecordDict, site: str) -> SiteReply:
         reply = decode_reply(content)
         if reply.status not in _RANK or not isinstance(reply.suppressions, list):
             raise ValueError("unknown status")
+        budget = reply.budget
+        if budget is not None and not (
+            isinstance(budget, dict)
+            and len(budget) <= 16
+            and all(
+                isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                for k, v in budget.items()
+            )
+        ):
+            raise ValueError("malformed budget")
         for detail in reply.suppressions:
             Detail.from_dict(detail)
     except Exception:  # noqa: BLE001 - never trust a reply's shape

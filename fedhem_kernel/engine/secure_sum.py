@@ -104,8 +104,11 @@ def session_keys(query: Query, sites: list[str]) -> None:
             session.bundles[site] = bundle
 
 
-def ask_sum(query: Query, step: str, params: dict[str, Any]) -> SecureTotal:
-    """One secure sum of ``step``'s summed fields over the sites still taking part in ``query``."""
+def ask_sum(
+    query: Query, step: str, params: dict[str, Any], noise_scale: float | None = None
+) -> SecureTotal:
+    """One secure sum of ``step``'s summed fields over the sites still taking part in ``query``;
+    ``noise_scale``: DP mode, the scale of the noise the total carries (each site adds its share)."""
     query.start()
     session = query.coordinator.keys
     rekeyed: set[str] = set()
@@ -114,11 +117,13 @@ def ask_sum(query: Query, step: str, params: dict[str, Any]) -> SecureTotal:
         sites = [s for s in query.active if s in session.bundles]
         if not sites:
             raise query.failure()
-        secure = {
+        secure: dict[str, Any] = {
             "session": session.id,
             "sum": session.next_sum(),
             "bundles": [session.bundles[s] for s in sites],
         }
+        if noise_scale is not None:
+            secure["noise_scale"] = float(noise_scale)
         request = SiteRequest(
             step, query.dataset, params, query.where, query.who, query.query_id, secure
         )

@@ -40,6 +40,20 @@ class Policy:
     secure_sum_min_sites : int or None
         Fewest sites this site joins in a secure sum. ``None`` (default): a majority of the sites
         in its roster. A larger value only: the majority is the least a site accepts.
+    dp : bool
+        DP mode (:mod:`fedhem_kernel.privacy.dp`): every release is a secure sum carrying discrete
+        Gaussian noise, accounted in zCDP; analyses without a DP version are refused; the release
+        ledger is not used (noise with accounting replaces it). Default False.
+    dp_rho : float
+        zCDP cost of one release at this site (ε ≈ 1.6 at δ = 1e-5 for the default 0.05).
+    dp_rho_researcher : float
+        What one researcher may spend on a dataset at this site (default 1.0, ε ≈ 8.1).
+    dp_rho_site : float
+        What all researchers together may spend on a dataset (default 5.0): colluding researchers
+        cannot pool more.
+    dp_colluders : int
+        Sites of a sum that may collude with the coordinator (subtract their own noise): each site
+        adds a share of variance σ²/(n − c). Default 0.
     """
 
     min_cell_count: int = 5
@@ -49,6 +63,11 @@ class Policy:
     max_levels: int = 40
     allowed_analyses: tuple[str, ...] | None = None
     secure_sum_min_sites: int | None = None
+    dp: bool = False
+    dp_rho: float = 0.05
+    dp_rho_researcher: float = 1.0
+    dp_rho_site: float = 5.0
+    dp_colluders: int = 0
 
     def __post_init__(self) -> None:
         for name in ("min_cell_count", "max_levels"):
@@ -62,6 +81,21 @@ class Policy:
             raise ParameterError(
                 "policy 'secure_sum_min_sites' must be a whole number >= 1", rule="policy"
             )
+        for name in ("dp_rho", "dp_rho_researcher", "dp_rho_site"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ParameterError(f"policy '{name}' must be a positive number", rule="policy")
+            if not (math.isfinite(value) and value > 0):
+                raise ParameterError(f"policy '{name}' must be a positive number", rule="policy")
+        if not self.dp_rho <= self.dp_rho_researcher <= self.dp_rho_site:
+            raise ParameterError(
+                "policy: dp_rho <= dp_rho_researcher <= dp_rho_site", rule="policy"
+            )
+        c = self.dp_colluders
+        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+            raise ParameterError("policy 'dp_colluders' must be a whole number >= 0", rule="policy")
+        if not isinstance(self.dp, bool):
+            raise ParameterError("policy 'dp' must be true or false", rule="policy")
         time_step(self.time_resolution, "months")  # validates
         if self.allowed_analyses is not None:
             object.__setattr__(self, "allowed_analyses", tuple(self.allowed_analyses))
@@ -114,6 +148,11 @@ class Policy:
             *registry.ALWAYS_ALLOWED,
         )
 
+    def dp_exempt(self, analysis: str) -> bool:
+        """Whether an analysis is answered in DP mode without noise: agreeing on category names
+        (``levels``), which names only levels held by >= k patients, as in every mode."""
+        return analysis in registry.ALWAYS_ALLOWED
+
     def describe_rules(self) -> list[str]:
         """The rules in plain words (for data stewards and the notebook)."""
         k = self.min_cell_count
@@ -126,7 +165,16 @@ class Policy:
             if self.allow_min_max
             else "Minimum and maximum are never released.",
         ]
-        if self.ledger:
+        if self.dp:
+            from fedhem_kernel.privacy.dp import epsilon
+
+            lines.append(
+                f"DP mode: every release carries noise; each costs ρ = {self.dp_rho:g} "
+                f"(ε = {epsilon(self.dp_rho):.2f} at δ = 1e-5); a researcher may spend ρ = "
+                f"{self.dp_rho_researcher:g} (ε = {epsilon(self.dp_rho_researcher):.2f}) on a "
+                f"dataset, all researchers together ρ = {self.dp_rho_site:g}."
+            )
+        elif self.ledger:
             lines.append(
                 f"Cohorts and groups are released as whole groups of at least {k} patients that "
                 "no combination of releases can split (up to "

@@ -77,3 +77,5 @@ class SiteReply:
     suppressions: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    #: DP mode: the requesting researcher's budget at the site after this reply (numbers only).
+    budget: dict[str, float] | None = None

@@ -26,9 +26,10 @@ class Ask(Protocol):
         """Send ``query.<step>`` to every site still taking part; payloads of those that released."""
         ...
 
-    def ask_sum(self, step: str, params: Payload) -> SecureTotal:
+    def ask_sum(self, step: str, params: Payload, noise_scale: float | None = None) -> SecureTotal:
         """Send ``query.<step>`` as a secure sum: the totals of its summed fields over the sites
-        that answered (no site's own share is seen), and each site's shared fields."""
+        that answered (no site's own share is seen), and each site's shared fields. In DP mode
+        ``noise_scale`` is the scale of the discrete Gaussian noise the totals carry."""
         ...
 
     def note(self, text: str) -> None:

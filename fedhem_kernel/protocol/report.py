@@ -110,6 +110,9 @@ class SiteOutcome:
     site: str
     status: Status
     entries: tuple[Detail, ...] = ()
+    #: DP mode: the researcher's budget at this site after the query (``rho_spent``, ``rho_cap``,
+    #: ``rho_left``, ``epsilon_spent``, ...: :meth:`fedhem_kernel.privacy.budget.Spent.to_dict`).
+    budget: Mapping[str, float] | None = None
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -149,6 +152,15 @@ class PrivacyReport:
                 return o
         raise KeyError(site)
 
+    @property
+    def budget(self) -> Any:
+        """DP mode: per site, the researcher's budget after this query (a DataFrame: spent, cap
+        and left in ρ, spent and cap as ε at δ = 1e-5); empty when no site keeps one."""
+        import pandas as pd
+
+        rows = [{"site": o.site, **o.budget} for o in self.outcomes if o.budget]
+        return pd.DataFrame(rows).set_index("site") if rows else pd.DataFrame()
+
     def to_frame(self) -> Any:
         """One row per site and detail: site, outcome, rule, detail, group."""
         import pandas as pd
@@ -172,7 +184,11 @@ class PrivacyReport:
         return pd.DataFrame(rows, columns=["site", "outcome", "rule", "detail", "group"])
 
     def __repr__(self) -> str:
-        parts = [f"{o.site}: {o.status}" for o in self.outcomes]
+        parts = [
+            f"{o.site}: {o.status}"
+            + (f" (ρ {o.budget['rho_spent']:.3g} of {o.budget['rho_cap']:.3g})" if o.budget else "")
+            for o in self.outcomes
+        ]
         return f"PrivacyReport({self.analysis} on '{self.dataset}': " + "; ".join(parts) + ")"
 
     def _repr_html_(self) -> str:
@@ -189,6 +205,14 @@ class PrivacyReport:
                 f'border-radius:8px;font-size:0.85em">{o.status}</span>'
             )
             detail = "<br>".join(f"<b>{escape(d.rule)}</b>: {escape(d.text)}" for d in o.entries)
+            if o.budget:
+                b = o.budget
+                spent = (
+                    f"<b>DP budget</b>: ρ {b['rho_spent']:.3g} of {b['rho_cap']:.3g} spent "
+                    f"(ε {b['epsilon_spent']:.2f} of {b['epsilon_cap']:.2f} at δ = 1e-5); "
+                    f"ρ {b['rho_left']:.3g} left"
+                )
+                detail = f"{detail}<br>{spent}" if detail else spent
             rows.append(
                 f"<tr><td>{escape(o.site)}</td><td>{badge}</td>"
                 f"<td style='text-align:left'>{detail or '&mdash;'}</td></tr>"

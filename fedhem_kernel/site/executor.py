@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError, SchemaError
+from fedhem_kernel.privacy.budget import BudgetLedger
+from fedhem_kernel.privacy.dp import noise_share, rho_of, scale_for
 from fedhem_kernel.privacy.ledger import Ledger, Transaction
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import (
@@ -67,6 +69,7 @@ class SiteExecutor:
         self.state_dir = Path(state_dir) if state_dir is not None else None
         #: The release ledger of each dataset (:mod:`fedhem_kernel.privacy.ledger`).
         self.ledgers: dict[str, Ledger] = {}
+        self._budget: BudgetLedger | None = None
         #: This site's part in secure sums (None: it takes part in none).
         self.secure = secure
         self.datasets = datasets
@@ -135,13 +138,20 @@ class SiteExecutor:
     def handle(self, request: SiteRequest) -> SiteReply:
         query_id = request.query_id or uuid.uuid4().hex
         rlog = ReleaseLog()
+        extra: dict[str, Any] = {}  # what the request path learns besides the payload (budget)
         try:
-            payload = self._run(request, rlog)
+            payload = self._run(request, rlog, extra)
         except FedHemError as exc:
             exc = exc.with_site(self.name) if exc.site != self.name else exc
             status = "refused" if isinstance(exc, DisclosureError) else "error"
             self._audit(request, query_id, status, exc.rule, [str(exc)])
-            return SiteReply(self.name, status, error=exc.to_dict(), notes=rlog.notes)
+            return SiteReply(
+                self.name,
+                status,
+                error=exc.to_dict(),
+                notes=rlog.notes,
+                budget=extra.get("budget"),
+            )
         except Exception:  # noqa: BLE001 - never let an unexpected message cross the boundary
             log.exception("site %s: internal error in step %s", self.name, request.step)
             exc = FedHemError(
@@ -160,7 +170,9 @@ class SiteExecutor:
             [f"{d.rule}: {d.text}" for d in rlog.suppressions],
         )
         suppressions = [d.to_dict() for d in rlog.suppressions]
-        return SiteReply(self.name, status, payload, suppressions, rlog.notes)
+        return SiteReply(
+            self.name, status, payload, suppressions, rlog.notes, budget=extra.get("budget")
+        )
 
     def _audit(
         self, req: SiteRequest, query_id: str, outcome: str, rule: str | None, details: list[str]
@@ -185,7 +197,7 @@ class SiteExecutor:
             )
         return self.secure
 
-    def _run(self, request: SiteRequest, rlog: ReleaseLog) -> dict[str, Any]:
+    def _run(self, request: SiteRequest, rlog: ReleaseLog, extra: dict[str, Any]) -> dict[str, Any]:
         if request.secure is not None and request.step in (CATALOG_STEP, AUDIT_STEP, KEYS_STEP):
             raise ParameterError(f"'{request.step}' is not summed", site=self.name, rule=BAD_SUM)
         if request.step == CATALOG_STEP:
@@ -228,6 +240,25 @@ class SiteExecutor:
                     f"step '{step.name}' has no secure form", site=self.name, rule=BAD_SUM
                 )
             plan = self._party().plan(request.secure)  # checked, its number claimed: before rows
+        noised = self.policy.dp and not self.policy.dp_exempt(step.analysis)
+        if noised:  # decided from the policy and the budget log only, never from the data
+            if not step.dp:
+                raise DisclosureError(
+                    f"this site is in DP mode: '{step.analysis}' has no DP version yet",
+                    site=self.name,
+                    dataset=ds.name,
+                    rule="dp",
+                )
+            if plan is None:
+                raise DisclosureError(
+                    "this site is in DP mode: it releases only noised secure sums",
+                    site=self.name,
+                    dataset=ds.name,
+                    rule="dp",
+                )
+            rho = self._release_cost(step, plan)
+            extra["budget"] = self.budget.spent(request.who, ds.name).to_dict()
+            self.budget.check(request.who, ds.name, rho)
         ledger = self.ledger(ds)
         with ledger.transaction() if ledger is not None else nullcontext() as txn:
             mask, fresh = self._cohort_mask(ds, request.where, txn)
@@ -246,6 +277,17 @@ class SiteExecutor:
                 ledger=txn,
             )
             payload = step.run(data, dict(request.params))
+            if noised:
+                assert plan is not None
+                payload = self._noised(step, plan, payload)
+                spent = self.budget.charge(
+                    request.who,
+                    ds.name,
+                    rho,
+                    query=request.query_id,
+                    analysis=step.name,
+                )
+                extra["budget"] = spent.to_dict()
             if plan is not None:
                 payload = self._masked(step, plan, payload)
             if data.derived:  # columns the step leaves at the site (site/derived.py)
@@ -257,9 +299,43 @@ class SiteExecutor:
                 recent.popitem(last=False)
         return payload
 
+    def _release_cost(self, step: SiteStep, plan: SumPlan) -> float:
+        """The zCDP cost of a noised release at the scale the request asks for (OpenDP's map),
+        refused if that scale is below what this site's ``dp_rho`` needs."""
+        own = scale_for(self.policy.dp_rho, step.dp_sensitivity)
+        if plan.noise_scale is None or plan.noise_scale < own * (1 - 1e-9):
+            raise DisclosureError(
+                f"this site is in DP mode: a release needs noise of scale at least {own:.4g} "
+                f"(its dp_rho {self.policy.dp_rho:g})",
+                site=self.name,
+                rule="dp",
+            )
+        return rho_of(plan.noise_scale, step.dp_sensitivity)
+
+    def _noised(self, step: SiteStep, plan: SumPlan, payload: dict[str, Any]) -> dict[str, Any]:
+        """DP mode: this site's discrete Gaussian share added to the step's noised fields (the
+        total over the ``len(plan.sites)`` sites of the sum carries noise of ``plan.noise_scale``)."""
+        assert plan.noise_scale is not None
+        scale = plan.noise_scale
+        out = dict(payload)
+        for name in step.dp:
+            out[name] = noise_share(payload[name], scale, len(plan.sites), self.policy.dp_colluders)
+        return out
+
+    @property
+    def budget(self) -> BudgetLedger:
+        """The site's DP budget log (``state_dir/budget.jsonl``; in memory without a state dir)."""
+        if self._budget is None:
+            path = self.state_dir / "budget.jsonl" if self.state_dir is not None else None
+            self._budget = BudgetLedger(
+                self.name, self.policy.dp_rho_researcher, self.policy.dp_rho_site, path
+            )
+        return self._budget
+
     def ledger(self, ds: Dataset) -> Ledger | None:
-        """The release ledger of a dataset (None when the policy has none: unrestricted)."""
-        if not self.policy.ledger:
+        """The release ledger of a dataset (None when the policy has none: unrestricted, or in
+        DP mode, where noise with accounting replaces it)."""
+        if not self.policy.ledger or self.policy.dp:
             return None
         ledger = self.ledgers.get(ds.name)
         if ledger is None or ledger.n_rows != ds.n_rows:
@@ -315,7 +391,7 @@ class SiteExecutor:
             mask = np.asarray(evaluate_where(expr, ds.frame), dtype=bool)
         if txn is not None:
             mask = txn.snap(np.where(mask, 0, -1)) == 0
-        if not mask.any():
+        if not mask.any() and not self.policy.dp:  # DP mode: an empty cohort is noise alone
             raise DisclosureError(
                 "no patients in this cohort at this site (a cohort is released as whole groups of "
                 f"at least {self.policy.min_cell_count} patients)",

@@ -50,6 +50,8 @@ MAX_SESSIONS = 64
 SUM_WINDOW = 4096
 #: Largest sum number (a JSON-safe whole number).
 MAX_SUM_ID = 2**53
+#: Largest noise scale a request may ask for (beyond it a release says nothing anyway).
+MAX_NOISE_SCALE = 1e6
 
 
 @dataclass
@@ -80,6 +82,9 @@ class SumPlan:
     sum_id: int
     sites: tuple[str, ...]
     seeds: Mapping[str, bytes]
+    #: DP mode: the scale of the discrete Gaussian noise the total is to carry (the coordinator's
+    #: choice; a site checks it against its own policy).
+    noise_scale: float | None = None
 
 
 class SecureSumParty:
@@ -140,8 +145,18 @@ class SecureSumParty:
     # -- sums -------------------------------------------------------------------------------
     def plan(self, secure: Any) -> SumPlan:
         """Check a request's ``secure`` block and claim its sum number (before the step runs)."""
-        if not isinstance(secure, dict) or set(secure) != {"session", "sum", "bundles"}:
+        keys = {"session", "sum", "bundles"}
+        if not isinstance(secure, dict) or not keys <= set(secure) <= keys | {"noise_scale"}:
             raise self._error(ParameterError, "malformed secure-sum request", BAD_SUM)
+        noise_scale = secure.get("noise_scale")
+        if noise_scale is not None and (
+            isinstance(noise_scale, bool)
+            or not isinstance(noise_scale, int | float)
+            or not 0 < noise_scale <= MAX_NOISE_SCALE
+        ):
+            raise self._error(
+                ParameterError, f"a noise scale is a number in (0, {MAX_NOISE_SCALE:g}]", BAD_SUM
+            )
         try:
             session_id = check_session(secure["session"])
         except SecureSumError as exc:
@@ -184,7 +199,8 @@ class SecureSumParty:
                         session.secrets.clear()
                     session.secrets[(peer, key)] = secret
                 seeds[peer] = pair_seed(secret, session_id, sum_id, self.name, peer)
-        return SumPlan(session_id, sum_id, tuple(sorted(checked)), seeds)
+        scale = float(noise_scale) if noise_scale is not None else None
+        return SumPlan(session_id, sum_id, tuple(sorted(checked)), seeds, scale)
 
     def _check_bundles(
         self, session: _Session, session_id: str, bundles: list[Any]

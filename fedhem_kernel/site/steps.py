@@ -206,7 +206,8 @@ class SiteStep:
     ``sums`` names the payload fields that can be released as a secure sum over sites, and their
     kinds (``"count"`` or ``"real"``: :mod:`fedhem_kernel.protocol.secure_sum`); ``shared`` the
     other fields a secure reply may carry (each the same at every site, e.g. agreed levels). A
-    step without ``sums`` has no secure form.
+    step without ``sums`` has no secure form. ``dp`` names the fields that carry noise in DP mode
+    (:mod:`fedhem_kernel.privacy.dp`).
     """
 
     name: str
@@ -216,6 +217,10 @@ class SiteStep:
     params: Params | None = None
     sums: Mapping[str, str] = field(default_factory=dict)
     shared: tuple[str, ...] = ()
+    #: DP mode: the summed count fields the site adds its noise share to (one patient changes them
+    #: by at most ``dp_sensitivity`` in L2 norm, together). A step without them has no DP version.
+    dp: tuple[str, ...] = ()
+    dp_sensitivity: int = 1
 
 
 def param_columns(*keys: str) -> Callable[[Payload], list[str]]:

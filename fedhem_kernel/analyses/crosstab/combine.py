@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.crosstab.result import CrosstabResult
 from fedhem_kernel.analyses.levels import OTHER
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.secure_sum import SecureTotal
 
 
 def _frame(values: np.ndarray, index: list[str], columns: list[str]) -> pd.DataFrame:
@@ -72,6 +74,50 @@ def combine_crosstab(
     return table, by_site
 
 
+def combine_dp(
+    total: SecureTotal,
+    row: str,
+    col: str,
+    margins: bool,
+    release: DPRelease,
+    row_levels: list[str],
+    col_levels: list[str],
+) -> tuple[pd.DataFrame, list[str]]:
+    """DP mode: the pooled noisy table (no per-site tables: only the sum was revealed). Cells are
+    rounded noisy counts clipped at 0 (post-processing: free); margins add the unclipped cells."""
+    cells = np.asarray(total.totals["cells"], dtype=float)
+    index, columns = [*row_levels, OTHER], [*col_levels, OTHER]
+
+    # "(other)" (levels rare at every site) is summed like any level, so the totals are
+    # complete; it is shown only when its noisy total stands out of the noise (post-processing)
+    def shown_other(values: np.ndarray) -> bool:
+        return bool(values.sum() > 3 * release.scale * np.sqrt(values.size))
+
+    keep_r = [i for i, lv in enumerate(index) if lv != OTHER or shown_other(cells[i])]
+    keep_c = [j for j, lv in enumerate(columns) if lv != OTHER or shown_other(cells[:, j])]
+    shown = np.clip(cells, 0, None)
+    table = pd.DataFrame(
+        shown[np.ix_(keep_r, keep_c)],
+        index=[index[i] for i in keep_r],
+        columns=[columns[j] for j in keep_c],
+    ).astype("Int64")
+    if margins:  # the totals of the cells shown, before clipping (unbiased)
+        inner = cells[np.ix_(keep_r, keep_c)]
+        table = _with_margins(
+            table,
+            pd.Series(np.clip(inner.sum(axis=1), 0, None), index=table.index),
+            pd.Series(np.clip(inner.sum(axis=0), 0, None), index=table.columns),
+            int(max(inner.sum(), 0)),
+        )
+    table.index.name = row
+    table.columns.name = col
+    notes = [
+        release.note("cells"),
+        "negative noisy counts are shown as 0; totals add the noisy cells shown",
+    ]
+    return table, notes
+
+
 def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
     """Counts by ``row`` and ``col`` (``"site"`` for one column per site)."""
     for name, value in (("row", row), ("col", col)):
@@ -85,6 +131,21 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
         "row_levels": require_levels(q, row),
         "col_levels": require_levels(q, col),
     }
+    release = dp_release(q)
+    if release is not None:
+        total = q.ask_sum("crosstab", params, noise_scale=release.scale)
+        table, notes = combine_dp(
+            total,
+            row,
+            col,
+            margins,
+            release,
+            params["row_levels"] or [],
+            params["col_levels"] or [],
+        )
+        for note in notes:
+            q.note(note)
+        return CrosstabResult(table, {}, q.report(), row, col)
     per_site = q.ask("crosstab", params)
     table, by_site = combine_crosstab(per_site, row, col, margins)
     return CrosstabResult(table, by_site, q.report(), row, col)

@@ -21,10 +21,33 @@ def _labels(data: SiteData, column: str, levels: list[str] | None) -> pd.Series:
     return group_index(data, column, levels)
 
 
+def _dp_cells(
+    data: SiteData, row: str, col: str, row_levels: list[str], col_levels: list[str]
+) -> Payload:
+    """DP mode: every cell of the agreed levels and ``(other)``, exact: the site adds its noise
+    share and masks it (the executor). The shape does not depend on the data; patients with a
+    missing value are left out (DP needs no ledger)."""
+    if SITE_COLUMN in (row, col):
+        raise ParameterError("a crosstab by site is not a sum over sites: not in DP mode")
+    rows, cols = _labels(data, row, row_levels), _labels(data, col, col_levels)
+    missing = (rows.isna() | cols.isna()).to_numpy()
+    if missing.any():
+        data.log.note(f"patients with a missing value in '{row}' or '{col}' are left out")
+    row_cats, col_cats = [*row_levels, OTHER], [*col_levels, OTHER]
+    r = pd.Categorical(rows[~missing], categories=row_cats).codes.astype(np.int64)
+    c = pd.Categorical(cols[~missing], categories=col_cats).codes.astype(np.int64)
+    counts = np.bincount(r * len(col_cats) + c, minlength=len(row_cats) * len(col_cats))
+    return {"cells": counts.reshape(len(row_cats), len(col_cats))}
+
+
 def site_crosstab(data: SiteData, params: Payload) -> Payload:
     row, col = require_str(params, "row"), require_str(params, "col")
     row_given = agreed_levels(data, params, "row_levels")
     col_given = agreed_levels(data, params, "col_levels")
+    if data.policy.dp:
+        if row_given is None or col_given is None:
+            raise ParameterError("a crosstab of a column needs its agreed levels")
+        return _dp_cells(data, row, col, row_given, col_given)
     rows = _labels(data, row, row_given)
     cols = _labels(data, col, col_given)
     # the rows left out for a missing value are snapped to the release ledger: else the table
@@ -80,5 +103,7 @@ STEPS = [
             "row_levels": (LEVELS, NONE),
             "col_levels": (LEVELS, NONE),
         },
+        sums={"cells": "count"},
+        dp=("cells",),
     )
 ]

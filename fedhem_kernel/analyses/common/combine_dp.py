@@ -1,0 +1,56 @@
+"""DP mode on the researcher's side: whether the sites are in it, and the noise scale to ask for.
+
+Side: researcher (combine). Every site states its policy in its catalog; a DP release is a secure
+sum in which each site adds its share of discrete Gaussian noise. The scale asked for is the
+largest any site needs for its ``dp_rho``, so that every site's own policy holds (each site checks
+it again, and charges what OpenDP's map gives for that scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.dp import epsilon, rho_of, scale_for
+from fedhem_kernel.protocol.query import Ask
+
+
+@dataclass(frozen=True)
+class DPRelease:
+    """The noise a DP release carries: its scale, and its cost at every site."""
+
+    scale: float
+    rho: float
+
+    @property
+    def epsilon(self) -> float:
+        """The cost as ε at δ = 1e-5 (OpenDP's conversion)."""
+        return epsilon(self.rho)
+
+    def note(self, what: str) -> str:
+        """The result's note: what carries noise, how much, and what it cost."""
+        return (
+            f"DP mode: {what} carry discrete Gaussian noise of scale {self.scale:.3g} (95 % "
+            f"within ±{1.96 * self.scale:.2g}), added in shares inside a secure sum; the release "
+            f"cost ρ = {self.rho:.3g} (ε = {self.epsilon:.2f} at δ = 1e-5) at each site"
+        )
+
+
+def dp_release(q: Ask, sensitivity: int = 1) -> DPRelease | None:
+    """The DP release the sites still taking part need (None when none is in DP mode).
+
+    A federation whose sites are partly in DP mode cannot answer with one sum: the others would
+    add no noise, and the DP sites' guarantee would not hold.
+    """
+    policies = {site: entry.get("policy", {}) for site, entry in q.catalog().items()}
+    dp_sites = sorted(site for site, p in policies.items() if p.get("dp"))
+    if not dp_sites:
+        return None
+    others = sorted(set(policies) - set(dp_sites))
+    if others:
+        raise ParameterError(
+            f"sites {dp_sites} are in DP mode and {others} are not: leave out one kind "
+            "(a DP release is one noised sum over sites that all add noise)"
+        )
+    scale = max(scale_for(float(policies[s]["dp_rho"]), sensitivity) for s in dp_sites)
+    return DPRelease(scale, rho_of(scale, sensitivity))

@@ -1,0 +1,182 @@
+"""DP mode: accounting equals OpenDP's, noise shares add up to one release's noise, the budget log,
+and the DP crosstab end to end. The attacks are in ``tests/disclosure/test_dp_attacks.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import opendp.prelude as dp
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
+from fedhem_kernel.privacy.budget import BudgetLedger
+from fedhem_kernel.privacy.dp import epsilon, noise_share, rho_of, scale_for, share_scale
+
+dp.enable_features("contrib")
+
+
+# -- accounting -----------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [0.5, 1.0, 3.1623, 10.0, 250.0])
+@pytest.mark.parametrize("sensitivity", [1, 2, 5])
+def test_the_cost_is_opendps_map_of_the_discrete_gaussian(scale, sensitivity):
+    meas = dp.m.make_gaussian(
+        dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
+    )
+    assert rho_of(scale, sensitivity) == meas.map(sensitivity)
+    assert rho_of(scale, sensitivity) == pytest.approx(sensitivity**2 / (2 * scale**2))
+    assert rho_of(scale_for(0.05, sensitivity), sensitivity) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("rho", [0.01, 0.05, 0.5, 1.0, 5.0])
+def test_epsilon_is_opendps_conversion_and_within_the_zcdp_bound(rho):
+    meas = dp.c.make_zCDP_to_approxDP(
+        dp.m.make_gaussian(
+            dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=1.0
+        )
+    )
+    scaled = dp.c.make_zCDP_to_approxDP(
+        dp.m.make_gaussian(
+            dp.vector_domain(dp.atom_domain(T=int)),
+            dp.l2_distance(T=int),
+            scale=1.0 / math.sqrt(2 * rho),
+        )
+    )
+    assert epsilon(rho) == pytest.approx(scaled.map(1).epsilon(1e-5))
+    assert epsilon(rho) <= rho + 2 * math.sqrt(rho * math.log(1e5)) + 1e-9  # Bun–Steinke
+    assert meas.map(1).epsilon(1e-5) > 0
+
+
+def test_shares_add_up_to_at_least_one_releases_noise():
+    scale, sites, n = 3.0, 4, 20_000
+    shares = [noise_share(np.zeros(n, dtype=np.int64), scale, sites) for _ in range(sites)]
+    total = np.sum(shares, axis=0)
+    assert total.dtype == np.int64
+    # variance of the total ~ scale²: a chi-squared bound on 20,000 draws
+    assert total.var() == pytest.approx(scale**2, rel=0.05)
+    assert np.var(shares[0]) == pytest.approx(scale**2 / sites, rel=0.05)
+    assert abs(total.mean()) < 4 * scale / math.sqrt(n)
+    # colluders: each honest share carries more; never thinner than variance 1
+    assert share_scale(scale, sites, colluders=1) == pytest.approx(scale / math.sqrt(3))
+    assert share_scale(1.0, 50) == 1.0
+
+
+# -- the budget log -------------------------------------------------------------------------
+def test_the_budget_log_caps_each_researcher_and_the_site(tmp_path):
+    log = BudgetLedger("north", researcher_cap=0.1, site_cap=0.15, path=tmp_path / "b.jsonl")
+    log.charge("alice", "d", 0.05)
+    log.charge("alice", "d", 0.05)
+    with pytest.raises(DisclosureError, match="your privacy budget") as info:
+        log.charge("alice", "d", 0.05)
+    assert info.value.rule == "budget" and info.value.site == "north"
+    log.charge("alice", "other", 0.05)  # per dataset
+    log.charge("bob", "d", 0.05)
+    with pytest.raises(DisclosureError, match="all researchers together"):
+        log.charge("carol", "d", 0.05)  # colluders cannot pool: the site's cap holds
+    assert log.spent("alice", "d").left == 0.0
+
+
+def test_the_budget_survives_a_restart_and_a_damaged_log_is_refused(tmp_path):
+    path = tmp_path / "b.jsonl"
+    log = BudgetLedger("north", 1.0, 5.0, path)
+    for _ in range(3):
+        log.charge("alice", "d", 0.2, query="q", analysis="crosstab")
+    again = BudgetLedger("north", 1.0, 5.0, path)
+    assert again.spent("alice", "d").researcher == pytest.approx(0.6)
+    lines = path.read_text().splitlines()
+    for damaged in (
+        [lines[0], lines[2]],  # one removed
+        [lines[1], lines[0], lines[2]],  # reordered
+        [lines[0], lines[1].replace('"rho": 0.2', '"rho": 0.0'), lines[2]],  # altered
+    ):
+        path.write_text("\n".join(damaged) + "\n")
+        with pytest.raises(SchemaError, match="damaged at entry") as info:
+            BudgetLedger("north", 1.0, 5.0, path)
+        assert info.value.site == "north"
+
+
+# -- the DP crosstab --------------------------------------------------------------------------
+def tables(seed: int = 0, n: int = 300, sites: int = 3):
+    rng = np.random.default_rng(seed)
+    return {
+        f"s{i}": {
+            "d": pd.DataFrame(
+                {"a": rng.choice(["x", "y", "z"], n), "b": rng.choice(["u", "v"], n, p=[0.3, 0.7])}
+            )
+        }
+        for i in range(sites)
+    }
+
+
+def test_a_dp_crosstab_is_noisy_pooled_counts_within_the_noise():
+    t = tables()
+    pooled = pd.concat([s["d"] for s in t.values()], ignore_index=True)
+    exact = pd.crosstab(pooled["a"], pooled["b"])
+    with fh.Federation.local(t, policy=fh.Policy(dp=True)) as fed:
+        res = fed.crosstab("d", "a", "b", margins=True)
+    scale = scale_for(0.05)
+    table = res.table.drop(index="All", columns="All")
+    diff = (table.astype(float) - exact.astype(float)).to_numpy()
+    assert np.abs(diff).max() < 6 * scale  # noise of scale 3.16, not a copy of the counts
+    assert res.by_site == {}  # only the pooled sum was revealed
+    assert any("DP mode: cells carry discrete Gaussian noise" in n for n in res.privacy.notes)
+    budget = res.privacy.budget
+    assert list(budget.index) == ["s0", "s1", "s2"]
+    assert np.allclose(budget["rho_spent"], 0.05)
+    assert np.allclose(budget["rho_left"], 0.95)
+    assert "DP budget" in res.privacy._repr_html_()
+
+
+def test_the_budget_runs_out_with_a_clear_message():
+    policy = fh.Policy(dp=True, dp_rho=0.05, dp_rho_researcher=0.1, dp_rho_site=1.0)
+    with fh.Federation.local(tables(), policy=policy) as fed:
+        fed.crosstab("d", "a", "b")
+        second = fed.crosstab("d", "a", "b")
+        assert (second.privacy.budget["rho_left"] == 0).all()
+        with pytest.raises(DisclosureError) as info:
+            fed.crosstab("d", "a", "b")
+    assert "budget" in info.value.rule
+    assert "your privacy budget for this dataset at this site is spent" in str(info.value)
+
+
+def test_analyses_without_a_dp_version_are_refused_and_mixed_federations_too():
+    with fh.Federation.local(tables(), policy=fh.Policy(dp=True)) as fed:
+        with pytest.raises(DisclosureError, match="has no DP version yet") as info:
+            fed.describe("d", ["a"])
+        assert info.value.rule == "dp"
+    policies = {"s0": fh.Policy(dp=True), "s1": fh.Policy(), "s2": fh.Policy()}
+    with fh.Federation.local(tables(), policy=policies) as fed:
+        with pytest.raises(ParameterError, match="in DP mode and"):
+            fed.crosstab("d", "a", "b")
+
+
+def test_sites_with_different_dp_rho_all_get_their_own_guarantee():
+    policies = {
+        "s0": fh.Policy(dp=True, dp_rho=0.05),
+        "s1": fh.Policy(dp=True, dp_rho=0.5),
+        "s2": fh.Policy(dp=True, dp_rho=0.5),
+    }
+    with fh.Federation.local(tables(), policy=policies) as fed:
+        res = fed.crosstab("d", "a", "b")
+    # the coordinator asks for the largest scale any site needs: every site spends 0.05 or less
+    assert (res.privacy.budget["rho_spent"] <= 0.05 + 1e-12).all()
+    assert res.privacy.budget["rho_spent"].iloc[0] == pytest.approx(0.05)
+
+
+def test_the_policy_checks_its_dp_settings():
+    for bad in (
+        {"dp_rho": 0},
+        {"dp_rho": -1},
+        {"dp_rho": float("nan")},
+        {"dp_rho": 2.0, "dp_rho_researcher": 1.0},
+        {"dp_rho_researcher": 10.0, "dp_rho_site": 5.0},
+        {"dp_colluders": -1},
+        {"dp": "yes"},
+    ):
+        with pytest.raises(ParameterError, match="policy"):
+            fh.Policy(**bad)
+    rules = fh.Policy(dp=True).describe_rules()
+    assert any(r.startswith("DP mode") and "ε = 1.31" in r for r in rules)
