@@ -39,6 +39,7 @@ from fedhem_kernel.protocol.report import Detail, PrivacyReport, SiteOutcome
 
 K = 5  # the default policy's min_cell_count
 ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "tests" / "output" / "browser"  # screenshots to look at
 COLUMNS = {
     "d": {
         "os_months": {"type": "float", "unit": "months"},
@@ -557,6 +558,10 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
 
     km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
     xt = fed.crosstab("d", "grp", "sex")
+    with fh.Federation.local(
+        {s: {"d": t} for s, t in TABLES.items()}, policy=fh.Policy(dp=True), columns=COLUMNS
+    ) as dp_fed:
+        dp_xt = dp_fed.crosstab("d", "grp", "sex", margins=True)
 
     def synced(w):
         return {k: v for k, v in w.get_state().items() if not k.startswith("_") or k == "_kind"}
@@ -564,6 +569,7 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
     states = {
         "km": synced(km.widget()),
         "xt": synced(xt.widget()),
+        "dp": synced(dp_xt.widget()),
         "privacy": synced(PrivacyReportWidget(km.privacy)),
         "slow": synced(ProgressWidget(title="q", sites=[{"site": "a", "status": "waiting"}])),
         "quick": synced(ProgressWidget(title="q", sites=[{"site": "a", "status": "waiting"}])),
@@ -614,5 +620,11 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
         )
         assert "finished after 2.5 s" in page.locator("#slow").inner_text()
         assert page.locator("#slow [data-status=refused]").count() == 1
+        # DP mode: each site's budget in the privacy panel
+        budget = page.locator("#dp .fedhem-privacy .fedhem-budget")
+        assert budget.count() == len(dp_xt.privacy.outcomes)
+        assert "ρ 0.0500 of 1.00 spent" in budget.first.inner_text()
+        assert "ε 1.31 of 7.08" in budget.first.inner_text()
+        page.locator("#dp").screenshot(path=str(OUTPUT / "dp_crosstab.png"))
         page.screenshot(path=str(tmp_path / "widgets.png"), full_page=True)
         assert errors == []

@@ -57,6 +57,14 @@ def _label(value: Any) -> str:
 
 
 # -- privacy report --------------------------------------------------------------------------------
+def budget_state(budget: Any) -> dict[str, float] | None:
+    """A site's DP budget for the panel: spent, cap and left in ρ, spent and cap as ε."""
+    if not budget:
+        return None
+    keys = ("rho_spent", "rho_cap", "rho_left", "epsilon_spent", "epsilon_cap")
+    return {k: float(budget[k]) for k in keys if k in budget}
+
+
 def privacy_state(report: PrivacyReport) -> dict[str, Any]:
     """The privacy report as the panel shows it: per site the outcome, rules and reasons; notes."""
     return {
@@ -68,6 +76,7 @@ def privacy_state(report: PrivacyReport) -> dict[str, Any]:
                 "status": o.status,
                 "rules": list(o.rules),
                 "details": list(o.details),
+                "budget": budget_state(o.budget),
             }
             for o in report.outcomes
         ],

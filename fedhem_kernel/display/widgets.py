@@ -174,14 +174,15 @@ def summary_widget(
 def crosstab_widget(result: CrosstabResult) -> ResultTableWidget:
     tables = [table_state(result.table, "pooled")]
     tables += [table_state(df, f"site {site}") for site, df in result.by_site.items()]
-    return ResultTableWidget(
-        result.title,
-        tables,
-        result.privacy,
-        footnote="suppressed: withheld at a site (a cell below the minimum count, or a cell "
+    dp = any(n.startswith("DP mode") for n in result.privacy.notes)
+    footnote = (
+        result.footnote
+        if dp
+        else "suppressed: withheld at a site (a cell below the minimum count, or a cell "
         "withheld so that it cannot be derived from the totals); a pooled cell is suppressed "
-        "when any site withheld it.",
+        "when any site withheld it."
     )
+    return ResultTableWidget(result.title, tables, result.privacy, footnote=footnote)
 
 
 def logrank_widget(result: LogrankResult) -> ResultTableWidget:

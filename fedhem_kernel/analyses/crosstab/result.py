@@ -31,6 +31,11 @@ class CrosstabResult(Result):
 
     @property
     def footnote(self) -> str:
+        if any(n.startswith("DP mode") for n in self.privacy.notes):
+            return (
+                "DP mode: every count carries noise (its scale and cost are in the notes); only "
+                "the pooled table exists, no site's own."
+            )
         return (
             "NA: suppressed at a site (a cell below the minimum count, or a cell "
             "withheld so that it cannot be derived from the totals)."

@@ -61,7 +61,14 @@ function renderPrivacy(state, root) {
   const body = state.outcomes.map((o) => {
     const reasons = o.rules.length
       ? o.rules.map((rule, i) => h("div", { class: "fedhem-reason" }, h("b", {}, rule), `: ${o.details[i] || ""}`))
-      : ["—"];
+      : (o.budget ? [] : ["—"]);
+    if (o.budget) {
+      const b = o.budget;
+      reasons.push(h("div", { class: "fedhem-reason fedhem-budget" }, h("b", {}, "DP budget"),
+        `: ρ ${b.rho_spent.toPrecision(3)} of ${b.rho_cap.toPrecision(3)} spent ` +
+        `(ε ${b.epsilon_spent.toFixed(2)} of ${b.epsilon_cap.toFixed(2)} at δ = 1e-5); ` +
+        `ρ ${b.rho_left.toPrecision(3)} left`));
+    }
     return h("tr", { "data-site": o.site, "data-status": o.status },
       h("td", {}, o.site), h("td", {}, badge(o.status)), h("td", { class: "fedhem-reasons" }, reasons));
   });
