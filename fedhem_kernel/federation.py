@@ -22,7 +22,7 @@ from fedhem_kernel.engine.local_grid import InProcess, LocalGrid
 from fedhem_kernel.engine.site_process import SiteProcess
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
-from fedhem_kernel.protocol.messages import AUDIT_STEP, CATALOG_STEP, SiteRequest
+from fedhem_kernel.protocol.messages import AUDIT_STEP, BUDGET_STEP, CATALOG_STEP, SiteRequest
 from fedhem_kernel.protocol.params import check_arguments
 from fedhem_kernel.protocol.where import parse_where
 
@@ -214,6 +214,21 @@ class Federation:
             for site, reply in self._catalog_replies().items()
             if reply.payload is not None
         }
+
+    def budget(self) -> pd.DataFrame:
+        """Your DP budget at each site in DP mode: per site and dataset, ρ spent, its cap and what is
+        left (``rho_left`` also respects the site's total for all researchers), and spent and cap as
+        ε at δ = 1e-5. Empty when no site is in DP mode.
+        """
+        replies = self.coordinator.send(SiteRequest(BUDGET_STEP, None, {}, None, self.user))
+        rows = []
+        for site in self.coordinator.site_names:
+            reply = replies.get(site)
+            if reply is None or reply.payload is None:
+                continue
+            for dataset, spent in reply.payload.get("datasets", {}).items():
+                rows.append({"site": site, "dataset": dataset, **spent})
+        return pd.DataFrame(rows)
 
     def audit_log(self, site: str | None = None) -> pd.DataFrame:
         """What each site's audit log holds of your own requests (the site keeps the whole log).

@@ -88,7 +88,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 serving a copy of notebooks/ under BASE_URL."""
-    tmp = tmp_path_factory.mktemp("lab")
+    yield from run_lab(tmp_path_factory.mktemp("lab"), "demo")
+
+
+def run_lab(tmp: Path, federation: str):
+    """Start JupyterLab on ``federation`` (``FEDHEM_FEDERATION``); yield its url, token, folders."""
     work = tmp / "notebooks"
     shutil.copytree(ROOT / "notebooks", work)
     prefix = tmp / "prefix"
@@ -104,7 +108,7 @@ def lab(tmp_path_factory):
     )
     env = {
         **os.environ,
-        "FEDHEM_FEDERATION": "demo",
+        "FEDHEM_FEDERATION": federation,
         "FEDHEM_ACTIVITY": str(tmp / "activity.jsonl"),
         "FEDHEM_USER": "browser_test",
         "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
@@ -265,3 +269,68 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
     assert "os_months" in source
     assert not problems, problems[:3]
     page.close()
+
+
+DP_SITES = ["north", "south", "east"]
+
+
+def dp_federation(folder: Path) -> Path:
+    """A federation file of three sites in DP mode that keep their state in ``folder``."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    lines = ['[federation]\nname = "dp"\n']
+    for site in DP_SITES:
+        pd.DataFrame(
+            {"risk": rng.choice(["low", "high"], 150), "sex": rng.choice(["F", "M"], 150)}
+        ).to_csv(folder / f"{site}.csv", index=False)
+        lines.append(
+            f'[sites.{site}.site]\nstate_dir = "state/{site}"\n'
+            f"[sites.{site}.policy]\ndp = true\n"
+            f'[sites.{site}.datasets.d]\npath = "{site}.csv"\n'
+        )
+    path = folder / "federation.toml"
+    path.write_text("".join(lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dp_lab(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dp_federation")
+    config = dp_federation(folder)
+    for info in run_lab(tmp_path_factory.mktemp("dp_lab"), str(config)):
+        yield {**info, "config": config}
+
+
+def test_the_sidebar_shows_the_dp_budget_left_at_each_site(dp_lab, browser):
+    """DP mode: the Policy section lists this user's budget per site and dataset; a release made
+    elsewhere (another process keeping the same sites' state) shows after a refresh."""
+    import fedhem_kernel as fh
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(f"{dp_lab['url']}lab?token={dp_lab['token']}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=60_000)
+    page.locator('.jp-SideBar [data-id="fedhem-sidebar"]').first.click()
+    sidebar = page.locator("#fedhem-sidebar")
+    budget = sidebar.locator(".fedhem-budget")
+    budget.nth(len(DP_SITES) - 1).wait_for(timeout=60_000)
+    assert budget.count() == len(DP_SITES)
+    assert "d: ρ 0.00 of 1.00 spent" in budget.first.inner_text()
+    # a DP release by the same user in another process sharing the sites' state
+    with fh.Federation.from_config(
+        dp_lab["config"], isolation="in-process", user="browser_test"
+    ) as fed:
+        fed.crosstab("d", "risk", "sex")
+    page.locator("#fedhem-sidebar .fedhem-refresh").click()
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#fedhem-sidebar .fedhem-budget')]
+            .every(e => e.textContent.includes('ρ 0.0500 of 1.00 spent'))""",
+        timeout=30_000,
+    )
+    assert "ε 1.31 of 7.08" in budget.first.inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    sidebar.screenshot(path=str(SCREENSHOTS / "sidebar_dp_budget.png"))
+    assert problems == []

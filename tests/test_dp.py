@@ -180,3 +180,17 @@ def test_the_policy_checks_its_dp_settings():
             fh.Policy(**bad)
     rules = fh.Policy(dp=True).describe_rules()
     assert any(r.startswith("DP mode") and "ε = 1.31" in r for r in rules)
+
+
+def test_two_processes_keeping_the_same_budget_log_share_it(tmp_path):
+    path = tmp_path / "b.jsonl"
+    kernel = BudgetLedger("north", 0.2, 5.0, path)
+    server = BudgetLedger("north", 0.2, 5.0, path)
+    kernel.charge("alice", "d", 0.1)
+    server.charge("alice", "d", 0.05)  # reads the kernel's line first: one chain
+    assert kernel.spent("alice", "d").researcher == pytest.approx(0.15)
+    with pytest.raises(DisclosureError):
+        kernel.charge("alice", "d", 0.1)
+    assert BudgetLedger("north", 0.2, 5.0, path).spent("alice", "d").researcher == pytest.approx(
+        0.15
+    )

@@ -175,3 +175,18 @@ def test_a_changed_or_damaged_ledger_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a ledger")
     with pytest.raises(SchemaError, match="cannot be read"):
         ledger(path=path)
+
+
+def test_two_processes_keeping_the_same_ledger_see_each_others_releases(tmp_path):
+    """A kernel and the Jupyter server may host the same site from one state_dir: each
+    transaction reads what the other wrote (under a lock on the file) before it snaps."""
+    path = tmp_path / "d.ledger.npz"
+    kernel, server = ledger(path=path), ledger(path=path)
+    a = np.arange(200) < 120
+    release(kernel, a)
+    plus = a.copy()
+    plus[150] = True
+    assert np.array_equal(release(server, plus), np.where(a, 0, -1))  # the server knows A
+    release(kernel, np.arange(200) % 2 == 0)
+    again = ledger(path=path)
+    assert again.n_atoms == 4 and np.array_equal(again.ranks, kernel.ranks)

@@ -76,6 +76,7 @@ async def test_policy_in_plain_words_per_site(jp_fetch):
     for site in body["sites"]:
         assert site["policy"]["min_cell_count"] == 5
         assert "Every released count is 0 or at least 5." in site["rules"]
+        assert site["budget"] == {}  # no site of the demo is in DP mode
 
 
 async def test_activity_lists_this_users_queries_newest_first(jp_fetch, activity):

@@ -32,10 +32,21 @@ export interface ICatalogReply {
   datasets: { [dataset: string]: IColumn[] };
 }
 
+/** DP mode: this user's budget on one dataset at one site (zCDP ρ, and ε at δ = 1e-5). */
+export interface IBudget {
+  rho_spent: number;
+  rho_cap: number;
+  rho_left: number;
+  epsilon_spent: number;
+  epsilon_cap: number;
+}
+
 export interface ISitePolicy {
   name: string;
   rules: string[];
   policy: { [key: string]: unknown };
+  /** DP mode: this user's budget per dataset (empty when the site is not in DP mode). */
+  budget?: { [dataset: string]: IBudget };
 }
 
 export interface IPolicyReply {

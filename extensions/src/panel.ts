@@ -454,6 +454,22 @@ export class FederationPanel extends Widget {
         rules.append(el('li', 'fedhem-rule fedhem-empty', 'No rules.'));
       }
       block.append(el('h4', 'fedhem-policy-site', site.name), rules);
+      const budget = Object.entries(site.budget ?? {});
+      if (budget.length > 0) {
+        const list = el('ul', 'fedhem-list fedhem-budget-list');
+        for (const [dataset, b] of budget) {
+          const item = el(
+            'li',
+            'fedhem-budget',
+            `${dataset}: ρ ${b.rho_spent.toPrecision(3)} of ${b.rho_cap.toPrecision(3)} spent ` +
+              `(ε ${b.epsilon_spent.toFixed(2)} of ${b.epsilon_cap.toFixed(2)}); ` +
+              `ρ ${b.rho_left.toPrecision(3)} left`
+          );
+          item.dataset.dataset = dataset;
+          list.append(item);
+        }
+        block.append(el('h5', 'fedhem-budget-title', 'Your privacy budget (DP mode)'), list);
+      }
       return block;
     });
     this._policyBody.replaceChildren(...nodes);

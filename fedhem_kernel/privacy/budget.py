@@ -12,16 +12,22 @@ With a path, every charge is a JSON line (its number, time, researcher, dataset,
 analysis, the previous line's hash and its own), appended and fsynced before the reply leaves; a
 site that restarts reads the log back and checks the chain, so a researcher's budget survives
 restarts and an edited, removed or reordered line stops the site's DP releases with a clear error.
+Several processes may keep the same site's log (a kernel and the Jupyter server's view of a
+federation file): each reads the lines the others appended, under a lock on the file, before it
+answers or appends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,34 +89,57 @@ class BudgetLedger:
         self._by_dataset: dict[str, float] = defaultdict(float)
         self._last = GENESIS
         self._count = 0
-        if self.path is not None and self.path.exists():
-            self._read(self.path)
+        self._offset = 0  # bytes of the log already read
+        with self._file_lock(shared=True):
+            pass
 
-    def _read(self, path: Path) -> None:
-        prev = GENESIS
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
+    @contextmanager
+    def _file_lock(self, shared: bool) -> Iterator[None]:
+        """This process's lock, and (with a path) the file's: then the lines other processes
+        appended since are read first."""
+        with self._lock:
+            if self.path is None:
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a+", encoding="utf-8") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
                 try:
-                    entry = json.loads(line)
-                    own = entry.pop("hash")
-                    ok = entry["n"] == number and entry["prev"] == prev and _digest(entry) == own
-                    rho, who, dataset = float(entry["rho"]), entry["who"], entry["dataset"]
-                except (ValueError, KeyError, TypeError):
-                    ok = False
-                if not ok:
-                    raise SchemaError(
-                        f"the DP budget log is damaged at entry {number} (an entry was altered, "
-                        "removed or reordered): restore it from a backup",
-                        site=self.site,
-                        rule="budget",
-                    )
-                self._by_researcher[who, dataset] += rho
-                self._by_dataset[dataset] += rho
-                prev, self._count = own, number
-        self._last = prev
+                    self._catch_up(fh)
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _catch_up(self, fh: Any) -> None:
+        fh.seek(self._offset)
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # a line still being written (never: appends are under the lock)
+            self._take(line)
+            self._offset += len(line.encode("utf-8"))
+
+    def _take(self, line: str) -> None:
+        number = self._count + 1
+        try:
+            entry = json.loads(line)
+            own = entry.pop("hash")
+            ok = entry["n"] == number and entry["prev"] == self._last and _digest(entry) == own
+            rho, who, dataset = float(entry["rho"]), entry["who"], entry["dataset"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            raise SchemaError(
+                f"the DP budget log is damaged at entry {number} (an entry was altered, "
+                "removed or reordered): restore it from a backup",
+                site=self.site,
+                rule="budget",
+            )
+        self._by_researcher[who, dataset] += rho
+        self._by_dataset[dataset] += rho
+        self._last, self._count = own, number
 
     def spent(self, who: str, dataset: str) -> Spent:
-        with self._lock:
+        with self._file_lock(shared=True):
             return self._spent(who, dataset)
 
     def _spent(self, who: str, dataset: str) -> Spent:
@@ -123,7 +152,7 @@ class BudgetLedger:
 
     def check(self, who: str, dataset: str, rho: float) -> Spent:
         """Refuse (``DisclosureError``, rule ``budget``) if ``rho`` more would exceed a cap."""
-        with self._lock:
+        with self._file_lock(shared=True):
             spent = self._spent(who, dataset)
         self._refuse_over(spent, rho, dataset)
         return spent
@@ -150,7 +179,7 @@ class BudgetLedger:
         self, who: str, dataset: str, rho: float, *, query: str = "", analysis: str = ""
     ) -> Spent:
         """Record a release's cost (written and fsynced first); refused if over a cap."""
-        with self._lock:
+        with self._file_lock(shared=False):
             self._refuse_over(self._spent(who, dataset), rho, dataset)
             entry = {
                 "n": self._count + 1,
@@ -162,15 +191,12 @@ class BudgetLedger:
                 "analysis": analysis,
                 "prev": self._last,
             }
-            own = _digest(entry)
+            line = json.dumps({**entry, "hash": _digest(entry)}, sort_keys=True) + "\n"
             if self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({**entry, "hash": own}, sort_keys=True) + "\n")
+                    fh.write(line)
                     fh.flush()
                     os.fsync(fh.fileno())
-            self._count += 1
-            self._last = own
-            self._by_researcher[who, dataset] += rho
-            self._by_dataset[dataset] += rho
+                self._offset += len(line.encode("utf-8"))
+            self._take(line)
             return self._spent(who, dataset)

@@ -22,14 +22,18 @@ exists.
 
 A ledger with a path is written (atomically: a temporary file, ``fsync``, rename) when a transaction
 commits, which the executor does before the reply leaves; it is read again when the site restarts.
+Several processes may keep the same site's ledger (a kernel and the Jupyter server's view of a
+federation file): a transaction holds a lock on the file and first reads what another process
+wrote since.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +151,17 @@ def _snap_atom(
     out[members] = new
 
 
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class Ledger:
     """The atoms of one dataset's rows at one site (in memory, or kept in ``path``)."""
 
@@ -157,7 +172,11 @@ class Ledger:
         n_rows: int,
         k: int,
         path: Path | None = None,
+        secret: bytes | None = None,
     ) -> None:
+        """``secret`` (32 bytes) orders the rows that leave a group to make a left-out piece k;
+        drawn at random when not given. A ledger kept in ``path`` keeps the secret it was made
+        with."""
         self.site = site
         self.dataset = dataset
         self.n_rows = int(n_rows)
@@ -165,14 +184,38 @@ class Ledger:
         self.path = Path(path) if path is not None else None
         self._lock = threading.RLock()
         self.version = 0
-        if self.path is not None and self.path.exists():
-            self.atoms, self._secret = self._read(self.path)
-        else:
-            self.atoms = np.zeros(self.n_rows, dtype=np.int64)
-            self._secret = os.urandom(32)
-            if self.path is not None:
-                self._write()
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
+        with self._file_lock():
+            if self.path is not None and self.path.exists():
+                self.atoms, self._secret = self._read(self.path)
+            else:
+                self.atoms = np.zeros(self.n_rows, dtype=np.int64)
+                self._secret = secret if secret is not None else os.urandom(32)
+                if len(self._secret) != 32:
+                    raise ValueError("a ledger's secret has 32 bytes")
+                if self.path is not None:
+                    self._write()
         self.ranks = _secret_ranks(self._secret, self.n_rows)
+
+    def _file_lock(self):  # noqa: ANN202 - a context manager
+        """An exclusive lock on ``<path>.lock`` (no file lock for a ledger in memory)."""
+        if self.path is None:
+            return nullcontext()
+        return _flock(self.path.with_name(self.path.name + ".lock"))
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _refresh(self) -> None:
+        """Read the file again if another process wrote it since (under the file lock)."""
+        if self.path is not None and self._stat() != self._stamp and self.path.exists():
+            self.atoms, self._secret = self._read(self.path)
+            self.ranks = _secret_ranks(self._secret, self.n_rows)
+            self.version += 1
 
     # -- persistence --------------------------------------------------------------------------
     def _read(self, path: Path) -> tuple[np.ndarray, bytes]:
@@ -188,6 +231,7 @@ class Ledger:
                 dataset=self.dataset,
                 rule="ledger",
             ) from None
+        self._stamp = self._stat()
         if fmt != FORMAT or len(secret) != 32:
             raise SchemaError(
                 "the release ledger of this dataset has an unknown format",
@@ -224,13 +268,15 @@ class Ledger:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        self._stamp = self._stat()
 
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Snap row sets against the atoms; the refinement is kept (and written) only if the
         block ends without an exception. Transactions of one ledger run one at a time."""
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._refresh()
             txn = Transaction(self)
             yield txn
             if txn.changed:

@@ -157,7 +157,9 @@ class Policy:
         """The rules in plain words (for data stewards and the notebook)."""
         k = self.min_cell_count
         lines = [
-            f"Every released count is 0 or at least {k}.",
+            f"Category names are shown only where at least {k} patients hold them."
+            if self.dp
+            else f"Every released count is 0 or at least {k}.",
             "Survival times are used exactly."
             if self.time_resolution == "exact"
             else f"Survival times are coarsened to a grid of {self.time_resolution}.",

@@ -21,8 +21,10 @@ AUDIT_STEP = "audit"
 #: The step every site answers with its signed key of a secure-sum key session
 #: (:mod:`fedhem_kernel.protocol.secure_sum`).
 KEYS_STEP = "secure_keys"
+#: The step every site answers with the requesting researcher's DP budget per dataset (DP mode).
+BUDGET_STEP = "budget"
 #: Steps that are not an analysis's: every site answers them whatever its policy allows.
-SERVICE_STEPS = (CATALOG_STEP, AUDIT_STEP, KEYS_STEP)
+SERVICE_STEPS = (CATALOG_STEP, AUDIT_STEP, KEYS_STEP, BUDGET_STEP)
 
 Status = Literal["released", "suppressed", "refused", "error"]
 

@@ -92,12 +92,26 @@ class FederationView:
         return {"datasets": {ds: list(cols.values()) for ds, cols in sorted(datasets.items())}}
 
     def policy(self) -> dict[str, Any]:
+        """Each site's rules and policy, and (DP mode) this user's budget there per dataset."""
         with self._lock:
             fed = self._get()
             policies = fed.policies if fed is not None else {}
+            budget = (
+                fed.budget() if fed is not None and any(p.dp for p in policies.values()) else None
+            )
+        spent: dict[str, dict[str, dict[str, float]]] = {}
+        if budget is not None and not budget.empty:
+            for row in budget.to_dict("records"):
+                site, dataset = row.pop("site"), row.pop("dataset")
+                spent.setdefault(site, {})[dataset] = {k: float(v) for k, v in row.items()}
         return {
             "sites": [
-                {"name": site, "rules": p.describe_rules(), "policy": p.to_dict()}
+                {
+                    "name": site,
+                    "rules": p.describe_rules(),
+                    "policy": p.to_dict(),
+                    "budget": spent.get(site, {}),
+                }
                 for site, p in policies.items()
             ]
         }

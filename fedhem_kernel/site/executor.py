@@ -28,6 +28,7 @@ from fedhem_kernel.privacy.ledger import Ledger, Transaction
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.messages import (
     AUDIT_STEP,
+    BUDGET_STEP,
     CATALOG_STEP,
     KEYS_STEP,
     SiteReply,
@@ -198,7 +199,12 @@ class SiteExecutor:
         return self.secure
 
     def _run(self, request: SiteRequest, rlog: ReleaseLog, extra: dict[str, Any]) -> dict[str, Any]:
-        if request.secure is not None and request.step in (CATALOG_STEP, AUDIT_STEP, KEYS_STEP):
+        if request.secure is not None and request.step in (
+            CATALOG_STEP,
+            AUDIT_STEP,
+            KEYS_STEP,
+            BUDGET_STEP,
+        ):
             raise ParameterError(f"'{request.step}' is not summed", site=self.name, rule=BAD_SUM)
         if request.step == CATALOG_STEP:
             return self.catalog()
@@ -206,6 +212,8 @@ class SiteExecutor:
             return self.audit_trail(request.who, request.params)
         if request.step == KEYS_STEP:
             return self._party().keys(request.params)
+        if request.step == BUDGET_STEP:
+            return self.budget_report(request.who, request.params)
         step = self.steps.get(request.step)
         if step is None:
             raise ParameterError(f"unknown analysis step '{request.step}'", site=self.name)
@@ -339,10 +347,12 @@ class SiteExecutor:
             return None
         ledger = self.ledgers.get(ds.name)
         if ledger is None or ledger.n_rows != ds.n_rows:
-            path = None
+            path, secret = None, None
             if self.state_dir is not None:
                 path = self.state_dir / f"{ds.name}.ledger.npz"
-            ledger = Ledger(self.name, ds.name, ds.n_rows, self.policy.min_cell_count, path)
+            else:  # in memory: the same data give the same ledger in every run (reproducible)
+                secret = _content_secret(self.name, ds)
+            ledger = Ledger(self.name, ds.name, ds.n_rows, self.policy.min_cell_count, path, secret)
             self.ledgers[ds.name] = ledger
             self._masks.pop(ds.name, None)
         return ledger
@@ -414,6 +424,15 @@ class SiteExecutor:
             "policy": self.policy.to_dict(),
         }
 
+    def budget_report(self, who: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``who``'s DP budget on each dataset (DP mode; nothing otherwise): numbers the researcher
+        is shown after every release anyway, never another researcher's."""
+        if params:
+            raise ParameterError("a budget request takes no parameters", site=self.name)
+        if not self.policy.dp:
+            return {"datasets": {}}
+        return {"datasets": {ds: self.budget.spent(who, ds).to_dict() for ds in self.datasets}}
+
     def audit_trail(self, who: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """The audit entries of ``who``'s own requests, newest last (at most ``limit``).
 
@@ -432,6 +451,16 @@ class SiteExecutor:
             )
         mine = [e for e in self.audit.entries() if e.get("who") == who]
         return {"entries": mine[-limit:]}
+
+
+def _content_secret(site: str, ds: Dataset) -> bytes:
+    """A ledger's ordering secret drawn from the dataset's content (an in-memory ledger: the
+    same rows give the same order in every run, and only someone who holds every value of the
+    table could compute it)."""
+    digest = hashlib.blake2b(digest_size=32, person=b"fedhem-ledger")
+    digest.update(site.encode() + b"\0" + ds.name.encode() + b"\0")
+    digest.update(pd.util.hash_pandas_object(ds.frame, index=True).to_numpy().tobytes())
+    return digest.digest()
 
 
 def _secure_summary(req: SiteRequest) -> dict[str, Any]:
