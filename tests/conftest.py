@@ -59,6 +59,23 @@ def releases(monkeypatch: pytest.MonkeyPatch) -> list:
     return seen
 
 
+@pytest.fixture
+def totals(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every secure-sum total the coordinator learns during the test, as ``(step, SecureTotal)``."""
+    import fedhem_kernel.engine.coordinator as coordinator_module
+
+    seen: list = []
+    original = coordinator_module.ask_sum
+
+    def spy(query, step, params, noise_scale=None):
+        total = original(query, step, params, noise_scale)
+        seen.append((step, total))
+        return total
+
+    monkeypatch.setattr(coordinator_module, "ask_sum", spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def demo() -> fh.Federation:
     fed = fh.Federation.demo()

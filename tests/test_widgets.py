@@ -105,26 +105,20 @@ def cell(table: dict, row: list[str], column: str) -> tuple[object, str]:
 
 # -- Kaplan–Meier ----------------------------------------------------------------------------
 def test_km_state_holds_only_released_counts_and_times(fed, releases):
+    """The pooled curve (secure sums): every site's reply is masked, every step shown has at
+    least k at risk, and every time is on the sites' monthly grid."""
     km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
     state = KaplanMeierWidget(km).get_state()
     strict_json(state)
     groups = {g["name"]: g for g in state["km"]["groups"]}
     assert set(groups) == {"A", "B", "C"}
-
-    counts = [
-        c for g in groups.values() for key in ("at_risk", "observed") for c in g["table"][key]
-    ]
-    assert counts and all(c == 0 or c >= K for c in counts)
-
-    released = {
-        float(t)
-        for reply in releases
-        for g in (reply.payload or {}).get("groups", [])
-        for t in np.atleast_1d(g.get("time", []))
-    }
-    assert released
+    at_risk = [c for g in groups.values() for c in g["table"]["at_risk"]]
+    assert at_risk and all(c >= K for c in at_risk)
+    km_replies = [r for r in releases if r.payload and "secure" in r.payload]
+    assert len(km_replies) == 6  # two rounds, three sites
+    assert all(set(r.payload) == {"secure"} for r in km_replies)  # nothing in the clear
     times = set(state["km"]["timeline"]) | {t for g in groups.values() for t in g["table"]["time"]}
-    assert times <= released | {0.0}
+    assert times and all(float(t).is_integer() for t in times)
     # curves are what the result holds, nothing recomputed
     for name, g in groups.items():
         np.testing.assert_allclose(g["survival"], km.survival_function[name].to_numpy())
@@ -134,8 +128,23 @@ def test_km_state_holds_only_released_counts_and_times(fed, releases):
         assert g["table"]["at_risk"] == km.event_tables[name]["at_risk"].tolist()
 
 
-def test_km_state_marks_merged_steps_and_withheld_groups(fed):
-    km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
+@pytest.fixture
+def fed_own_grids():
+    """Sites that keep different time grids: no common grid to pool on, so each site releases
+    its own thresholded tables (the per-site path, with merged steps)."""
+    policies = {
+        "site_a": fh.Policy(),
+        "site_b": fh.Policy(time_resolution="1 month"),
+        "site_c": fh.Policy(time_resolution="2 months"),
+    }
+    tables = {site: {"d": df} for site, df in TABLES.items()}
+    with fh.Federation.local(tables, policy=policies, columns=COLUMNS) as f:
+        yield f
+
+
+def test_km_state_marks_merged_steps_and_withheld_groups(fed_own_grids):
+    km = fed_own_grids.kaplan_meier("d", "os_months", "os_status", group="grp")
+    assert any("different time grids" in n for n in km.privacy.notes)
     state = KaplanMeierWidget(km).get_state()["km"]
     groups = {g["name"]: g for g in state["groups"]}
     # group C has 3 patients at site_a: as a row set of the release ledger they join that site's

@@ -61,13 +61,19 @@ def _bundle(reply: SiteReply, site: str, session: str) -> dict[str, str] | None:
     return bundle if bundle["site"] == site and bundle["session"] == session else None
 
 
-def _masked(reply: SiteReply) -> tuple[list[FieldLayout], np.ndarray, dict[str, Any]] | None:
-    """A secure reply's layout, masked words and shared fields (None if it is not one)."""
+Answer = tuple[list[FieldLayout], np.ndarray, dict[str, Any], dict[str, Any]]
+
+
+def _masked(reply: SiteReply) -> Answer | None:
+    """A secure reply's layout, masked words, shared fields and the signed block itself (None
+    if it is not one)."""
     payload = reply.payload
     if reply.status not in ("released", "suppressed") or not isinstance(payload, dict):
         return None
     block = payload.get("secure")
-    if not isinstance(block, dict) or set(block) != {"layout", "masked"}:
+    if not isinstance(block, dict) or set(block) != {"layout", "masked", "signature"}:
+        return None
+    if not isinstance(block["signature"], str) or len(block["signature"]) > 4096:
         return None
     try:
         layout = parse_layout(block["layout"])
@@ -77,7 +83,7 @@ def _masked(reply: SiteReply) -> tuple[list[FieldLayout], np.ndarray, dict[str, 
     size = sum(f.words for f in layout)
     if not isinstance(words, np.ndarray) or words.dtype != np.uint64 or words.shape != (size,):
         return None
-    return layout, words, {k: v for k, v in payload.items() if k != "secure"}
+    return layout, words, {k: v for k, v in payload.items() if k != "secure"}, block
 
 
 def _malformed(site: str) -> SiteReply:
@@ -128,7 +134,7 @@ def ask_sum(
             step, query.dataset, params, query.where, query.who, query.query_id, secure
         )
         replies = query.coordinator.send(request, sites)
-        answers: dict[str, tuple[list[FieldLayout], np.ndarray, dict[str, Any]]] = {}
+        answers: dict[str, Answer] = {}
         again = False
         for site in sites:
             reply = replies[site]
@@ -152,7 +158,7 @@ def ask_sum(
                 )
             continue
         query.note(f"secure sum over {len(answers)} sites: only their total was seen")
-        return _total(answers)
+        return _total(answers, session.id, secure["sum"])
     raise FedHemError(
         f"the secure sum did not complete in {MAX_ROUNDS} rounds (sites kept dropping out)",
         dataset=query.dataset,
@@ -168,14 +174,19 @@ def _rule(reply: SiteReply) -> str | None:
         return None
 
 
-def _total(answers: dict[str, tuple[list[FieldLayout], np.ndarray, dict[str, Any]]]) -> SecureTotal:
-    layouts = {tuple(layout) for layout, _, _ in answers.values()}
+def _total(answers: dict[str, Answer], session: str, sum_id: int) -> SecureTotal:
+    layouts = {tuple(layout) for layout, _, _, _ in answers.values()}
     if len(layouts) != 1:
         raise FedHemError("the sites of a secure sum sent summed fields of different shapes")
     layout = next(iter(layouts))
-    total = add_up([words for _, words, _ in answers.values()])
+    total = add_up([words for _, words, _, _ in answers.values()])
     return SecureTotal(
         decode_fields(list(layout), total),
         tuple(answers),
-        {site: shared for site, (_, _, shared) in answers.items()},
+        {site: shared for site, (_, _, shared, _) in answers.items()},
+        {
+            "session": session,
+            "sum": sum_id,
+            "replies": {site: dict(block) for site, (_, _, _, block) in answers.items()},
+        },
     )

@@ -30,6 +30,7 @@ wrote since.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -42,6 +43,15 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from fedhem_kernel.errors import SchemaError
 
 FORMAT = 1
+
+
+def keyed_perturbation(secret: bytes, label: bytes, n: int) -> np.ndarray:
+    """``n`` numbers in {-1, 0, 1} from a ChaCha20 stream keyed by ``secret`` and ``label``
+    (a 64-bit word modulo 3: uniform to within 2^-63)."""
+    key = hashlib.blake2b(label, key=secret, digest_size=32, person=b"fedhem-perturb").digest()
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(stream.update(bytes(8 * n)), dtype=np.uint64)
+    return (words % np.uint64(3)).astype(np.int64) - 1
 
 
 def _secret_ranks(secret: bytes, n: int) -> np.ndarray:
@@ -196,6 +206,12 @@ class Ledger:
                 if self.path is not None:
                     self._write()
         self.ranks = _secret_ranks(self._secret, self.n_rows)
+
+    def perturbation(self, label: bytes, n: int) -> np.ndarray:
+        """``n`` whole numbers in {-1, 0, 1}, the same for the same ``label`` (a keyed ChaCha20
+        stream under the ledger's secret): consistent perturbation in the manner of the ABS's
+        cell-key method, so asking again gives the same numbers, never fresh noise to average."""
+        return keyed_perturbation(self._secret, label, n)
 
     def _file_lock(self):  # noqa: ANN202 - a context manager
         """An exclusive lock on ``<path>.lock`` (no file lock for a ledger in memory)."""

@@ -197,7 +197,7 @@ _UNIT_WORDS = {
     "year": "years",
     "years": "years",
 }
-_MONTHS_PER_UNIT = {"days": 1 / 30.4375, "weeks": 7 / 30.4375, "months": 1.0, "years": 12.0}
+MONTHS_PER_UNIT = {"days": 1 / 30.4375, "weeks": 7 / 30.4375, "months": 1.0, "years": 12.0}
 
 
 def time_step(resolution: str | float, unit: str | None) -> float | None:
@@ -231,6 +231,6 @@ def time_step(resolution: str | float, unit: str | None) -> float | None:
         ) from None
     if not math.isfinite(amount) or amount <= 0:
         raise ParameterError("policy 'time_resolution' must be positive", rule="policy")
-    if unit is None or unit not in _MONTHS_PER_UNIT:
+    if unit is None or unit not in MONTHS_PER_UNIT:
         return 1.0
-    return amount * _MONTHS_PER_UNIT[unit_word] / _MONTHS_PER_UNIT[unit]
+    return amount * MONTHS_PER_UNIT[unit_word] / MONTHS_PER_UNIT[unit]

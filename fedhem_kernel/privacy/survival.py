@@ -22,6 +22,7 @@ is released only when every cause count and the censored count are 0 or >= k.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -281,3 +282,56 @@ def merge_small_cause_steps(table: CauseEventTable, k: int) -> tuple[CauseEventT
         (cum_c[ends + 1] - cum_c[starts]).astype(np.int64),
     )
     return out, rows - len(blocks)
+
+
+# -- pooled event tables on a common grid (secure sums) -----------------------------------------
+#: Most grid steps a pooled survival request may ask for (per group and field).
+MAX_HORIZON = 2400
+#: Follow-up a default horizon covers (months).
+HORIZON_MONTHS = 600.0
+
+
+def default_horizon(resolution: str | float, unit: str | None) -> int:
+    """Grid steps covering :data:`HORIZON_MONTHS` of follow-up (all allowed steps when the
+    column's unit is not known)."""
+    from fedhem_kernel.privacy.policy import MONTHS_PER_UNIT, time_step
+
+    step = time_step(resolution, unit)
+    if step is None or unit not in MONTHS_PER_UNIT:
+        return MAX_HORIZON
+    months = step * MONTHS_PER_UNIT[unit]
+    return int(min(MAX_HORIZON, math.ceil(HORIZON_MONTHS / months)))
+
+
+def grid_index(times: np.ndarray, step: float, horizon: int) -> np.ndarray:
+    """The grid step each time is rounded up to (0 stays 0), ``horizon + 1`` for any beyond."""
+    g = np.ceil(np.round(np.asarray(times, dtype=float) / step, 9))
+    return np.minimum(g, horizon + 1).astype(np.int64)
+
+
+def grid_counts(
+    index: np.ndarray, events: np.ndarray, selected: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At risk, events and censored at grid steps ``0..horizon`` of the ``selected`` rows (a
+    row beyond the horizon is at risk at every step and leaves at none)."""
+    idx = np.asarray(index)[selected]
+    e = np.asarray(events).astype(bool)[selected]
+    size = horizon + 2
+    leaving = np.bincount(idx, minlength=size)[:size]
+    died = np.bincount(idx[e], minlength=size)[:size]
+    at_risk = len(idx) - np.concatenate(([0], np.cumsum(leaving)[:-1]))
+    keep = slice(0, horizon + 1)
+    return at_risk[keep], died[keep], (leaving - died)[keep]
+
+
+def grid_cut(noisy_at_risk: np.ndarray, k: int, n_sites: int) -> np.ndarray:
+    """Per group (rows of ``noisy_at_risk``): the last grid step of a pooled curve, -1 for none.
+
+    ``noisy_at_risk`` is the total over ``n_sites`` sites of each site's at-risk counts plus a
+    perturbation in {-1, 0, 1}: a step whose noisy count is at least ``k + n_sites`` has at least
+    ``k`` patients at risk, and a curve runs up to the step before the first that has not.
+    """
+    noisy = np.atleast_2d(np.asarray(noisy_at_risk, dtype=np.int64))
+    enough = noisy >= k + n_sites
+    first_short = np.where(enough.all(axis=1), noisy.shape[1], np.argmin(enough, axis=1))
+    return first_short.astype(np.int64) - 1

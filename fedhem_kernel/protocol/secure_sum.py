@@ -26,6 +26,7 @@ rounding is that of its encoding alone.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -226,6 +227,34 @@ def add_up(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
+# -- signed replies (evidence of a total) --------------------------------------------------------
+def request_binding(step: str, dataset: str | None, where: str | None, params: Any) -> str:
+    """A digest of what a sum was asked for (step, dataset, filter and parameters): a site signs
+    it with its masked reply, so a total cannot be passed off as the answer to another request."""
+    text = json.dumps(
+        [SCHEME, step, dataset, where, params], sort_keys=True, default=str, separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reply_message(
+    site: str,
+    session: str,
+    sum_id: int,
+    sites: Sequence[str],
+    binding: str,
+    layout: Any,
+    masked: np.ndarray,
+) -> bytes:
+    """What a site signs of a masked reply: the sum (session, number and every site in it), the
+    request's binding, the layout and a digest of the masked words. The other sites of the sum
+    can check a total they are shown was made of these replies, all of them, for this request."""
+    digest = hashlib.sha256(np.asarray(masked, dtype="<u8").tobytes()).hexdigest()
+    return json.dumps(
+        [SCHEME, "reply", site, session, sum_id, sorted(sites), binding, layout, digest]
+    ).encode()
+
+
 # -- key bundles --------------------------------------------------------------------------------
 def check_session(value: Any) -> str:
     if not isinstance(value, str) or not _SESSION.fullmatch(value):
@@ -280,3 +309,6 @@ class SecureTotal:
     totals: dict[str, np.ndarray]
     sites: tuple[str, ...]
     shared: dict[str, dict[str, Any]]
+    #: The signed masked replies the total was made of (``session``, ``sum``, ``replies``): shown
+    #: to the sites of a later round, they let each check a decision taken from this total.
+    evidence: dict[str, Any] | None = None

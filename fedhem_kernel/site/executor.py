@@ -13,7 +13,7 @@ import hashlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from fedhem_kernel.protocol.messages import (
 )
 from fedhem_kernel.protocol.params import check_request
 from fedhem_kernel.protocol.report import ReleaseLog
-from fedhem_kernel.protocol.secure_sum import BAD_SUM
+from fedhem_kernel.protocol.secure_sum import BAD_SUM, request_binding
 from fedhem_kernel.site.audit import AuditLog
 from fedhem_kernel.site.config import SiteConfig
 from fedhem_kernel.site.datasets import Dataset, load_dataset
@@ -269,7 +269,7 @@ class SiteExecutor:
             self.budget.check(request.who, ds.name, rho)
         ledger = self.ledger(ds)
         with ledger.transaction() if ledger is not None else nullcontext() as txn:
-            mask, fresh = self._cohort_mask(ds, request.where, txn)
+            mask, fresh = self._cohort_mask(ds, request.where, txn, plan is not None)
             data = SiteData(
                 self.name,
                 ds.name,
@@ -283,6 +283,9 @@ class SiteExecutor:
                 key=ds.key,
                 secure=plan is not None,
                 ledger=txn,
+                sum_sites=plan.sites if plan is not None else (),
+                check_evidence=self._evidence_check(ds, request, plan),
+                secret=lambda: _content_secret(self.name, ds),
             )
             payload = step.run(data, dict(request.params))
             if noised:
@@ -297,7 +300,8 @@ class SiteExecutor:
                 )
                 extra["budget"] = spent.to_dict()
             if plan is not None:
-                payload = self._masked(step, plan, payload)
+                binding = request_binding(step.name, ds.name, request.where, request.params)
+                payload = self._masked(step, plan, payload, binding)
             if data.derived:  # columns the step leaves at the site (site/derived.py)
                 self.datasets[ds.name] = add_derived(ds, data.derived)
         if fresh:  # the ledger now holds it: later rounds reuse it
@@ -306,6 +310,21 @@ class SiteExecutor:
             while len(recent) > 64:
                 recent.popitem(last=False)
         return payload
+
+    def _evidence_check(
+        self, ds: Dataset, request: SiteRequest, plan: SumPlan | None
+    ) -> Callable[[Any, str, Mapping[str, Any]], dict[str, np.ndarray]] | None:
+        """How a step checks the total of an earlier sum it builds on: signed by every site of
+        that sum for ``step`` with ``params`` on this request's dataset and filter."""
+        if plan is None or self.secure is None:
+            return None
+        party = self.secure
+
+        def check(evidence: Any, step: str, params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+            binding = request_binding(step, ds.name, request.where, dict(params))
+            return party.verify_total(evidence, binding, plan.sites)
+
+        return check
 
     def _release_cost(self, step: SiteStep, plan: SumPlan) -> float:
         """The zCDP cost of a noised release at the scale the request asks for (OpenDP's map),
@@ -357,7 +376,9 @@ class SiteExecutor:
             self._masks.pop(ds.name, None)
         return ledger
 
-    def _masked(self, step: SiteStep, plan: SumPlan, payload: dict[str, Any]) -> dict[str, Any]:
+    def _masked(
+        self, step: SiteStep, plan: SumPlan, payload: dict[str, Any], binding: str
+    ) -> dict[str, Any]:
         """A secure reply: the step's summed fields (those it returned) masked, and its shared
         fields; a step that returns anything else is a fault of the step (an internal error:
         nothing is sent)."""
@@ -368,7 +389,7 @@ class SiteExecutor:
         party = self._party()
         shared = {k: v for k, v in payload.items() if k in step.shared}
         sums = {k: kind for k, kind in step.sums.items() if k in payload}
-        return {**shared, "secure": party.masked(plan, secure_fields(payload, sums))}
+        return {**shared, "secure": party.masked(plan, secure_fields(payload, sums), binding)}
 
     def _cohort(self, ds: Dataset, mask: np.ndarray) -> pd.DataFrame:
         """``ds.frame[mask]``, kept while the dataset and the mask stay the same: the rounds of an
@@ -385,10 +406,12 @@ class SiteExecutor:
         return cohort
 
     def _cohort_mask(
-        self, ds: Dataset, where: str | None, txn: Transaction | None
+        self, ds: Dataset, where: str | None, txn: Transaction | None, summed: bool = False
     ) -> tuple[np.ndarray, bool]:
         """The rows of ``where``, snapped to the ledger's atoms, and whether they are new (not
         one of the dataset's recent filters: those are reused as they are, being unions of atoms).
+        An empty cohort is refused, unless the reply is a secure sum (``summed``): then the site
+        adds zeros, and no one learns that it had no one (a refusal would say so).
         """
         recent = self._masks.get(ds.name)
         if recent is not None and where in recent:
@@ -401,7 +424,7 @@ class SiteExecutor:
             mask = np.asarray(evaluate_where(expr, ds.frame), dtype=bool)
         if txn is not None:
             mask = txn.snap(np.where(mask, 0, -1)) == 0
-        if not mask.any() and not self.policy.dp:  # DP mode: an empty cohort is noise alone
+        if not mask.any() and not self.policy.dp and not summed:  # DP: noise alone
             raise DisclosureError(
                 "no patients in this cohort at this site (a cohort is released as whole groups of "
                 f"at least {self.policy.min_cell_count} patients)",
@@ -422,6 +445,7 @@ class SiteExecutor:
                 for name, ds in self.datasets.items()
             },
             "policy": self.policy.to_dict(),
+            "secure_sum": self.secure is not None,
         }
 
     def budget_report(self, who: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,15 +31,19 @@ from fedhem_kernel.protocol.secure_sum import (
     UNKNOWN_SESSION,
     Kind,
     SecureSumError,
+    add_up,
     b64,
     bundle_message,
     check_bundle,
     check_session,
+    decode_fields,
     encode_fields,
     mask,
     pair_seed,
+    parse_layout,
     public_key_bytes,
     public_key_from_bytes,
+    reply_message,
     unb64,
 )
 from fedhem_kernel.site.identity import SiteIdentity
@@ -246,16 +250,78 @@ class SecureSumParty:
                 ParameterError, f"the session key of site '{peer}' is not a P-384 key", BAD_SUM
             ) from None
 
-    def masked(self, plan: SumPlan, fields: Mapping[str, tuple[Kind, Any]]) -> dict[str, Any]:
-        """The reply block of a sum: the layout and the masked words of ``fields``."""
+    def masked(
+        self, plan: SumPlan, fields: Mapping[str, tuple[Kind, Any]], binding: str
+    ) -> dict[str, Any]:
+        """The reply block of a sum: the layout, the masked words of ``fields`` and this site's
+        signature of them (with the sum's sites and the request's ``binding``)."""
         try:
             layout, words = encode_fields(fields)
         except SecureSumError as exc:
             raise ParameterError(str(exc), site=self.name, rule=BAD_SUM) from None
+        layout_list = [f.to_list() for f in layout]
+        masked = mask(words, self.name, plan.seeds)
+        message = reply_message(
+            self.name, plan.session, plan.sum_id, plan.sites, binding, layout_list, masked
+        )
         return {
-            "layout": [f.to_list() for f in layout],
-            "masked": mask(words, self.name, plan.seeds),
+            "layout": layout_list,
+            "masked": masked,
+            "signature": b64(self.identity.sign(message)),
         }
+
+    def verify_total(
+        self, evidence: Any, binding: str, sites_now: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """The total of an earlier sum, from the signed replies the coordinator shows
+        (``evidence``): checked to be every site's reply of that sum, each signed by its site's
+        identity key for the request of ``binding``, and the sum's sites to be among
+        ``sites_now`` (the sites of the sum now asked: a decision taken over some sites must not
+        be released over fewer). Raises a DisclosureError (rule ``secure_sum``) otherwise."""
+
+        def refuse(why: str) -> DisclosureError:
+            return self._error(DisclosureError, f"the evidence of an earlier sum {why}", BAD_SUM)
+
+        if not isinstance(evidence, dict) or set(evidence) != {"session", "sum", "replies"}:
+            raise refuse("is malformed")
+        session, sum_id, replies = evidence["session"], evidence["sum"], evidence["replies"]
+        try:
+            check_session(session)
+        except SecureSumError:
+            raise refuse("is malformed") from None
+        if type(sum_id) is not int or not isinstance(replies, dict) or not replies:
+            raise refuse("is malformed")
+        if len(replies) > MAX_SITES or self.name not in replies:
+            raise refuse("does not include this site's reply")
+        sites = tuple(sorted(replies))
+        if not set(sites) <= set(sites_now):
+            raise refuse("was over sites that are not all in this sum")
+        layouts, vectors = set(), []
+        for site in sites:
+            reply = replies[site]
+            if not isinstance(reply, dict) or set(reply) != {"layout", "masked", "signature"}:
+                raise refuse("is malformed")
+            try:
+                layout = parse_layout(reply["layout"])
+                signature = unb64(reply["signature"])
+            except SecureSumError:
+                raise refuse("is malformed") from None
+            words = reply["masked"]
+            size = sum(f.words for f in layout)
+            if (
+                not isinstance(words, np.ndarray)
+                or words.dtype != np.uint64
+                or words.shape != (size,)
+            ):
+                raise refuse("is malformed")
+            message = reply_message(site, session, sum_id, sites, binding, reply["layout"], words)
+            if site not in self.roster or not self.roster.verify(site, message, signature):
+                raise refuse(f"has a reply not signed by site '{site}' for this request")
+            layouts.add(tuple(layout))
+            vectors.append(words)
+        if len(layouts) != 1:
+            raise refuse("has replies of different shapes")
+        return decode_fields(list(next(iter(layouts))), add_up(vectors))
 
 
 def secure_fields(

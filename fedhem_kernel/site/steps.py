@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.ledger import Transaction
+from fedhem_kernel.privacy.ledger import Transaction, keyed_perturbation
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.params import Params
 from fedhem_kernel.protocol.query import Payload
@@ -64,10 +64,35 @@ class SiteData:
     secure: bool = False
     #: The request's transaction on the dataset's release ledger (None: no ledger, unrestricted).
     ledger: Transaction | None = None
+    #: The sites of the secure sum this request is part of (empty when it is not one).
+    sum_sites: tuple[str, ...] = ()
+    #: ``(evidence, step, params) -> totals``: the total of an earlier secure sum of this query,
+    #: checked against its sites' signatures (:meth:`SecureSumParty.verify_total`); None when
+    #: this site takes part in no secure sums.
+    check_evidence: Callable[[Any, str, Payload], dict[str, np.ndarray]] | None = None
+    #: The site's secret for consistent perturbation when it keeps no ledger (made on demand).
+    secret: Callable[[], bytes] | None = None
 
     @property
     def k(self) -> int:
         return self.policy.min_cell_count
+
+    def perturbation(self, label: bytes, n: int) -> np.ndarray:
+        """``n`` numbers in {-1, 0, 1}, the same whenever ``label`` is (keyed by the site's
+        secret: the ledger's, or one drawn from the data without a ledger)."""
+        if self.ledger is not None:
+            return self.ledger.ledger.perturbation(label, n)
+        if self.secret is None:
+            raise RuntimeError("this step needs the site's secret")
+        return keyed_perturbation(self.secret(), label, n)
+
+    def earlier_total(self, evidence: Any, step: str, params: Payload) -> dict[str, np.ndarray]:
+        """The total of an earlier secure sum of ``step`` with ``params`` over the same cohort,
+        from the signed replies in ``evidence`` (refused unless every signature holds and the
+        earlier sum's sites are all in this one)."""
+        if self.check_evidence is None or not self.secure:
+            raise ParameterError("only a secure sum can build on an earlier one", site=self.site)
+        return self.check_evidence(evidence, step, params)
 
     def derive(
         self, column: str, values: pd.Series | np.ndarray | None, dtype: str, source: str

@@ -78,17 +78,35 @@ def fed():
         yield f
 
 
-def test_km_tails_and_small_groups_release_no_small_count(fed, releases):
+def test_km_tails_and_small_groups_release_no_small_count(fed, releases, totals):
+    """Pooled through secure sums: no site's counts leave in the clear, and of the pooled
+    totals the coordinator learns, every step of a curve has at least k patients at risk; the
+    tail past it is seen only as perturbed numbers at risk."""
     km = fed.kaplan_meier("cohort", "time", "event", group="risk")
     fed.kaplan_meier("cohort", "time", "event")
-    assert_no_small_counts(releases)
-    assert set(km.privacy.to_frame()["rule"]) >= {"min_cell_count"}
-    # every released time is on the monthly grid
-    for reply in releases:
-        for g in (reply.payload or {}).get("groups", []):
-            if "time" in g:
-                t = np.asarray(g["time"])
-                np.testing.assert_allclose(t, np.round(t))
+    secure = [r for r in releases if r.payload and "secure" in r.payload]
+    assert len(secure) == 12  # 2 queries x 2 rounds x 3 sites
+    assert all(set(r.payload) == {"secure"} for r in secure)
+    released = [t for step, t in totals if step == "km_grid"]
+    assert len(released) == 2
+    for total in released:
+        n, events, censored = (total.totals[k] for k in ("n", "events", "censored"))
+        for row in range(len(n)):
+            if n[row] == 0:
+                assert not events[row].any() and not censored[row].any()
+                continue
+            leaving = np.cumsum(events[row] + censored[row])
+            last = int(np.flatnonzero(events[row] + censored[row]).max(initial=0))
+            at_risk = n[row] - np.concatenate(([0], leaving[:-1]))
+            assert (at_risk[: last + 1] >= K).all()
+    # the rare level (2 % of patients) is rare at every site, but pooled it has a curve
+    assert "rare" in km.survival_function.columns
+    for name in km.survival_function.columns:
+        assert (km.event_tables[name]["at_risk"] >= K).all()
+        # every released time is on the monthly grid
+        np.testing.assert_allclose(
+            km.event_tables[name].index, np.round(km.event_tables[name].index)
+        )
 
 
 def test_km_on_demo_releases_no_small_count(demo, releases):
@@ -158,13 +176,17 @@ def test_everyone_but_a_few_is_answered_on_everyone():
     assert set(but_two.privacy.released_sites) == {"a", "b"}
 
 
-def test_some_sites_have_no_patients_in_a_cohort_and_the_result_says_which(fed):
-    # only the small site has too few patients in this cohort
+def test_a_site_without_patients_in_a_cohort_adds_zeros_to_a_secure_sum(fed):
+    """The small site has fewer than k patients aged 70 or more: its cohort is empty. A refusal
+    would say so (and a bisection of refusals reads a membership): in a secure sum it adds
+    zeros, and its outcome is the same as every other site's."""
     km = fed.kaplan_meier("cohort", "time", "event", where="age >= 70")
     report = km.privacy
-    assert report.outcome("small").status == "refused"
-    assert "ledger" in report.outcome("small").rules
-    assert report.outcome("big").released
+    assert {o.status for o in report.outcomes} == {"released"}
+    assert not any("ledger" in o.rules for o in report.outcomes)
+    # the same cohort in a step that is not summed is still refused there
+    with pytest.raises(fh.DisclosureError):
+        fed.describe("cohort", columns=["age"], where="age >= 70 and age < 70.5")
 
 
 def three_patients_near_50() -> dict[str, dict[str, pd.DataFrame]]:

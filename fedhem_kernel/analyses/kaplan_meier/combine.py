@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_grid import PooledGrid, ask_pooled_grid, grid_plan
+from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
@@ -110,7 +112,6 @@ def build_km_result(
     q: Ask, per_site: dict[str, Payload], duration: str, event: str, group: str | None
 ) -> KaplanMeierResult:
     labels, by_group, withheld = collect_group_tables(per_site)
-    estimates: dict[str, pd.DataFrame] = {}
     pooled: dict[str, PooledTable] = {}
     for label in labels:
         if withheld.get(label):
@@ -120,7 +121,37 @@ def build_km_result(
             )
         if by_group.get(label):
             pooled[label] = pool_tables(by_group[label])
-            estimates[label] = km_estimate(pooled[label])
+    first = next(iter(per_site.values()))
+    return km_result(q, pooled, duration, event, group, first.get("time_step"), first.get("unit"))
+
+
+def grid_tables(grid: PooledGrid, labels: list[str]) -> dict[str, PooledTable]:
+    """Each group's pooled table at the grid steps where someone leaves (and its last step)."""
+    out: dict[str, PooledTable] = {}
+    times = grid.times()
+    for row, label in enumerate(labels):
+        last = int(grid.cut[row])
+        if last < 0:  # the caller reports it
+            continue
+        at_risk = grid.at_risk(row)
+        events = grid.events[row, : last + 1]
+        moved = events + np.append(grid.censored[row, :last], 0)
+        keep = (moved > 0) | (np.arange(last + 1) == last)
+        out[label] = PooledTable(times[: last + 1][keep], at_risk[keep], events[keep], grid.sites)
+    return out
+
+
+def km_result(
+    q: Ask,
+    pooled: dict[str, PooledTable],
+    duration: str,
+    event: str,
+    group: str | None,
+    time_step: float | None,
+    unit: str | None,
+) -> KaplanMeierResult:
+    """The result from each group's pooled table."""
+    estimates = {label: km_estimate(table) for label, table in pooled.items()}
     if not estimates:
         raise DisclosureError(
             "no site could release any step of this curve", dataset=q.dataset, rule="min_cell_count"
@@ -141,7 +172,6 @@ def build_km_result(
         tab.attrs["survival"] = est["survival"]
         tables[label] = tab
     index = pd.Index(timeline, name="timeline")
-    first = next(iter(per_site.values()))
     return KaplanMeierResult(
         survival_function=pd.DataFrame(sf, index=index),
         confidence_interval=pd.DataFrame(ci, index=index),
@@ -152,8 +182,8 @@ def build_km_result(
         duration=duration,
         event=event,
         group=group,
-        time_step=first.get("time_step"),
-        unit=first.get("unit"),
+        time_step=time_step,
+        unit=unit,
         contributing_sites={g: p.sites for g, p in pooled.items()},
     )
 
@@ -173,5 +203,14 @@ def run(q: Ask, duration: str, event: str, group: str | None = None) -> KaplanMe
     check_survival_params(duration, event, group)
     levels = require_levels(q, group)
     params = {"duration": duration, "event": event, "group": group, "levels": levels}
-    per_site = q.ask("km_tables", params)
-    return build_km_result(q, per_site, duration, event, group)
+    plan = grid_plan(q, duration)
+    if plan is None:
+        per_site = q.ask("km_tables", params)
+        return build_km_result(q, per_site, duration, event, group)
+    labels = levels if group is not None else [ALL]
+    grid = ask_pooled_grid(q, "km_risk", "km_grid", params, plan)
+    pooled = grid_tables(grid, list(labels or []))
+    for label in labels or []:
+        if label not in pooled:
+            q.note(f"group '{label}': fewer than {plan.k} patients at risk at its first step")
+    return km_result(q, pooled, duration, event, group, plan.step, plan.unit)

@@ -8,6 +8,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.site_grid import (
+    RELEASE_PARAMS,
+    RISK_PARAMS,
+    site_release,
+    site_risk,
+)
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
 from fedhem_kernel.privacy.survival import (
@@ -112,5 +118,22 @@ STEPS = [
             "group": (COLUMN, NONE),
             "levels": (LEVELS, NONE),
         },
-    )
+    ),
+    # the pooled table on the policy's grid, decided then released (analyses/common/site_grid.py)
+    SiteStep(
+        "km_risk",
+        "kaplan_meier",
+        site_risk,
+        param_columns("duration", "event", "group"),
+        params=RISK_PARAMS,
+        sums={"at_risk": "count"},
+    ),
+    SiteStep(
+        "km_grid",
+        "kaplan_meier",
+        lambda data, params: site_release(data, params, "km_risk"),
+        param_columns("duration", "event", "group"),
+        params=RELEASE_PARAMS,
+        sums={"n": "count", "events": "count", "censored": "count"},
+    ),
 ]

@@ -1,0 +1,188 @@
+"""Site steps of pooled survival tables: "decide, then release" over two secure sums.
+
+Side: site. A survival curve pooled from per-site tables thresholded site by site is biased (each
+site merges its own small steps, so events move late); pooled through secure sums it is exact on
+the policy's time grid. What must still not leave is the tail, where few patients remain: the
+pooled at-risk count of a step is a single patient's follow-up once it is small. So a pooled
+table is released in two rounds, both secure sums:
+
+1. *risk*: per group and grid step, the number at risk plus a perturbation in {-1, 0, 1} that is
+   the same whenever the same rows are asked (keyed by the site's secret: asking again gives
+   nothing to average). Only the total over the sites is seen.
+2. *release*: per group, the exact events and censorings up to a last step (the *cut*) and the
+   group's size. The coordinator chooses the cut from the first total; every site checks it: it is
+   shown the first round's signed masked replies (every site's, for this very request), adds them
+   up itself and applies the rule of :func:`~fedhem_kernel.privacy.survival.grid_cut` with its own
+   ``min_cell_count``; a cut beyond it is refused. With ``m`` sites in the first sum, a noisy count
+   of at least ``k + m`` means at least ``k`` patients at risk over those sites, and the second sum
+   must include all of them. The censorings of the last step are not released (they would say
+   how many remain beyond it).
+
+The grid is the site's own (its policy's ``time_resolution`` in the column's declared unit): a
+request naming another is refused, and so is a horizon beyond
+:data:`~fedhem_kernel.privacy.survival.MAX_HORIZON` steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
+from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.privacy.policy import time_step
+from fedhem_kernel.privacy.survival import (
+    MAX_HORIZON,
+    coarsen_to_policy,
+    grid_counts,
+    grid_cut,
+    grid_index,
+)
+from fedhem_kernel.protocol.params import (
+    COLUMN,
+    LEVELS,
+    MAX_LEVELS,
+    NONE,
+    TEXT,
+    instance,
+    integer,
+    list_of,
+    number,
+)
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData
+
+#: The rule a site refuses a cut beyond what the first round's total allows with.
+GRID_CUT = "survival_grid"
+
+#: What a risk round asks (the release round adds ``cut`` and ``evidence``).
+RISK_PARAMS = {
+    "duration": COLUMN,
+    "event": COLUMN,
+    "group": (COLUMN, NONE),
+    "levels": (LEVELS, NONE),
+    "grid": (TEXT, number(low=0)),
+    "horizon": integer(1, MAX_HORIZON),
+}
+RELEASE_PARAMS = {
+    **RISK_PARAMS,
+    "cut": list_of(integer(-1, MAX_HORIZON), most=MAX_LEVELS, least=1),
+    "evidence": instance(dict, "the signed replies of the risk round"),
+}
+
+
+@dataclass(frozen=True)
+class SiteGrid:
+    """A request's rows on the site's grid: each row's grid step, its event flag (or cause), and
+    per group the rows in it."""
+
+    index: np.ndarray
+    events: np.ndarray
+    groups: list[np.ndarray]
+    horizon: int
+
+
+def site_grid(data: SiteData, params: Payload, events: np.ndarray | None = None) -> SiteGrid:
+    """The cohort on the grid of this site's policy (refusing a request for another grid).
+
+    ``events`` (one per cohort row) replaces the 0/1 event column (competing risks: a cause)."""
+    if not data.secure:  # one site's counts, tail and all, would leave
+        raise ParameterError(
+            "a pooled survival table is asked only as a secure sum",
+            site=data.site,
+            dataset=data.dataset,
+        )
+    duration, event = params["duration"], params["event"]
+    own = data.policy.time_resolution
+    if params["grid"] != own or isinstance(params["grid"], bool):
+        raise ParameterError(
+            f"this site's time grid is {own!r}: a pooled table is counted on it",
+            site=data.site,
+            dataset=data.dataset,
+        )
+    unit = data.schema.column(duration).unit
+    if time_step(own, unit) is None:
+        raise ParameterError(
+            "this site releases exact times: it pools no table on a grid",
+            site=data.site,
+            dataset=data.dataset,
+        )
+    t, e = data.survival(duration, event) if events is None else (data.numeric(duration), events)
+    _, step = coarsen_to_policy(t, own, unit, data.log.note, data.err(duration))
+    assert step is not None
+    horizon = int(params["horizon"])
+    levels = agreed_levels(data, params, "levels")
+    groups = grouping(data, params.get("group"), levels)
+    n = len(t)
+    selections = (
+        [np.ones(n, dtype=bool)]
+        if groups is None
+        else [(groups == label).to_numpy(dtype=bool) for label in levels or []]
+    )
+    return SiteGrid(grid_index(t, step, horizon), np.asarray(e), selections, horizon)
+
+
+def _label(data: SiteData, params: Payload, rows: np.ndarray) -> bytes:
+    """What a perturbation is keyed by: the dataset, the duration column, the grid and the rows
+    (the same rows asked another way get the same perturbation)."""
+    digest = hashlib.blake2b(digest_size=32, person=b"fedhem-km-risk")
+    digest.update(f"{data.dataset}\0{params['duration']}\0{params['grid']!r}\0".encode())
+    digest.update(np.packbits(data.rows_mask(rows)).tobytes())
+    return digest.digest()
+
+
+def site_risk(data: SiteData, params: Payload) -> Payload:
+    """Round 1: per group and grid step, the number at risk plus a consistent perturbation."""
+    grid = site_grid(data, params)
+    width = grid.horizon + 1
+    out = np.zeros((len(grid.groups), width), dtype=np.int64)
+    for row, selected in enumerate(grid.groups):
+        at_risk, _, _ = grid_counts(grid.index, grid.events, selected, grid.horizon)
+        out[row] = at_risk + data.perturbation(_label(data, params, selected), width)
+    return {"at_risk": out}
+
+
+def checked_cut(data: SiteData, params: Payload, risk_step: str, groups: int) -> np.ndarray:
+    """The cut a release request carries, checked against the risk round's total (refused when
+    it goes beyond what that total allows by this site's ``min_cell_count``)."""
+    first = {k: v for k, v in params.items() if k not in ("cut", "evidence")}
+    totals = data.earlier_total(params["evidence"], risk_step, first)
+    noisy = totals.get("at_risk")
+    width = int(params["horizon"]) + 1
+    cut = np.asarray(params["cut"], dtype=np.int64)
+    if noisy is None or noisy.shape != (groups, width) or cut.shape != (groups,):
+        raise ParameterError(
+            "the release does not match its risk round", site=data.site, dataset=data.dataset
+        )
+    allowed = grid_cut(noisy, data.k, len(params["evidence"]["replies"]))
+    if (cut > allowed).any():
+        raise DisclosureError(
+            "the curve's last step goes beyond where the risk round shows at least "
+            f"{data.k} patients at risk",
+            site=data.site,
+            dataset=data.dataset,
+            rule=GRID_CUT,
+        )
+    return cut
+
+
+def site_release(data: SiteData, params: Payload, risk_step: str) -> Payload:
+    """Round 2: per group its size, and the exact events (and censorings but the last step's)
+    up to the checked cut."""
+    grid = site_grid(data, params)
+    cut = checked_cut(data, params, risk_step, len(grid.groups))
+    shape = (len(grid.groups), grid.horizon + 1)
+    events = np.zeros(shape, dtype=np.int64)
+    censored = np.zeros(shape, dtype=np.int64)
+    size = np.zeros(len(grid.groups), dtype=np.int64)
+    for row, selected in enumerate(grid.groups):
+        last = int(cut[row])
+        if last < 0:
+            continue
+        at_risk, died, left = grid_counts(grid.index, grid.events, selected, grid.horizon)
+        size[row] = at_risk[0]
+        events[row, : last + 1] = died[: last + 1]
+        censored[row, :last] = left[:last]
+    return {"n": size, "events": events, "censored": censored}

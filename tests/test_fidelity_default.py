@@ -1,0 +1,437 @@
+"""Fidelity under the DEFAULT policy (``fh.Policy()``: min_cell_count 5, monthly time grid, ledger on).
+
+Public data split into 3 sites (``split_rows(df, 3, seed)``, seeds 0, 1, 2), each federated result
+compared with the pooled reference, against the issue's tolerances:
+
+- Cox: every coefficient within 0.1 standard error of lifelines' ``CoxPHFitter`` on the pooled rows.
+  Under the default policy a site rounds durations UP to the monthly grid before anything leaves it
+  (``privacy.survival.coarsen_times`` with ``time_step("1 month", unit)``: 30.4375 days, 30.4375/7
+  weeks), so the reference the tolerance is asserted against is lifelines on the pooled complete
+  rows with durations coarsened exactly that way ("grid reference"), standard errors of that fit.
+  The distance to lifelines on the exact (un-coarsened) durations is recorded as well (user
+  property ``cox_vs_exact``, and in the failure message).
+- crosstab / describe: counts within +-2 of pandas on the pooled rows, exact where the policy is
+  exact (a crosstab or an ungrouped describe of columns without missing values). Suppressed (NA)
+  cells cannot be compared: they are counted, and what is asserted about them is that the grand
+  total is released, that every pooled cell holding a small (1..k-1) count at some site is hidden,
+  and that tables of >= 150 patients hide at most half their inner cells.
+
+Measured (seeds 0 / 1 / 2; "SE" = the reference fit's standard errors):
+
+  Cox, max |coef - ref| / SE        vs grid reference     vs exact times       grid ref vs exact
+    rossi, 7 covariates             0.034 / 0.42 / 0.78   0.038 / 0.43 / 0.75  0.029
+    gbsg2, 8 covariates (9 coefs)   0.21 / 0.22 / 0.24    0.23 / 0.25 / 0.27   0.030
+    lung, age sex ph.ecog wt.loss   0.47 / 0.34 / 0.83    0.48 / 0.34 / 0.83   0.046
+  rossi s1, s2 and lung s1, s2: site_c (40-69 patients) refuses (max_parameters: 10 patients per
+  coefficient) and the fit is on the other two sites only; lung s0 uses 210 of 213 complete rows.
+  The monthly grid alone moves no coefficient by more than 0.05 SE. The rest is the merging of
+  small time steps at each site (``merge_small_steps``: every step >= 5 events and >= 5
+  censorings, its time the last event time in it): where every site takes part and no row misses
+  a value, the federated fit equals lifelines on the pooled rows with the sites' merged step times
+  to 1e-6 SE (``test_cox_equals_lifelines_on_the_sites_merged_steps``).
+
+  crosstab, released cells and margins minus pandas: 0 for every table of columns without missing
+  values; lung (1 missing ph.ecog, 1 missing inst) off by up to 4 in the margins (grand total -4:
+  the missing row leaves with 4 complete rows), inner cells within 2. Suppressed (NA) cells of all
+  (inner + margins): rossi 0 or 4 of 9 (4 = every inner cell of a 2 x 2 table: one site's small
+  cell hides the pooled cell), gbsg2 0 or 4 of 12, waltons 4 of 9, leukemia (42 patients) 4-8 of
+  9, lung sex x ph.ecog 7-9 of 15, lung inst x sex 26-42 of 33-48. The grand total is released
+  except leukemia Rx x status, seed 1.
+
+  describe counts minus pandas: 0 for rossi, gbsg2, waltons, and ungrouped leukemia; leukemia by
+  Rx 4 / 2 / 1 (a site's small group joins the other group); lung 13 ungrouped (meal.cal, 47
+  missing) and 9 / 10 / 15 by sex; after the crosstabs in the same session lung 9 / 11 / 15 (age,
+  no missing value, moves by 3 at seed 1), leukemia 4 / 2 / 1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import public, split_rows
+from lifelines import CoxPHFitter, KaplanMeierFitter
+
+import fedhem_kernel as fh
+from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.privacy.policy import time_step
+from fedhem_kernel.privacy.survival import coarsen_times, event_table, merge_small_steps
+
+SEEDS = (0, 1, 2)
+K = fh.Policy().min_cell_count  # 5
+COEF_TOL_SE = 0.1
+COUNT_TOL = 2
+
+#: dataset -> (duration, event, unit of the duration)
+SURVIVAL = {
+    "rossi": ("week", "arrest", "weeks"),
+    "lung": ("time", "status", "days"),
+    "gbsg2": ("time", "cens", "days"),
+    "waltons": ("T", "E", "days"),
+    "leukemia": ("t", "status", "weeks"),
+}
+
+
+def federation(name: str, df: pd.DataFrame, seed: int) -> fh.Federation:
+    duration, _, unit = SURVIVAL[name]
+    sites = {site: {"data": part} for site, part in split_rows(df, 3, seed).items()}
+    columns = {"data": {duration: {"type": "float", "unit": unit}}}
+    return fh.Federation.local(sites, policy=fh.Policy(), columns=columns)
+
+
+def xfail(reason: str):
+    return pytest.mark.xfail(strict=True, reason=reason)
+
+
+def cases(table: dict, failing: dict) -> list:
+    """pytest params (case..., seed), strict xfail where the default policy misses the tolerance."""
+    out = []
+    for key, value in table.items():
+        for seed in SEEDS:
+            marks = [xfail(failing[key, seed])] if (key, seed) in failing else []
+            out.append(pytest.param(key, *value, seed, marks=marks, id=f"{key}-s{seed}"))
+    return out
+
+
+# -- Cox ---------------------------------------------------------------------------------------
+COX = {
+    "rossi": ["fin", "age", "race", "wexp", "mar", "paro", "prio"],
+    "gbsg2": ["horTh", "age", "menostat", "tsize", "tgrade", "pnodes", "progrec", "estrec"],
+    "lung": ["age", "sex", "ph.ecog", "wt.loss"],
+}
+COX_FAILING = {
+    ("rossi", 1): "0.42 SE (paro): site_c (60 rows) refused, max_parameters (7 x 10 rows)",
+    ("rossi", 2): "0.78 SE (age): site_c (69 rows) refused, max_parameters (7 x 10 rows)",
+    ("gbsg2", 0): "0.21 SE (tgrade_III): per-site merged time steps",
+    ("gbsg2", 1): "0.22 SE (estrec): per-site merged time steps",
+    ("gbsg2", 2): "0.24 SE (pnodes): per-site merged time steps",
+    ("lung", 0): "0.47 SE (age): per-site merged time steps; 210 of 213 complete rows used",
+    ("lung", 1): "0.34 SE (wt.loss): site_c refused (max_parameters), 181 of 213 rows",
+    ("lung", 2): "0.83 SE (ph.ecog): site_c refused (max_parameters), 174 of 213 rows",
+}
+
+
+def dummy_coded(df: pd.DataFrame) -> pd.DataFrame:
+    """The pooled coding of fed.cox: text columns as 0/1 columns, first sorted level dropped."""
+    text = [c for c in df.columns if df[c].dtype == object]
+    return pd.get_dummies(df, columns=text, drop_first=True, dtype=float)
+
+
+def cox_reference(name: str, covariates: list[str], durations=None) -> CoxPHFitter:
+    """lifelines on the pooled complete rows; ``durations(rows)`` replaces the duration column."""
+    duration, event, _ = SURVIVAL[name]
+    rows = dummy_coded(public(name)[[duration, event, *covariates]].dropna())
+    if durations is not None:
+        rows = rows.assign(**{duration: durations(rows)})
+    return CoxPHFitter().fit(rows, duration, event)
+
+
+def grid(name: str):
+    duration, _, unit = SURVIVAL[name]
+    step = time_step(fh.Policy().time_resolution, unit)
+    return lambda rows: coarsen_times(rows[duration].to_numpy(dtype=float), step)
+
+
+@pytest.mark.parametrize(
+    ("name", "covariates", "seed"), cases({k: (v,) for k, v in COX.items()}, COX_FAILING)
+)
+def test_cox_within_a_tenth_of_a_standard_error(name, covariates, seed, record_property):
+    duration, event, _ = SURVIVAL[name]
+    # reference: lifelines on the pooled rows, durations coarsened up to the policy's grid
+    ref = cox_reference(name, covariates, durations=grid(name))
+    exact = cox_reference(name, covariates)
+    with federation(name, public(name), seed) as fed:
+        res = fed.cox("data", duration, event, covariates, diagnostics=False)
+    assert res.time_step == pytest.approx(time_step("1 month", SURVIVAL[name][2]))
+    ours = res.params_.reindex(ref.params_.index)
+    vs_grid = ((ours - ref.params_) / ref.standard_errors_).abs()
+    vs_exact = ((ours - exact.params_) / exact.standard_errors_).abs()
+    grid_vs_exact = ((ref.params_ - exact.params_) / exact.standard_errors_).abs()
+    record_property("cox_vs_grid", round(vs_grid.max(), 4))
+    record_property("cox_vs_exact", round(vs_exact.max(), 4))
+    # the reference is fair: the monthly grid alone moves lifelines by well under the tolerance
+    assert grid_vs_exact.max() < COEF_TOL_SE / 2
+    assert vs_grid.max() < COEF_TOL_SE, (
+        f"max |coef diff|/SE {vs_grid.max():.3f} ({vs_grid.idxmax()}) vs the grid reference, "
+        f"{vs_exact.max():.3f} vs exact times; n = {res.n_observations} of "
+        f"{len(public(name)[[duration, event, *covariates]].dropna())}, refused: "
+        f"{res.privacy.refused_sites}"
+    )
+
+
+def merged_step_times(times: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """Each row's step time after a site merges its small steps (as the Cox design does)."""
+    source = event_table(times, events)
+    merged, _ = merge_small_steps(source, K)
+    _, inverse = np.unique(times, return_inverse=True)
+    starts = np.searchsorted(-source.at_risk, -merged.at_risk)
+    return merged.time[(np.searchsorted(starts, np.arange(len(source)), side="right") - 1)[inverse]]
+
+
+@pytest.mark.parametrize(("name", "seed"), [("rossi", 0), ("gbsg2", 0), ("gbsg2", 1), ("gbsg2", 2)])
+def test_cox_equals_lifelines_on_the_sites_merged_steps(name, seed):
+    """Where every site takes part and no row is missing a value, the federated fit is exactly
+    a Cox fit on the sites' merged grid steps: the gap above is the policy, not the protocol."""
+    duration, event, _ = SURVIVAL[name]
+    covariates = COX[name]
+    df = public(name)
+    to_grid = grid(name)
+    parts = []
+    for part in split_rows(df, 3, seed).values():
+        rows = part[[duration, event, *covariates]]
+        times = merged_step_times(to_grid(rows), rows[event].to_numpy())
+        parts.append(rows.assign(**{duration: times}))
+    ref = CoxPHFitter().fit(dummy_coded(pd.concat(parts, ignore_index=True)), duration, event)
+    with federation(name, df, seed) as fed:
+        res = fed.cox("data", duration, event, covariates, diagnostics=False)
+    assert res.privacy.refused_sites == [] and res.n_observations == len(df)
+    shift = ((res.params_.reindex(ref.params_.index) - ref.params_) / ref.standard_errors_).abs()
+    assert shift.max() < 1e-6
+
+
+# -- crosstab ----------------------------------------------------------------------------------
+def labels(values: pd.Series) -> pd.Series:
+    """Category labels as the sites name them (whole-number floats without '.0'), NA kept."""
+    if pd.api.types.is_numeric_dtype(values):
+        whole = values.dropna()
+        if (whole == np.round(whole)).all():
+            return values.astype("Int64").astype(str).where(values.notna())
+    return values.astype(str).where(values.notna())
+
+
+def as_released(values: pd.Series, known: pd.Index) -> pd.Series:
+    """Pooled labels with levels the federation did not name (rare at every site) as '(other)'."""
+    lab = labels(values)
+    return lab.where(lab.isin(known) | lab.isna(), OTHER)
+
+
+XTABS = {
+    "rossi-fin-race": ("rossi", "fin", "race"),
+    "rossi-wexp-mar": ("rossi", "wexp", "mar"),
+    "rossi-paro-arrest": ("rossi", "paro", "arrest"),
+    "gbsg2-tgrade-horTh": ("gbsg2", "tgrade", "horTh"),
+    "gbsg2-menostat-tgrade": ("gbsg2", "menostat", "tgrade"),
+    "lung-sex-ph.ecog": ("lung", "sex", "ph.ecog"),
+    "lung-inst-sex": ("lung", "inst", "sex"),
+    "waltons-group-E": ("waltons", "group", "E"),
+    "leukemia-Rx-sex": ("leukemia", "Rx", "sex"),
+    "leukemia-Rx-status": ("leukemia", "Rx", "status"),
+}
+XTAB_FAILING = {
+    **{
+        ("lung-sex-ph.ecog", seed): "off by 4 in the margins (grand total -4): the ledger leaves "
+        "out >= 5 rows for the 1 missing ph.ecog; inner cells within 2"
+        for seed in SEEDS
+    },
+    **{
+        ("lung-inst-sex", seed): "off by 4 in the margins (grand total -4): the ledger leaves "
+        "out >= 5 rows for the 1 missing inst; inner cells within 2"
+        for seed in SEEDS
+    },
+}
+XTAB_SUPPRESSION_FAILING = {
+    ("leukemia-Rx-status", 1): "grand total NA: site_c (7 patients) hides its total, which "
+    "would give back its hidden 2 (Rx 0, status 0)",
+}
+
+
+@functools.cache
+def crosstab_comparison(name: str, row: str, col: str, seed: int) -> dict:
+    df = public(name)
+    with federation(name, df, seed) as fed:
+        ours = fed.crosstab("data", row, col, margins=True).table
+    ours.index, ours.columns = ours.index.astype(str), ours.columns.astype(str)
+    pooled = pd.crosstab(
+        as_released(df[row], ours.index), as_released(df[col], ours.columns), margins=True
+    )
+    assert set(pooled.index) <= set(ours.index) and set(pooled.columns) <= set(ours.columns)
+    ours = ours.loc[pooled.index, pooled.columns]  # levels no pooled row holds are 0 or NA
+    shown = ours.notna().to_numpy()
+    diff = ours.to_numpy(dtype=float, na_value=np.nan) - pooled.to_numpy(dtype=float)
+    # pooled cells where some site holds 1..k-1 patients: these must be hidden
+    small = np.zeros(pooled.shape, dtype=bool)
+    for part in split_rows(df, 3, seed).values():
+        site = pd.crosstab(
+            as_released(part[row], ours.index), as_released(part[col], ours.columns), margins=True
+        ).reindex(index=pooled.index, columns=pooled.columns, fill_value=0)
+        small |= ((site > 0) & (site < K)).to_numpy()
+    return {
+        "max_diff": float(np.nanmax(np.abs(diff))) if shown.any() else 0.0,
+        "suppressed": int((~shown).sum()),
+        "inner_suppressed": int((~shown[:-1, :-1]).sum()),
+        "inner_cells": (pooled.shape[0] - 1) * (pooled.shape[1] - 1),
+        "cells": pooled.size,
+        "total_shown": bool(shown[-1, -1]),
+        "small_shown": int((small[:-1, :-1] & shown[:-1, :-1]).sum()),
+        "exact_policy": not df[[row, col]].isna().any().any(),
+        "n": len(df),
+    }
+
+
+@pytest.mark.parametrize(("case", "name", "row", "col", "seed"), cases(XTABS, XTAB_FAILING))
+def test_crosstab_counts_close_to_pooled(case, name, row, col, seed, record_property):
+    m = crosstab_comparison(name, row, col, seed)
+    for key in ("max_diff", "suppressed", "cells"):
+        record_property(key, m[key])
+    tol = 0 if m["exact_policy"] else COUNT_TOL
+    assert m["max_diff"] <= tol, m
+
+
+@pytest.mark.parametrize(
+    ("case", "name", "row", "col", "seed"), cases(XTABS, XTAB_SUPPRESSION_FAILING)
+)
+def test_crosstab_suppression(case, name, row, col, seed, record_property):
+    """Suppressed cells cannot be compared. What is asserted: every pooled cell holding 1..k-1
+    patients at some site is hidden (the policy), and the grand total is released."""
+    m = crosstab_comparison(name, row, col, seed)
+    record_property("suppressed", m["suppressed"])
+    record_property("inner_suppressed", m["inner_suppressed"])
+    assert m["small_shown"] == 0, m
+    assert m["total_shown"], m
+
+
+# -- describe ----------------------------------------------------------------------------------
+DESCRIBE = {
+    "rossi": (["age", "prio", "week"], "fin"),
+    "gbsg2": (["age", "tsize", "pnodes"], "tgrade"),
+    "lung": (["age", "wt.loss", "meal.cal"], "sex"),
+    "waltons": (["T"], "group"),
+    "leukemia": (["t", "logWBC"], "Rx"),
+}
+DESCRIBE_CASES = {
+    f"{name}-{grp or 'all'}": (name, cols, grp)
+    for name, (cols, by) in DESCRIBE.items()
+    for grp in (None, by)
+}
+DESCRIBE_FAILING = {
+    ("lung-all", 0): "off by 13 (meal.cal 168 vs 181; 47 missing): rows without a value are "
+    "left out in whole ledger groups",
+    ("lung-all", 1): "off by 13 (meal.cal 168 vs 181; 47 missing)",
+    ("lung-all", 2): "off by 13 (meal.cal 168 vs 181; wt.loss 209 vs 214)",
+    ("lung-sex", 0): "off by 9 (meal.cal, sex 1: 105 vs 114; age exact)",
+    ("lung-sex", 1): "off by 10 (meal.cal, sex 1: 104 vs 114; age exact)",
+    ("lung-sex", 2): "off by 15 (meal.cal, sex 1: 99 vs 114; age exact)",
+    ("leukemia-Rx", 0): "off by 4 (Rx 0: 25 vs 21, Rx 1: 17 vs 21): a site's small group "
+    "joins the other group",
+}
+
+
+def describe_count_diffs(fed: fh.Federation, df: pd.DataFrame, columns, by) -> dict:
+    table = fed.describe("data", columns=columns, by=by).table
+    if by is None:
+        ours = table["count"]
+        ref = df[columns].count()
+    else:
+        ours = table["count"]
+        grouped = df[columns].groupby(as_released(df[by], table.index.get_level_values(0)))
+        ref = grouped.count().stack()
+        ref = ref[ref.index.get_level_values(0) != OTHER]  # rare at every site: left out
+    ours = ours.reindex(ref.index)
+    shown = ours.notna()
+    diff = (ours[shown].astype(int) - ref[shown].astype(int)).abs()
+    return {
+        "max_diff": int(diff.max()) if len(diff) else 0,
+        "suppressed": int((~shown).sum()),
+        "cells": len(ref),
+        "exact_policy": by is None and not df[columns].isna().any().any(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "name", "columns", "by", "seed"), cases(DESCRIBE_CASES, DESCRIBE_FAILING)
+)
+def test_describe_counts_close_to_pooled(case, name, columns, by, seed, record_property):
+    df = public(name)
+    with federation(name, df, seed) as fed:
+        m = describe_count_diffs(fed, df, columns, by)
+    for key in ("max_diff", "suppressed", "cells"):
+        record_property(key, m[key])
+    assert m["suppressed"] == 0, m  # describe hides no group through the ledger
+    assert m["max_diff"] <= (0 if m["exact_policy"] else COUNT_TOL), m
+
+
+SESSION_FAILING = {
+    ("lung", 0): "off by 9 (meal.cal, sex 2: -9; wt.loss -6; age exact)",
+    ("lung", 1): "off by 11 (meal.cal -11; age by sex moved +-3 after the crosstabs)",
+    ("lung", 2): "off by 15 (meal.cal, sex 1: -15; wt.loss -6; age exact)",
+    ("leukemia", 0): "off by 4 (Rx 0: 25 vs 21, Rx 1: 17 vs 21)",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "seed"),
+    [
+        pytest.param(
+            name,
+            seed,
+            marks=[xfail(SESSION_FAILING[name, seed])] if (name, seed) in SESSION_FAILING else [],
+            id=f"{name}-s{seed}",
+        )
+        for name in DESCRIBE
+        for seed in SEEDS
+    ],
+)
+def test_describe_counts_after_crosstabs_in_one_session(name, seed, record_property):
+    """The release ledger remembers earlier releases: grouped counts after the dataset's
+    crosstabs in the same federation."""
+    df = public(name)
+    columns, by = DESCRIBE[name]
+    with federation(name, df, seed) as fed:
+        for _, row, col in (v for v in XTABS.values() if v[0] == name):
+            fed.crosstab("data", row, col, margins=True)
+        m = describe_count_diffs(fed, df, columns, by)
+    record_property("max_diff", m["max_diff"])
+    assert m["suppressed"] == 0, m
+    assert m["max_diff"] <= COUNT_TOL, m
+
+
+# -- Kaplan–Meier: pooled through secure sums, exact on the grid ----------------------------------
+KM_CASES = [
+    ("rossi", None),
+    ("rossi", "fin"),
+    ("lung", None),
+    ("lung", "sex"),
+    ("gbsg2", None),
+    ("gbsg2", "tgrade"),
+    ("waltons", "group"),
+    ("leukemia", None),
+]
+KM_TOL = 0.02
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("name", "group"), KM_CASES)
+def test_km_within_two_hundredths_where_twenty_are_at_risk(name, group, seed, record_property):
+    """Under the default policy the KM curve is within 0.02 of lifelines on the pooled rows
+    (durations on the same monthly grid) wherever at least 20 patients are at risk."""
+    df = public(name)
+    duration, event, _ = SURVIVAL[name]
+    step = time_step(fh.Policy().time_resolution, SURVIVAL[name][2])
+    worst = 0.0
+    with federation(name, df, seed) as fed:
+        km = fed.kaplan_meier("data", duration, event, group=group)
+    levels = [None] if group is None else sorted(df[group].astype(str).unique())
+    for level in levels:
+        rows = df if level is None else df[df[group].astype(str) == level]
+        times = coarsen_times(rows[duration].to_numpy(), step)
+        ref = KaplanMeierFitter().fit(times, rows[event])
+        at_risk = ref.event_table["at_risk"].reindex(ref.timeline).to_numpy()
+        where = at_risk >= 20
+        if not where.any():
+            continue
+        label = "all" if level is None else level
+        assert label in km.survival_function.columns, f"no curve for {label}"
+        ours = km.survival_function_at_times(ref.timeline[where], group=label).to_numpy()
+        theirs = ref.survival_function_.iloc[:, 0].to_numpy()[where]
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+        # the numbers at risk shown are the pooled ones
+        shown = km.event_tables[label]["at_risk"]
+        common = shown.index.intersection(ref.event_table.index)
+        assert len(common) >= len(shown) - 1  # the last step may be one where no one left
+        np.testing.assert_array_equal(
+            shown[common].to_numpy(), ref.event_table["at_risk"][common].to_numpy()
+        )
+    record_property("km_max_abs_diff", worst)
+    assert worst <= KM_TOL
