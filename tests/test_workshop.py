@@ -249,8 +249,7 @@ def _right(fed: fh.Federation, ex: str) -> Any:
             ]
         )
     if ex == "ex6":
-        report = fed.crosstab("aml", "eln_risk", "flt3_itd").privacy
-        return [o.site for o in report.outcomes if o.status == "suppressed"]
+        return int(fed.crosstab("aml", "eln_risk", "flt3_itd").table.loc["favourable", "1"])
     if ex == "ex7":
         return _km(fed).median_survival.to_dict()
     if ex == "ex8":
@@ -280,8 +279,7 @@ def _wrong(fed: fh.Federation, ex: str) -> list[Any]:
         missing.pop("adverse")
         return [medians, shifted, missing, list(right.values), float(right.mean())]
     if ex == "ex6":
-        everyone = [o.site for o in fed.crosstab("aml", "eln_risk", "flt3_itd").privacy.outcomes]
-        return [everyone, [s for s in everyone if s not in right], []]
+        return [right + 1, right - 5, str(right), ["karolinska"], True]
     if ex == "ex7":
         overall = fed.kaplan_meier("aml", "os_months", "os_status").median_survival["all"]
         changed = {**right, "adverse": right["adverse"] + 1}

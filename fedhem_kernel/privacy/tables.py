@@ -697,3 +697,38 @@ def _prune(auditor: _Auditor, state: _Mask, release_margins: bool) -> _Mask:
         if not auditor.unprotected(trial, first_only=True):
             state = trial
     return state
+
+
+def pooled_cells_shown(noisy: np.ndarray, k: int, n_sites: int, empty: np.ndarray) -> np.ndarray:
+    """Which cells of a pooled table to show exactly, decided from its perturbed total.
+
+    ``noisy`` is the total over ``n_sites`` sites of each cell plus a perturbation in {-1, 0, 1}
+    per site; ``empty`` marks cells known to be 0. A cell is shown when its perturbed total is at
+    least ``k + n_sites`` (so it holds at least ``k`` patients). Margins can be had from other
+    releases (a describe by the row column counts each row), so a row or column never keeps a
+    single hidden cell: the shown cell of smallest perturbed total there is hidden with it (first
+    in row-major order on ties), until no row or column has exactly one. The rule reads only
+    ``noisy`` and ``empty``, so every site can check a decision by making it again.
+    """
+    noisy = np.asarray(noisy, dtype=np.int64)
+    empty = np.asarray(empty, dtype=bool)
+    shown = (noisy >= k + n_sites) & ~empty
+    for _ in range(noisy.size + 1):  # each pass hides at least one more cell, or stops
+        changed = False
+        for axis in (1, 0):
+            hidden = ~shown & ~empty
+            lone = np.flatnonzero(hidden.sum(axis=axis) == 1)
+            for line in lone:
+                cells = shown[line] if axis == 1 else shown[:, line]
+                if not cells.any():
+                    continue
+                values = noisy[line] if axis == 1 else noisy[:, line]
+                pick = int(np.flatnonzero(cells)[np.argmin(values[cells])])
+                if axis == 1:
+                    shown[line, pick] = False
+                else:
+                    shown[pick, line] = False
+                changed = True
+        if not changed:
+            break
+    return shown

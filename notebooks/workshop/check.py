@@ -198,20 +198,22 @@ def ex5(answer: Any) -> bool:
 
 
 def ex6(answer: Any) -> bool:
-    """The site(s) that suppressed cells in the crosstab of ELN risk by FLT3-ITD."""
+    """Favourable-risk patients with FLT3-ITD, from the pooled crosstab (a whole number)."""
     hint = (
-        "run fed.crosstab('aml', 'eln_risk', 'flt3_itd') and read its privacy report "
-        "(result.privacy.to_frame()): which site's outcome is 'suppressed'? Give a list of names."
+        "run fed.crosstab('aml', 'eln_risk', 'flt3_itd') and read the cell of row 'favourable', "
+        "column '1' (result.table.loc['favourable', '1'])"
     )
     if answer is None:
         return _missing(6, hint)
-    report = _fed().crosstab("aml", "eln_risk", "flt3_itd").privacy
-    expected = {o.site for o in report.outcomes if o.status == "suppressed"}
+    table = _fed().crosstab("aml", "eln_risk", "flt3_itd").table
+    expected = int(table.loc["favourable", "1"])
+    whole = isinstance(answer, int | float) and not isinstance(answer, bool)
     return _verdict(
         6,
-        _names(answer) == expected,
+        whole and float(answer) == expected,
         hint,
-        "one small cell there, plus enough others that it cannot be recovered from the totals.",
+        "pooled through a secure sum: the coordinator saw only the total over the four sites, "
+        "and every cell shown holds at least 5 patients.",
     )
 
 

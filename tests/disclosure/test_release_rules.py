@@ -115,19 +115,22 @@ def test_km_on_demo_releases_no_small_count(demo, releases):
     assert_no_small_counts(releases)
 
 
-def test_crosstab_with_rare_cells_suppresses_and_protects(fed, releases):
+def test_crosstab_with_rare_cells_suppresses_and_protects(fed, releases, totals):
+    """Pooled through secure sums: no site's table leaves in the clear; of the released totals,
+    every cell is 0 (not shown) or at least k, and a margin is shown only where it hides no cell."""
     xt = fed.crosstab("cohort", "risk", "mutation", margins=True)
-    assert_no_small_counts(releases)
-    for site, table in xt.by_site.items():
-        values = table.to_numpy(dtype=float, na_value=np.nan)
-        shown = values[~np.isnan(values)]
-        assert np.all((shown == 0) | (shown >= K)), site
-    # a pooled cell is NA whenever any site suppressed it
-    for table in xt.by_site.values():
-        inner = table.drop(index="All", columns="All")
-        for (r, c), v in inner.stack(future_stack=True).items():
-            if pd.isna(v):
-                assert pd.isna(xt.table.loc[r, c])
+    secure = [r for r in releases if r.payload and "secure" in r.payload]
+    assert len(secure) == 6 and all(set(r.payload) == {"secure"} for r in secure)
+    (_, risk), (_, cells) = [(s, t) for s, t in totals if s.startswith("crosstab_")]
+    released = cells.totals["cells"]
+    assert ((released == 0) | (released >= K)).all()
+    shown = xt.table.drop(index="All", columns="All")
+    assert shown.isna().to_numpy().any()  # the rare level's cells are hidden
+    for label, row in shown.iterrows():
+        assert pd.isna(xt.table.loc[label, "All"]) == row.isna().any()
+    for label, col in shown.items():
+        assert pd.isna(xt.table.loc["All", label]) == col.isna().any()
+    assert xt.by_site == {}  # nothing per site was seen
 
 
 def test_crosstab_by_site_suppresses_rare_rows(demo, releases):
@@ -234,13 +237,16 @@ def test_crosstab_does_not_show_the_values_of_a_few_patients_missing_the_other_c
     for i, site in enumerate(["a", "b"]):
         df = rare_cohort(40 + i, 200)
         df["sex"] = np.random.default_rng(i).choice(["f", "m"], len(df)).astype(object)
+        df["risk"] = df["risk"].replace("rare", "mid")  # no small cell: every total is shown
         tables[site] = {"c": df}
     tables["a"]["c"].loc[: n_missing - 1, "sex"] = None
     policy = fh.Policy(min_cell_count=K, max_levels=40)
     with fh.Federation.local(tables, policy=policy) as f:
         by_site = f.crosstab("c", "risk", "site", margins=True)
         by_sex = f.crosstab("c", "risk", "sex", margins=True)
-    left_out = by_site.by_site["a"].loc["All", "All"] - by_sex.by_site["a"].loc["All", "All"]
+    # the pooled table by sex against the one by site (each site's own): the difference of the
+    # grand totals counts the patients left out
+    left_out = by_site.table.loc["All", "All"] - by_sex.table.loc["All", "All"]
     assert left_out == max(n_missing, K)
     assert by_sex.privacy.outcome("a").released and by_sex.privacy.outcome("b").released
 

@@ -94,12 +94,12 @@ def test_a_cut_beyond_the_rule_is_refused(fed):
     allowed = int(grid_cut(risk.totals["at_risk"], K, 3)[0])
     assert 0 < allowed < 120
     refused_everywhere(
-        q, "km_grid", params(cut=[allowed + 1], evidence=risk.evidence), "survival_grid"
+        q, "km_grid", params(decided=[allowed + 1], evidence=risk.evidence), "survival_grid"
     )
     # the rule's own cut is released, and its last step has at least k at risk
     q2 = query(fed)
     risk2 = q2.ask_sum("km_risk", params())
-    out = q2.ask_sum("km_grid", params(cut=[allowed], evidence=risk2.evidence)).totals
+    out = q2.ask_sum("km_grid", params(decided=[allowed], evidence=risk2.evidence)).totals
     assert (exact_at_risk()[: allowed + 1] >= K).all()
     assert out["censored"][0, allowed:].sum() == 0  # who remains past the end is not said
     assert out["events"][0, allowed + 1 :].sum() == 0
@@ -110,11 +110,11 @@ def test_evidence_from_a_larger_cohort_does_not_open_a_smaller_ones_tail(fed):
     big = q.ask_sum("km_risk", params())
     cut = [int(grid_cut(big.totals["at_risk"], K, 3)[0])]
     small = query(fed, where="age >= 65")
-    refused_everywhere(small, "km_grid", params(cut=cut, evidence=big.evidence), "secure_sum")
+    refused_everywhere(small, "km_grid", params(decided=cut, evidence=big.evidence), "secure_sum")
     # nor evidence of other parameters (another horizon) of the same cohort
     q3 = query(fed)
     other = q3.ask_sum("km_risk", params(horizon=119))
-    refused_everywhere(q3, "km_grid", params(cut=cut, evidence=other.evidence), "secure_sum")
+    refused_everywhere(q3, "km_grid", params(decided=cut, evidence=other.evidence), "secure_sum")
 
 
 def test_forged_or_incomplete_evidence_is_refused(fed):
@@ -124,14 +124,17 @@ def test_forged_or_incomplete_evidence_is_refused(fed):
     replies = risk.evidence["replies"]
     # a site's reply left out: the masks do not cancel (the total would be noise)
     partial = {**risk.evidence, "replies": {s: r for s, r in replies.items() if s != "c"}}
-    refused_everywhere(q, "km_grid", params(cut=cut, evidence=partial))
+    refused_everywhere(q, "km_grid", params(decided=cut, evidence=partial))
     # a reply whose words were changed (e.g. a huge count added): its signature fails
     q = query(fed)
     risk = q.ask_sum("km_risk", params())
     forged = {s: dict(r) for s, r in risk.evidence["replies"].items()}
     forged["a"]["masked"] = forged["a"]["masked"] + np.uint64(1000)
     refused_everywhere(
-        q, "km_grid", params(cut=cut, evidence={**risk.evidence, "replies": forged}), "secure_sum"
+        q,
+        "km_grid",
+        params(decided=cut, evidence={**risk.evidence, "replies": forged}),
+        "secure_sum",
     )
     # a reply signed by one site put in another's place
     q = query(fed)
@@ -139,7 +142,10 @@ def test_forged_or_incomplete_evidence_is_refused(fed):
     swapped = dict(risk.evidence["replies"])
     swapped["a"], swapped["b"] = swapped["b"], swapped["a"]
     refused_everywhere(
-        q, "km_grid", params(cut=cut, evidence={**risk.evidence, "replies": swapped}), "secure_sum"
+        q,
+        "km_grid",
+        params(decided=cut, evidence={**risk.evidence, "replies": swapped}),
+        "secure_sum",
     )
 
 
@@ -149,7 +155,7 @@ def test_a_release_over_fewer_sites_than_the_risk_round_is_refused(fed):
     cut = [int(grid_cut(risk.totals["at_risk"], K, 3)[0])]
     q.drop("c")  # the release asked of a and b only: their at-risk could be below k
     refused_everywhere(
-        q, "km_grid", params(cut=cut, evidence=risk.evidence), "secure_sum", sites=("a", "b")
+        q, "km_grid", params(decided=cut, evidence=risk.evidence), "secure_sum", sites=("a", "b")
     )
 
 

@@ -92,7 +92,9 @@ def ask_pooled_grid(
     params = {**params, "grid": plan.resolution, "horizon": plan.horizon}
     risk = q.ask_sum(risk_step, params)
     cut = grid_cut(risk.totals["at_risk"], plan.k, len(risk.sites))
-    released = q.ask_sum(release_step, {**params, "cut": cut.tolist(), "evidence": risk.evidence})
+    released = q.ask_sum(
+        release_step, {**params, "decided": cut.tolist(), "evidence": risk.evidence}
+    )
     totals = released.totals
     q.note(
         f"pooled counts are exact on the sites' grid of {plan.resolution}; each curve ends "

@@ -57,7 +57,7 @@ from fedhem_kernel.site.steps import SiteData
 #: The rule a site refuses a cut beyond what the first round's total allows with.
 GRID_CUT = "survival_grid"
 
-#: What a risk round asks (the release round adds ``cut`` and ``evidence``).
+#: What a risk round asks (the release round adds ``decided``: the cut, and ``evidence``).
 RISK_PARAMS = {
     "duration": COLUMN,
     "event": COLUMN,
@@ -68,7 +68,7 @@ RISK_PARAMS = {
 }
 RELEASE_PARAMS = {
     **RISK_PARAMS,
-    "cut": list_of(integer(-1, MAX_HORIZON), most=MAX_LEVELS, least=1),
+    "decided": list_of(integer(-1, MAX_HORIZON), most=MAX_LEVELS, least=1),
     "evidence": instance(dict, "the signed replies of the risk round"),
 }
 
@@ -144,19 +144,33 @@ def site_risk(data: SiteData, params: Payload) -> Payload:
     return {"at_risk": out}
 
 
-def checked_cut(data: SiteData, params: Payload, risk_step: str, groups: int) -> np.ndarray:
-    """The cut a release request carries, checked against the risk round's total (refused when
-    it goes beyond what that total allows by this site's ``min_cell_count``)."""
-    first = {k: v for k, v in params.items() if k not in ("cut", "evidence")}
+def risk_total(
+    data: SiteData, params: Payload, risk_step: str, field: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
+    """The perturbed total ``field`` of the risk round a release builds on, checked (every site's
+    signed reply, for the same request without the release's ``decided`` and ``evidence``), the
+    number of sites it was summed over, and all the round's totals."""
+    first = {k: v for k, v in params.items() if k not in ("decided", "evidence")}
     totals = data.earlier_total(params["evidence"], risk_step, first)
-    noisy = totals.get("at_risk")
-    width = int(params["horizon"]) + 1
-    cut = np.asarray(params["cut"], dtype=np.int64)
-    if noisy is None or noisy.shape != (groups, width) or cut.shape != (groups,):
+    noisy = totals.get(field)
+    if noisy is None or noisy.shape != shape:
         raise ParameterError(
             "the release does not match its risk round", site=data.site, dataset=data.dataset
         )
-    allowed = grid_cut(noisy, data.k, len(params["evidence"]["replies"]))
+    return noisy, len(params["evidence"]["replies"]), totals
+
+
+def checked_cut(data: SiteData, params: Payload, risk_step: str, groups: int) -> np.ndarray:
+    """The cut a release request carries, checked against the risk round's total (refused when
+    it goes beyond what that total allows by this site's ``min_cell_count``)."""
+    width = int(params["horizon"]) + 1
+    noisy, n_sites, _ = risk_total(data, params, risk_step, "at_risk", (groups, width))
+    cut = np.asarray(params["decided"], dtype=np.int64)
+    if cut.shape != (groups,):
+        raise ParameterError(
+            "the release does not match its risk round", site=data.site, dataset=data.dataset
+        )
+    allowed = grid_cut(noisy, data.k, n_sites)
     if (cut > allowed).any():
         raise DisclosureError(
             "the curve's last step goes beyond where the risk round shows at least "

@@ -8,9 +8,10 @@ import pandas as pd
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.crosstab.result import CrosstabResult
-from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.tables import pooled_cells_shown
 from fedhem_kernel.protocol.query import Ask, Payload
 from fedhem_kernel.protocol.secure_sum import SecureTotal
 
@@ -23,10 +24,14 @@ def _frame(values: np.ndarray, index: list[str], columns: list[str]) -> pd.DataF
 def _with_margins(
     cells: pd.DataFrame, row_tot: pd.Series, col_tot: pd.Series, total: object
 ) -> pd.DataFrame:
-    out = cells.copy()
-    out["All"] = row_tot
-    out.loc["All"] = [*col_tot.tolist(), total]
-    return out.astype("Int64")
+    out = cells.astype("Int64").copy()
+    out["All"] = pd.array(row_tot.reindex(out.index).tolist(), dtype="Int64")
+    bottom = pd.DataFrame(
+        [pd.array([*col_tot.reindex(cells.columns).tolist(), total], dtype="Int64")],
+        index=["All"],
+        columns=out.columns,
+    ).astype("Int64")
+    return pd.concat([out, bottom]).astype("Int64")
 
 
 def combine_crosstab(
@@ -146,6 +151,71 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
         for note in notes:
             q.note(note)
         return CrosstabResult(table, {}, q.report(), row, col)
+    if SITE_COLUMN not in (row, col) and pooled_sums(q):
+        table = combine_pooled(q, params, row, col, margins)
+        return CrosstabResult(table, {}, q.report(), row, col)
     per_site = q.ask("crosstab", params)
     table, by_site = combine_crosstab(per_site, row, col, margins)
     return CrosstabResult(table, by_site, q.report(), row, col)
+
+
+def pooled_sums(q: Ask) -> bool:
+    """Whether every site takes part in secure sums (then tables are pooled before any rule)."""
+    catalog = q.catalog()
+    return bool(catalog) and all(entry.get("secure_sum") for entry in catalog.values())
+
+
+def combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:
+    """The pooled table, decided then released (two secure sums: crosstab/site.py): a cell is
+    shown when its perturbed total is at least ``k + m``, exactly; the others are NA. A margin is
+    shown when its row or column has no hidden cell; the grand total when the hidden cells
+    together pass the bound (it says only their sum)."""
+    k = max(int(e.get("policy", {}).get("min_cell_count", 1)) for e in q.catalog().values())
+    risk = q.ask_sum("crosstab_risk", params)
+    m = len(risk.sites)
+    noisy = np.asarray(risk.totals["cells"])
+    # "(other)" (levels rare at every site): where no site has any, its cells are known zeros
+    empty = np.zeros(noisy.shape, dtype=bool)
+    empty[-1, :] |= int(risk.totals["other_rows"][0]) == 0
+    empty[:, -1] |= int(risk.totals["other_cols"][0]) == 0
+    shown = pooled_cells_shown(noisy, k, m, empty)
+    hidden = ~shown & ~empty
+    with_total = bool(not hidden.any() or noisy[hidden].sum() >= k + m * hidden.sum())
+    released = q.ask_sum(
+        "crosstab_cells",
+        {
+            **params,
+            "decided": shown.astype(int).tolist(),
+            "with_total": with_total,
+            "k": k,
+            "evidence": risk.evidence,
+        },
+    )
+    cells = np.asarray(released.totals["cells"])
+    index = [*(params["row_levels"] or []), OTHER]
+    columns = [*(params["col_levels"] or []), OTHER]
+    values = np.where(shown | empty, cells, HIDDEN)
+    table = pd.DataFrame(values, index=index, columns=columns)
+    table = table.astype("Int64").mask(table == HIDDEN)
+    if margins:  # sums of cells that are all shown (or known to be 0): they reveal nothing more
+        rows_total = table.sum(axis=1, skipna=False)
+        cols_total = table.sum(axis=0, skipna=False)
+        if not hidden.any():
+            total: object = int(values.sum())
+        else:
+            total = int(released.totals["total"][0]) if with_total else pd.NA
+    # "(other)" only where someone has a level rare at every site
+    keep_r = [lv for i, lv in enumerate(index) if lv != OTHER or not empty[i].all()]
+    keep_c = [lv for j, lv in enumerate(columns) if lv != OTHER or not empty[:, j].all()]
+    table = table.loc[keep_r, keep_c]
+    if margins:
+        table = _with_margins(table, rows_total.loc[keep_r], cols_total.loc[keep_c], total)
+    q.note(
+        f"pooled through secure sums: cells are exact; a cell is hidden when its perturbed "
+        f"total is below {k + m} ({m} sites, each perturbing by at most 1), so that every "
+        f"cell shown holds at least {k} patients, and with it another in its row or column "
+        "(margins are known from other queries); margins only where they reveal no hidden cell"
+    )
+    table.index.name = row
+    table.columns.name = col
+    return table

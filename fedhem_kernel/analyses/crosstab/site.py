@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.site_grid import risk_total
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
-from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.tables import suppress_table
-from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE
+from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.privacy.tables import pooled_cells_shown, suppress_table
+from fedhem_kernel.protocol.params import (
+    BOOL,
+    COLUMN,
+    LEVELS,
+    NONE,
+    instance,
+    integer,
+    matrix,
+)
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
 
@@ -38,6 +49,101 @@ def _dp_cells(
     c = pd.Categorical(cols[~missing], categories=col_cats).codes.astype(np.int64)
     counts = np.bincount(r * len(col_cats) + c, minlength=len(row_cats) * len(col_cats))
     return {"cells": counts.reshape(len(row_cats), len(col_cats))}
+
+
+# -- pooled through secure sums: decide, then release (analyses/common/site_grid.py) ------------
+#: The rule a site refuses a cell (or a total) the risk round does not allow with.
+POOLED_CELLS = "crosstab_cells"
+
+
+def _pooled_codes(
+    data: SiteData, params: Payload
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Per complete cohort row its cell (row and column code on the agreed levels and
+    ``(other)``), the cohort positions of those rows, and the table's shape (which does not
+    depend on the data)."""
+    row, col = require_str(params, "row"), require_str(params, "col")
+    if SITE_COLUMN in (row, col) or not data.secure:
+        raise ParameterError(
+            "a pooled crosstab is a secure sum over sites (by site: the plain crosstab)",
+            site=data.site,
+        )
+    row_levels = agreed_levels(data, params, "row_levels")
+    col_levels = agreed_levels(data, params, "col_levels")
+    if row_levels is None or col_levels is None:
+        raise ParameterError("a crosstab of a column needs its agreed levels", site=data.site)
+    rows, cols = _labels(data, row, row_levels), _labels(data, col, col_levels)
+    missing = (rows.isna() | cols.isna()).to_numpy()
+    first = row if rows.isna().any() else col
+    complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
+    row_cats, col_cats = [*row_levels, OTHER], [*col_levels, OTHER]
+    r = pd.Categorical(rows[complete], categories=row_cats).codes.astype(np.int64)
+    c = pd.Categorical(cols[complete], categories=col_cats).codes.astype(np.int64)
+    shape = (len(row_cats), len(col_cats))
+    return r * shape[1] + c, np.flatnonzero(complete), shape
+
+
+def site_crosstab_risk(data: SiteData, params: Payload) -> Payload:
+    """Round 1: every cell plus a perturbation in {-1, 0, 1}, the same whenever the same rows
+    fall in the same cell of the same two columns (nothing to average by asking again)."""
+    cell, where, shape = _pooled_codes(data, params)
+    counts = np.bincount(cell, minlength=shape[0] * shape[1])
+    noise = np.empty_like(counts)
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(len(counts) + 1))
+    tag = f"{data.dataset}\0{params['row']}\0{params['col']}\0".encode()
+    for i in range(len(counts)):
+        selected = np.zeros(len(data.cohort), dtype=bool)
+        selected[where[order[bounds[i] : bounds[i + 1]]]] = True
+        digest = hashlib.blake2b(digest_size=32, person=b"fedhem-xtab-risk")
+        digest.update(tag + i.to_bytes(4, "little"))
+        digest.update(np.packbits(data.rows_mask(selected)).tobytes())
+        noise[i] = data.perturbation(digest.digest(), 1)[0]
+    grid = counts.reshape(shape)
+    # whether this site has patients outside the agreed levels at all (as the plain crosstab
+    # says by its "(other)" row): summed, the number of such sites; none means "(other)" is empty
+    return {
+        "cells": (counts + noise).reshape(shape),
+        "other_rows": np.array([int(grid[-1].any())]),
+        "other_cols": np.array([int(grid[:, -1].any())]),
+    }
+
+
+def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
+    """Round 2: the exact cells the coordinator decided to show, and (``with_total``) the grand
+    total; checked against the risk round's total: the cells shown must be those
+    :func:`~fedhem_kernel.privacy.tables.pooled_cells_shown` shows for the request's ``k`` (at
+    least this site's ``min_cell_count``), ``m`` sites each perturbing by at most one; the grand
+    total only if the hidden cells together pass the same bound (their sum, all it reveals of
+    them, is at least k)."""
+    cell, _, shape = _pooled_codes(data, params)
+    first = {key: v for key, v in params.items() if key not in ("with_total", "k")}
+    noisy, m, totals = risk_total(data, first, "crosstab_risk", "cells", shape)
+    empty = np.zeros(shape, dtype=bool)  # "(other)" where no site has anyone: known zeros
+    empty[-1, :] |= int(np.asarray(totals.get("other_rows", [1])).ravel()[0]) == 0
+    empty[:, -1] |= int(np.asarray(totals.get("other_cols", [1])).ravel()[0]) == 0
+    shown = np.asarray(params["decided"], dtype=float)
+    if shown.shape != shape or not np.isin(shown, (0.0, 1.0)).all():
+        raise ParameterError("the release does not match its risk round", site=data.site)
+    shown = shown.astype(bool)
+    hidden = ~shown & ~empty
+    k = params["k"]
+    if (
+        k < data.k
+        or not np.array_equal(shown, pooled_cells_shown(noisy, k, m, empty))
+        or (params["with_total"] and hidden.any() and noisy[hidden].sum() < k + m * hidden.sum())
+    ):
+        raise DisclosureError(
+            "the crosstab shows a cell (or a total) its risk round does not allow",
+            site=data.site,
+            dataset=data.dataset,
+            rule=POOLED_CELLS,
+        )
+    counts = np.bincount(cell, minlength=shape[0] * shape[1]).reshape(shape)
+    out = {"cells": np.where(shown, counts, 0)}
+    if params["with_total"]:
+        out["total"] = np.array([len(cell)])
+    return out
 
 
 def site_crosstab(data: SiteData, params: Payload) -> Payload:
@@ -91,6 +197,15 @@ def site_crosstab(data: SiteData, params: Payload) -> Payload:
     }
 
 
+XTAB_PARAMS = {
+    "row": COLUMN,
+    "col": COLUMN,
+    "row_levels": (LEVELS, NONE),
+    "col_levels": (LEVELS, NONE),
+}
+#: Most levels a pooled table may have per side (a site's ``max_levels`` bounds it further).
+MAX_LEVELS = 1000
+
 STEPS = [
     SiteStep(
         "crosstab",
@@ -105,5 +220,27 @@ STEPS = [
         },
         sums={"cells": "count"},
         dp=("cells",),
-    )
+    ),
+    SiteStep(
+        "crosstab_risk",
+        "crosstab",
+        site_crosstab_risk,
+        param_columns("row", "col"),
+        params=XTAB_PARAMS,
+        sums={"cells": "count", "other_rows": "count", "other_cols": "count"},
+    ),
+    SiteStep(
+        "crosstab_cells",
+        "crosstab",
+        site_crosstab_cells,
+        param_columns("row", "col"),
+        params={
+            **XTAB_PARAMS,
+            "decided": matrix(max_cells=(MAX_LEVELS + 1) ** 2),
+            "with_total": BOOL,
+            "k": integer(1, 10**6),
+            "evidence": instance(dict, "the signed replies of the risk round"),
+        },
+        sums={"cells": "count", "total": "count"},
+    ),
 ]
