@@ -81,3 +81,16 @@ def demo() -> fh.Federation:
     fed = fh.Federation.demo()
     yield fed
     fed.close()
+
+
+def own_grids(sites, policy=None) -> dict:
+    """Policies under which sites share no time grid, so survival tables are thresholded at each
+    site (the fallback path, as between sites that keep different grids or take part in no
+    secure sums): the first site declares its grid as "1 month", the others as 1.0 (months, in
+    the column's unit). The steps are the same; the declarations differ."""
+    base = policy or fh.Policy()
+    out = {}
+    for i, site in enumerate(sites):
+        grid = "1 month" if i == 0 else 1.0
+        out[site] = fh.Policy(**{**base.to_dict(), "time_resolution": grid})
+    return out

@@ -444,8 +444,9 @@ def test_demo_aml_relapse_vs_death_without_relapse(demo):
         at60[("adverse", "death without relapse")] > at60[("favourable", "death without relapse")]
     )
     assert res.gray_test.p_value < 1e-4 and res.gray_test.degrees_of_freedom == 2
-    assert "min_cell_count" in set(res.privacy.to_frame()["rule"])
-    assert "coarsened" in res.notes[0]
+    # pooled through secure sums: no site withheld or merged anything of its own
+    assert set(res.privacy.to_frame()["rule"]) <= {""}
+    assert "pooled through secure sums" in res.notes[0] and "1 month" in res.notes[0]
 
 
 def test_demo_aml_unrestricted_equals_sksurv():
@@ -584,25 +585,23 @@ def test_plain_python_never_imports_the_widget_stack():
     assert out.stdout.strip() == "ok"
 
 
-def test_widget_state_holds_only_pooled_released_counts(releases):
-    from fedhem_kernel.analyses.cumulative_incidence.combine import pool_cause_tables
-
+def test_widget_state_holds_only_pooled_released_counts(releases, totals):
     df = demo_aml()
     with federation(df, seed=6, policy=fh.Policy()) as fed:
         res = fed.cumulative_incidence("data", "efs_months", "efs_cause", group="eln_risk")
     state = res.widget().cif
-    released = [r.payload for r in releases if r.payload and "groups" in r.payload]
-    assert len(released) == 3
+    # every site's table left masked; what the coordinator saw is the pooled release
+    assert not [r for r in releases if r.payload and "groups" in r.payload]
+    released, *_ = [t for step, t in totals if step == "cif_grid"]
+    levels = sorted(df["eln_risk"].astype(str).unique())
     for g in state["groups"]:
-        tables = {
-            i: tab
-            for i, p in enumerate(released)
-            for tab in p["groups"]
-            if tab["group"] == g["name"] and "time" in tab
-        }
-        pooled = pool_cause_tables(tables)
-        assert g["table"]["time"] == pooled.time.tolist()
-        assert g["table"]["at_risk"] == pooled.at_risk.tolist()
+        row = levels.index(g["name"])
+        n = released.totals["n"][row]
+        events = released.totals["events"][row].sum(axis=0)
+        leaving = events + released.totals["censored"][row]
+        at_risk = n - np.concatenate(([0], np.cumsum(leaving)[:-1]))
+        steps = np.round(np.asarray(g["table"]["time"])).astype(int)
+        assert g["table"]["at_risk"] == at_risk[steps].tolist()
         assert all(n >= K for n in g["table"]["at_risk"])
     assert state["causes"] == ["1", "2"] and state["gray"]["df"] == 2
     assert state["title"].startswith("Cumulative incidence: efs_months / efs_cause by eln_risk")

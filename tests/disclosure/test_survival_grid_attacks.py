@@ -88,21 +88,46 @@ def test_the_risk_round_is_perturbed_by_at_most_one_per_site_and_the_same_when_a
     assert np.abs(diff).max() <= 3 and diff.any()  # perturbed, within one per site
 
 
-def test_a_cut_beyond_the_rule_is_refused(fed):
-    q = query(fed)
-    risk = q.ask_sum("km_risk", params())
+#: The analyses that pool survival tables this way: (risk step, release step, extra parameters).
+POOLED = {
+    "kaplan_meier": ("km_risk", "km_grid", {}),
+    "logrank": ("logrank_risk", "logrank_grid", {}),
+    "cumulative_incidence": ("cif_risk", "cif_grid", {"causes": [1]}),
+}
+
+
+@pytest.mark.parametrize("analysis", sorted(POOLED))
+def test_a_cut_beyond_the_rule_is_refused(fed, analysis):
+    risk_step, release_step, extra = POOLED[analysis]
+    q = Query(fed.coordinator, analysis, "c", who="mallory")
+    risk = q.ask_sum(risk_step, params(**extra))
     allowed = int(grid_cut(risk.totals["at_risk"], K, 3)[0])
     assert 0 < allowed < 120
     refused_everywhere(
-        q, "km_grid", params(decided=[allowed + 1], evidence=risk.evidence), "survival_grid"
+        q,
+        release_step,
+        params(**extra, decided=[allowed + 1], evidence=risk.evidence),
+        "survival_grid",
     )
     # the rule's own cut is released, and its last step has at least k at risk
-    q2 = query(fed)
-    risk2 = q2.ask_sum("km_risk", params())
-    out = q2.ask_sum("km_grid", params(decided=[allowed], evidence=risk2.evidence)).totals
+    q2 = Query(fed.coordinator, analysis, "c", who="mallory")
+    risk2 = q2.ask_sum(risk_step, params(**extra))
+    out = q2.ask_sum(
+        release_step, params(**extra, decided=[allowed], evidence=risk2.evidence)
+    ).totals
     assert (exact_at_risk()[: allowed + 1] >= K).all()
     assert out["censored"][0, allowed:].sum() == 0  # who remains past the end is not said
-    assert out["events"][0, allowed + 1 :].sum() == 0
+    assert out["events"][0][..., allowed + 1 :].sum() == 0
+    # evidence of another analysis's risk round (the same rows) does not open this one
+    other = "km_risk" if risk_step != "km_risk" else "logrank_risk"
+    q3 = Query(fed.coordinator, analysis, "c", who="mallory")
+    foreign = q3.ask_sum(other, params())
+    refused_everywhere(
+        q3,
+        release_step,
+        params(**extra, decided=[allowed], evidence=foreign.evidence),
+        "secure_sum",
+    )
 
 
 def test_evidence_from_a_larger_cohort_does_not_open_a_smaller_ones_tail(fed):

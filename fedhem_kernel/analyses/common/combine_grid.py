@@ -32,8 +32,9 @@ class GridPlan:
 
 @dataclass(frozen=True)
 class PooledGrid:
-    """Per group (rows): its size, events and censorings at grid steps ``0..horizon`` up to the
-    group's last step ``cut`` (-1: no step has enough patients at risk), over ``sites``."""
+    """Per group (rows): its size, events (per cause with competing risks: groups × causes ×
+    steps) and censorings at grid steps ``0..horizon`` up to the group's last step ``cut`` (-1:
+    no step has enough patients at risk), over ``sites``."""
 
     n: np.ndarray
     events: np.ndarray
@@ -42,15 +43,20 @@ class PooledGrid:
     sites: tuple[str, ...]
     plan: GridPlan
 
+    def all_events(self, row: int) -> np.ndarray:
+        """The group's events at each step (of every cause, with competing risks)."""
+        events = self.events[row]
+        return events.sum(axis=0) if events.ndim == 2 else events
+
     def at_risk(self, row: int) -> np.ndarray:
         """Patients at risk at each step up to the group's cut."""
         last = int(self.cut[row])
-        leaving = self.events[row, :last] + self.censored[row, :last]
+        leaving = self.all_events(row)[:last] + self.censored[row, :last]
         return self.n[row] - np.concatenate(([0], np.cumsum(leaving)))
 
     def times(self) -> np.ndarray:
         """The time of every grid step, in the duration's unit."""
-        return np.arange(self.events.shape[1]) * self.plan.step
+        return np.arange(self.events.shape[-1]) * self.plan.step
 
 
 def grid_plan(q: Ask, duration: str) -> GridPlan | None:
@@ -69,6 +75,8 @@ def grid_plan(q: Ask, duration: str) -> GridPlan | None:
         return None  # DP mode has its own versions
     if not all(entry.get("secure_sum") for entry in catalog.values()):
         why = "not every site takes part in secure sums"
+    elif len(catalog) < len(q.sites) // 2 + 1:
+        why = "fewer than a majority of the sites are still taking part (no secure sum)"
     elif len(resolutions) != 1:
         why = "the sites keep different time grids"
     elif len(units) != 1:

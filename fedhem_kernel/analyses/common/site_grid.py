@@ -26,11 +26,12 @@ request naming another is refused, and so is a horizon beyond
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
+from fedhem_kernel.analyses.levels.site import agreed_levels, grouping, stratum_codes
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.privacy.policy import time_step
 from fedhem_kernel.privacy.survival import (
@@ -54,6 +55,8 @@ from fedhem_kernel.protocol.params import (
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData
 
+#: Most stratum columns a pooled table may be split by.
+MAX_STRATA = 10
 #: The rule a site refuses a cut beyond what the first round's total allows with.
 GRID_CUT = "survival_grid"
 
@@ -63,6 +66,8 @@ RISK_PARAMS = {
     "event": COLUMN,
     "group": (COLUMN, NONE),
     "levels": (LEVELS, NONE),
+    "strata": (list_of(COLUMN, most=MAX_STRATA), NONE),
+    "strata_levels": (list_of(LEVELS, most=MAX_STRATA), NONE),
     "grid": (TEXT, number(low=0)),
     "horizon": integer(1, MAX_HORIZON),
 }
@@ -116,12 +121,30 @@ def site_grid(data: SiteData, params: Payload, events: np.ndarray | None = None)
     levels = agreed_levels(data, params, "levels")
     groups = grouping(data, params.get("group"), levels)
     n = len(t)
-    selections = (
+    by_group = (
         [np.ones(n, dtype=bool)]
         if groups is None
         else [(groups == label).to_numpy(dtype=bool) for label in levels or []]
     )
+    # strata (log-rank): every stratum's groups, stratum by stratum
+    selections = [s & g for s in strata_selections(data, params) for g in by_group]
     return SiteGrid(grid_index(t, step, horizon), np.asarray(e), selections, horizon)
+
+
+def strata_selections(data: SiteData, params: Payload) -> list[np.ndarray]:
+    """Per stratum (the product of the strata columns' agreed levels, first column slowest), its
+    cohort rows, snapped to the release ledger; one stratum of everyone without strata."""
+    columns = list(params.get("strata") or [])
+    levels = [list(lv) for lv in params.get("strata_levels") or []]
+    n = len(data.cohort)
+    if not columns:
+        return [np.ones(n, dtype=bool)]
+    if len(columns) != len(levels):
+        raise ParameterError("'strata' and 'strata_levels' do not match", site=data.site)
+    if math.prod(len(v) for v in levels) > data.policy.max_levels:
+        raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
+    out = stratum_codes(data, columns, levels)
+    return [out == i for i in range(math.prod(len(v) for v in levels))]
 
 
 def _label(data: SiteData, params: Payload, rows: np.ndarray) -> bytes:
@@ -133,9 +156,9 @@ def _label(data: SiteData, params: Payload, rows: np.ndarray) -> bytes:
     return digest.digest()
 
 
-def site_risk(data: SiteData, params: Payload) -> Payload:
+def site_risk(data: SiteData, params: Payload, grid: SiteGrid | None = None) -> Payload:
     """Round 1: per group and grid step, the number at risk plus a consistent perturbation."""
-    grid = site_grid(data, params)
+    grid = site_grid(data, params) if grid is None else grid
     width = grid.horizon + 1
     out = np.zeros((len(grid.groups), width), dtype=np.int64)
     for row, selected in enumerate(grid.groups):
@@ -182,21 +205,35 @@ def checked_cut(data: SiteData, params: Payload, risk_step: str, groups: int) ->
     return cut
 
 
-def site_release(data: SiteData, params: Payload, risk_step: str) -> Payload:
+def site_release(
+    data: SiteData,
+    params: Payload,
+    risk_step: str,
+    grid: SiteGrid | None = None,
+    causes: int | None = None,
+) -> Payload:
     """Round 2: per group its size, and the exact events (and censorings but the last step's)
-    up to the checked cut."""
-    grid = site_grid(data, params)
+    up to the checked cut. With ``causes`` (competing risks: ``grid.events`` holds each row's
+    cause, 0.., or -1 if censored) the events are counted per cause."""
+    grid = site_grid(data, params) if grid is None else grid
     cut = checked_cut(data, params, risk_step, len(grid.groups))
-    shape = (len(grid.groups), grid.horizon + 1)
+    width = grid.horizon + 1
+    shape = (len(grid.groups), width) if causes is None else (len(grid.groups), causes, width)
     events = np.zeros(shape, dtype=np.int64)
-    censored = np.zeros(shape, dtype=np.int64)
+    censored = np.zeros((len(grid.groups), width), dtype=np.int64)
     size = np.zeros(len(grid.groups), dtype=np.int64)
+    left_by = grid.events if causes is None else grid.events >= 0
     for row, selected in enumerate(grid.groups):
         last = int(cut[row])
         if last < 0:
             continue
-        at_risk, died, left = grid_counts(grid.index, grid.events, selected, grid.horizon)
+        at_risk, died, left = grid_counts(grid.index, left_by, selected, grid.horizon)
         size[row] = at_risk[0]
-        events[row, : last + 1] = died[: last + 1]
         censored[row, :last] = left[:last]
+        if causes is None:
+            events[row, : last + 1] = died[: last + 1]
+            continue
+        for cause in range(causes):
+            _, of_cause, _ = grid_counts(grid.index, grid.events == cause, selected, grid.horizon)
+            events[row, cause, : last + 1] = of_cause[: last + 1]
     return {"n": size, "events": events, "censored": censored}

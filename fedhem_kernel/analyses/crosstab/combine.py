@@ -162,7 +162,8 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
 def pooled_sums(q: Ask) -> bool:
     """Whether every site takes part in secure sums (then tables are pooled before any rule)."""
     catalog = q.catalog()
-    return bool(catalog) and all(entry.get("secure_sum") for entry in catalog.values())
+    enough = len(catalog) >= len(q.sites) // 2 + 1  # a secure sum needs a majority
+    return enough and all(entry.get("secure_sum") for entry in catalog.values())
 
 
 def combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:

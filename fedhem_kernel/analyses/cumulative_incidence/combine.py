@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_grid import PooledGrid, ask_pooled_grid, grid_plan
 from fedhem_kernel.analyses.cumulative_incidence import (
     _LOWER,
     _UPPER,
@@ -21,6 +22,7 @@ from fedhem_kernel.analyses.cumulative_incidence.result import (
     CumulativeIncidenceResult,
     GrayTestResult,
 )
+from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.kaplan_meier.combine import check_survival_params, collect_group_tables
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
@@ -71,6 +73,27 @@ def pool_cause_tables(tables: Mapping[str, Mapping[str, np.ndarray]]) -> PooledC
         at_risk += site.at_risk_at(times)
         events += site.events_at(times)
     return PooledCauseTable(times, at_risk, events, tuple(tables))
+
+
+def grid_cause_tables(
+    grid: PooledGrid, labels: list[str]
+) -> tuple[dict[str, PooledCauseTable], dict[str, PooledCauseTable]]:
+    """Each group's pooled table at the grid steps where someone leaves (up to its own last
+    step), and the same tables up to the last step every group reaches (for Gray's test)."""
+    times = grid.times()
+    present = [row for row in range(len(labels)) if grid.cut[row] >= 0]
+    common = min((int(grid.cut[row]) for row in present), default=-1)
+
+    def table(row: int, last: int) -> PooledCauseTable:
+        at_risk = grid.at_risk(row)[: last + 1]
+        events = grid.events[row][:, : last + 1].T  # steps × causes
+        moved = events.sum(axis=1) + np.append(grid.censored[row, :last], 0)
+        keep = (moved > 0) | (np.arange(last + 1) == last)
+        return PooledCauseTable(times[: last + 1][keep], at_risk[keep], events[keep], grid.sites)
+
+    curves = {labels[row]: table(row, int(grid.cut[row])) for row in present}
+    compared = {labels[row]: table(row, common) for row in present}
+    return curves, compared
 
 
 # -- Aalen–Johansen ---------------------------------------------------------------------------------
@@ -303,6 +326,52 @@ def build_cif_result(
             dataset=q.dataset,
             rule="min_cell_count",
         )
+    gray_tables = _gray_tables(q, per_site) if group is not None else None
+    first = next(iter(per_site.values()))
+    step, unit = first.get("time_step"), first.get("unit")
+    if step is None:
+        note = "exact times: the pooled estimate equals the estimate on the pooled rows"
+    else:
+        note = (
+            f"times coarsened at the sites up to a grid of {step:g} {unit or 'units'}, and steps "
+            "with a count below the minimum merged into the next: a merged step puts its events at "
+            "its last event time, so between released times a curve can lag the row-level "
+            "estimate (on the demo AML by up to about 0.1, 0.04 on average at whole months)"
+        )
+    return cif_result(
+        q,
+        pooled,
+        gray_tables,
+        duration=duration,
+        event=event,
+        group=group,
+        causes=causes,
+        event_of_interest=event_of_interest,
+        cause_names=cause_names,
+        combine_competing=combine_competing,
+        time_step=step,
+        unit=unit,
+        note=note,
+    )
+
+
+def cif_result(
+    q: Ask,
+    pooled: dict[str, PooledCauseTable],
+    gray_tables: dict[str, PooledCauseTable] | None,
+    *,
+    duration: str,
+    event: str,
+    group: str | None,
+    causes: list[int],
+    event_of_interest: int | None,
+    cause_names: Mapping[int, str],
+    combine_competing: bool,
+    time_step: float | None,
+    unit: str | None,
+    note: str,
+) -> CumulativeIncidenceResult:
+    """The result from each group's pooled table (and the tables Gray's test compares)."""
     # cause columns: the agreed causes, then (other) if any site counted an event there
     codes: list[int | None] = [*causes, None]
     keep = [j for j, code in enumerate(codes) if code is not None]
@@ -355,21 +424,8 @@ def build_cif_result(
     ci.columns = pd.MultiIndex.from_tuples(ci.columns, names=["group", "cause", "bound"])
 
     gray, gray_all = None, None
-    if group is not None:
-        gray, gray_all = _gray_tests(q, per_site, cause_labels, keep, interest_label)
-
-    first = next(iter(per_site.values()))
-    step, unit = first.get("time_step"), first.get("unit")
-    notes = []
-    if step is None:
-        notes.append("exact times: the pooled estimate equals the estimate on the pooled rows")
-    else:
-        notes.append(
-            f"times coarsened at the sites up to a grid of {step:g} {unit or 'units'}, and steps "
-            "with a count below the minimum merged into the next: a merged step puts its events at "
-            "its last event time, so between released times a curve can lag the row-level "
-            "estimate (on the demo AML by up to about 0.1, 0.04 on average at whole months)"
-        )
+    if gray_tables is not None:
+        gray, gray_all = _gray_tests(q, gray_tables, cause_labels, keep, interest_label)
     return CumulativeIncidenceResult(
         cumulative_incidence=cif,
         confidence_interval=ci,
@@ -386,32 +442,37 @@ def build_cif_result(
         gray_test=gray,
         gray_tests=gray_all,
         cause_codes=cause_codes,
-        notes=tuple(notes),
-        time_step=step,
+        notes=(note,),
+        time_step=time_step,
         unit=unit,
         contributing_sites={g: p.sites for g, p in pooled.items()},
     )
 
 
-def _gray_tests(
-    q: Ask,
-    per_site: dict[str, Payload],
-    cause_labels: list[str],
-    keep: list[int],
-    interest_label: str,
-) -> tuple[GrayTestResult | None, pd.DataFrame | None]:
-    """Gray's test per cause, from the sites that released every group (others left out, noted)."""
+def _gray_tables(q: Ask, per_site: dict[str, Payload]) -> dict[str, PooledCauseTable]:
+    """The groups Gray's test compares: pooled from the sites that released every group (others
+    left out, noted)."""
     _, _, withheld = collect_group_tables(per_site)
     excluded = sorted({s for sites in withheld.values() for s in sites})
     for site in excluded:
         q.note(f"{site}: left out of Gray's test because it withheld at least one group")
     usable = {s: p for s, p in per_site.items() if s not in excluded}
     labels, by_group, _ = collect_group_tables(usable)
-    labels = [g for g in labels if by_group.get(g)]
+    return {g: pool_cause_tables(by_group[g]) for g in labels if by_group.get(g)}
+
+
+def _gray_tests(
+    q: Ask,
+    pooled: dict[str, PooledCauseTable],
+    cause_labels: list[str],
+    keep: list[int],
+    interest_label: str,
+) -> tuple[GrayTestResult | None, pd.DataFrame | None]:
+    """Gray's test per cause over the groups of ``pooled``."""
+    labels = list(pooled)
     if len(labels) < 2:
         q.note("Gray's test needs at least two groups released by the same sites: not computed")
         return None, None
-    pooled = {g: pool_cause_tables(by_group[g]) for g in labels}
     rows = []
     for j in keep:
         stat, dof, p = _gray_for_cause(pooled, j)
@@ -490,6 +551,39 @@ def run(
         "levels": levels,
         "causes": causes,
     }
+    plan = grid_plan(q, duration)
+    if plan is not None:
+        grid = ask_pooled_grid(q, "cif_risk", "cif_grid", params, plan)
+        labels = list(levels) if group is not None else [ALL]
+        pooled, gray_tables = grid_cause_tables(grid, labels)
+        for label in labels:
+            if label not in pooled:
+                q.note(f"group '{label}': fewer than {plan.k} patients at risk at its first step")
+        if not pooled:
+            raise DisclosureError(
+                "no group has enough patients at risk for a curve",
+                dataset=q.dataset,
+                rule="min_cell_count",
+            )
+        return cif_result(
+            q,
+            pooled,
+            gray_tables if group is not None else None,
+            duration=duration,
+            event=event,
+            group=group,
+            causes=causes,
+            event_of_interest=interest,
+            cause_names=names,
+            combine_competing=combine_competing,
+            time_step=plan.step,
+            unit=plan.unit,
+            note=(
+                f"pooled through secure sums on the sites' grid of {plan.resolution}: exact "
+                "counts of the coarsened times; each curve ends before fewer than about "
+                f"{plan.k + len(grid.sites)} patients remain at risk"
+            ),
+        )
     per_site = q.ask("cif_tables", params)
     return build_cif_result(
         q,

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedhem_kernel.analyses.common.site_grid import (
+    RELEASE_PARAMS,
+    RISK_PARAMS,
+    SiteGrid,
+    site_grid,
+    site_release,
+    site_risk,
+)
 from fedhem_kernel.analyses.cumulative_incidence import MAX_CAUSES, OTHER_CAUSE
 from fedhem_kernel.analyses.kaplan_meier.site import release_group_tables
 from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
@@ -68,6 +76,39 @@ def site_causes(data: SiteData, params: Payload) -> Payload:
     return {"causes": common}
 
 
+def _cause_grid(data: SiteData, params: Payload) -> tuple[SiteGrid, int]:
+    """The cohort on the site's grid with each row's cause column (the agreed causes in order,
+    then ``(other)``; -1 if censored), and the number of cause columns."""
+    causes = np.asarray([int(c) for c in params["causes"]], dtype=np.int64)
+    if np.any(causes <= 0) or len(np.unique(causes)) != len(causes):
+        raise ParameterError("'causes' must be distinct whole numbers >= 1", site=data.site)
+    _, codes = competing_events(data, params["duration"], params["event"])
+    column = cause_columns(codes, causes)
+    return site_grid(data, params, events=column), len(causes) + 1
+
+
+def cause_columns(codes: np.ndarray, causes: np.ndarray) -> np.ndarray:
+    """Each row's cause column: the position of its code among ``causes``, ``len(causes)`` for
+    a code none names (``(other)``), -1 for censored (code 0)."""
+    column = np.where(codes == 0, -1, len(causes))
+    if len(causes):
+        order = np.argsort(causes)
+        pos = np.minimum(np.searchsorted(causes[order], codes), len(causes) - 1)
+        named = (codes > 0) & (causes[order][pos] == codes)
+        column[named] = order[pos[named]]
+    return column
+
+
+def site_cif_risk(data: SiteData, params: Payload) -> Payload:
+    grid, _ = _cause_grid(data, params)
+    return site_risk(data, params, grid)
+
+
+def site_cif_release(data: SiteData, params: Payload) -> Payload:
+    grid, n_causes = _cause_grid(data, params)
+    return site_release(data, params, "cif_risk", grid, n_causes)
+
+
 def site_cause_tables(data: SiteData, params: Payload) -> Payload:
     """Per group: the coarsened, merged event table with one event count per cause."""
     duration, event, group = params["duration"], params["event"], params.get("group")
@@ -79,13 +120,7 @@ def site_cause_tables(data: SiteData, params: Payload) -> Payload:
     t, step = coarsen_to_policy(
         t, data.policy.time_resolution, unit, data.log.note, data.err(duration)
     )
-    # column of each patient's cause: the agreed causes in order, then (other); -1 = censored
-    column = np.where(codes == 0, -1, len(causes))
-    if len(causes):
-        order = np.argsort(causes)
-        pos = np.minimum(np.searchsorted(causes[order], codes), len(causes) - 1)
-        named = (codes > 0) & (causes[order][pos] == codes)
-        column[named] = order[pos[named]]
+    column = cause_columns(codes, causes)
     n_columns = len(causes) + 1
     levels = agreed_levels(data, params, "levels")
     groups = grouping(data, group, levels)
@@ -124,5 +159,22 @@ STEPS = [
             "levels": (LEVELS, NONE),
             "causes": list_of(integer(1, 2**31), MAX_CAUSES),
         },
+    ),
+    # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
+    SiteStep(
+        "cif_risk",
+        "cumulative_incidence",
+        site_cif_risk,
+        param_columns("duration", "event", "group"),
+        params={**RISK_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
+        sums={"at_risk": "count"},
+    ),
+    SiteStep(
+        "cif_grid",
+        "cumulative_incidence",
+        site_cif_release,
+        param_columns("duration", "event", "group"),
+        params={**RELEASE_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
+        sums={"n": "count", "events": "count", "censored": "count"},
     ),
 ]

@@ -67,6 +67,25 @@ def group_index(data: SiteData, column: str | None, levels: list[str] | None) ->
     return out
 
 
+def stratum_codes(data: SiteData, columns: list[str], levels: list[list[str]]) -> np.ndarray:
+    """Per cohort row: the index of its stratum in the product of ``levels``, -1 if left out."""
+    codes = []
+    for column, lv in zip(columns, levels, strict=True):
+        labels = group_index(data, column, lv)
+        if labels.isna().any():
+            data.log.note(f"patients with missing '{column}' are left out")
+        if (labels == OTHER).any():
+            data.log.note(f"levels of '{column}' rare at every site are left out")
+        codes.append(pd.Categorical(labels, categories=lv).codes.astype(np.int64))
+    stacked = np.vstack(codes)
+    valid = (stacked >= 0).all(axis=0)
+    out = np.full(stacked.shape[1], -1, dtype=np.int64)
+    if valid.any():
+        out[valid] = np.ravel_multi_index(stacked[:, valid], [len(lv) for lv in levels])
+    # the strata are row sets the test sums over: snapped to the release ledger
+    return data.release_groups(out, fixed=out < 0)
+
+
 def agreed_levels(data: SiteData, params: Payload, key: str) -> list[str] | None:
     """The level list a request carries under ``key`` (None without one), held to this site's
     ``max_levels``: a crafted list of thousands of levels would make the step's work grow with it.

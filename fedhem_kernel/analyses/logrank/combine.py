@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_grid import GridPlan, ask_pooled_grid, grid_plan
 from fedhem_kernel.analyses.kaplan_meier.combine import check_survival_params, pool_tables
 from fedhem_kernel.analyses.levels import SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
@@ -186,6 +187,9 @@ def run(
         "strata": site_cols,
         "strata_levels": strata_levels,
     }
+    plan = None if by_site else grid_plan(ask, duration)
+    if plan is not None:
+        return run_pooled(ask, params, plan, group, site_cols, strata_levels, weightings, p, q)
     per_site = ask.ask("logrank_tables", params)
 
     # blocks: stratum -> group -> site -> released table
@@ -224,13 +228,6 @@ def run(
             "that of the coarsened times and may differ slightly from one on exact times"
         )
 
-    g_count = len(labels)
-    z_sum = np.zeros(g_count)
-    v_sum = np.zeros((g_count, g_count))
-    obs_sum = np.zeros(g_count)
-    exp_sum = np.zeros(g_count)
-    rows: list[dict[str, Any]] = []
-    tests: list[dict[str, Any]] = []
     order = (
         [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
         if site_cols
@@ -238,15 +235,43 @@ def run(
     )
     if by_site:
         order = [_site_key(site, label) for site in per_site for label in order]
+    counts = []
     for key in [k for k in order if k in blocks]:
         n, d = _pooled_counts(blocks[key], labels)
+        present = [j for j, g in enumerate(labels) if blocks[key].get(g)]
+        counts.append((key, n, d, present))
+    return test_result(ask, counts, labels, group, strata_cols, weightings, p, q)
+
+
+StratumCounts = tuple[str, np.ndarray, np.ndarray, list[int]]
+
+
+def test_result(
+    ask: Ask,
+    counts: list[StratumCounts],
+    labels: list[str],
+    group: str,
+    strata_cols: list[str] | None,
+    weightings: str | None,
+    p: float | None,
+    q: float | None,
+) -> LogrankResult:
+    """The test from each stratum's pooled at-risk and event counts (times × groups) and the
+    groups present in it."""
+    g_count = len(labels)
+    z_sum = np.zeros(g_count)
+    v_sum = np.zeros((g_count, g_count))
+    obs_sum = np.zeros(g_count)
+    exp_sum = np.zeros(g_count)
+    rows: list[dict[str, Any]] = []
+    tests: list[dict[str, Any]] = []
+    for key, n, d, present in counts:
         w = event_time_weights(n.sum(axis=1), d.sum(axis=1), weightings, p, q)
         z, v, obs, exp = stratum_statistics(n, d, w)
         z_sum += z
         v_sum += v
         obs_sum += obs
         exp_sum += exp
-        present = [j for j, g in enumerate(labels) if blocks[key].get(g)]
         stat_s = chi2_statistic(z[present], v[np.ix_(present, present)])
         dof_s = len(present) - 1
         tests.append(
@@ -285,3 +310,59 @@ def run(
         strata_summary=strata_summary,
         strata_tests=strata_tests,
     )
+
+
+def run_pooled(
+    ask: Ask,
+    params: dict[str, Any],
+    plan: GridPlan,
+    group: str,
+    site_cols: list[str],
+    strata_levels: list[list[str] | None],
+    weightings: str | None,
+    p: float | None,
+    q: float | None,
+) -> LogrankResult:
+    """The test on tables pooled through secure sums on the sites' common grid: each stratum's
+    groups up to the last step all of them reach with at least k at risk (a group's tail is not
+    released), so events later than that are not in the test."""
+    grid = ask_pooled_grid(ask, "logrank_risk", "logrank_grid", params, plan)
+    labels = list(params["levels"] or [])
+    keys = (
+        [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
+        if site_cols
+        else [ALL]
+    )
+    g_count = len(labels)
+    counts: list[StratumCounts] = []
+    shortened = False
+    for s, key in enumerate(keys):
+        rows = [s * g_count + j for j in range(g_count)]
+        present = [j for j, r in enumerate(rows) if grid.cut[r] >= 0]
+        if not present:
+            continue
+        last = min(int(grid.cut[rows[j]]) for j in present)
+        shortened |= any(int(grid.cut[rows[j]]) > last for j in present)
+        n = np.zeros((last + 1, g_count))
+        d = np.zeros_like(n)
+        for j in present:
+            n[:, j] = grid.at_risk(rows[j])[: last + 1]
+            d[:, j] = grid.events[rows[j], : last + 1]
+        counts.append((key, n, d, present))
+        missing = [labels[j] for j in range(g_count) if j not in present]
+        if missing:
+            ask.note(
+                f"{'stratum ' + repr(key) if site_cols else 'the cohort'}: groups "
+                f"{missing} have fewer than {plan.k} patients at risk and are left out"
+            )
+    present_groups = {j for _, _, _, pres in counts for j in pres}
+    if len(present_groups) < 2:
+        raise DisclosureError(
+            "fewer than two groups could be released", dataset=ask.dataset, rule="min_cell_count"
+        )
+    if shortened:
+        ask.note(
+            "each stratum's test runs up to the last time at which every group still has "
+            f"at least {plan.k} patients at risk (later events are not in the test)"
+        )
+    return test_result(ask, counts, labels, group, site_cols or None, weightings, p, q)

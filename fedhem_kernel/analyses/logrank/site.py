@@ -8,11 +8,15 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from fedhem_kernel.analyses.common.site_grid import (
+    RELEASE_PARAMS,
+    RISK_PARAMS,
+    site_release,
+    site_risk,
+)
 from fedhem_kernel.analyses.kaplan_meier.site import site_survival_tables
-from fedhem_kernel.analyses.levels import OTHER
-from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
+from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, stratum_codes
 from fedhem_kernel.analyses.logrank import ALL, MAX_STRATA_COLUMNS, stratum_label
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.params import COLUMN, LEVELS, NONE, list_of
@@ -22,25 +26,6 @@ from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 
 # -- site step ------------------------------------------------------------------------------
-def _stratum_codes(data: SiteData, columns: list[str], levels: list[list[str]]) -> np.ndarray:
-    """Per cohort row: the index of its stratum in the product of ``levels``, -1 if left out."""
-    codes = []
-    for column, lv in zip(columns, levels, strict=True):
-        labels = group_index(data, column, lv)
-        if labels.isna().any():
-            data.log.note(f"patients with missing '{column}' are left out")
-        if (labels == OTHER).any():
-            data.log.note(f"levels of '{column}' rare at every site are left out")
-        codes.append(pd.Categorical(labels, categories=lv).codes.astype(np.int64))
-    stacked = np.vstack(codes)
-    valid = (stacked >= 0).all(axis=0)
-    out = np.full(stacked.shape[1], -1, dtype=np.int64)
-    if valid.any():
-        out[valid] = np.ravel_multi_index(stacked[:, valid], [len(lv) for lv in levels])
-    # the strata are row sets the test sums over: snapped to the release ledger
-    return data.release_groups(out, fixed=out < 0)
-
-
 def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
     """Per stratum, every group's releasable event table; small strata are not released.
 
@@ -57,7 +42,7 @@ def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
         raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
     k = data.k
     if columns:
-        codes = _stratum_codes(data, columns, levels)
+        codes = stratum_codes(data, columns, levels)
         size = int(np.prod([len(v) for v in levels]))
         strata = [
             (stratum_label(columns, combo), i) for i, combo in enumerate(itertools.product(*levels))
@@ -149,5 +134,22 @@ STEPS = [
             "strata": (list_of(COLUMN, MAX_STRATA_COLUMNS), NONE),
             "strata_levels": (list_of(LEVELS, MAX_STRATA_COLUMNS), NONE),
         },
-    )
+    ),
+    # pooled tables per stratum and group on the policy's grid (analyses/common/site_grid.py)
+    SiteStep(
+        "logrank_risk",
+        "logrank",
+        site_risk,
+        param_columns("duration", "event", "group", "strata"),
+        params=RISK_PARAMS,
+        sums={"at_risk": "count"},
+    ),
+    SiteStep(
+        "logrank_grid",
+        "logrank",
+        lambda data, params: site_release(data, params, "logrank_risk"),
+        param_columns("duration", "event", "group", "strata"),
+        params=RELEASE_PARAMS,
+        sums={"n": "count", "events": "count", "censored": "count"},
+    ),
 ]
