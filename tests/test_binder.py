@@ -63,7 +63,7 @@ def test_start_brings_up_the_demo_federation_then_execs_the_command(tmp_path):
     assert len(answer["released"]) == 4
     # each site's audit log recorded the query
     for site in ("karolinska", "charite", "hopital_st_louis", "policlinico_bari"):
-        assert "km_tables" in (config.parent / "sites" / site / "audit.jsonl").read_text()
+        assert "km_grid" in (config.parent / "sites" / site / "audit.jsonl").read_text()
 
 
 def test_start_hands_over_with_exec_and_passes_the_exit_code(tmp_path):

@@ -114,7 +114,7 @@ def test_run_with_a_parameter_against_a_config(tmp_path, jupyter_path, demo_conf
     assert all(not c.get("outputs") for c in source.cells if c.cell_type == "code")
     # the queries ran at the config's sites, which audited them
     audit = demo_config.parent / "sites" / "charite" / "audit.jsonl"
-    assert "km_tables" in audit.read_text()
+    assert "km_grid" in audit.read_text()
 
 
 def test_a_failing_cell_still_writes_the_executed_copy(tmp_path, jupyter_path):

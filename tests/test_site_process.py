@@ -67,7 +67,7 @@ def test_the_same_answers_as_in_process(tmp_path):
         assert {r.status for r in replies.values()} == {"refused"}
         assert {r.error["rule"] for r in replies.values()} == {"ledger"}
         log = there.audit_log()
-        assert set(log["site"]) == {"s0", "s1"} and "km_tables" in set(log["analysis"])
+        assert set(log["site"]) == {"s0", "s1"} and "km_grid" in set(log["analysis"])
 
 
 def test_a_site_that_cannot_load_is_a_clear_error(tmp_path):

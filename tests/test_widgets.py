@@ -566,10 +566,11 @@ def widget_page(states: dict[str, dict]) -> Iterator[tuple[Any, list[str]]]:
 
 
 @pytest.mark.browser
-def test_widgets_render_in_a_browser(fed, tmp_path):
-
-    km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
-    xt = fed.crosstab("d", "grp", "sex")
+def test_widgets_render_in_a_browser(fed, fed_own_grids, tmp_path):
+    # per-site tables (sites without a common grid): merged steps and a withheld group to mark
+    km = fed_own_grids.kaplan_meier("d", "os_months", "os_status", group="grp")
+    pooled_km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
+    xt = fed.crosstab("d", "sex", "grp", where="os_months < 3")  # pooled, with hidden cells
     with fh.Federation.local(
         {s: {"d": t} for s, t in TABLES.items()}, policy=fh.Policy(dp=True), columns=COLUMNS
     ) as dp_fed:
@@ -580,6 +581,7 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
 
     states = {
         "km": synced(km.widget()),
+        "pooled": synced(pooled_km.widget()),
         "xt": synced(xt.widget()),
         "dp": synced(dp_xt.widget()),
         "privacy": synced(PrivacyReportWidget(km.privacy)),
@@ -612,6 +614,16 @@ def test_widgets_render_in_a_browser(fed, tmp_path):
             and "at risk" in tip.inner_text()
             and "S = " in tip.inner_text()
         )
+        # the pooled curve (secure sums): nothing merged or withheld at a site
+        pooled = page.locator("#pooled.fedhem-km")
+        assert pooled.locator("path.fedhem-km-curve").count() == 3
+        assert pooled.locator("circle.fedhem-km-merged").count() == 0
+        texts = pooled.locator("text.fedhem-km-risk").all_text_contents()
+        risk = [int(x) for x in texts if x != "–"]
+        assert risk and all(r >= K for r in risk)
+        assert "–" in texts  # past a curve's end the number at risk is not known, not 0
+        assert "secure sum" in pooled.locator(".fedhem-note").inner_text()
+        pooled.screenshot(path=str(OUTPUT / "km_pooled.png"))
         # tables: every suppressed cell is a badge, the privacy panel is composed in
         table = page.locator("#xt.fedhem-table")
         assert table.locator("td[data-flag=suppressed] .fedhem-badge").count() == n_suppressed > 0

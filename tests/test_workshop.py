@@ -203,7 +203,11 @@ def test_welcome_tour_shows_suppression_and_refusals(execute):
     code = [c for c in nb.cells if c.cell_type == "code"]
     html = "".join(o.get("data", {}).get("text/html", "") for c in code for o in c.outputs)
     streams = "".join(text_of(c) for c in code)
-    assert ">suppressed</span>" in html  # a site held cells back (crosstab, KM)
+    # the pooled crosstab hides cells (NA), and its notes say why
+    table = next(c for c in code if "fed.crosstab" in c.source)
+    table_html = "".join(o.get("data", {}).get("text/html", "") for o in table.outputs)
+    assert "&lt;NA&gt;" in table_html or ">NA<" in table_html or "<NA>" in table_html
+    assert "secure sums: cells are exact" in streams
     assert ">refused</span>" in html  # one site refused the where= subset, the others answered
     assert "Refused: " in streams and "Rule: ledger" in streams  # the DisclosureError
     assert "describe_rules" in "".join(c.source for c in code)

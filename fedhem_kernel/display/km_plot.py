@@ -40,7 +40,9 @@ def plot_km(
             times = tab.index.to_numpy()
             idx = np.searchsorted(times, ticks, side="left")
             counts = np.append(tab["at_risk"].to_numpy(), 0)[idx]
-            rows.append([str(int(c)) for c in counts])
+            # a pooled curve ends before few remain: past its end the number is not known
+            unknown = (idx >= len(times)) & result.pooled
+            rows.append(["–" if u else str(int(c)) for c, u in zip(counts, unknown, strict=True)])
         table = ax.table(
             cellText=rows,
             rowLabels=[str(g) for g in sf.columns],

@@ -164,6 +164,8 @@ def km_state(result: KaplanMeierResult) -> dict[str, Any]:
                     "time": _floats(tab.index),
                     "at_risk": _ints(tab["at_risk"]),
                     "observed": _ints(tab["observed"]),
+                    # pooled curves end before few remain: past the end, not known (not 0)
+                    "cut": bool(getattr(result, "pooled", False)),
                 },
                 "median": json_value(median),
                 "merged": marks["merged"].get(str(g), {}),
@@ -189,4 +191,5 @@ def km_state(result: KaplanMeierResult) -> dict[str, Any]:
         "timeline": _floats(sf.index),
         "groups": groups,
         "not_shown": not_shown,
+        "source": result.source,
     }

@@ -72,11 +72,7 @@ def release(q, risk, shown, with_total=False, k=K, evidence=None):
 
 
 def empty_of(risk) -> np.ndarray:
-    noisy = risk.totals["cells"]
-    empty = np.zeros(noisy.shape, dtype=bool)
-    empty[-1, :] |= int(risk.totals["other_rows"][0]) == 0
-    empty[:, -1] |= int(risk.totals["other_cols"][0]) == 0
-    return empty
+    return risk.totals["occupied"] == 0
 
 
 def truth() -> np.ndarray:

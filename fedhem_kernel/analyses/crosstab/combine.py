@@ -168,17 +168,14 @@ def pooled_sums(q: Ask) -> bool:
 
 def combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:
     """The pooled table, decided then released (two secure sums: crosstab/site.py): a cell is
-    shown when its perturbed total is at least ``k + m``, exactly; the others are NA. A margin is
-    shown when its row or column has no hidden cell; the grand total when the hidden cells
-    together pass the bound (it says only their sum)."""
+    shown when its perturbed total is at least ``k + m``, exactly, or when no site has anyone in
+    it (0); the others are NA. A margin is shown when its row or column has no hidden cell; the
+    grand total when the hidden cells together pass the bound (it says only their sum)."""
     k = max(int(e.get("policy", {}).get("min_cell_count", 1)) for e in q.catalog().values())
     risk = q.ask_sum("crosstab_risk", params)
     m = len(risk.sites)
     noisy = np.asarray(risk.totals["cells"])
-    # "(other)" (levels rare at every site): where no site has any, its cells are known zeros
-    empty = np.zeros(noisy.shape, dtype=bool)
-    empty[-1, :] |= int(risk.totals["other_rows"][0]) == 0
-    empty[:, -1] |= int(risk.totals["other_cols"][0]) == 0
+    empty = np.asarray(risk.totals["occupied"]) == 0  # no site has anyone there: exact zeros
     shown = pooled_cells_shown(noisy, k, m, empty)
     hidden = ~shown & ~empty
     with_total = bool(not hidden.any() or noisy[hidden].sum() >= k + m * hidden.sum())

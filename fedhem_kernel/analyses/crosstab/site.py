@@ -99,13 +99,11 @@ def site_crosstab_risk(data: SiteData, params: Payload) -> Payload:
         digest.update(tag + i.to_bytes(4, "little"))
         digest.update(np.packbits(data.rows_mask(selected)).tobytes())
         noise[i] = data.perturbation(digest.digest(), 1)[0]
-    grid = counts.reshape(shape)
-    # whether this site has patients outside the agreed levels at all (as the plain crosstab
-    # says by its "(other)" row): summed, the number of such sites; none means "(other)" is empty
+    # whether this site has anyone in a cell (a 0 is released exactly, as "0 or >= k" always
+    # allowed): summed, the number of sites with someone there; none means the cell is 0
     return {
         "cells": (counts + noise).reshape(shape),
-        "other_rows": np.array([int(grid[-1].any())]),
-        "other_cols": np.array([int(grid[:, -1].any())]),
+        "occupied": (counts > 0).astype(np.int64).reshape(shape),
     }
 
 
@@ -119,9 +117,10 @@ def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
     cell, _, shape = _pooled_codes(data, params)
     first = {key: v for key, v in params.items() if key not in ("with_total", "k")}
     noisy, m, totals = risk_total(data, first, "crosstab_risk", "cells", shape)
-    empty = np.zeros(shape, dtype=bool)  # "(other)" where no site has anyone: known zeros
-    empty[-1, :] |= int(np.asarray(totals.get("other_rows", [1])).ravel()[0]) == 0
-    empty[:, -1] |= int(np.asarray(totals.get("other_cols", [1])).ravel()[0]) == 0
+    occupied = totals.get("occupied")
+    if occupied is None or occupied.shape != shape:
+        raise ParameterError("the release does not match its risk round", site=data.site)
+    empty = occupied == 0  # no site has anyone there: known zeros
     shown = np.asarray(params["decided"], dtype=float)
     if shown.shape != shape or not np.isin(shown, (0.0, 1.0)).all():
         raise ParameterError("the release does not match its risk round", site=data.site)
@@ -227,7 +226,7 @@ STEPS = [
         site_crosstab_risk,
         param_columns("row", "col"),
         params=XTAB_PARAMS,
-        sums={"cells": "count", "other_rows": "count", "other_cols": "count"},
+        sums={"cells": "count", "occupied": "count"},
     ),
     SiteStep(
         "crosstab_cells",

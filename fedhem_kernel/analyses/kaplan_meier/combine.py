@@ -149,8 +149,9 @@ def km_result(
     group: str | None,
     time_step: float | None,
     unit: str | None,
+    pooled_sums: bool = False,
 ) -> KaplanMeierResult:
-    """The result from each group's pooled table."""
+    """The result from each group's pooled table (``pooled_sums``: from secure sums)."""
     estimates = {label: km_estimate(table) for label, table in pooled.items()}
     if not estimates:
         raise DisclosureError(
@@ -185,6 +186,7 @@ def km_result(
         time_step=time_step,
         unit=unit,
         contributing_sites={g: p.sites for g, p in pooled.items()},
+        pooled=pooled_sums,
     )
 
 
@@ -213,4 +215,4 @@ def run(q: Ask, duration: str, event: str, group: str | None = None) -> KaplanMe
     for label in labels or []:
         if label not in pooled:
             q.note(f"group '{label}': fewer than {plan.k} patients at risk at its first step")
-    return km_result(q, pooled, duration, event, group, plan.step, plan.unit)
+    return km_result(q, pooled, duration, event, group, plan.step, plan.unit, pooled_sums=True)

@@ -28,6 +28,9 @@ class KaplanMeierResult(Result):
     time_step: float | None = None
     unit: str | None = None
     contributing_sites: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: True when the curves were pooled through secure sums (each ends where fewer than about
+    #: k patients remain at risk: past its last time the number at risk is not known).
+    pooled: bool = False
 
     @property
     def groups(self) -> list[str]:
@@ -76,7 +79,17 @@ class KaplanMeierResult(Result):
     @property
     def footnote(self) -> str:
         grid = time_grid(self.time_step, self.unit)
-        return f"{grid}; curves pooled from the sites' released event tables."
+        return f"{grid}; {self.source}."
+
+    @property
+    def source(self) -> str:
+        """Where the curves come from (the footnote's second part)."""
+        if self.pooled:
+            return (
+                "curves from the pooled counts of a secure sum, each ending where fewer than "
+                "about k patients remain at risk"
+            )
+        return "curves pooled from the sites' released event tables"
 
     def _headline(self) -> str:
         med = ", ".join(f"{g}: {v:.4g}" for g, v in self.median_survival.items())

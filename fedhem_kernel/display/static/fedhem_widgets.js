@@ -346,11 +346,12 @@ function stepIndex(times, t) {
   return lo - 1;
 }
 
-// number at risk at t: at_risk of the first released row with time >= t (0 after the last)
+// number at risk at t: at_risk of the first released row with time >= t (0 after the last;
+// "–" after the last of a curve that was cut before everyone left: not known, fewer than ~k)
 function atRiskAt(table, t) {
   let lo = 0, hi = table.time.length;
   while (lo < hi) { const mid = (lo + hi) >> 1; if (table.time[mid] < t) lo = mid + 1; else hi = mid; }
-  return lo < table.at_risk.length ? table.at_risk[lo] : 0;
+  return lo < table.at_risk.length ? table.at_risk[lo] : (table.cut ? "–" : 0);
 }
 
 function groupEnd(g, fallback) {
@@ -479,7 +480,7 @@ function renderKM(model, el) {
       ? "exact times"
       : `times coarsened at the sites to a grid of step ${fmt(km.time_step)} (${km.unit || "units"})`;
     const main = h("div", { class: "fedhem-main" }, h("div", { class: "fedhem-title" }, km.title || ""), plot, legend,
-      h("div", { class: "fedhem-note" }, `${grid}; curves pooled from the sites' released event tables; shaded: 95% confidence interval.`));
+      h("div", { class: "fedhem-note" }, `${grid}; ${km.source || "curves pooled from the sites' released event tables"}; shaded: 95% confidence interval.`));
     el.replaceChildren(main, renderPrivacy(model.get("privacy"), h("div")));
   };
   draw();
