@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,13 +48,14 @@ from fedhem_kernel.protocol.params import (
     MAX_LEVELS,
     NONE,
     TEXT,
+    Params,
     instance,
     integer,
     list_of,
     number,
 )
 from fedhem_kernel.protocol.query import Payload
-from fedhem_kernel.site.steps import SiteData
+from fedhem_kernel.site.steps import SiteData, SiteFn, SiteStep
 
 #: Most stratum columns a pooled table may be split by.
 MAX_STRATA = 10
@@ -237,3 +239,39 @@ def site_release(
             _, of_cause, _ = grid_counts(grid.index, grid.events == cause, selected, grid.horizon)
             events[row, cause, : last + 1] = of_cause[: last + 1]
     return {"n": size, "events": events, "censored": censored}
+
+
+def pooled_steps(
+    analysis: str,
+    risk: str,
+    release: str,
+    columns: Callable[[Payload], Sequence[str]],
+    run_risk: SiteFn = site_risk,
+    run_release: SiteFn | None = None,
+    extra: Params | None = None,
+) -> list[SiteStep]:
+    """The two steps of an analysis's pooled tables: ``risk`` (perturbed numbers at risk) and
+    ``release`` (exact counts up to the checked cut), both secure sums only."""
+    extra = dict(extra or {})
+
+    def default_release(data: SiteData, params: Payload) -> Payload:
+        return site_release(data, params, risk)
+
+    return [
+        SiteStep(
+            risk,
+            analysis,
+            run_risk,
+            columns,
+            params={**RISK_PARAMS, **extra},
+            sums={"at_risk": "count"},
+        ),
+        SiteStep(
+            release,
+            analysis,
+            run_release or default_release,
+            columns,
+            params={**RELEASE_PARAMS, **extra},
+            sums={"n": "count", "events": "count", "censored": "count"},
+        ),
+    ]

@@ -551,6 +551,15 @@ def run(
         "levels": levels,
         "causes": causes,
     }
+    described: dict[str, Any] = {  # what the result says of the request
+        "duration": duration,
+        "event": event,
+        "group": group,
+        "causes": causes,
+        "event_of_interest": interest,
+        "cause_names": names,
+        "combine_competing": combine_competing,
+    }
     plan = grid_plan(q, duration)
     if plan is not None:
         grid = ask_pooled_grid(q, "cif_risk", "cif_grid", params, plan)
@@ -569,13 +578,7 @@ def run(
             q,
             pooled,
             gray_tables if group is not None else None,
-            duration=duration,
-            event=event,
-            group=group,
-            causes=causes,
-            event_of_interest=interest,
-            cause_names=names,
-            combine_competing=combine_competing,
+            **described,
             time_step=plan.step,
             unit=plan.unit,
             note=(
@@ -585,14 +588,4 @@ def run(
             ),
         )
     per_site = q.ask("cif_tables", params)
-    return build_cif_result(
-        q,
-        per_site,
-        duration=duration,
-        event=event,
-        group=group,
-        causes=causes,
-        event_of_interest=interest,
-        cause_names=names,
-        combine_competing=combine_competing,
-    )
+    return build_cif_result(q, per_site, **described)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RELEASE_PARAMS,
-    RISK_PARAMS,
     SiteGrid,
+    pooled_steps,
     site_grid,
     site_release,
     site_risk,
@@ -161,20 +160,13 @@ STEPS = [
         },
     ),
     # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
-    SiteStep(
+    *pooled_steps(
+        "cumulative_incidence",
         "cif_risk",
-        "cumulative_incidence",
-        site_cif_risk,
-        param_columns("duration", "event", "group"),
-        params={**RISK_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
-        sums={"at_risk": "count"},
-    ),
-    SiteStep(
         "cif_grid",
-        "cumulative_incidence",
-        site_cif_release,
         param_columns("duration", "event", "group"),
-        params={**RELEASE_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
-        sums={"n": "count", "events": "count", "censored": "count"},
+        site_cif_risk,
+        site_cif_release,
+        {"causes": list_of(integer(1, 2**31), MAX_CAUSES)},
     ),
 ]

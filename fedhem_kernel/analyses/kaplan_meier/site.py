@@ -9,10 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RELEASE_PARAMS,
-    RISK_PARAMS,
-    site_release,
-    site_risk,
+    pooled_steps,
 )
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
@@ -119,21 +116,8 @@ STEPS = [
             "levels": (LEVELS, NONE),
         },
     ),
-    # the pooled table on the policy's grid, decided then released (analyses/common/site_grid.py)
-    SiteStep(
-        "km_risk",
-        "kaplan_meier",
-        site_risk,
-        param_columns("duration", "event", "group"),
-        params=RISK_PARAMS,
-        sums={"at_risk": "count"},
-    ),
-    SiteStep(
-        "km_grid",
-        "kaplan_meier",
-        lambda data, params: site_release(data, params, "km_risk"),
-        param_columns("duration", "event", "group"),
-        params=RELEASE_PARAMS,
-        sums={"n": "count", "events": "count", "censored": "count"},
+    # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
+    *pooled_steps(
+        "kaplan_meier", "km_risk", "km_grid", param_columns("duration", "event", "group")
     ),
 ]

@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RELEASE_PARAMS,
-    RISK_PARAMS,
-    site_release,
-    site_risk,
+    pooled_steps,
 )
 from fedhem_kernel.analyses.kaplan_meier.site import site_survival_tables
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, stratum_codes
@@ -135,21 +132,11 @@ STEPS = [
             "strata_levels": (list_of(LEVELS, MAX_STRATA_COLUMNS), NONE),
         },
     ),
-    # pooled tables per stratum and group on the policy's grid (analyses/common/site_grid.py)
-    SiteStep(
+    # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
+    *pooled_steps(
+        "logrank",
         "logrank_risk",
-        "logrank",
-        site_risk,
-        param_columns("duration", "event", "group", "strata"),
-        params=RISK_PARAMS,
-        sums={"at_risk": "count"},
-    ),
-    SiteStep(
         "logrank_grid",
-        "logrank",
-        lambda data, params: site_release(data, params, "logrank_risk"),
         param_columns("duration", "event", "group", "strata"),
-        params=RELEASE_PARAMS,
-        sums={"n": "count", "events": "count", "censored": "count"},
     ),
 ]
