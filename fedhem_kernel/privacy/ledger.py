@@ -45,13 +45,34 @@ from fedhem_kernel.errors import SchemaError
 FORMAT = 1
 
 
-def keyed_perturbation(secret: bytes, label: bytes, n: int) -> np.ndarray:
-    """``n`` numbers in {-1, 0, 1} from a ChaCha20 stream keyed by ``secret`` and ``label``
-    (a 64-bit word modulo 3: uniform to within 2^-63)."""
-    key = hashlib.blake2b(label, key=secret, digest_size=32, person=b"fedhem-perturb").digest()
+def record_keys(secret: bytes, n: int) -> np.ndarray:
+    """A secret 64-bit key per row (a ChaCha20 stream under the site's secret): a count's
+    perturbation is keyed by the sum of its rows' keys, so the same rows get the same
+    perturbation however they are asked for (the ABS's cell-key method)."""
+    key = hashlib.blake2b(secret, digest_size=32, person=b"fedhem-rowkeys").digest()
     stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    words = np.frombuffer(stream.update(bytes(8 * n)), dtype=np.uint64)
-    return (words % np.uint64(3)).astype(np.int64) - 1
+    return np.frombuffer(stream.update(bytes(8 * n)), dtype=np.uint64).copy()
+
+
+def cell_key_noise(
+    secret: bytes, key_sums: np.ndarray, counts: np.ndarray, where: bytes
+) -> np.ndarray:
+    """A perturbation in {-1, 0, 1} per count: keyed by the sum of its rows' keys (``key_sums``,
+    mod 2^64) when it counts anyone, so the same rows give the same number wherever they are
+    counted; an empty count is keyed by its place (``where`` and its index) instead, so empty
+    counts do not all share one recognisable number."""
+    flat_keys = np.asarray(key_sums, dtype=np.uint64).reshape(-1)
+    flat_counts = np.asarray(counts).reshape(-1)
+    out = np.empty(len(flat_keys), dtype=np.int64)
+    for i, (k, c) in enumerate(zip(flat_keys.tolist(), flat_counts.tolist(), strict=True)):
+        label = (
+            b"rows" + int(k).to_bytes(8, "little")
+            if c
+            else b"empty" + where + i.to_bytes(8, "little")
+        )
+        digest = hashlib.blake2b(label, key=secret, digest_size=8, person=b"fedhem-cellkey")
+        out[i] = int.from_bytes(digest.digest(), "little") % 3 - 1
+    return out.reshape(np.shape(counts))
 
 
 def _secret_ranks(secret: bytes, n: int) -> np.ndarray:
@@ -207,11 +228,10 @@ class Ledger:
                     self._write()
         self.ranks = _secret_ranks(self._secret, self.n_rows)
 
-    def perturbation(self, label: bytes, n: int) -> np.ndarray:
-        """``n`` whole numbers in {-1, 0, 1}, the same for the same ``label`` (a keyed ChaCha20
-        stream under the ledger's secret): consistent perturbation in the manner of the ABS's
-        cell-key method, so asking again gives the same numbers, never fresh noise to average."""
-        return keyed_perturbation(self._secret, label, n)
+    @property
+    def secret(self) -> bytes:
+        """The site's secret for this dataset (orders rows, keys perturbations); never leaves."""
+        return self._secret
 
     def _file_lock(self):  # noqa: ANN202 - a context manager
         """An exclusive lock on ``<path>.lock`` (no file lock for a ledger in memory)."""

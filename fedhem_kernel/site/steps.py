@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
-from fedhem_kernel.privacy.ledger import Transaction, keyed_perturbation
+from fedhem_kernel.privacy.ledger import Transaction, cell_key_noise, record_keys
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.params import Params
 from fedhem_kernel.protocol.query import Payload
@@ -77,14 +77,26 @@ class SiteData:
     def k(self) -> int:
         return self.policy.min_cell_count
 
-    def perturbation(self, label: bytes, n: int) -> np.ndarray:
-        """``n`` numbers in {-1, 0, 1}, the same whenever ``label`` is (keyed by the site's
-        secret: the ledger's, or one drawn from the data without a ledger)."""
+    def _site_secret(self) -> bytes:
         if self.ledger is not None:
-            return self.ledger.ledger.perturbation(label, n)
+            return self.ledger.ledger.secret
         if self.secret is None:
             raise RuntimeError("this step needs the site's secret")
-        return keyed_perturbation(self.secret(), label, n)
+        return self.secret()
+
+    def row_keys(self) -> np.ndarray:
+        """A secret 64-bit key per cohort row (the same row, the same key, in every request)."""
+        keys = self.scratch.get("row_keys")
+        rows = self.cohort.index.to_numpy()
+        n = self.n_rows if self.n_rows is not None else int(rows.max(initial=-1)) + 1
+        if keys is None or len(keys) != n:
+            keys = self.scratch["row_keys"] = record_keys(self._site_secret(), n)
+        return keys[rows]
+
+    def count_noise(self, key_sums: np.ndarray, counts: np.ndarray, where: bytes) -> np.ndarray:
+        """A perturbation in {-1, 0, 1} per count, keyed by the rows it counts (``key_sums``: the
+        sum of their :meth:`row_keys`): the same rows, the same number, however asked for."""
+        return cell_key_noise(self._site_secret(), key_sums, counts, where)
 
     def earlier_total(self, evidence: Any, step: str, params: Payload) -> dict[str, np.ndarray]:
         """The total of an earlier secure sum of ``step`` with ``params`` over the same cohort,

@@ -6,9 +6,11 @@ the policy's time grid. What must still not leave is the tail, where few patient
 pooled at-risk count of a step is a single patient's follow-up once it is small. So a pooled
 table is released in two rounds, both secure sums:
 
-1. *risk*: per group and grid step, the number at risk plus a perturbation in {-1, 0, 1} that is
-   the same whenever the same rows are asked (keyed by the site's secret: asking again gives
-   nothing to average). Only the total over the sites is seen.
+1. *risk*: per group and grid step, the number at risk plus a perturbation in {-1, 0, 1} keyed by
+   the patients at risk there (the sum of their secret row keys, the ABS's cell-key method): the
+   same patients get the same perturbation however they are asked for (another cohort, group,
+   horizon or analysis with the same patients at risk), so there is nothing to average. Only the
+   total over the sites is seen.
 2. *release*: per group, the exact events and censorings up to a last step (the *cut*) and the
    group's size. The coordinator chooses the cut from the first total; every site checks it: it is
    shown the first round's signed masked replies (every site's, for this very request), adds them
@@ -25,7 +27,6 @@ request naming another is refused, and so is a horizon beyond
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,13 +150,14 @@ def strata_selections(data: SiteData, params: Payload) -> list[np.ndarray]:
     return [out == i for i in range(math.prod(len(v) for v in levels))]
 
 
-def _label(data: SiteData, params: Payload, rows: np.ndarray) -> bytes:
-    """What a perturbation is keyed by: the dataset, the duration column, the grid and the rows
-    (the same rows asked another way get the same perturbation)."""
-    digest = hashlib.blake2b(digest_size=32, person=b"fedhem-km-risk")
-    digest.update(f"{data.dataset}\0{params['duration']}\0{params['grid']!r}\0".encode())
-    digest.update(np.packbits(data.rows_mask(rows)).tobytes())
-    return digest.digest()
+def key_sums(index: np.ndarray, keys: np.ndarray, size: int, at_risk: bool) -> np.ndarray:
+    """The sum (mod 2^64) of the row keys at each of ``size`` places: of the rows at each index,
+    or (``at_risk``) of the rows at that index or later."""
+    out = np.zeros(size, dtype=np.uint64)
+    np.add.at(out, index, keys)
+    if at_risk:
+        out = np.cumsum(out[::-1], dtype=np.uint64)[::-1]
+    return out
 
 
 def site_risk(data: SiteData, params: Payload, grid: SiteGrid | None = None) -> Payload:
@@ -163,9 +165,15 @@ def site_risk(data: SiteData, params: Payload, grid: SiteGrid | None = None) -> 
     grid = site_grid(data, params) if grid is None else grid
     width = grid.horizon + 1
     out = np.zeros((len(grid.groups), width), dtype=np.int64)
+    keys = data.row_keys()
+    place = f"{data.dataset}\0{params['duration']}\0{params['grid']!r}\0".encode()
     for row, selected in enumerate(grid.groups):
         at_risk, _, _ = grid_counts(grid.index, grid.events, selected, grid.horizon)
-        out[row] = at_risk + data.perturbation(_label(data, params, selected), width)
+        # each count is perturbed by its own rows (those at risk there): however a cohort,
+        # group or horizon is asked, the same patients at risk get the same perturbation
+        rows_keys = key_sums(grid.index[selected], keys[selected], grid.horizon + 2, True)
+        noise = data.count_noise(rows_keys[:width], at_risk, place + row.to_bytes(4, "little"))
+        out[row] = at_risk + noise
     return {"at_risk": out}
 
 

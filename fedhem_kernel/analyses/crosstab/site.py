@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.common.site_grid import risk_total
+from fedhem_kernel.analyses.common.site_grid import key_sums, risk_total
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
@@ -87,18 +85,13 @@ def site_crosstab_risk(data: SiteData, params: Payload) -> Payload:
     """Round 1: every cell plus a perturbation in {-1, 0, 1}, the same whenever the same rows
     fall in the same cell of the same two columns (nothing to average by asking again)."""
     cell, where, shape = _pooled_codes(data, params)
-    counts = np.bincount(cell, minlength=shape[0] * shape[1])
-    noise = np.empty_like(counts)
-    order = np.argsort(cell, kind="stable")
-    bounds = np.searchsorted(cell[order], np.arange(len(counts) + 1))
+    size = shape[0] * shape[1]
+    counts = np.bincount(cell, minlength=size)
+    # keyed by the cell's own patients (the sum of their row keys): the same patients, the same
+    # perturbation, whichever table or cohort they are counted in
+    rows_keys = key_sums(cell, data.row_keys()[where], size, False)
     tag = f"{data.dataset}\0{params['row']}\0{params['col']}\0".encode()
-    for i in range(len(counts)):
-        selected = np.zeros(len(data.cohort), dtype=bool)
-        selected[where[order[bounds[i] : bounds[i + 1]]]] = True
-        digest = hashlib.blake2b(digest_size=32, person=b"fedhem-xtab-risk")
-        digest.update(tag + i.to_bytes(4, "little"))
-        digest.update(np.packbits(data.rows_mask(selected)).tobytes())
-        noise[i] = data.perturbation(digest.digest(), 1)[0]
+    noise = data.count_noise(rows_keys, counts, tag)
     # whether this site has anyone in a cell (a 0 is released exactly, as "0 or >= k" always
     # allowed): summed, the number of sites with someone there; none means the cell is 0
     return {
