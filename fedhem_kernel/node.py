@@ -114,12 +114,16 @@ app: ClientApp  # the deployment ClientApp (see __getattr__)
 
 # -- embedded federations ------------------------------------------------------------------------
 def start_embedded(
-    configs: Sequence[SiteConfig], steps: Mapping[str, SiteStep] | None = None
+    configs: Sequence[SiteConfig],
+    steps: Mapping[str, SiteStep] | None = None,
+    secure_sums: bool = True,
 ) -> tuple[str, dict[int, str]]:
     """Load the sites and host them in this process; their endpoint address and node names.
 
     The caller (a researcher-side grid) keeps the address only; closing it (``endpoints.unregister``)
     drops the sites. ``steps``: the site steps they run (default: every registered analysis's).
+    ``secure_sums=False``: sites without identity keys, as sites outside a consortium's roster
+    (they take part in no secure sum and release their own thresholded tables).
     """
     if not configs:
         raise ParameterError("a federation needs at least one site")
@@ -136,6 +140,9 @@ def start_embedded(
     }
     # the sites hosted together know each other's identity keys (the consortium's roster)
     roster = Roster({name: identity.public_key for name, identity in identities.items()})
+    if not secure_sums:
+        host = SiteHost([executor(c, None, None, steps) for c in configs])
+        return endpoints.register(host.deliver), host.names
     host = SiteHost([executor(c, identities[c.name], roster, steps) for c in configs])
     return endpoints.register(host.deliver), host.names
 

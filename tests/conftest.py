@@ -83,14 +83,11 @@ def demo() -> fh.Federation:
     fed.close()
 
 
-def own_grids(sites, policy=None) -> dict:
-    """Policies under which sites share no time grid, so survival tables are thresholded at each
-    site (the fallback path, as between sites that keep different grids or take part in no
-    secure sums): the first site declares its grid as "1 month", the others as 1.0 (months, in
-    the column's unit). The steps are the same; the declarations differ."""
-    base = policy or fh.Policy()
-    out = {}
-    for i, site in enumerate(sites):
-        grid = "1 month" if i == 0 else 1.0
-        out[site] = fh.Policy(**{**base.to_dict(), "time_resolution": grid})
-    return out
+def without_secure_sums(tables, policy=None, *, columns=None) -> fh.Federation:
+    """Embedded sites that hold no identity key, so take part in no secure sum: they release
+    their own thresholded tables (the per-site path of sites outside a consortium's roster)."""
+    from fedhem_kernel import node
+
+    configs = node.local_configs(tables, policy, columns=columns)
+    address, names = node.start_embedded(configs, secure_sums=False)
+    return fh.Federation._embedded(address, names, name="local", user=None)

@@ -65,17 +65,16 @@ def test_federation_from_site_files(tmp_path, releases):
         assert cat.loc[cat["column"] == "os_months", "unit"].iloc[0] == "months"
         km = fed.kaplan_meier("aml", "os_months", "os_status", group="eln_risk")
     assert set(km.groups) == {"adverse", "favourable"}
-    # each site coarsens on its own grid: north every 3 months, south every month
-    seen = set()
-    for reply in releases:
-        for g in (reply.payload or {}).get("groups", []):
-            step = 3.0 if reply.site == "north" else 1.0
-            times = np.asarray(g["time"])
-            np.testing.assert_allclose(times / step, np.round(times / step))
-            seen.add(reply.site)
-    assert seen == {"north", "south"}
+    # the sites keep different grids: the curve is pooled on the coarser, every 3 months, and
+    # each step holds at least north's k (10) at risk
+    assert any("pooled on the coarsest, 3 months" in n for n in km.privacy.notes)
+    for g in km.groups:
+        times = km.event_tables[g].index.to_numpy()
+        np.testing.assert_allclose(times / 3.0, np.round(times / 3.0))
+        assert (km.event_tables[g]["at_risk"] >= 10).all()
+    assert not [r for r in releases if r.payload and "groups" in r.payload]  # nothing in clear
     entries = [json.loads(x) for x in (tmp_path / "north" / "audit.jsonl").read_text().splitlines()]
-    assert {e["analysis"] for e in entries} >= {"load", "levels", "km_tables"}
+    assert {e["analysis"] for e in entries} >= {"load", "levels", "km_risk", "km_grid"}
     assert all({"when", "who", "analysis", "dataset", "outcome"} <= set(e) for e in entries)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import without_secure_sums
 from sites import sites_of
 
 import fedhem_kernel as fh
@@ -129,22 +130,17 @@ def test_km_state_holds_only_released_counts_and_times(fed, releases):
 
 
 @pytest.fixture
-def fed_own_grids():
-    """Sites that keep different time grids: no common grid to pool on, so each site releases
-    its own thresholded tables (the per-site path, with merged steps)."""
-    policies = {
-        "site_a": fh.Policy(),
-        "site_b": fh.Policy(time_resolution="1 month"),
-        "site_c": fh.Policy(time_resolution="2 months"),
-    }
+def fed_per_site():
+    """Sites that take part in no secure sums: each releases its own thresholded tables (the
+    per-site path, with merged steps)."""
     tables = {site: {"d": df} for site, df in TABLES.items()}
-    with fh.Federation.local(tables, policy=policies, columns=COLUMNS) as f:
+    with without_secure_sums(tables, fh.Policy(), columns=COLUMNS) as f:
         yield f
 
 
-def test_km_state_marks_merged_steps_and_withheld_groups(fed_own_grids):
-    km = fed_own_grids.kaplan_meier("d", "os_months", "os_status", group="grp")
-    assert any("different time grids" in n for n in km.privacy.notes)
+def test_km_state_marks_merged_steps_and_withheld_groups(fed_per_site):
+    km = fed_per_site.kaplan_meier("d", "os_months", "os_status", group="grp")
+    assert any("secure sums" in n for n in km.privacy.notes)
     state = KaplanMeierWidget(km).get_state()["km"]
     groups = {g["name"]: g for g in state["groups"]}
     # group C has 3 patients at site_a: as a row set of the release ledger they join that site's
@@ -566,9 +562,9 @@ def widget_page(states: dict[str, dict]) -> Iterator[tuple[Any, list[str]]]:
 
 
 @pytest.mark.browser
-def test_widgets_render_in_a_browser(fed, fed_own_grids, tmp_path):
+def test_widgets_render_in_a_browser(fed, fed_per_site, tmp_path):
     # per-site tables (sites without a common grid): merged steps and a withheld group to mark
-    km = fed_own_grids.kaplan_meier("d", "os_months", "os_status", group="grp")
+    km = fed_per_site.kaplan_meier("d", "os_months", "os_status", group="grp")
     pooled_km = fed.kaplan_meier("d", "os_months", "os_status", group="grp")
     xt = fed.crosstab("d", "sex", "grp", where="os_months < 3")  # pooled, with hidden cells
     with fh.Federation.local(

@@ -286,6 +286,11 @@ class SiteExecutor:
                 sum_sites=plan.sites if plan is not None else (),
                 check_evidence=self._evidence_check(ds, request, plan),
                 secret=lambda: _content_secret(self.name, ds),
+                pooled_only=(
+                    self.secure is not None
+                    and not self.policy.dp
+                    and not self.policy.is_unrestricted
+                ),
             )
             payload = step.run(data, dict(request.params))
             if noised:

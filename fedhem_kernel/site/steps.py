@@ -72,6 +72,10 @@ class SiteData:
     check_evidence: Callable[[Any, str, Payload], dict[str, np.ndarray]] | None = None
     #: The site's secret for consistent perturbation when it keeps no ledger (made on demand).
     secret: Callable[[], bytes] | None = None
+    #: True when this site releases its counts of tables only pooled (it takes part in secure
+    #: sums and its policy has thresholds): its own tables would let a pooled count minus the
+    #: other sites' give one site's small count.
+    pooled_only: bool = False
 
     @property
     def k(self) -> int:
@@ -97,6 +101,17 @@ class SiteData:
         """A perturbation in {-1, 0, 1} per count, keyed by the rows it counts (``key_sums``: the
         sum of their :meth:`row_keys`): the same rows, the same number, however asked for."""
         return cell_key_noise(self._site_secret(), key_sums, counts, where)
+
+    def per_site_table(self, what: str) -> None:
+        """Refuse a table of this site's own counts when its counts are released pooled only."""
+        if self.pooled_only and not self.secure:
+            raise DisclosureError(
+                f"this site releases {what} only pooled through secure sums with the other "
+                "sites (its own table, against a pooled one, would give away its small counts)",
+                site=self.site,
+                dataset=self.dataset,
+                rule="pooled_only",
+            )
 
     def earlier_total(self, evidence: Any, step: str, params: Payload) -> dict[str, np.ndarray]:
         """The total of an earlier secure sum of ``step`` with ``params`` over the same cohort,

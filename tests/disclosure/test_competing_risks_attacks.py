@@ -1,7 +1,8 @@
 """Adversarial checks for competing risks on the per-site path: no count between 1 and k-1 ever
 leaves a site.
 
-Sites that share no time grid (``own_grids``) release tables thresholded each on its own; a spy
+Sites that take part in no secure sums (``without_secure_sums``) release tables thresholded each
+on its own; a spy
 records every reply that crosses from a site; every at-risk, per-cause event and censored count in
 every payload is checked. Small groups, narrow filters, rare causes and badly coded event columns
 are refused or withheld with a reason and without values. The pooled path (secure sums, decide
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import own_grids
+from conftest import without_secure_sums
 from sites import sites_of
 
 import fedhem_kernel as fh
@@ -75,7 +76,7 @@ COLUMNS = {"c": {"time": {"type": "float", "unit": "months"}, "cause": "int"}}
 def fed():
     sizes = {"big": 400, "mid": 120, "small": 30}
     tables = {s: {"c": cohort(i, n)} for i, (s, n) in enumerate(sizes.items())}
-    with fh.Federation.local(tables, policy=own_grids(tables), columns=COLUMNS) as f:
+    with without_secure_sums(tables, columns=COLUMNS) as f:
         yield f
 
 
@@ -123,7 +124,7 @@ def test_a_group_too_small_at_every_site_is_never_named(releases):
         df["risk"] = np.where(df["risk"] == "rare", "low", df["risk"])
         df.loc[:2, "risk"] = "patient-4711"  # three patients: a name that identifies them
         tables[site] = {"c": df}
-    with fh.Federation.local(tables, policy=own_grids(tables), columns=COLUMNS) as f:
+    with without_secure_sums(tables, columns=COLUMNS) as f:
         res = f.cumulative_incidence("c", "time", "cause", group="risk")
     assert "patient-4711" not in res.groups
     for reply in releases:
@@ -195,7 +196,7 @@ def test_a_rare_cause_code_is_never_named_and_competing_causes_can_be_combined(r
         if site == "b":
             df.loc[0, "cause"] = 7  # one patient with a unique cause: identifying
         tables[site] = {"c": df}
-    with fh.Federation.local(tables, policy=own_grids(tables), columns=COLUMNS) as f:
+    with without_secure_sums(tables, columns=COLUMNS) as f:
         res = f.cumulative_incidence("c", "time", "cause", group="risk")
         releases_before = len(releases)
         combined = f.cumulative_incidence(
@@ -232,7 +233,7 @@ def test_bad_event_coding_names_site_dataset_and_column_without_values(change, c
     bad = change(cohort(61, 100))
     columns = {"c": {"time": {"type": "float", "unit": "months"}}}
     tables = {"ok": {"c": good}, "broken": {"c": bad}}
-    with fh.Federation.local(tables, policy=own_grids(tables), columns=columns) as f:
+    with without_secure_sums(tables, columns=columns) as f:
         res = f.cumulative_incidence("c", "time", "cause")
     with fh.Federation.local({"broken": {"c": bad}}, columns=columns) as alone:
         with pytest.raises(fh.FedHemError) as info:
@@ -304,10 +305,10 @@ def test_k_of_one_releases_the_exact_table():
 def test_a_site_that_does_not_answer_competing_risks_refuses_with_its_rule():
     policies = {
         "a": fh.Policy(allowed_analyses=("describe", "kaplan_meier")),
-        "b": fh.Policy(allowed_analyses=("cumulative_incidence",), time_resolution=1.0),
+        "b": fh.Policy(allowed_analyses=("cumulative_incidence",)),
     }
     tables = {"a": {"c": cohort(70, 200)}, "b": {"c": cohort(71, 200)}}
-    with fh.Federation.local(tables, policy=policies, columns=COLUMNS) as f:
+    with without_secure_sums(tables, policies, columns=COLUMNS) as f:
         res = f.cumulative_incidence("c", "time", "cause", combine_competing=True)
     assert res.privacy.outcome("a").status == "refused"
     assert "allowed_analyses" in res.privacy.outcome("a").rules

@@ -142,10 +142,19 @@ def test_crosstab_with_rare_cells_suppresses_and_protects(fed, releases, totals)
     assert xt.by_site == {}  # nothing per site was seen
 
 
-def test_crosstab_by_site_suppresses_rare_rows(demo, releases):
-    xt = demo.crosstab("aml", "tp53", "site", margins=True)
-    assert_no_small_counts(releases)
-    assert xt.table.shape[1] == 5  # four sites and All
+def test_crosstab_by_site_suppresses_rare_rows(demo, releases, totals):
+    """By site, each site counts into its own column of one pooled table: no site's table leaves
+    in the clear, every cell shown holds k or more (or none), and no row or column keeps a single
+    hidden cell (the pooled row counts are known: they would pin it)."""
+    xt = demo.crosstab("aml", "tp53", "site", where="age >= 75", margins=True)
+    assert not [r for r in releases if r.payload and "cells" in r.payload]
+    assert list(xt.table.columns[:-1]) == list(demo.sites["site"])  # four sites and All
+    inner = xt.table.drop(index="All", columns="All")
+    shown = inner.to_numpy(dtype=float, na_value=np.nan)
+    assert np.isnan(shown).any()  # a small site's cells are hidden
+    assert ((shown[~np.isnan(shown)] == 0) | (shown[~np.isnan(shown)] >= K)).all()
+    hidden = np.isnan(shown)
+    assert all(h != 1 for h in hidden.sum(axis=0)) and all(h != 1 for h in hidden.sum(axis=1))
 
 
 def test_grouped_describe_releases_no_small_count(fed, releases):

@@ -206,6 +206,25 @@ def test_pooled_tables_are_never_released_in_the_clear_or_on_another_grid(fed):
     with pytest.raises(FedHemError):
         q.ask("km_risk", params())  # a plain request: one site's counts, tail and all
     assert all(o.status == "refused" or o.status == "error" for o in q.report().outcomes)
-    for bad in (params(grid="1 week"), params(grid=1.0), params(horizon=10**6)):
+    for bad in (params(grid="1 week"), params(grid=0.5), params(horizon=10**6)):
         with pytest.raises(FedHemError):
             query(fed).ask_sum("km_risk", bad)
+    # a coarser grid than the sites' own is fine (sites with different grids pool on it)
+    coarse = query(fed).ask_sum("km_risk", params(grid="3 months", horizon=40))
+    assert coarse.totals["at_risk"].shape == (1, 41)
+
+
+def test_per_site_tables_are_refused_where_counts_are_pooled(fed):
+    """A site that takes part in secure sums gives no table of its own counts: against the pooled
+    table, the other sites' tables would give away its small counts by difference."""
+    for step, p in (
+        ("km_tables", {"duration": "time", "event": "event", "group": None, "levels": None}),
+        (
+            "crosstab",
+            {"row": "event", "col": "event", "row_levels": ["0", "1"], "col_levels": None},
+        ),
+    ):
+        q = Query(fed.coordinator, "kaplan_meier", "c", who="mallory")
+        with pytest.raises(FedHemError):
+            q.ask(step, p)
+        assert {rule for o in q.report().outcomes for rule in o.rules} == {"pooled_only"}

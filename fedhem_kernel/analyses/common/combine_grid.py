@@ -66,7 +66,6 @@ def grid_plan(q: Ask, duration: str) -> GridPlan | None:
         return None
     policies = [entry.get("policy", {}) for entry in catalog.values()]
     why = None
-    resolutions = {repr(p.get("time_resolution")) for p in policies}
     units = set()
     for entry in catalog.values():
         columns = entry.get("datasets", {}).get(q.dataset, [])
@@ -77,18 +76,22 @@ def grid_plan(q: Ask, duration: str) -> GridPlan | None:
         why = "not every site takes part in secure sums"
     elif len(catalog) < len(q.sites) // 2 + 1:
         why = "fewer than a majority of the sites are still taking part (no secure sum)"
-    elif len(resolutions) != 1:
-        why = "the sites keep different time grids"
     elif len(units) != 1:
         why = f"the sites declare different units for '{duration}'"
     if why is not None:
         q.note(f"{why}: each site's table is thresholded on its own (less faithful)")
         return None
-    resolution = policies[0].get("time_resolution")
     unit = next(iter(units))
-    step = time_step(resolution, unit)
-    if step is None:  # exact times (unrestricted): per-site tables are exact
+    # the coarsest of the sites' grids (each site accepts a grid no finer than its own)
+    grids = [
+        (time_step(p.get("time_resolution"), unit), p.get("time_resolution")) for p in policies
+    ]
+    gridded = [(step, res) for step, res in grids if step is not None]
+    if not gridded:  # exact times everywhere (unrestricted): per-site tables are exact
         return None
+    step, resolution = max(gridded, key=lambda g: g[0])
+    if len({s for s, _ in gridded}) > 1:
+        q.note(f"the sites keep different time grids: pooled on the coarsest, {resolution}")
     k = max(int(p.get("min_cell_count", 1)) for p in policies)
     return GridPlan(resolution, unit, step, default_horizon(resolution, unit), k)
 

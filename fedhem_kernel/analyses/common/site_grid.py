@@ -20,9 +20,9 @@ table is released in two rounds, both secure sums:
    must include all of them. The censorings of the last step are not released (they would say
    how many remain beyond it).
 
-The grid is the site's own (its policy's ``time_resolution`` in the column's declared unit): a
-request naming another is refused, and so is a horizon beyond
-:data:`~fedhem_kernel.privacy.survival.MAX_HORIZON` steps.
+The grid is the site's own (its policy's ``time_resolution`` in the column's declared unit) or a
+coarser one (sites with different grids pool on the coarsest): a finer grid is refused, and so
+is a horizon beyond :data:`~fedhem_kernel.privacy.survival.MAX_HORIZON` steps.
 """
 
 from __future__ import annotations
@@ -103,22 +103,23 @@ def site_grid(data: SiteData, params: Payload, events: np.ndarray | None = None)
             dataset=data.dataset,
         )
     duration, event = params["duration"], params["event"]
-    own = data.policy.time_resolution
-    if params["grid"] != own or isinstance(params["grid"], bool):
-        raise ParameterError(
-            f"this site's time grid is {own!r}: a pooled table is counted on it",
-            site=data.site,
-            dataset=data.dataset,
-        )
     unit = data.schema.column(duration).unit
-    if time_step(own, unit) is None:
+    asked = params["grid"]
+    try:
+        asked_step = time_step(asked, unit)
+    except ParameterError:
         raise ParameterError(
-            "this site releases exact times: it pools no table on a grid",
+            "'grid' must be a time resolution such as '3 months'", site=data.site
+        ) from None
+    own_step = time_step(data.policy.time_resolution, unit)
+    if asked_step is None or (own_step is not None and asked_step < own_step * (1 - 1e-9)):
+        raise ParameterError(
+            f"this site counts on a grid of {data.policy.time_resolution!r} or coarser",
             site=data.site,
             dataset=data.dataset,
         )
     t, e = data.survival(duration, event) if events is None else (data.numeric(duration), events)
-    _, step = coarsen_to_policy(t, own, unit, data.log.note, data.err(duration))
+    _, step = coarsen_to_policy(t, asked, unit, data.log.note, data.err(duration))
     assert step is not None
     horizon = int(params["horizon"])
     levels = agreed_levels(data, params, "levels")

@@ -151,8 +151,15 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
         for note in notes:
             q.note(note)
         return CrosstabResult(table, {}, q.report(), row, col)
-    if SITE_COLUMN not in (row, col) and pooled_sums(q):
-        table = combine_pooled(q, params, row, col, margins)
+    if pooled_sums(q):
+        # by site too: each site counts into its own column of one pooled table, so the rule
+        # (and the margins it protects) sees every site's cells together
+        if row == SITE_COLUMN:
+            swapped = {"row": col, "col": row, "row_levels": params["col_levels"]}
+            table = combine_pooled(q, {**swapped, "col_levels": None}, col, row, margins).T
+            table.index.name, table.columns.name = row, col
+        else:
+            table = combine_pooled(q, params, row, col, margins)
         return CrosstabResult(table, {}, q.report(), row, col)
     per_site = q.ask("crosstab", params)
     table, by_site = combine_crosstab(per_site, row, col, margins)
@@ -167,6 +174,12 @@ def pooled_sums(q: Ask) -> bool:
 
 
 def combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:
+    if col == SITE_COLUMN:  # the sites taking part are the columns
+        params = {**params, "col_levels": [s for s in q.sites if s not in q.dropped]}
+    return _combine_pooled(q, params, row, col, margins)
+
+
+def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:
     """The pooled table, decided then released (two secure sums: crosstab/site.py): a cell is
     shown when its perturbed total is at least ``k + m``, exactly, or when no site has anyone in
     it (0); the others are NA. A margin is shown when its row or column has no hidden cell; the

@@ -61,15 +61,16 @@ def _pooled_codes(
     ``(other)``), the cohort positions of those rows, and the table's shape (which does not
     depend on the data)."""
     row, col = require_str(params, "row"), require_str(params, "col")
-    if SITE_COLUMN in (row, col) or not data.secure:
-        raise ParameterError(
-            "a pooled crosstab is a secure sum over sites (by site: the plain crosstab)",
-            site=data.site,
-        )
+    if not data.secure:
+        raise ParameterError("a pooled crosstab is asked only as a secure sum", site=data.site)
+    if row == SITE_COLUMN:
+        raise ParameterError("by site: the sites are the columns (col='site')", site=data.site)
     row_levels = agreed_levels(data, params, "row_levels")
     col_levels = agreed_levels(data, params, "col_levels")
     if row_levels is None or col_levels is None:
         raise ParameterError("a crosstab of a column needs its agreed levels", site=data.site)
+    if col == SITE_COLUMN and data.site not in col_levels:
+        raise ParameterError("a table by site names this site among its columns", site=data.site)
     rows, cols = _labels(data, row, row_levels), _labels(data, col, col_levels)
     missing = (rows.isna() | cols.isna()).to_numpy()
     first = row if rows.isna().any() else col
@@ -139,6 +140,7 @@ def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
 
 
 def site_crosstab(data: SiteData, params: Payload) -> Payload:
+    data.per_site_table("tables of counts")
     row, col = require_str(params, "row"), require_str(params, "col")
     row_given = agreed_levels(data, params, "row_levels")
     col_given = agreed_levels(data, params, "col_levels")

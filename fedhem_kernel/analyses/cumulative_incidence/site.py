@@ -110,6 +110,7 @@ def site_cif_release(data: SiteData, params: Payload) -> Payload:
 
 def site_cause_tables(data: SiteData, params: Payload) -> Payload:
     """Per group: the coarsened, merged event table with one event count per cause."""
+    data.per_site_table("survival tables")
     duration, event, group = params["duration"], params["event"], params.get("group")
     causes = np.asarray([int(c) for c in params["causes"]], dtype=np.int64)
     if np.any(causes <= 0) or len(np.unique(causes)) != len(causes):

@@ -83,6 +83,7 @@ def release_group_tables(
 
 
 def site_survival_tables(data: SiteData, params: Payload) -> Payload:
+    data.per_site_table("survival tables")
     duration, event = params["duration"], params["event"]
     group = params.get("group")
     t, e = data.survival(duration, event)

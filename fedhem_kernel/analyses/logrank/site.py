@@ -24,7 +24,8 @@ from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 # -- site step ------------------------------------------------------------------------------
 def site_logrank_tables(data: SiteData, params: Payload) -> Payload:
-    """Per stratum, every group's releasable event table; small strata are not released.
+    """
+    data.per_site_table("survival tables")Per stratum, every group's releasable event table; small strata are not released.
 
     A stratum is withheld when it has fewer than k patients at this site, or when one of its groups
     cannot be released. The patients left out of the test by strata (withheld strata, missing or
