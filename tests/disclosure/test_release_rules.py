@@ -248,24 +248,30 @@ def test_a_filter_answers_the_same_rows_in_every_round_and_after_other_releases(
 @pytest.mark.parametrize("n_missing", [2, 6])
 def test_crosstab_does_not_show_the_values_of_a_few_patients_missing_the_other_column(n_missing):
     # Attack: crosstab(risk, sex) against crosstab(risk, site) on the same cohort: per level of
-    # risk, the difference counts the patients left out for a missing sex. The ledger leaves out
-    # at least k (the few with a missing sex and others, in an order secret to the site), so the
-    # difference never shows the risk group of fewer than k patients.
+    # risk, a difference would count the patients left out for a missing sex. Pooled, a missing
+    # value is a level of its own, "(missing)", under the same rule as any cell: nobody is left
+    # out (the totals agree), and its cells are shown only when they hold k or more.
     tables = {}
     for i, site in enumerate(["a", "b"]):
         df = rare_cohort(40 + i, 200)
         df["sex"] = np.random.default_rng(i).choice(["f", "m"], len(df)).astype(object)
-        df["risk"] = df["risk"].replace("rare", "mid")  # no small cell: every total is shown
+        df["risk"] = df["risk"].replace("rare", "mid")
         tables[site] = {"c": df}
     tables["a"]["c"].loc[: n_missing - 1, "sex"] = None
+    pooled = pd.concat([t["c"] for t in tables.values()])
     policy = fh.Policy(min_cell_count=K, max_levels=40)
     with fh.Federation.local(tables, policy=policy) as f:
         by_site = f.crosstab("c", "risk", "site", margins=True)
         by_sex = f.crosstab("c", "risk", "sex", margins=True)
-    # the pooled table by sex against the one by site (each site's own): the difference of the
-    # grand totals counts the patients left out
-    left_out = by_site.table.loc["All", "All"] - by_sex.table.loc["All", "All"]
-    assert left_out == max(n_missing, K)
+    assert by_site.table.loc["All", "All"] == by_sex.table.loc["All", "All"] == 400
+    missing = by_sex.table["(missing)"].drop("All")
+    truth = pooled[pooled["sex"].isna()]["risk"].value_counts()
+    for level, value in missing.items():
+        if pd.isna(value):
+            continue
+        assert value == truth.get(level, 0) and (value == 0 or value >= K)
+    small = truth[(truth > 0) & (truth < K)]
+    assert all(pd.isna(missing[level]) for level in small.index)
     assert by_sex.privacy.outcome("a").released and by_sex.privacy.outcome("b").released
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.crosstab.result import CrosstabResult
-from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
+from fedhem_kernel.analyses.levels import MISSING, OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.tables import pooled_cells_shown
@@ -203,8 +203,8 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
         },
     )
     cells = np.asarray(released.totals["cells"])
-    index = [*(params["row_levels"] or []), OTHER]
-    columns = [*(params["col_levels"] or []), OTHER]
+    index = [*(params["row_levels"] or []), OTHER, MISSING]
+    columns = [*(params["col_levels"] or []), OTHER, MISSING]
     values = np.where(shown | empty, cells, HIDDEN)
     table = pd.DataFrame(values, index=index, columns=columns)
     table = table.astype("Int64").mask(table == HIDDEN)
@@ -215,9 +215,10 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
             total: object = int(values.sum())
         else:
             total = int(released.totals["total"][0]) if with_total else pd.NA
-    # "(other)" only where someone has a level rare at every site
-    keep_r = [lv for i, lv in enumerate(index) if lv != OTHER or not empty[i].all()]
-    keep_c = [lv for j, lv in enumerate(columns) if lv != OTHER or not empty[:, j].all()]
+    # "(other)" and "(missing)" only where someone is there
+    extra = (OTHER, MISSING)
+    keep_r = [lv for i, lv in enumerate(index) if lv not in extra or not empty[i].all()]
+    keep_c = [lv for j, lv in enumerate(columns) if lv not in extra or not empty[:, j].all()]
     table = table.loc[keep_r, keep_c]
     if margins:
         table = _with_margins(table, rows_total.loc[keep_r], cols_total.loc[keep_c], total)

@@ -7,7 +7,7 @@ import pandas as pd
 
 from fedhem_kernel.analyses.common.site_grid import key_sums, risk_total
 from fedhem_kernel.analyses.crosstab import HIDDEN
-from fedhem_kernel.analyses.levels import OTHER, SITE_COLUMN
+from fedhem_kernel.analyses.levels import MISSING, OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.privacy.tables import pooled_cells_shown, suppress_table
@@ -57,8 +57,8 @@ POOLED_CELLS = "crosstab_cells"
 def _pooled_codes(
     data: SiteData, params: Payload
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Per complete cohort row its cell (row and column code on the agreed levels and
-    ``(other)``), the cohort positions of those rows, and the table's shape (which does not
+    """Per cohort row its cell (row and column code on the agreed levels, ``(other)`` and
+    ``(missing)``), the cohort positions of those rows, and the table's shape (which does not
     depend on the data)."""
     row, col = require_str(params, "row"), require_str(params, "col")
     if not data.secure:
@@ -71,15 +71,15 @@ def _pooled_codes(
         raise ParameterError("a crosstab of a column needs its agreed levels", site=data.site)
     if col == SITE_COLUMN and data.site not in col_levels:
         raise ParameterError("a table by site names this site among its columns", site=data.site)
-    rows, cols = _labels(data, row, row_levels), _labels(data, col, col_levels)
-    missing = (rows.isna() | cols.isna()).to_numpy()
-    first = row if rows.isna().any() else col
-    complete = data.complete_rows(missing, first, f"'{row}' or '{col}'")
-    row_cats, col_cats = [*row_levels, OTHER], [*col_levels, OTHER]
-    r = pd.Categorical(rows[complete], categories=row_cats).codes.astype(np.int64)
-    c = pd.Categorical(cols[complete], categories=col_cats).codes.astype(np.int64)
+    # a missing value is a level of its own, "(missing)", counted under the same rules as any
+    # cell (leaving the patients out would need the ledger to leave k out, and skew the margins)
+    rows = _labels(data, row, row_levels).astype(object).fillna(MISSING)
+    cols = _labels(data, col, col_levels).astype(object).fillna(MISSING)
+    row_cats, col_cats = [*row_levels, OTHER, MISSING], [*col_levels, OTHER, MISSING]
+    r = pd.Categorical(rows, categories=row_cats).codes.astype(np.int64)
+    c = pd.Categorical(cols, categories=col_cats).codes.astype(np.int64)
     shape = (len(row_cats), len(col_cats))
-    return r * shape[1] + c, np.flatnonzero(complete), shape
+    return r * shape[1] + c, np.arange(len(rows)), shape
 
 
 def site_crosstab_risk(data: SiteData, params: Payload) -> Payload:

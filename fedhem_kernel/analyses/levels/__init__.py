@@ -11,6 +11,8 @@ from __future__ import annotations
 from fedhem_kernel.protocol.params import COLUMN, Params
 
 OTHER = "(other)"
+#: The level of patients without a value, in pooled tables (counted under the same rules).
+MISSING = "(missing)"
 
 
 SITE_COLUMN = "site"
