@@ -63,15 +63,21 @@ def cell_key_noise(
     counts do not all share one recognisable number."""
     flat_keys = np.asarray(key_sums, dtype=np.uint64).reshape(-1)
     flat_counts = np.asarray(counts).reshape(-1)
-    out = np.empty(len(flat_keys), dtype=np.int64)
-    for i, (k, c) in enumerate(zip(flat_keys.tolist(), flat_counts.tolist(), strict=True)):
-        label = (
-            b"rows" + int(k).to_bytes(8, "little")
-            if c
-            else b"empty" + where + i.to_bytes(8, "little")
+    # empty counts: one ChaCha20 stream for the place, a word per index
+    place = hashlib.blake2b(where, key=secret, digest_size=32, person=b"fedhem-empty").digest()
+    stream = Cipher(algorithms.ChaCha20(place, bytes(16)), mode=None).encryptor()
+    words = np.frombuffer(stream.update(bytes(8 * len(flat_keys))), dtype=np.uint64)
+    out = (words % np.uint64(3)).astype(np.int64) - 1
+    # counts of someone: one keyed hash per distinct set of rows (a plateau shares its key)
+    filled = flat_counts != 0
+    unique, inverse = np.unique(flat_keys[filled], return_inverse=True)
+    noise = np.empty(len(unique), dtype=np.int64)
+    for i, k in enumerate(unique.tolist()):
+        digest = hashlib.blake2b(
+            int(k).to_bytes(8, "little"), key=secret, digest_size=8, person=b"fedhem-cellkey"
         )
-        digest = hashlib.blake2b(label, key=secret, digest_size=8, person=b"fedhem-cellkey")
-        out[i] = int.from_bytes(digest.digest(), "little") % 3 - 1
+        noise[i] = int.from_bytes(digest.digest(), "little") % 3 - 1
+    out[filled] = noise[inverse.reshape(-1)]
     return out.reshape(np.shape(counts))
 
 

@@ -228,11 +228,36 @@ def add_up(vectors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 # -- signed replies (evidence of a total) --------------------------------------------------------
+def _canonical(value: Any) -> Any:
+    """A JSON-ready form of request parameters, exact for arrays (their dtype, shape and a
+    digest of their bytes) and fast for large ones."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return [
+            "ndarray",
+            data.dtype.str,
+            list(data.shape),
+            hashlib.sha256(data.tobytes()).hexdigest(),
+        ]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return ["bytes", hashlib.sha256(value).hexdigest()]
+    return value
+
+
 def request_binding(step: str, dataset: str | None, where: str | None, params: Any) -> str:
     """A digest of what a sum was asked for (step, dataset, filter and parameters): a site signs
     it with its masked reply, so a total cannot be passed off as the answer to another request."""
     text = json.dumps(
-        [SCHEME, step, dataset, where, params], sort_keys=True, default=str, separators=(",", ":")
+        [SCHEME, step, dataset, where, _canonical(params)],
+        sort_keys=True,
+        default=str,
+        separators=(",", ":"),
     )
     return hashlib.sha256(text.encode()).hexdigest()
 

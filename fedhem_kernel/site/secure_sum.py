@@ -65,6 +65,8 @@ class _Session:
     secrets: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (peer, key) -> ECDH
     used: set[int] = field(default_factory=set)
     floor: int = 0  # every sum number up to this one counts as used
+    #: Key bundles whose signatures this site has checked in this session (site, key, signature).
+    verified: set[tuple[str, str, str]] = field(default_factory=set)
 
     def claim(self, sum_id: int) -> bool:
         """Mark a sum number used; False if it was used (or is older than the window)."""
@@ -226,13 +228,18 @@ class SecureSumParty:
                     BAD_SUM,
                 )
             message = bundle_message(site, bundle["session"], bundle["key"])
-            if bundle["session"] != session_id or not self.roster.verify(site, message, signature):
+            seen = (site, bundle["key"], bundle["signature"])
+            if bundle["session"] != session_id or (
+                seen not in session.verified and not self.roster.verify(site, message, signature)
+            ):
                 raise self._error(
                     DisclosureError,
                     f"the key bundle of site '{site}' is not signed by that site's identity key",
                     BAD_SUM,
                 )
             checked[site] = bundle["key"]
+            if len(session.verified) < MAX_SITES:
+                session.verified.add(seen)
         if checked.get(self.name) != session.bundle["key"]:
             raise self._error(
                 DisclosureError, "the secure sum does not include this site's own key", BAD_SUM
