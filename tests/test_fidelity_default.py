@@ -257,8 +257,8 @@ def test_crosstab_counts_close_to_pooled(case, name, row, col, seed, record_prop
     m = crosstab_comparison(name, row, col, seed)
     for key in ("max_diff", "suppressed", "cells"):
         record_property(key, m[key])
-    tol = 0 if m["exact_policy"] else COUNT_TOL
-    assert m["max_diff"] <= tol, m
+    # pooled counts carry two sites' perturbations (cell-key): within 2, never exact
+    assert m["max_diff"] <= COUNT_TOL, m
 
 
 @pytest.mark.parametrize(

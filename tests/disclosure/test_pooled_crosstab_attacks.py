@@ -91,14 +91,15 @@ def test_the_pooled_table_hides_the_small_cell_and_a_partner_for_each_margin(fed
     hidden = table.isna().to_numpy()
     assert all(h != 1 for h in hidden.sum(axis=0)) and all(h != 1 for h in hidden.sum(axis=1))
     shown = ~hidden
-    np.testing.assert_array_equal(table.to_numpy(dtype=float)[shown], exact[shown])
+    # counts shown are within 2 of the truth (two sites' perturbations), never small
+    assert np.abs(table.to_numpy(dtype=float)[shown] - exact[shown]).max() <= 2
     # the attack: row counts from describe, minus the cells shown, leave at least two unknowns
     counts = fed.describe("c", columns=["age"], by="risk").table["count"]
     for label in ("high", "low", "mid"):
         row = table.loc[label]
         if row.isna().any():
             assert row.isna().sum() >= 2
-            assert counts[(label, "age")] - row.sum() >= K  # only their sum, >= k
+            assert counts[(label, "age")] - row.sum() >= K - 2 * 2  # only their sum, ~>= k
 
 
 def test_asking_for_a_small_cell_is_refused_at_every_site(fed):
@@ -122,13 +123,14 @@ def test_asking_for_a_small_cell_is_refused_at_every_site(fed):
         release(q, risk, pooled_cells_shown(risk.totals["cells"], 1, 3, empty), k=1)
 
 
-def test_the_rules_own_cells_are_released_exactly(fed):
+def test_the_rules_own_cells_are_released_within_two(fed):
     q, risk = risk_round(fed)
     shown = pooled_cells_shown(risk.totals["cells"], K, 3, empty_of(risk))
     out = release(q, risk, shown).totals["cells"]
     exact = truth()
-    np.testing.assert_array_equal(out[:3, :2][shown[:3, :2]], exact[shown[:3, :2]])
-    assert (out[~shown] == 0).all() and (out[shown] >= K).all()
+    diff = out[:3, :2][shown[:3, :2]] - exact[shown[:3, :2]]
+    assert np.abs(diff).max() <= 2 and diff.any()  # two sites' perturbations: never exact
+    assert (out[~shown] == 0).all() and (out[shown] >= K - 2).all()
 
 
 def rectangle_frames() -> dict[str, pd.DataFrame]:
@@ -221,7 +223,8 @@ def moved_piece_frames() -> dict[str, pd.DataFrame]:
 @pytest.mark.xfail(
     strict=True,
     reason="open (issue 17): crosstab counts are values, describe's groups are ledger row sets; "
-    "a group's pooled count minus its snapped size in describe gives the pieces moved at a site",
+    "a group's pooled count minus its snapped size in describe gives the pieces moved at a site, "
+    "to within the count's perturbation (±2)",
 )
 def test_a_table_margin_against_describe_group_sizes_gives_no_small_count():
     with fh.Federation.local({s: {"c": df} for s, df in moved_piece_frames().items()}) as fed:
@@ -231,4 +234,4 @@ def test_a_table_margin_against_describe_group_sizes_gives_no_small_count():
     margin = table.loc["yes", "All"]
     assert not pd.isna(margin)
     moved = int(margin) - int(sizes[("yes", "age")])
-    assert moved == 0 or moved >= K  # fails today: moved == 3, site c's piece
+    assert moved == 0 or moved >= K  # fails today: 3 moved at site c, read to within 2

@@ -11,6 +11,7 @@ from fedhem_kernel.analyses.crosstab.result import CrosstabResult
 from fedhem_kernel.analyses.levels import MISSING, OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.privacy.tables import pooled_cells_shown
 from fedhem_kernel.protocol.query import Ask, Payload
 from fedhem_kernel.protocol.secure_sum import SecureTotal
@@ -170,6 +171,9 @@ def pooled_sums(q: Ask) -> bool:
     """Whether every site takes part in secure sums (then tables are pooled before any rule)."""
     catalog = q.catalog()
     enough = len(catalog) >= len(q.sites) // 2 + 1  # a secure sum needs a majority
+    policies = [Policy.from_dict(entry.get("policy", {})) for entry in catalog.values()]
+    if all(p.is_unrestricted for p in policies):  # no thresholds: the exact per-site tables
+        return False
     return enough and all(entry.get("secure_sum") for entry in catalog.values())
 
 
@@ -192,6 +196,7 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
     shown = pooled_cells_shown(noisy, k, m, empty)
     hidden = ~shown & ~empty
     with_total = bool(not hidden.any() or noisy[hidden].sum() >= k + m * hidden.sum())
+    # the released counts carry the perturbations of two sites (within 2 of the truth)
     released = q.ask_sum(
         "crosstab_cells",
         {
@@ -208,13 +213,17 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
     values = np.where(shown | empty, cells, HIDDEN)
     table = pd.DataFrame(values, index=index, columns=columns)
     table = table.astype("Int64").mask(table == HIDDEN)
-    if margins:  # sums of cells that are all shown (or known to be 0): they reveal nothing more
-        rows_total = table.sum(axis=1, skipna=False)
-        cols_total = table.sum(axis=0, skipna=False)
-        if not hidden.any():
-            total: object = int(values.sum())
-        else:
-            total = int(released.totals["total"][0]) if with_total else pd.NA
+    if margins:  # released only for lines without a hidden cell (each perturbed on its own)
+        row_ok, col_ok = ~hidden.any(axis=1), ~hidden.any(axis=0)
+        rows_total = pd.Series(
+            pd.array(np.where(row_ok, released.totals["row_totals"], 0), dtype="Int64"),
+            index=index,
+        ).mask(~row_ok)
+        cols_total = pd.Series(
+            pd.array(np.where(col_ok, released.totals["col_totals"], 0), dtype="Int64"),
+            index=columns,
+        ).mask(~col_ok)
+        total: object = int(released.totals["total"][0]) if with_total else pd.NA
     # "(other)" and "(missing)" only where someone is there
     extra = (OTHER, MISSING)
     keep_r = [lv for i, lv in enumerate(index) if lv not in extra or not empty[i].all()]
@@ -223,10 +232,12 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
     if margins:
         table = _with_margins(table, rows_total.loc[keep_r], cols_total.loc[keep_c], total)
     q.note(
-        f"pooled through secure sums: cells are exact; a cell is hidden when its perturbed "
-        f"total is below {k + m} ({m} sites, each perturbing by at most 1), so that every "
-        f"cell shown holds at least {k} patients, and with it another in its row or column "
-        "(margins are known from other queries); margins only where they reveal no hidden cell"
+        "pooled through secure sums: every count shown is within 2 of the truth (perturbed by "
+        "two sites, the same way whenever the same patients are counted, so margins need not "
+        f"add up exactly); a cell is hidden when its perturbed total is below {k + m} ({m} "
+        f"sites, each perturbing by at most 1), so that every cell shown holds at least {k} "
+        "patients, and with it another in its row or column (margins are known from other "
+        "queries); margins only where they reveal no hidden cell"
     )
     table.index.name = row
     table.columns.name = col

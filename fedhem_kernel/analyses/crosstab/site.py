@@ -102,8 +102,8 @@ def site_crosstab_risk(data: SiteData, params: Payload) -> Payload:
 
 
 def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
-    """Round 2: the exact cells the coordinator decided to show, and (``with_total``) the grand
-    total; checked against the risk round's total: the cells shown must be those
+    """Round 2: the cells the coordinator decided to show, and (``with_total``) the grand total,
+    perturbed by two sites (:func:`releases_perturbation`); checked against the risk round's total: the cells shown must be those
     :func:`~fedhem_kernel.privacy.tables.pooled_cells_shown` shows for the request's ``k`` (at
     least this site's ``min_cell_count``), ``m`` sites each perturbing by at most one; the grand
     total only if the hidden cells together pass the same bound (their sum, all it reveals of
@@ -132,11 +132,37 @@ def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
             dataset=data.dataset,
             rule=POOLED_CELLS,
         )
-    counts = np.bincount(cell, minlength=shape[0] * shape[1]).reshape(shape)
+    size = shape[0] * shape[1]
+    counts = np.bincount(cell, minlength=size).reshape(shape)
+    if releases_perturbation(data):
+        # the released counts carry two sites' perturbations (the same as in the risk round:
+        # keyed by each cell's patients), so a count is within 2 of the truth, never exact, and
+        # a difference with another query's count of nearly the same patients says little
+        rows_keys = key_sums(cell, data.row_keys(), size, False).reshape(shape)
+        tag = f"{data.dataset}\0{params['row']}\0{params['col']}\0".encode()
+        counts = counts + data.count_noise(rows_keys, counts, tag)
     out = {"cells": np.where(shown, counts, 0)}
-    if params["with_total"]:
-        out["total"] = np.array([len(cell)])
+    # margins (each perturbed as a count of its own patients), only of rows and columns with
+    # no hidden cell; the grand total only if the hidden cells' sum passed the bound
+    r, c = np.divmod(cell, shape[1])
+    lines = (
+        ("row_totals", r, shape[0], ~(hidden.any(axis=1))),
+        ("col_totals", c, shape[1], ~(hidden.any(axis=0))),
+        ("total", np.zeros(len(cell), dtype=np.int64), 1, np.array([bool(params["with_total"])])),
+    )
+    for name, index, size, allowed in lines:
+        totals_ = np.bincount(index, minlength=size)
+        if releases_perturbation(data):
+            keys = key_sums(index, data.row_keys(), size, False)
+            totals_ = totals_ + data.count_noise(keys, totals_, name.encode())
+        out[name] = np.where(allowed, totals_, 0)
     return out
+
+
+def releases_perturbation(data: SiteData) -> bool:
+    """Whether this site is one of the two (the first in name order) whose perturbations the
+    released counts of a pooled table carry: within 2 of the truth over any number of sites."""
+    return data.site in sorted(data.sum_sites)[:2]
 
 
 def site_crosstab(data: SiteData, params: Payload) -> Payload:
@@ -235,6 +261,6 @@ STEPS = [
             "k": integer(1, 10**6),
             "evidence": instance(dict, "the signed replies of the risk round"),
         },
-        sums={"cells": "count", "total": "count"},
+        sums={"cells": "count", "row_totals": "count", "col_totals": "count", "total": "count"},
     ),
 ]
