@@ -207,7 +207,7 @@ def test_welcome_tour_shows_suppression_and_refusals(execute):
     table = next(c for c in code if "fed.crosstab" in c.source)
     table_html = "".join(o.get("data", {}).get("text/html", "") for o in table.outputs)
     assert "&lt;NA&gt;" in table_html or ">NA<" in table_html or "<NA>" in table_html
-    assert "secure sums: cells are exact" in streams
+    assert "secure sums: every count shown is within 2" in streams
     assert ">refused</span>" in html  # one site refused the where= subset, the others answered
     assert "Refused: " in streams and "Rule: ledger" in streams  # the DisclosureError
     assert "describe_rules" in "".join(c.source for c in code)
