@@ -160,7 +160,7 @@ def test_what_the_coordinator_receives_is_masked():
 
 
 def test_a_site_that_drops_out_is_left_out_and_the_sum_asked_again():
-    fed = secure_sites(5)
+    fed = secure_sites(5, policy=Policy(secure_sum_min_sites=3))  # sites allowing a majority
     fed.query().ask_sum("sum_test", {})  # keys are in the session
     fed.transport.down = {fed.node_of["site3"]}
     q = fed.query()
@@ -174,14 +174,14 @@ def test_a_site_that_drops_out_is_left_out_and_the_sum_asked_again():
 
 
 def test_a_site_down_from_the_start_gives_no_key_and_is_left_out():
-    fed = secure_sites(4)
+    fed = secure_sites(4, policy=Policy(secure_sum_min_sites=3))
     fed.transport.down = {fed.node_of["site0"]}
     total = fed.query().ask_sum("sum_test", {})
     assert total.sites == ("site1", "site2", "site3")
 
 
 def test_fewer_sites_than_a_majority_of_the_roster_are_refused():
-    fed = secure_sites(5)
+    fed = secure_sites(5, policy=Policy(secure_sum_min_sites=3))
     fed.transport.down = {fed.node_of[s] for s in ("site0", "site1", "site2")}
     q = fed.query()
     with pytest.raises(DisclosureError) as info:
@@ -199,6 +199,12 @@ def test_a_site_policy_can_ask_for_more_sites_but_not_fewer():
         secure_sites(4, policy=Policy(secure_sum_min_sites=1)).executors["site0"].secure.min_sites
         == 3
     )  # a majority of 4
+    # by default every site of the roster: a sum without one of them is refused
+    fed = secure_sites(4)
+    assert fed.executors["site0"].secure.min_sites == 4
+    fed.transport.down = {fed.node_of["site0"]}
+    with pytest.raises(DisclosureError, match="at least 4 sites"):
+        fed.query().ask_sum("sum_test", {})
 
 
 def test_a_site_that_restarted_is_asked_for_a_new_key():

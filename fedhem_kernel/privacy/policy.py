@@ -38,8 +38,10 @@ class Policy:
     allowed_analyses : tuple of str or None
         Analyses this site answers; ``None`` means all.
     secure_sum_min_sites : int or None
-        Fewest sites this site joins in a secure sum. ``None`` (default): a majority of the sites
-        in its roster. A larger value only: the majority is the least a site accepts.
+        Fewest sites this site joins in a secure sum. ``None`` (default): every site of its
+        roster, since two sums over different sets of sites difference to one site's counts (a
+        site that is down then stops pooled releases). A number allows fewer, never below a
+        majority of the roster.
     dp : bool
         DP mode (:mod:`fedhem_kernel.privacy.dp`): every release is a secure sum carrying discrete
         Gaussian noise, accounted in zCDP; analyses without a DP version are refused; the release

@@ -108,8 +108,10 @@ class SecureSumParty:
         self.identity = identity
         self.roster = roster
         majority = len(roster) // 2 + 1
-        #: A sum over fewer sites is refused (default: a majority of the roster).
-        self.min_sites = max(majority, min_sites or 0)
+        #: A sum over fewer sites is refused. Default: every site of the roster (two sums over
+        #: different sets of sites would difference to one site's counts); a policy may allow
+        #: fewer, never below a majority.
+        self.min_sites = len(roster) if min_sites is None else max(majority, min_sites)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -142,7 +142,7 @@ def test_a_bundle_of_another_session_is_refused():
 
 
 def test_a_key_not_on_the_curve_signed_by_a_peer_is_a_clean_error():
-    fed = secure_sites(3)
+    fed = secure_sites(3, policy=Policy(secure_sum_min_sites=2))  # sums over two sites allowed
     victim = fed.executors["site0"]
     session = uuid.uuid4().hex
     own = keys(victim, session)
@@ -215,8 +215,8 @@ def test_a_site_named_twice_is_refused():
 
 def test_split_views_reveal_no_subset_of_the_values():
     """site0 is told the sum is {site0, site1}, the others {site0, site1, site2}: no set of the
-    replies adds up to the sum of the values it covers."""
-    fed = secure_sites(3)
+    replies adds up to the sum of the values it covers (sites that allow sums over a majority)."""
+    fed = secure_sites(3, policy=Policy(secure_sum_min_sites=2))
     session, bundles = _session(fed)
     replies = {
         "site0": ask(fed.executors["site0"], session, 1, bundles[:2]),

@@ -191,7 +191,31 @@ def test_forged_or_incomplete_evidence_is_refused(fed):
     )
 
 
-def test_a_release_over_fewer_sites_than_the_risk_round_is_refused(fed):
+def test_a_subset_sum_is_refused_by_default(fed):
+    """Sums over two sets of sites difference to one site's counts: by default a site takes part
+    only in sums over its whole roster."""
+    q = query(fed)
+    risk = q.ask_sum("km_risk", params())
+    cut = [int(grid_cut(risk.totals["at_risk"], K, 3)[0])]
+    q.drop("c")
+    refused_everywhere(
+        q,
+        "km_grid",
+        params(decided=cut, evidence=risk.evidence),
+        "secure_sum_sites",
+        sites=("a", "b"),
+    )
+
+
+def test_a_release_over_fewer_sites_than_the_risk_round_is_refused():
+    # sites whose policy allows sums over a majority: the evidence check still refuses
+    tables = {s: {"c": df} for s, df in FRAMES.items()}
+    policy = fh.Policy(secure_sum_min_sites=2)
+    with fh.Federation.local(tables, policy=policy, columns=COLUMNS) as fed:
+        _release_over_fewer_sites(fed)
+
+
+def _release_over_fewer_sites(fed):
     q = query(fed)
     risk = q.ask_sum("km_risk", params())
     cut = [int(grid_cut(risk.totals["at_risk"], K, 3)[0])]
