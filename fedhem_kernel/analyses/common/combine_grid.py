@@ -59,8 +59,9 @@ class PooledGrid:
         return np.arange(self.events.shape[-1]) * self.plan.step
 
 
-def grid_plan(q: Ask, duration: str) -> GridPlan | None:
-    """The common grid, or None (with a note saying why) when the sites do not share one."""
+def grid_plan(q: Ask, duration: str, dp: bool = False) -> GridPlan | None:
+    """The common grid, or None (with a note saying why) when the sites do not share one.
+    ``dp``: for DP mode's own version (otherwise sites in DP mode get None)."""
     catalog = q.catalog()
     if not catalog:
         return None
@@ -70,7 +71,7 @@ def grid_plan(q: Ask, duration: str) -> GridPlan | None:
     for entry in catalog.values():
         columns = entry.get("datasets", {}).get(q.dataset, [])
         units.update(c.get("unit") for c in columns if c.get("column") == duration)
-    if any(p.get("dp") for p in policies):
+    if any(p.get("dp") for p in policies) and not dp:
         return None  # DP mode has its own versions
     if not all(entry.get("secure_sum") for entry in catalog.values()):
         why = "not every site takes part in secure sums"

@@ -284,3 +284,31 @@ def pooled_steps(
             sums={"n": "count", "events": "count", "censored": "count"},
         ),
     ]
+
+
+def site_dp_table(data: SiteData, params: Payload) -> Payload:
+    """DP mode: per group, its events and censorings at every grid step, those beyond the horizon
+    counted as censored in one last column. One patient is in exactly one of these cells (L2
+    sensitivity 1); the executor adds this site's share of the noise. Asked of sites in DP mode
+    only: elsewhere it would be every exact count, tail and all."""
+    if not data.policy.dp:
+        raise DisclosureError(
+            "this site is not in DP mode: its pooled tables are decided, then released",
+            site=data.site,
+            dataset=data.dataset,
+            rule="dp",
+        )
+    grid = site_grid(data, params)
+    width = grid.horizon + 2
+    events = np.zeros((len(grid.groups), width), dtype=np.int64)
+    censored = np.zeros((len(grid.groups), width), dtype=np.int64)
+    e = np.asarray(grid.events).astype(bool)
+    for row, selected in enumerate(grid.groups):
+        idx = grid.index[selected]
+        events[row] = np.bincount(idx[e[selected]], minlength=width)[:width]
+        censored[row] = np.bincount(idx[~e[selected]], minlength=width)[:width]
+    events[:, -1] = 0  # beyond the horizon: no event is counted, only that they were there
+    beyond = grid.index > grid.horizon
+    for row, selected in enumerate(grid.groups):
+        censored[row, -1] = int((selected & beyond).sum())
+    return {"events": events, "censored": censored}

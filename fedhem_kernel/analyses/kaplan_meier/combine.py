@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.common.combine_grid import PooledGrid, ask_pooled_grid, grid_plan
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.privacy.policy import MONTHS_PER_UNIT
 from fedhem_kernel.protocol.query import Ask, Payload
 
 
@@ -205,6 +207,9 @@ def run(q: Ask, duration: str, event: str, group: str | None = None) -> KaplanMe
     check_survival_params(duration, event, group)
     levels = require_levels(q, group)
     params = {"duration": duration, "event": event, "group": group, "levels": levels}
+    release = dp_release(q)
+    if release is not None:
+        return run_dp(q, params, release, duration, event, group)
     plan = grid_plan(q, duration)
     if plan is None:
         per_site = q.ask("km_tables", params)
@@ -216,3 +221,81 @@ def run(q: Ask, duration: str, event: str, group: str | None = None) -> KaplanMe
         if label not in pooled:
             q.note(f"group '{label}': fewer than {plan.k} patients at risk at its first step")
     return km_result(q, pooled, duration, event, group, plan.step, plan.unit, pooled_sums=True)
+
+
+#: DP mode: follow-up the noised event table covers (months; its noise grows with its length).
+DP_HORIZON_MONTHS = 120.0
+
+
+def run_dp(
+    q: Ask,
+    params: Payload,
+    release: DPRelease,
+    duration: str,
+    event: str,
+    group: str | None,
+) -> KaplanMeierResult:
+    """DP mode: one secure sum of every group's events and censorings per grid step (each
+    patient in one cell: L2 sensitivity 1), each site adding its share of the discrete Gaussian
+    noise. Post-processing only (free): negative counts become 0, the number at risk is rebuilt
+    from the end (so it never grows), and a curve ends where fewer than ``floor`` remain."""
+    plan = grid_plan(q, duration, dp=True)
+    if plan is None:
+        raise ParameterError(
+            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
+            "and every site a grid",
+            dataset=q.dataset,
+        )
+    months = plan.step * MONTHS_PER_UNIT.get(plan.unit or "", float("nan"))
+    horizon = plan.horizon
+    if np.isfinite(months) and months > 0:
+        horizon = int(min(horizon, np.ceil(DP_HORIZON_MONTHS / months)))
+    asked = {**params, "grid": plan.resolution, "horizon": horizon}
+    total = q.ask_sum("km_dp", asked, noise_scale=release.scale)
+    events = np.asarray(total.totals["events"], dtype=float)
+    censored = np.asarray(total.totals["censored"], dtype=float)
+    floor = max(10, int(np.ceil(3 * release.scale * np.sqrt(2))))
+    times = np.arange(horizon + 1) * plan.step
+    labels = list(params["levels"] or []) if group is not None else [ALL]
+    pooled: dict[str, PooledTable] = {}
+    for row, label in enumerate(labels):
+        table = dp_event_table(events[row], censored[row], floor)
+        if table is None:
+            q.note(f"group '{label}': too few patients for a curve above the noise")
+            continue
+        at_risk, ev = table
+        last = len(at_risk) - 1
+        keep = (ev > 0) | (np.arange(last + 1) == last)
+        pooled[label] = PooledTable(times[: last + 1][keep], at_risk[keep], ev[keep], total.sites)
+    q.note(release.note("the event table's counts"))
+    q.note(
+        "post-processed (free): the number at risk rebuilt from the end and kept from growing, "
+        "the cumulative hazard fitted nondecreasing (isotonic), each curve ending where fewer "
+        f"than {floor} remain (the noise would dominate)"
+    )
+    return km_result(q, pooled, duration, event, group, plan.step, plan.unit, pooled_sums=True)
+
+
+def dp_event_table(
+    events: np.ndarray, censored: np.ndarray, floor: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Numbers at risk and events up to the last step with ``floor`` at risk, from noisy counts
+    (the last column: those beyond the horizon). Post-processing of a DP release: the number at
+    risk is the sum from the end of everyone leaving (unbiased), kept from growing; the hazard
+    increments d/n are fitted to a nondecreasing cumulative hazard (isotonic regression, so no
+    negative event and no bias from clipping each count at 0); events are n times the fitted
+    increments. None when even the first step has fewer than ``floor``."""
+    from sklearn.isotonic import IsotonicRegression
+
+    leaving = events + censored
+    at_risk = np.cumsum(leaving[::-1])[::-1][:-1]  # the beyond-horizon column is not a step
+    at_risk = np.maximum.accumulate(at_risk[::-1])[::-1]  # never growing with time
+    enough = at_risk >= floor
+    if not enough[0]:
+        return None
+    last = int(np.argmin(enough)) - 1 if not enough.all() else len(at_risk) - 1
+    n = at_risk[: last + 1]
+    hazard = np.cumsum(events[: last + 1] / n)
+    fitted = IsotonicRegression(increasing=True).fit_transform(np.arange(last + 1), hazard)
+    increments = np.clip(np.diff(np.concatenate(([0.0], np.clip(fitted, 0, None)))), 0, 1)
+    return n, n * increments

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.site_grid import (
+    RISK_PARAMS,
     pooled_steps,
+    site_dp_table,
 )
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
@@ -120,5 +122,15 @@ STEPS = [
     # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
     *pooled_steps(
         "kaplan_meier", "km_risk", "km_grid", param_columns("duration", "event", "group")
+    ),
+    # DP mode: one noised secure sum of the event table (analyses/common/site_grid.py)
+    SiteStep(
+        "km_dp",
+        "kaplan_meier",
+        site_dp_table,
+        param_columns("duration", "event", "group"),
+        params=RISK_PARAMS,
+        sums={"events": "count", "censored": "count"},
+        dp=("events", "censored"),
     ),
 ]
