@@ -10,7 +10,12 @@ import pandas as pd
 from scipy import stats
 
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
-from fedhem_kernel.analyses.common.combine_grid import PooledGrid, ask_pooled_grid, grid_plan
+from fedhem_kernel.analyses.common.combine_grid import (
+    GridPlan,
+    PooledGrid,
+    ask_pooled_grid,
+    grid_plan,
+)
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.kaplan_meier.result import KaplanMeierResult
 from fedhem_kernel.analyses.levels.combine import require_levels
@@ -246,15 +251,12 @@ def run_dp(
             "and every site a grid",
             dataset=q.dataset,
         )
-    months = plan.step * MONTHS_PER_UNIT.get(plan.unit or "", float("nan"))
-    horizon = plan.horizon
-    if np.isfinite(months) and months > 0:
-        horizon = int(min(horizon, np.ceil(DP_HORIZON_MONTHS / months)))
+    horizon = dp_horizon(plan)
     asked = {**params, "grid": plan.resolution, "horizon": horizon}
     total = q.ask_sum("km_dp", asked, noise_scale=release.scale)
     events = np.asarray(total.totals["events"], dtype=float)
     censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = max(10, int(np.ceil(3 * release.scale * np.sqrt(2))))
+    floor = dp_floor(release.scale)
     times = np.arange(horizon + 1) * plan.step
     labels = list(params["levels"] or []) if group is not None else [ALL]
     pooled: dict[str, PooledTable] = {}
@@ -277,14 +279,15 @@ def run_dp(
 
 
 def dp_event_table(
-    events: np.ndarray, censored: np.ndarray, floor: int
+    events: np.ndarray, censored: np.ndarray, floor: int, smooth: bool = True
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Numbers at risk and events up to the last step with ``floor`` at risk, from noisy counts
     (the last column: those beyond the horizon). Post-processing of a DP release: the number at
     risk is the sum from the end of everyone leaving (unbiased), kept from growing; the hazard
     increments d/n are fitted to a nondecreasing cumulative hazard (isotonic regression, so no
     negative event and no bias from clipping each count at 0); events are n times the fitted
-    increments. None when even the first step has fewer than ``floor``."""
+    increments (``smooth=False``: the noisy events as they are, for statistics that are sums
+    of them). None when even the first step has fewer than ``floor``."""
     from sklearn.isotonic import IsotonicRegression
 
     leaving = events + censored
@@ -295,7 +298,23 @@ def dp_event_table(
         return None
     last = int(np.argmin(enough)) - 1 if not enough.all() else len(at_risk) - 1
     n = at_risk[: last + 1]
+    if not smooth:  # the noisy counts as they are (unbiased; a test statistic sums them)
+        return n, events[: last + 1]
     hazard = np.cumsum(events[: last + 1] / n)
     fitted = IsotonicRegression(increasing=True).fit_transform(np.arange(last + 1), hazard)
     increments = np.clip(np.diff(np.concatenate(([0.0], np.clip(fitted, 0, None)))), 0, 1)
     return n, n * increments
+
+
+def dp_horizon(plan: GridPlan) -> int:
+    """DP mode's horizon in grid steps: :data:`DP_HORIZON_MONTHS` of follow-up (the noise of
+    the number at risk grows with the table's length)."""
+    months = plan.step * MONTHS_PER_UNIT.get(plan.unit or "", float("nan"))
+    if np.isfinite(months) and months > 0:
+        return int(min(plan.horizon, np.ceil(DP_HORIZON_MONTHS / months)))
+    return plan.horizon
+
+
+def dp_floor(scale: float) -> int:
+    """Fewest at risk at a step a DP curve shows (below it the noise would dominate)."""
+    return max(10, int(np.ceil(3 * scale * np.sqrt(2))))

@@ -10,8 +10,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.common.combine_grid import GridPlan, ask_pooled_grid, grid_plan
-from fedhem_kernel.analyses.kaplan_meier.combine import check_survival_params, pool_tables
+from fedhem_kernel.analyses.kaplan_meier.combine import (
+    check_survival_params,
+    dp_event_table,
+    dp_floor,
+    dp_horizon,
+    pool_tables,
+)
 from fedhem_kernel.analyses.levels import SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.analyses.logrank import ALL, stratum_label
@@ -187,6 +194,9 @@ def run(
         "strata": site_cols,
         "strata_levels": strata_levels,
     }
+    release = None if by_site else dp_release(ask)
+    if release is not None:
+        return run_dp(ask, params, release, group, site_cols, strata_levels, weightings, p, q)
     plan = None if by_site else grid_plan(ask, duration)
     if plan is not None:
         return run_pooled(ask, params, plan, group, site_cols, strata_levels, weightings, p, q)
@@ -365,4 +375,72 @@ def run_pooled(
             "each stratum's test runs up to the last time at which every group still has "
             f"at least {plan.k} patients at risk (later events are not in the test)"
         )
+    return test_result(ask, counts, labels, group, site_cols or None, weightings, p, q)
+
+
+def run_dp(
+    ask: Ask,
+    params: dict[str, Any],
+    release: DPRelease,
+    group: str,
+    site_cols: list[str],
+    strata_levels: list[list[str] | None],
+    weightings: str | None,
+    p: float | None,
+    q: float | None,
+) -> LogrankResult:
+    """DP mode: the test on the noised event table of every stratum and group (one release, as
+    Kaplan–Meier's in DP mode), each stratum up to the last step every group reaches above the
+    noise floor; the numbers at risk rebuilt from the end, the events as released (the test
+    sums them: unbiased)."""
+    plan = grid_plan(ask, params["duration"], dp=True)
+    if plan is None:
+        raise ParameterError(
+            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
+            "and every site a grid",
+            dataset=ask.dataset,
+        )
+    horizon = dp_horizon(plan)
+    total = ask.ask_sum(
+        "logrank_dp",
+        {**params, "grid": plan.resolution, "horizon": horizon},
+        noise_scale=release.scale,
+    )
+    events = np.asarray(total.totals["events"], dtype=float)
+    censored = np.asarray(total.totals["censored"], dtype=float)
+    floor = dp_floor(release.scale)
+    labels = list(params["levels"] or [])
+    keys = (
+        [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
+        if site_cols
+        else [ALL]
+    )
+    g_count = len(labels)
+    counts: list[StratumCounts] = []
+    for s_index, key in enumerate(keys):
+        tables = {}
+        for j in range(g_count):
+            row = s_index * g_count + j
+            table = dp_event_table(events[row], censored[row], floor, smooth=False)
+            if table is not None:
+                tables[j] = table
+        if len(tables) < 2:
+            continue
+        last = min(len(n) for n, _ in tables.values()) - 1
+        n = np.zeros((last + 1, g_count))
+        d = np.zeros_like(n)
+        for j, (n_j, d_j) in tables.items():
+            n[:, j], d[:, j] = n_j[: last + 1], d_j[: last + 1]
+        counts.append((key, n, d, sorted(tables)))
+    if not counts:
+        raise DisclosureError(
+            "fewer than two groups have enough patients above the noise",
+            dataset=ask.dataset,
+            rule="dp",
+        )
+    ask.note(release.note("the event table's counts"))
+    ask.note(
+        "each stratum's test runs up to the last step every group reaches with at least "
+        f"{floor} at risk; the numbers at risk are rebuilt from the end (post-processing)"
+    )
     return test_result(ask, counts, labels, group, site_cols or None, weightings, p, q)

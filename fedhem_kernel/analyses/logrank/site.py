@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
+    RISK_PARAMS,
     pooled_steps,
+    site_dp_table,
 )
 from fedhem_kernel.analyses.kaplan_meier.site import site_survival_tables
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, stratum_codes
@@ -134,6 +136,16 @@ STEPS = [
         },
     ),
     # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
+    # DP mode: one noised secure sum of the event table (analyses/common/site_grid.py)
+    SiteStep(
+        "logrank_dp",
+        "logrank",
+        site_dp_table,
+        param_columns("duration", "event", "group", "strata"),
+        params=RISK_PARAMS,
+        sums={"events": "count", "censored": "count"},
+        dp=("events", "censored"),
+    ),
     *pooled_steps(
         "logrank",
         "logrank_risk",
