@@ -248,7 +248,7 @@ def test_crosstab_counts_close_to_pooled(case, name, row, col, seed, record_prop
     m = crosstab_comparison(name, row, col, seed)
     for key in ("max_diff", "suppressed", "cells"):
         record_property(key, m[key])
-    # pooled counts carry two sites' perturbations (cell-key): within 2, never exact
+    # pooled counts carry two sites' perturbations (cell-key): within 2
     assert m["max_diff"] <= COUNT_TOL, m
 
 

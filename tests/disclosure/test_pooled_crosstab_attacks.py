@@ -129,7 +129,7 @@ def test_the_rules_own_cells_are_released_within_two(fed):
     out = release(q, risk, shown).totals["cells"]
     exact = truth()
     diff = out[:3, :2][shown[:3, :2]] - exact[shown[:3, :2]]
-    assert np.abs(diff).max() <= 2 and diff.any()  # two sites' perturbations: never exact
+    assert np.abs(diff).max() <= 2 and diff.any()  # two sites' perturbations
     assert (out[~shown] == 0).all() and (out[shown] >= K - 2).all()
 
 

@@ -136,7 +136,7 @@ def site_crosstab_cells(data: SiteData, params: Payload) -> Payload:
     counts = np.bincount(cell, minlength=size).reshape(shape)
     if releases_perturbation(data):
         # the released counts carry two sites' perturbations (the same as in the risk round:
-        # keyed by each cell's patients), so a count is within 2 of the truth, never exact, and
+        # keyed by each cell's patients), so a count is within 2 of the truth, never known exact, and
         # a difference with another query's count of nearly the same patients says little
         rows_keys = key_sums(cell, data.row_keys(), size, False).reshape(shape)
         tag = f"{data.dataset}\0{params['row']}\0{params['col']}\0".encode()
