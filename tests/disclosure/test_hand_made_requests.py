@@ -196,3 +196,61 @@ def test_a_crafted_level_list_is_held_to_the_sites_max_levels():
             assert reply.status in ("refused", "error")
             rule = reply.error["rule"]
             assert rule in ("max_levels", None) and "levels" in reply.error["reason"]
+
+
+@pytest.mark.slow
+def test_no_hand_made_secure_request_reaches_an_internal_error(caplog):
+    """The pooled steps (decide, then release) are asked as secure sums: every parameter of each,
+    replaced by junk or dropped, in a sum of its own, reaches a clean refusal."""
+    import fedhem_kernel.engine.coordinator as coordinator_module
+    from fedhem_kernel.engine.coordinator import Query
+
+    rng = np.random.default_rng(3)
+
+    def table(n):
+        t = rng.exponential(20, n)
+        return pd.DataFrame(
+            {
+                "time": t.round(2),
+                "event": rng.integers(0, 2, n),
+                "cause": rng.integers(0, 3, n),
+                "g": rng.choice(["a", "b"], n),
+                "h": rng.choice(["x", "y"], n),
+            }
+        )
+
+    tables = {f"s{i}": {"d": table(150)} for i in range(3)}
+    columns = {"d": {"time": {"type": "float", "unit": "months"}, "cause": "int"}}
+    seen: dict[str, dict] = {}
+    original = coordinator_module.ask_sum
+
+    def spy(query, step, params, noise_scale=None):
+        seen.setdefault(step, dict(params))
+        return original(query, step, params, noise_scale)
+
+    with fh.Federation.local(tables, columns=columns) as fed:
+        coordinator_module.ask_sum = spy
+        try:
+            fed.kaplan_meier("d", "time", "event", group="g")
+            fed.logrank("d", "time", "event", group="g", strata="h")
+            fed.cumulative_incidence("d", "time", "cause", group="g")
+            fed.crosstab("d", "g", "h", margins=True)
+        finally:
+            coordinator_module.ask_sum = original
+        assert {"km_risk", "km_grid", "crosstab_risk", "crosstab_cells", "cif_grid"} <= set(seen)
+        bad, tried = [], 0
+        with caplog.at_level(logging.ERROR, logger="fedhem.site"):
+            for step, params in sorted(seen.items()):
+                variants = [{k: v for k, v in params.items() if k != drop} for drop in params]
+                variants += [{**params, key: junk} for key in params for junk in JUNK]
+                for variant in variants:
+                    q = Query(fed.coordinator, "kaplan_meier", "d", who="attacker")
+                    tried += 1
+                    try:
+                        q.ask_sum(step, variant)
+                    except fh.FedHemError as exc:
+                        if "internal error" in str(exc):
+                            bad.append((step, sorted(set(params) ^ set(variant)) or variant))
+    assert bad == [], bad[:10]
+    assert tried > 300
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
