@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,15 @@ def _pooled_counts(
     return n, d
 
 
+def stratum_keys(
+    site_cols: Sequence[str], strata_levels: Sequence[Sequence[str] | None]
+) -> list[str]:
+    """The strata's names, first column slowest (one stratum, ``all``, without strata)."""
+    if not site_cols:
+        return [ALL]
+    return [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
+
+
 def _site_key(site: str, label: str) -> str:
     """The stratum of ``label`` at ``site`` when ``strata`` includes "site"."""
     return stratum_label([SITE_COLUMN], [site]) + ("" if label == ALL else f", {label}")
@@ -196,10 +206,12 @@ def run(
     }
     release = None if by_site else dp_release(ask)
     if release is not None:
-        return run_dp(ask, params, release, group, site_cols, strata_levels, weightings, p, q)
+        spec = LogrankSpec(group, site_cols, strata_levels, weightings, p, q)
+        return run_dp(ask, params, release, spec)
     plan = None if by_site else grid_plan(ask, duration)
     if plan is not None:
-        return run_pooled(ask, params, plan, group, site_cols, strata_levels, weightings, p, q)
+        spec = LogrankSpec(group, site_cols, strata_levels, weightings, p, q)
+        return run_pooled(ask, params, plan, spec)
     per_site = ask.ask("logrank_tables", params)
 
     # blocks: stratum -> group -> site -> released table
@@ -238,11 +250,7 @@ def run(
             "that of the coarsened times and may differ slightly from one on exact times"
         )
 
-    order = (
-        [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
-        if site_cols
-        else [ALL]
-    )
+    order = stratum_keys(site_cols, strata_levels)
     if by_site:
         order = [_site_key(site, label) for site in per_site for label in order]
     counts = []
@@ -322,27 +330,40 @@ def test_result(
     )
 
 
+@dataclass(frozen=True)
+class LogrankSpec:
+    """What a pooled test was asked for: the group column, the strata columns and their levels,
+    and the weighting (lifelines' names and its p, q)."""
+
+    group: str
+    site_cols: list[str]
+    strata_levels: list[list[str] | None]
+    weightings: str | None = None
+    p: float | None = None
+    q: float | None = None
+
+    def result(self, ask: Ask, counts: list[StratumCounts], labels: list[str]) -> LogrankResult:
+        return test_result(
+            ask,
+            counts,
+            labels,
+            self.group,
+            self.site_cols or None,
+            self.weightings,
+            self.p,
+            self.q,
+        )
+
+
 def run_pooled(
-    ask: Ask,
-    params: dict[str, Any],
-    plan: GridPlan,
-    group: str,
-    site_cols: list[str],
-    strata_levels: list[list[str] | None],
-    weightings: str | None,
-    p: float | None,
-    q: float | None,
+    ask: Ask, params: dict[str, Any], plan: GridPlan, spec: LogrankSpec
 ) -> LogrankResult:
     """The test on tables pooled through secure sums on the sites' common grid: each stratum's
     groups up to the last step all of them reach with at least k at risk (a group's tail is not
     released), so events later than that are not in the test."""
     grid = ask_pooled_grid(ask, "logrank_risk", "logrank_grid", params, plan)
     labels = list(params["levels"] or [])
-    keys = (
-        [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
-        if site_cols
-        else [ALL]
-    )
+    keys = stratum_keys(spec.site_cols, spec.strata_levels)
     g_count = len(labels)
     counts: list[StratumCounts] = []
     shortened = False
@@ -362,7 +383,7 @@ def run_pooled(
         missing = [labels[j] for j in range(g_count) if j not in present]
         if missing:
             ask.note(
-                f"{'stratum ' + repr(key) if site_cols else 'the cohort'}: groups "
+                f"{'stratum ' + repr(key) if spec.site_cols else 'the cohort'}: groups "
                 f"{missing} have fewer than {plan.k} patients at risk and are left out"
             )
     present_groups = {j for _, _, _, pres in counts for j in pres}
@@ -375,19 +396,11 @@ def run_pooled(
             "each stratum's test runs up to the last time at which every group still has "
             f"at least {plan.k} patients at risk (later events are not in the test)"
         )
-    return test_result(ask, counts, labels, group, site_cols or None, weightings, p, q)
+    return spec.result(ask, counts, labels)
 
 
 def run_dp(
-    ask: Ask,
-    params: dict[str, Any],
-    release: DPRelease,
-    group: str,
-    site_cols: list[str],
-    strata_levels: list[list[str] | None],
-    weightings: str | None,
-    p: float | None,
-    q: float | None,
+    ask: Ask, params: dict[str, Any], release: DPRelease, spec: LogrankSpec
 ) -> LogrankResult:
     """DP mode: the test on the noised event table of every stratum and group (one release, as
     Kaplan–Meier's in DP mode), each stratum up to the last step every group reaches above the
@@ -410,11 +423,7 @@ def run_dp(
     censored = np.asarray(total.totals["censored"], dtype=float)
     floor = dp_floor(release.scale)
     labels = list(params["levels"] or [])
-    keys = (
-        [stratum_label(site_cols, combo) for combo in itertools.product(*strata_levels)]
-        if site_cols
-        else [ALL]
-    )
+    keys = stratum_keys(spec.site_cols, spec.strata_levels)
     g_count = len(labels)
     counts: list[StratumCounts] = []
     for s_index, key in enumerate(keys):
@@ -443,4 +452,4 @@ def run_dp(
         "each stratum's test runs up to the last step every group reaches with at least "
         f"{floor} at risk; the numbers at risk are rebuilt from the end (post-processing)"
     )
-    return test_result(ask, counts, labels, group, site_cols or None, weightings, p, q)
+    return spec.result(ask, counts, labels)
