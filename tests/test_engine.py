@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import Context, Error, Message, RecordDict
 from sites import grid_of_apps
@@ -192,3 +193,24 @@ def test_the_wire_form_and_its_parse_are_flowers_own():
     wire = to_proto(error).SerializeToString()
     assert wire == message_to_proto(error).SerializeToString()
     assert from_proto(ProtoMessage.FromString(wire)).error == error.error
+
+
+def test_a_query_asks_the_sites_catalog_once(monkeypatch):
+    """The pooled paths read the catalog more than once (grid, DP mode, k): one round trip."""
+    from fedhem_kernel.engine.coordinator import Coordinator
+    from fedhem_kernel.protocol.messages import CATALOG_STEP
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"t": rng.exponential(20, 120).round(1), "e": rng.integers(0, 2, 120)})
+    steps: list[str] = []
+    original = Coordinator.send
+
+    def spy(self, request, sites=None):
+        steps.append(request.step)
+        return original(self, request, sites)
+
+    columns = {"d": {"t": {"type": "float", "unit": "months"}}}
+    with fh.Federation.local({s: {"d": frame} for s in "abc"}, columns=columns) as fed:
+        monkeypatch.setattr(Coordinator, "send", spy)
+        fed.kaplan_meier("d", "t", "e")
+    assert steps.count(CATALOG_STEP) == 1

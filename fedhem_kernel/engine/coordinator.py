@@ -236,13 +236,19 @@ class Query:
         """Each site's catalog (column names, types, units, derived sources; never a value),
         asked of the sites still taking part; sites that do not answer are left out (the next
         round will report them)."""
+        sites = tuple(self.active)
+        cached = getattr(self, "_catalog", None)
+        if cached is not None and cached[0] == sites:  # asked once per query (and set of sites)
+            return dict(cached[1])
         request = SiteRequest(CATALOG_STEP, None, {}, None, self.who, self.query_id)
-        replies = self.coordinator.send(request, self.active)
-        return {  # in the federation's site order, not the order the replies came in
+        replies = self.coordinator.send(request, list(sites))
+        catalog = {  # in the federation's site order, not the order the replies came in
             s: replies[s].payload
             for s in self.coordinator.site_names
             if s in replies and replies[s].payload is not None
         }
+        self._catalog = (sites, catalog)
+        return dict(catalog)
 
     def tell(self, step: str, params: dict[str, Any], sites: Iterable[str]) -> None:
         """Send ``step`` to ``sites`` for housekeeping (e.g. dropping derived columns a site keeps
