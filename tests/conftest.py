@@ -91,3 +91,20 @@ def without_secure_sums(tables, policy=None, *, columns=None) -> fh.Federation:
     configs = node.local_configs(tables, policy, columns=columns)
     address, names = node.start_embedded(configs, secure_sums=False)
     return fh.Federation._embedded(address, names, name="local", user=None)
+
+
+def federation_toml(folder, tables, site_toml: str = "", name: str = "t"):
+    """A federation.toml in ``folder`` whose sites keep their state in ``state/<site>`` and load
+    ``tables`` (``{site: {dataset: DataFrame}}``) from CSV files written next to it; ``site_toml``
+    is added to every site's table (e.g. a ``[sites.{site}.policy]`` section; ``{site}`` is
+    replaced by the site's name). Returns the file's path."""
+    lines = [f'[federation]\nname = "{name}"\n']
+    for site, datasets in tables.items():
+        lines.append(f'[sites.{site}.site]\nstate_dir = "state/{site}"\n')
+        for dataset, frame in datasets.items():
+            frame.to_csv(folder / f"{site}_{dataset}.csv", index=False)
+            lines.append(f'[sites.{site}.datasets.{dataset}]\npath = "{site}_{dataset}.csv"\n')
+        lines.append(site_toml.replace("{site}", site))
+    path = folder / "federation.toml"
+    path.write_text("".join(lines))
+    return path

@@ -278,21 +278,18 @@ def dp_federation(folder: Path) -> Path:
     """A federation file of three sites in DP mode that keep their state in ``folder``."""
     import numpy as np
     import pandas as pd
+    from conftest import federation_toml
 
     rng = np.random.default_rng(5)
-    lines = ['[federation]\nname = "dp"\n']
-    for site in DP_SITES:
-        pd.DataFrame(
-            {"risk": rng.choice(["low", "high"], 150), "sex": rng.choice(["F", "M"], 150)}
-        ).to_csv(folder / f"{site}.csv", index=False)
-        lines.append(
-            f'[sites.{site}.site]\nstate_dir = "state/{site}"\n'
-            f"[sites.{site}.policy]\ndp = true\n"
-            f'[sites.{site}.datasets.d]\npath = "{site}.csv"\n'
-        )
-    path = folder / "federation.toml"
-    path.write_text("".join(lines))
-    return path
+    tables = {
+        site: {
+            "d": pd.DataFrame(
+                {"risk": rng.choice(["low", "high"], 150), "sex": rng.choice(["F", "M"], 150)}
+            )
+        }
+        for site in DP_SITES
+    }
+    return federation_toml(folder, tables, "[sites.{site}.policy]\ndp = true\n", name="dp")
 
 
 @pytest.fixture(scope="module")

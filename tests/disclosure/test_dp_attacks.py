@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import federation_toml
 from sites import sites_of
 
 import fedhem_kernel as fh
@@ -108,22 +109,13 @@ def test_a_secure_reply_in_dp_mode_is_masked_noise_not_the_counts():
     assert words.dtype == np.uint64 and not (words < 10_000).any()  # masked, not small counts
 
 
-def federation_toml(folder) -> str:
-    lines = ['[federation]\nname = "t"\n']
-    for site, dfs in tables().items():
-        dfs["d"].to_csv(folder / f"{site}.csv", index=False)
-        lines.append(
-            f'[sites.{site}.site]\nstate_dir = "state/{site}"\n'
-            f"[sites.{site}.policy]\ndp = true\ndp_rho = 0.05\ndp_rho_researcher = 0.1\n"
-            f'[sites.{site}.datasets.d]\npath = "{site}.csv"\n'
-        )
-    path = folder / "federation.toml"
-    path.write_text("".join(lines))
-    return str(path)
+def dp_toml(folder) -> str:
+    policy = "[sites.{site}.policy]\ndp = true\ndp_rho = 0.05\ndp_rho_researcher = 0.1\n"
+    return str(federation_toml(folder, tables(), policy))
 
 
 def test_a_researchers_budget_survives_a_site_restart(tmp_path):
-    config = federation_toml(tmp_path)
+    config = dp_toml(tmp_path)
     with fh.Federation.from_config(config, isolation="in-process") as fed:
         fed.crosstab("d", "a", "b")
         fed.crosstab("d", "a", "b")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import federation_toml
 from sites import sites_of
 
 import fedhem_kernel as fh
@@ -118,22 +119,13 @@ def test_nothing_is_refused_for_the_ledger_and_no_message_holds_the_secret(table
         assert str(SECRET) not in repr(reply)
 
 
-def federation_toml(folder, tables) -> str:
-    lines = ['[federation]\nname = "t"\n']
-    for site, dfs in tables.items():
-        dfs["c"].to_csv(folder / f"{site}.csv", index=False)
-        lines.append(
-            f'[sites.{site}.site]\nstate_dir = "state/{site}"\n'
-            f'[sites.{site}.datasets.c]\npath = "{site}.csv"\n'
-            f'[sites.{site}.datasets.c.columns]\ntime = {{ type = "float", unit = "months" }}\n'
-        )
-    path = folder / "federation.toml"
-    path.write_text("".join(lines))
-    return str(path)
+def ledger_toml(folder, tables) -> str:
+    columns = '[sites.{site}.datasets.c.columns]\ntime = { type = "float", unit = "months" }\n'
+    return str(federation_toml(folder, tables, columns))
 
 
 def test_the_ledger_survives_a_restart(tmp_path, tables):
-    config = federation_toml(tmp_path, tables)
+    config = ledger_toml(tmp_path, tables)
     with fh.Federation.from_config(config, isolation="in-process") as fed:
         before = fed.describe("c", ["age"], where="pid < 100")
     assert (tmp_path / "state" / "north" / "c.ledger.npz").exists()
@@ -143,7 +135,7 @@ def test_the_ledger_survives_a_restart(tmp_path, tables):
 
 
 def test_a_damaged_ledger_stops_the_site_with_a_clear_error(tmp_path, tables):
-    config = federation_toml(tmp_path, tables)
+    config = ledger_toml(tmp_path, tables)
     with fh.Federation.from_config(config, isolation="in-process") as fed:
         fed.describe("c", ["age"], where="pid < 100")
     (tmp_path / "state" / "north" / "c.ledger.npz").write_bytes(b"damaged")
