@@ -91,7 +91,8 @@ def test_inline_sites_in_the_federation_file(tmp_path):
         )
     )
     with fh.Federation.from_config(tmp_path / "federation.toml") as fed:
-        assert fed.describe("aml", columns=["os_months"]).table.loc["os_months", "count"] == 80
+        count = fed.describe("aml", columns=["os_months"]).table.loc["os_months", "count"]
+    assert abs(count - 80) <= 2  # perturbed (two sites' worth at most)
 
 
 @pytest.mark.parametrize(

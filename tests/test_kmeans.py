@@ -207,22 +207,20 @@ def test_clusters_stay_at_the_sites_as_a_column_for_later_queries(demo):
     assert set(cluster["site"]) == set(res.privacy.released_sites)
     assert set(cluster["dtype"]) == {"category"}
 
+    # pooled summaries: counts within 2 (perturbed), means weighted by those counts
     desc = demo.describe("aml", ["age"], by="cluster")
     counts = desc.table.xs("age", level="variable")["count"]
-    pd.testing.assert_series_equal(
-        counts.astype("int64"),
-        res.cluster_sizes.rename("count"),
-        check_names=False,
-        check_index_type=False,
-    )
+    sizes = res.cluster_sizes.to_numpy()
+    assert np.abs(counts.to_numpy(dtype=float) - sizes).max() <= 2
     means = desc.table.xs("age", level="variable")["mean"]
-    np.testing.assert_allclose(means.to_numpy(), res.cluster_centers["age"].to_numpy(), rtol=1e-9)
+    np.testing.assert_allclose(means.to_numpy(), res.cluster_centers["age"].to_numpy(), atol=0.1)
 
     km = demo.kaplan_meier("aml", "os_months", "os_status", group="cluster")
     assert km.groups == ["1", "2", "3"]
     only_two = demo.describe("aml", ["age"], where="cluster == '2'")
-    assert only_two.table.loc["age", "count"] == res.cluster_sizes["2"]
-    assert only_two.table.loc["age", "mean"] == pytest.approx(res.cluster_centers.loc["2", "age"])
+    assert abs(only_two.table.loc["age", "count"] - res.cluster_sizes["2"]) <= 2
+    two = res.cluster_centers.loc["2", "age"]
+    assert only_two.table.loc["age", "mean"] == pytest.approx(two, abs=0.1)
 
 
 def test_profile_describes_each_cluster_and_its_survival(demo):
@@ -257,7 +255,7 @@ def test_a_filtered_clustering_labels_only_its_cohort(demo):
     assert res.where == "age >= 60"
     everyone = demo.describe("aml", ["age"], by="cluster")
     table = everyone.table.xs("age", level="variable")
-    assert int(table["count"].sum()) == res.n_observations
+    assert abs(int(table["count"].sum()) - res.n_observations) <= 2 * len(table)
     assert table["mean"].min() >= 60
 
 

@@ -203,9 +203,27 @@ def test_crosstab_state_sends_suppressed_cells_as_null(fed):
 
 
 def test_describe_state_hides_the_small_group_entirely(fed):
-    """Group C's 3 patients at site_a join that site's largest group (the release ledger): C is
-    empty there, and nothing of the three shows on its own."""
+    """Pooled through secure sums: one pooled table and no per-site table (no site's own numbers
+    were seen); group C counts site_a's 3 patients within 2 (not apart), and nothing of the
+    three shows on its own."""
     d = fed.describe("d", columns=["age"], by="grp")
+    state = d.widget().get_state()
+    text = strict_json(state)
+    assert [t["caption"] for t in state["tables"]] == ["pooled"]
+    assert abs(cell(state["tables"][0], ["C", "age"], "count")[0] - (SMALL_C + C_AT_B)) <= 2
+    small = TABLES["site_a"].loc[TABLES["site_a"]["grp"] == "C", "age"]
+    for secret in (small.mean(), small.std()):
+        assert repr(float(secret)) not in text and f"{secret:.6g}" not in text
+
+
+def test_describe_state_per_site_hides_the_small_group_entirely():
+    """Sites outside secure sums release their own summaries: group C's 3 patients at site_a
+    join that site's largest group (the release ledger), so C is empty there, and nothing of
+    the three shows on its own."""
+    with without_secure_sums(
+        {site: {"d": df} for site, df in TABLES.items()}, fh.Policy(), columns=COLUMNS
+    ) as fed:
+        d = fed.describe("d", columns=["age"], by="grp")
     state = d.widget().get_state()
     text = strict_json(state)
     by_site = state["tables"][1]
@@ -267,7 +285,10 @@ def test_progress_observer_gets_one_reply_per_site(fed):
     kinds = [e.kind for e in events]
     assert kinds[:2] == ["start", "round"]
     replies = [e for e in events if e.kind == "reply"]
-    assert sorted(e.site for e in replies) == sorted(TABLES)
+    # the catalog, the secure sums' key exchange, then the pooled summary's three sums
+    rounds = kinds.count("round")
+    assert rounds == 5
+    assert sorted(e.site for e in replies) == sorted(list(TABLES) * rounds)
     assert {e.status for e in replies} <= {"released", "suppressed"}
     assert all(e.query_id == events[0].query_id for e in events)
     assert events[0].analysis == "describe" and events[0].dataset == "d"
@@ -278,7 +299,7 @@ def test_query_finish_tells_observers_once(fed):
     fed.coordinator.observers = [events.append]
     q = Query(fed.coordinator, "describe", "d")
     q.finish()  # never started: nothing to report
-    q.ask("describe", {"columns": ["age"], "by": None, "levels": None})
+    q.ask("levels", {"column": "grp"})
     q.finish()
     q.finish()
     assert [e.kind for e in events].count("done") == 1 and events[-1].kind == "done"
@@ -297,7 +318,7 @@ def test_replies_stream_in_as_sites_answer(fed):
     fed.coordinator.observers.append(
         lambda e: seen.append((e.site, e.elapsed)) if e.kind == "reply" else None
     )
-    fed.describe("d", columns=["age"])
+    Query(fed.coordinator, "levels", "d").ask("levels", {"column": "grp"})  # one round
     assert [s for s, _ in seen][-1] == "site_c"
     fast = [t for s, t in seen if s != "site_c"]
     assert len(fast) == 2 and max(fast) < 0.9  # not held back by the slow site

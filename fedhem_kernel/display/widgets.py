@@ -144,7 +144,8 @@ def radiomics_widget(result: RadiomicsResult) -> ResultTableWidget:
 def summary_widget(
     title: str, table: pd.DataFrame, by_site: pd.DataFrame, privacy: PrivacyReport, footnote: str
 ) -> ResultTableWidget:
-    """Pooled summary statistics and what each site released (suppressed cells marked)."""
+    """Pooled summary statistics and what each site released (suppressed cells marked; no
+    per-site table when nothing was released per site)."""
     # a pooled cell whose count is suppressed at every site has no statistics either
     pooled_mask = (
         _rows_mask(table, table["count"].isna(), exclude=("n_sites",)) if "count" in table else None
@@ -160,15 +161,10 @@ def summary_widget(
         site_mask = (
             None if site_mask is None else site_mask.set_index(by_site.index)[by_site.columns]
         )
-    return ResultTableWidget(
-        title,
-        [
-            table_state(table, "pooled", pooled_mask),
-            table_state(by_site, "released by each site", site_mask),
-        ],
-        privacy,
-        footnote=footnote,
-    )
+    tables = [table_state(table, "pooled", pooled_mask)]
+    if len(by_site):  # pooled through secure sums, no site's own numbers were seen
+        tables.append(table_state(by_site, "released by each site", site_mask))
+    return ResultTableWidget(title, tables, privacy, footnote=footnote)
 
 
 def crosstab_widget(result: CrosstabResult) -> ResultTableWidget:

@@ -179,7 +179,7 @@ class Query:
         )
 
     def start(self) -> None:
-        """Tell the observers that this query begins (called by the first :meth:`ask`)."""
+        """Tell the observers that this query begins (called by its first round)."""
         if self._started is None:
             self._started = time.monotonic()
             self.coordinator.notify(self._event("start"))
@@ -240,6 +240,7 @@ class Query:
         cached = getattr(self, "_catalog", None)
         if cached is not None and cached[0] == sites:  # asked once per query (and set of sites)
             return dict(cached[1])
+        self.start()  # a round of the query like any other (observers hear "start" first)
         request = SiteRequest(CATALOG_STEP, None, {}, None, self.who, self.query_id)
         replies = self.coordinator.send(request, list(sites))
         catalog = {  # in the federation's site order, not the order the replies came in

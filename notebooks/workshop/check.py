@@ -262,26 +262,23 @@ def ex9(answer: Any) -> bool:
 
 # -- block 6: privacy ------------------------------------------------------------------------------
 def ex10(answer: Any) -> bool:
-    """Sites that refused ``describe age where wbc > 200``, with their rule: ``{site: rule}``."""
+    """The released count of ``describe age where wbc > 200`` (an int)."""
     hint = (
-        "run fed.describe('aml', columns=['age'], where='wbc > 200') and read .privacy.to_frame(): "
-        "give {site: rule} for every site whose outcome is 'refused'."
+        "describe 'age' with the exercise's where= filter and read the 'count' column of the "
+        "result's table: give it as an int."
     )
     if answer is None:
         return _missing(10, hint)
-    report = _fed().describe("aml", columns=["age"], where="wbc > 200").privacy
-    refused = {o.site: set(o.rules) for o in report.outcomes if not o.released}
-    got = _mapping(answer)
-    ok = (
-        got is not None
-        and set(got) == set(refused)
-        and all(isinstance(got[s], str) and got[s] in rules for s, rules in refused.items())
-    )
+    table = _fed().describe("aml", columns=["age"], where="wbc > 200").table
+    right = int(table.loc["age", "count"])
+    ok = _number(answer) == right
     return _verdict(
         10,
         ok,
         hint,
-        "too few patients at that site match the filter, so it releases nothing at all.",
+        "a site with fewer than 5 such patients adds none of them (its part of the cohort is "
+        "empty): it does not refuse, since a refusal would itself say that such patients "
+        "exist there. The count is pooled over the sites, perturbed by at most 2.",
     )
 
 

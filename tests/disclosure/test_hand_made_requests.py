@@ -191,6 +191,7 @@ def test_a_crafted_level_list_is_held_to_the_sites_max_levels():
         for step, params in [
             ("crosstab", {"row": "g", "col": "h", "row_levels": huge, "col_levels": ["x", "y"]}),
             ("describe", {"columns": ["g"], "by": "h", "levels": huge}),
+            ("describe_risk", {"columns": ["g"], "by": "h", "levels": huge}),
         ]:
             reply = fed.coordinator.send(SiteRequest(step, "d", params))["s"]
             assert reply.status in ("refused", "error")
@@ -235,9 +236,11 @@ def test_no_hand_made_secure_request_reaches_an_internal_error(caplog):
             fed.logrank("d", "time", "event", group="g", strata="h")
             fed.cumulative_incidence("d", "time", "cause", group="g")
             fed.crosstab("d", "g", "h", margins=True)
+            fed.describe("d", ["time", "cause"], by="g")
         finally:
             coordinator_module.ask_sum = original
         assert {"km_risk", "km_grid", "crosstab_risk", "crosstab_cells", "cif_grid"} <= set(seen)
+        assert {"describe_risk", "describe_moments", "describe_histogram"} <= set(seen)
         bad, tried = [], 0
         with caplog.at_level(logging.ERROR, logger="fedhem.site"):
             for step, params in sorted(seen.items()):

@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import without_secure_sums
 from sites import site_audit, sites_of
 
 import fedhem_kernel as fh
@@ -45,8 +46,13 @@ def tables() -> dict[str, pd.DataFrame]:
     return out
 
 
-def federation(tables: dict[str, pd.DataFrame]) -> fh.Federation:
-    return fh.Federation.local({s: {"c": df} for s, df in tables.items()}, policy=fh.Policy())
+def federation(tables: dict[str, pd.DataFrame], secure: bool = True) -> fh.Federation:
+    """The sites (``secure=False``: outside secure sums, releasing their own summaries, so a
+    test can read one site's cohort size)."""
+    datasets = {s: {"c": df} for s, df in tables.items()}
+    if not secure:
+        return without_secure_sums(datasets, fh.Policy())
+    return fh.Federation.local(datasets, policy=fh.Policy())
 
 
 def kmeans_payloads(releases, key: str = "counts"):
@@ -233,7 +239,7 @@ def test_kmeans_plus_plus_candidates_are_never_one_patients_row(tables, releases
 
 
 def test_a_cohort_a_few_patients_away_from_a_released_cluster_is_answered_on_it(tables):
-    with federation(tables) as fed:
+    with federation(tables, secure=False) as fed:
         fed.kmeans("c", FEATURES, 3)
         frame = sites_of(fed)["big"].datasets["c"].frame
         outside = frame.loc[frame["cluster"] != "1", "pid"].astype(int).tolist()[:2]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import without_secure_sums
 from sites import sites_of
 
 import fedhem_kernel as fh
@@ -157,11 +158,26 @@ def test_crosstab_by_site_suppresses_rare_rows(demo, releases, totals):
     assert all(h != 1 for h in hidden.sum(axis=0)) and all(h != 1 for h in hidden.sum(axis=1))
 
 
-def test_grouped_describe_releases_no_small_count(fed, releases):
+def test_grouped_describe_releases_no_small_count(fed, releases, totals):
+    """Pooled through secure sums: no site's summary leaves in the clear; every group shown
+    holds at least k patients of the pooled rows (its count is within 2 of that), and a group
+    below the bound is hidden with a partner."""
     d = fed.describe("cohort", columns=["age", "time"], by="mutation")
-    fed.describe("cohort", by="risk", where="age >= 40")
-    assert_no_small_counts(releases)
-    assert (d.table["count"].dropna() >= K).all()
+    r = fed.describe("cohort", by="risk", where="age >= 40")
+    secure = [x for x in releases if x.payload and "secure" in x.payload]
+    assert len(secure) == 18  # 2 queries x 3 rounds x 3 sites
+    assert all(set(x.payload) == {"secure"} for x in secure)
+    pooled = pd.concat([rare_cohort(i, n) for i, n in enumerate((400, 120, 30))])
+    older = pooled[pooled["age"] >= 40]
+    for result, frame, by in ((d, pooled, "mutation"), (r, older, "risk")):
+        truth = frame.groupby(frame[by].astype(str)).count()
+        shown = result.table["count"].dropna()
+        assert len(shown) > 0
+        for (group, column), count in shown.items():
+            assert truth.loc[group, column] >= K
+            assert abs(int(count) - truth.loc[group, column]) <= 2
+    moments = [t for step, t in totals if step == "describe_moments"]
+    assert len(moments) == 2
 
 
 def test_min_max_never_released_by_default(fed, releases):
@@ -174,8 +190,21 @@ def test_min_max_never_released_by_default(fed, releases):
 
 
 def test_a_cohort_of_fewer_than_k_at_every_site_has_no_patients(fed):
-    with pytest.raises(fh.DisclosureError) as info:
-        fed.describe("cohort", columns=["age"], where="age > 95")
+    """Pooled: each site's cohort is empty (fewer than k there), so it adds zeros, without a
+    refusal (which would say that such patients exist): the summary has no one."""
+    d = fed.describe("cohort", columns=["age"], where="age > 95")
+    assert d.table.loc["age", "count"] == 0 and np.isnan(d.table.loc["age", "mean"])
+    assert {o.status for o in d.privacy.outcomes} == {"released"}
+
+
+def test_a_cohort_of_fewer_than_k_at_every_site_is_refused_per_site():
+    """Sites outside secure sums release their own summaries: there the empty cohort is
+    refused by the ledger's rule, in words that do not carry the threshold's value."""
+    sites = {"big": 400, "mid": 120, "small": 30}
+    tables = {s: {"cohort": rare_cohort(i, n)} for i, (s, n) in enumerate(sites.items())}
+    with without_secure_sums(tables, fh.Policy()) as f:
+        with pytest.raises(fh.DisclosureError) as info:
+            f.describe("cohort", columns=["age"], where="age > 95")
     assert info.value.rule is not None and "ledger" in info.value.rule
     assert "95" not in info.value.reason.split("(")[0]
 
@@ -207,7 +236,7 @@ def test_a_site_without_patients_in_a_cohort_adds_zeros_to_a_secure_sum(fed):
     assert not any("ledger" in o.rules for o in report.outcomes)
     # the same cohort in a step that is not summed is still refused there
     with pytest.raises(fh.DisclosureError):
-        fed.describe("cohort", columns=["age"], where="age >= 70 and age < 70.5")
+        fed.pca("cohort", ["age", "time"], where="age >= 70 and age < 70.5")
 
 
 def three_patients_near_50() -> dict[str, dict[str, pd.DataFrame]]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.crosstab import HIDDEN
 from fedhem_kernel.analyses.crosstab.result import CrosstabResult
 from fedhem_kernel.analyses.levels import MISSING, OTHER, SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.privacy.tables import pooled_cells_shown
 from fedhem_kernel.protocol.query import Ask, Payload
 from fedhem_kernel.protocol.secure_sum import SecureTotal
@@ -167,16 +167,6 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
     return CrosstabResult(table, by_site, q.report(), row, col)
 
 
-def pooled_sums(q: Ask) -> bool:
-    """Whether every site takes part in secure sums (then tables are pooled before any rule)."""
-    catalog = q.catalog()
-    enough = len(catalog) >= len(q.sites) // 2 + 1  # a secure sum needs a majority
-    policies = [Policy.from_dict(entry.get("policy", {})) for entry in catalog.values()]
-    if all(p.is_unrestricted for p in policies):  # no thresholds: the exact per-site tables
-        return False
-    return enough and all(entry.get("secure_sum") for entry in catalog.values())
-
-
 def combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) -> pd.DataFrame:
     if col == SITE_COLUMN:  # the sites taking part are the columns
         params = {**params, "col_levels": [s for s in q.sites if s not in q.dropped]}
@@ -188,7 +178,7 @@ def _combine_pooled(q: Ask, params: Payload, row: str, col: str, margins: bool) 
     shown when its perturbed total is at least ``k + m``, exactly, or when no site has anyone in
     it (0); the others are NA. A margin is shown when its row or column has no hidden cell; the
     grand total when the hidden cells together pass the bound (it says only their sum)."""
-    k = max(int(e.get("policy", {}).get("min_cell_count", 1)) for e in q.catalog().values())
+    k = pooled_k(q)
     risk = q.ask_sum("crosstab_risk", params)
     m = len(risk.sites)
     noisy = np.asarray(risk.totals["cells"])

@@ -8,8 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.common.combine_catalog import columns_of_type
-from fedhem_kernel.analyses.describe import QUANTILES, STAT_COLUMNS
+from fedhem_kernel.analyses.common.combine_catalog import columns_of_type, pooled_k, pooled_sums
+from fedhem_kernel.analyses.describe import (
+    HIST_SPAN,
+    QUANTILES,
+    STAT_COLUMNS,
+    histogram_edges,
+    pooled_moments,
+    shown_cells,
+)
 from fedhem_kernel.analyses.describe.result import DescribeResult
 from fedhem_kernel.analyses.levels.combine import agree_levels
 from fedhem_kernel.errors import ParameterError
@@ -117,6 +124,76 @@ def combine_describe(per_site: dict[str, Payload]) -> tuple[pd.DataFrame, pd.Dat
     return table, by_site
 
 
+def _histogram_quantiles(below: np.ndarray, n: float, mean: float, sd: float) -> list[float]:
+    """Quartiles from a pooled histogram's perturbed numbers below each edge (made monotone and
+    held within 0..n), linear between edges (the quartiles lie among them: Cantelli)."""
+    at = histogram_edges(mean, sd)
+    mass = np.maximum.accumulate(np.clip(np.asarray(below, dtype=float), 0, n))
+    out = []
+    for p in QUANTILES:
+        target = p * n
+        i = int(np.searchsorted(mass, target, "left"))
+        if i == 0 or i == len(mass):
+            out.append(float(at[min(i, len(at) - 1)]))
+            continue
+        lo, hi = mass[i - 1], mass[i]
+        share = (target - lo) / (hi - lo) if hi > lo else 0.0
+        out.append(float(at[i - 1] + share * (at[i] - at[i - 1])))
+    return out
+
+
+def combine_pooled(q: Ask, params: Payload) -> pd.DataFrame:
+    """The pooled table through three secure sums (decide, then release: describe/site.py)."""
+    labels, columns = params["levels"] or ["all"], params["columns"]
+    k = pooled_k(q)
+    risk = q.ask_sum("describe_risk", params)
+    m = len(risk.sites)
+    empty = np.asarray(risk.totals["occupied"]) == 0
+    shown = shown_cells(risk.totals["counts"], empty, k, m)
+    release = {**params, "decided": shown.astype(int).tolist(), "k": k, "evidence": risk.evidence}
+    moments = q.ask_sum("describe_moments", release)
+    n, mean, sd = pooled_moments(moments.totals)
+    weight = n - np.asarray(moments.totals["unmeasured"])  # the share the histograms cover
+    spread = shown & np.isfinite(sd) & (sd > 0)
+    below = None
+    if spread.any():
+        histogram = {**release, "moments_evidence": moments.evidence}
+        below = np.asarray(q.ask_sum("describe_histogram", histogram).totals["below"])
+    rows = []
+    for g, group in enumerate(labels):
+        for j, column in enumerate(columns):
+            row: dict = {"group": group, "variable": column, "n_sites": len(moments.sites)}
+            if empty[g, j]:  # no site has anyone there
+                rows.append({**row, "count": 0, "n_sites": 0})
+                continue
+            if not shown[g, j]:
+                rows.append({**row, "count": pd.NA})
+                continue
+            row.update(count=int(n[g, j]), mean=mean[g, j], std=sd[g, j])
+            if spread[g, j]:
+                assert below is not None
+                q25, q50, q75 = _histogram_quantiles(
+                    below[g, j], weight[g, j], mean[g, j], sd[g, j]
+                )
+            else:  # every value the same (or one patient's share unmeasured)
+                q25 = q50 = q75 = mean[g, j]
+            row.update({"25%": q25, "50%": q50, "75%": q75})
+            rows.append(row)
+    q.note(
+        "pooled through secure sums: counts are within 2 of the truth (perturbed by two sites, "
+        "as in a table of the same patients); a group is hidden when its perturbed count is "
+        f"below {k + m}, and then another with it; means and SDs are exact over the patients "
+        "the release ledger lets each site sum (a site's few patients of a group count with "
+        "its overall mean); quartiles from perturbed counts of the patients below each "
+        f"edge of a pooled histogram with bins of a tenth of an SD between the mean -{HIST_SPAN:g} and +{HIST_SPAN:g} SD; no minimum "
+        "or maximum (a secure sum has none; quartiles lie within 1.8 SD of the mean)"
+    )
+    table = pd.DataFrame(rows, columns=["group", "variable", *STAT_COLUMNS])
+    table["count"] = table["count"].astype("Int64")
+    table["n_sites"] = table["n_sites"].astype("Int64")
+    return table
+
+
 def run(
     q: Ask, columns: Sequence[str] | str | None = None, by: str | None = None
 ) -> DescribeResult:
@@ -132,8 +209,12 @@ def run(
     if by == "site":
         raise ParameterError("describe by 'site': see the by_site table of any describe result")
     levels = agree_levels(q, by)
-    payloads = q.ask("describe", {"columns": columns, "by": by, "levels": levels})
-    table, by_site = combine_describe(payloads)
+    params = {"columns": columns, "by": by, "levels": levels}
+    if pooled_sums(q):
+        table = combine_pooled(q, params)
+        by_site = pd.DataFrame(columns=["site", "group", "variable", "count", "mean", "std"])
+    else:
+        table, by_site = combine_describe(q.ask("describe", params))
     if by is None:
         table = table.drop(columns="group").set_index("variable")
         by_site = by_site.drop(columns="group")
