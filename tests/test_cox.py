@@ -240,15 +240,16 @@ def test_default_policy_fit_is_close_to_the_exact_fit_and_says_so():
     with federation(df, policy=fh.Policy(), columns=columns) as fed:
         res = fed.cox("data", duration, event, covariates)
     assert res.time_step == pytest.approx(30.4375 / 7)
-    for stratum in res.fit.strata:  # every released step time is on the monthly grid
-        for steps in stratum.site_steps.values():
-            np.testing.assert_allclose(steps / res.time_step, np.round(steps / res.time_step))
-    # a monthly grid moves no coefficient by more than a tenth of its standard error
+    for stratum in res.fit.strata:  # pooled: every block ends on the monthly grid
+        assert not stratum.site_steps  # no site's own steps were seen
+        np.testing.assert_allclose(
+            stratum.times / res.time_step, np.round(stratum.times / res.time_step)
+        )
+    # blocks of the monthly grid move no coefficient by more than a tenth of its standard error
     shift = ((res.params_ - exact.params_) / exact.standard_errors_).abs()
     assert shift.max() < 0.1
     assert (res.params_ - exact.params_).abs().max() > 1e-6  # it is not the exact fit
-    assert any("grouped times" in note for note in res.notes)
-    assert any("coarsened" in note for note in res.notes)
+    assert any("time blocks" in note and "secure sums" in note for note in res.notes)
 
 
 # -- the result object -----------------------------------------------------------------------------

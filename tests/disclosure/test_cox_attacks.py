@@ -45,9 +45,9 @@ def cohort(seed: int, n: int) -> pd.DataFrame:
 SIZES = {"big": 400, "mid": 150, "small": 60}
 
 
-def federation(tables: dict[str, pd.DataFrame], secure: bool = True) -> fh.Federation:
-    """The sites (``secure=False``: outside secure sums, releasing their own summaries, so a
-    test can read one site's cohort size)."""
+def federation(tables: dict[str, pd.DataFrame], secure: bool = False) -> fh.Federation:
+    """The sites; by default outside secure sums (the per-site protocol these attacks are on;
+    the pooled fit's are in test_pooled_cox_attacks.py)."""
     datasets = {s: {"c": df} for s, df in tables.items()}
     if not secure:
         return without_secure_sums(datasets, fh.Policy(), columns=COLUMNS)
@@ -402,7 +402,7 @@ def test_a_cohort_differencing_the_rows_a_cox_fit_kept_is_answered_on_them(table
     for df in tables.values():
         df["pid"] = np.arange(len(df))
     tables["big"].loc[:5, "age"] = np.nan
-    with federation(tables, secure=False) as fed:
+    with federation(tables) as fed:
         fit = fed.cox("c", "time", "event", ["age"])
         assert fit.privacy.outcome("big").released
         res = fed.describe("c", ["time"], where="pid not in (0, 1, 2, 3, 4)")

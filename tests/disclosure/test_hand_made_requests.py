@@ -133,6 +133,8 @@ def captured_requests(fed) -> dict[str, SiteRequest]:
         fed.logrank("aml", "os_months", "os_status", "eln_risk", strata="sex")
         fed.cumulative_incidence("aml", "efs_months", "efs_cause", group="sex")
         fed.run("cox", "aml", duration="os_months", event="os_status", covariates=["age", "sex"])
+        # strata="site": the per-site protocol's steps (a baseline hazard per site)
+        fed.cox("aml", "os_months", "os_status", ["age", "sex"], strata="site")
         fed.kmeans("aml", ["age", "wbc"], 3)
         fed.kmeans(
             "aml", ["age", "wbc"], 2, init=np.array([[50.0, 10], [70, 30]]), standardize=False
@@ -237,10 +239,12 @@ def test_no_hand_made_secure_request_reaches_an_internal_error(caplog):
             fed.cumulative_incidence("d", "time", "cause", group="g")
             fed.crosstab("d", "g", "h", margins=True)
             fed.describe("d", ["time", "cause"], by="g")
+            fed.cox("d", "time", "event", ["cause", "g"])
         finally:
             coordinator_module.ask_sum = original
         assert {"km_risk", "km_grid", "crosstab_risk", "crosstab_cells", "cif_grid"} <= set(seen)
         assert {"describe_risk", "describe_moments", "describe_histogram"} <= set(seen)
+        assert {"cox_pool_setup", "cox_pool_sums"} <= set(seen)
         bad, tried = [], 0
         with caplog.at_level(logging.ERROR, logger="fedhem.site"):
             for step, params in sorted(seen.items()):

@@ -27,12 +27,18 @@ def columns_of_type(q: Ask, dtypes: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(r["column"] for r in catalog_columns(q) if r["dtype"] in dtypes))
 
 
-def pooled_sums(q: Ask) -> bool:
-    """Whether every site takes part in secure sums (then tables are pooled before any rule)."""
+def pooled_sums(q: Ask, analysis: str | None = None) -> bool:
+    """Whether every site takes part in secure sums (then tables are pooled before any rule)
+    and, with ``analysis``, answers it (a site that does not would stop every secure sum: the
+    others answer per site, and the report says who refused)."""
     catalog = q.catalog()
     enough = len(catalog) >= len(q.sites) // 2 + 1  # a secure sum needs a majority
     policies = [Policy.from_dict(entry.get("policy", {})) for entry in catalog.values()]
     if all(p.is_unrestricted for p in policies):  # no thresholds: the exact per-site tables
+        return False
+    if analysis is not None and any(
+        p.allowed_analyses is not None and analysis not in p.allowed_analyses for p in policies
+    ):
         return False
     return enough and all(entry.get("secure_sum") for entry in catalog.values())
 

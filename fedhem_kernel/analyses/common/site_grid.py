@@ -105,19 +105,7 @@ def site_grid(data: SiteData, params: Payload, events: np.ndarray | None = None)
     duration, event = params["duration"], params["event"]
     unit = data.schema.column(duration).unit
     asked = params["grid"]
-    try:
-        asked_step = time_step(asked, unit)
-    except ParameterError:
-        raise ParameterError(
-            "'grid' must be a time resolution such as '3 months'", site=data.site
-        ) from None
-    own_step = time_step(data.policy.time_resolution, unit)
-    if asked_step is None or (own_step is not None and asked_step < own_step * (1 - 1e-9)):
-        raise ParameterError(
-            f"this site counts on a grid of {data.policy.time_resolution!r} or coarser",
-            site=data.site,
-            dataset=data.dataset,
-        )
+    asked_grid_step(data, asked, unit)
     t, e = data.survival(duration, event) if events is None else (data.numeric(duration), events)
     _, step = coarsen_to_policy(t, asked, unit, data.log.note, data.err(duration))
     assert step is not None
@@ -133,6 +121,25 @@ def site_grid(data: SiteData, params: Payload, events: np.ndarray | None = None)
     # strata (log-rank): every stratum's groups, stratum by stratum
     selections = [s & g for s in strata_selections(data, params) for g in by_group]
     return SiteGrid(grid_index(t, step, horizon), np.asarray(e), selections, horizon)
+
+
+def asked_grid_step(data: SiteData, asked: object, unit: str | None) -> float:
+    """The step of the grid a request asks for, in the duration's ``unit``: this site's own
+    grid (its policy's ``time_resolution``) or a coarser one; a finer grid is refused."""
+    try:
+        asked_step = time_step(asked, unit)  # type: ignore[arg-type]
+    except ParameterError:
+        raise ParameterError(
+            "'grid' must be a time resolution such as '3 months'", site=data.site
+        ) from None
+    own_step = time_step(data.policy.time_resolution, unit)
+    if asked_step is None or (own_step is not None and asked_step < own_step * (1 - 1e-9)):
+        raise ParameterError(
+            f"this site counts on a grid of {data.policy.time_resolution!r} or coarser",
+            site=data.site,
+            dataset=data.dataset,
+        )
+    return asked_step
 
 
 def strata_selections(data: SiteData, params: Payload) -> list[np.ndarray]:

@@ -30,6 +30,8 @@ Model checks (two rounds after the fit): see :mod:`~fedhem_kernel.analyses.cox.s
 
 from __future__ import annotations
 
+import numpy as np
+
 from fedhem_kernel.protocol.params import BOOL, COLUMN, COLUMNS, NONE, Params, integer, options
 
 TIES = ("efron", "breslow")
@@ -59,3 +61,68 @@ PARAMS: Params = {
     "diagnostics": (BOOL,),
     "concordance_bins": (integer(1, MAX_BINS),),
 }
+
+
+# -- pooled through secure sums (site_pooled.py, combine_pooled.py) -----------------------------
+#: The setup round's counts per stratum the blocks are decided from.
+BLOCK_COUNTS = ("at_risk", "leaving", "events_below", "dying")
+
+
+def time_blocks(counts: dict, k: int, n_sites: int) -> tuple[list[int], list[bool]]:
+    """The blocks of a stratum's pooled Cox fit, from the setup round's perturbed counts of it
+    (each perturbed by at most one per site, so by at most ``m = n_sites`` in total):
+    ``at_risk[t]``, the patients at grid step t or later (``t = 0..horizon + 1``, the last:
+    beyond the horizon), ``leaving[t]``, those leaving at step t, ``events_below[t]``, the events
+    at steps 0..t, and ``dying[t]``, the events at step t.
+
+    A block closes at the first step where the patients leaving it surely number ``k``: the
+    larger of two lower bounds, the difference of the at-risk counts at its ends less ``2m``,
+    and its steps' leaving counts less ``m`` each; what is left after the last block that closed
+    joins it (it runs to the horizon). Returns each block's first step, and whether its events
+    surely number ``k`` by the same two bounds: only then are its events' own sums released
+    (Efron's ties); a block with fewer takes Breslow's. No block (``[]``) when the stratum never
+    reaches the bound. Every site makes the same decision again from the same total."""
+    risk = np.asarray(counts["at_risk"], dtype=np.int64)
+    leaving = np.asarray(counts["leaving"], dtype=np.int64)
+    below = np.asarray(counts["events_below"], dtype=np.int64)
+    dying = np.asarray(counts["dying"], dtype=np.int64)
+    m = n_sites
+    starts: list[int] = []
+    start, steps = 0, 0
+    for t in range(len(below)):
+        steps += int(leaving[t]) - m
+        if max(int(risk[start] - risk[t + 1]) - 2 * m, steps) >= k:
+            starts.append(start)
+            start, steps = t + 1, 0
+    ends = [*starts[1:], len(below)] if starts else []
+    efron = []
+    for first, end in zip(starts, ends, strict=True):
+        whole = int(below[end - 1]) - (int(below[first - 1]) + 2 * m if first > 0 else m)
+        efron.append(max(whole, int((dying[first:end] - m).sum())) >= k)
+    return starts, efron
+
+
+def singled_out(totals: dict, k: int, n_sites: int) -> int | None:
+    """The first design column that singles out a few patients over the sites (None if none),
+    from the setup round's totals: ``others`` (per column, each site's patients without its
+    most common value, perturbed) and ``varied`` (how many sites have any). A column some site
+    varies in must have, over the sites, a perturbed total of at least ``k + n_sites`` such
+    patients (so at least k): else all but a few share one value, and the fit's coefficient
+    would be their survival (the one-hot attack). Sites whose most common values differ make
+    this conservative, never lax."""
+    others = np.asarray(totals["others"], dtype=np.int64)
+    varied = np.asarray(totals["varied"], dtype=np.int64)
+    bad = np.flatnonzero((varied > 0) & (others < k + n_sites))
+    return int(bad[0]) if len(bad) else None
+
+
+def pooled_scaling(totals: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The centre and scale (pooled mean and SD of every design column) from the setup round's
+    totals: ``n`` (perturbed), ``sum`` and ``sumsq``. Both sides compute them the same way; a
+    fit's coefficients do not depend on them (only its numerics do)."""
+    n = float(np.asarray(totals["n"]).sum())
+    total = np.asarray(totals["sum"], dtype=float)
+    square = np.asarray(totals["sumsq"], dtype=float)
+    center = total / max(n, 1.0)
+    var = np.clip(square - n * center**2, 0.0, None) / max(n - 1.0, 1.0)
+    return center, np.sqrt(var)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedhem_kernel.analyses.common.combine_catalog import columns_of_type
+from fedhem_kernel.analyses.common.combine_catalog import columns_of_type, pooled_sums
+from fedhem_kernel.analyses.common.combine_grid import grid_plan
 from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import (
     CONCORDANCE_BINS,
@@ -22,12 +23,14 @@ from fedhem_kernel.analyses.cox import (
     TIES,
 )
 from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
+from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
     PooledStratum,
     TimeWeights,
     _pool_strata,
     accumulate_from_end,
+    check_variation,
     evaluate,
     pool_steps,
     sum_bytes,
@@ -57,6 +60,17 @@ class CoxSpec:
     strata: str | tuple[str, ...] | None
     ties: str
     categorical: tuple[str, ...] = ()
+
+    def design(self, levels: dict[str, list[str]]) -> Payload:
+        """What names the sites' design of this model (the categorical covariates' ``levels``)."""
+        return {
+            "duration": self.duration,
+            "event": self.event,
+            "covariates": list(self.covariates),
+            "categorical": levels,
+            "strata": list(self.strata) if isinstance(self.strata, tuple) else self.strata,
+            "ties": self.ties,
+        }
 
 
 def check_cox_params(
@@ -272,15 +286,7 @@ def fit_cox(
     ``after(base, fit)`` runs once the fit is done, before the sites drop its cached design (``base``:
     the parameters that name the design, for further rounds on it).
     """
-    base: Payload = {
-        "duration": spec.duration,
-        "event": spec.event,
-        "covariates": list(spec.covariates),
-        "categorical": levels,
-        "strata": list(spec.strata) if isinstance(spec.strata, tuple) else spec.strata,
-        "ties": spec.ties,
-        "fit": uuid.uuid4().hex,
-    }
+    base: Payload = {**spec.design(levels), "fit": uuid.uuid4().hex}
     setups = q.ask("cox_setup", base)
     try:
         columns = list(next(iter(setups.values()))["columns"])
@@ -290,13 +296,7 @@ def fit_cox(
                     "the sites coded the covariates differently", site=site, dataset=q.dataset
                 )
         n, center, scale = _pool_moments(setups)
-        flat = [c for c, s in zip(columns, scale, strict=True) if not s > 0]
-        if flat:
-            raise ParameterError(
-                f"covariate '{flat[0]}' has no variation in the pooled cohort",
-                dataset=q.dataset,
-                column=flat[0],
-            )
+        check_variation(columns, scale, q.dataset)
         by_site = spec.strata == SITE_STRATUM
         strata = _pool_strata(setups, by_site)
         n_events = int(sum(int(st.events.sum()) for st in strata))
@@ -341,17 +341,11 @@ def fit_cox(
             q.note("converged, but the last step was still large: collinearity or separation?")
         coarse = [x for x in setups.values() if x.get("time_step") is not None]
         step_info = coarse[0] if coarse else next(iter(setups.values()))
-        fit = CoxFit(
+        fit = CoxFit.from_newton(
+            newton,
             columns=columns,
-            beta=newton.beta,
             center=center,
             scale=scale,
-            hessian=newton.hessian,
-            gradient=newton.gradient,
-            log_likelihood=newton.log_likelihood,
-            log_likelihood_null=newton.log_likelihood_null,
-            iterations=newton.iterations,
-            converged=newton.converged,
             strata=strata,
             sites=tuple(setups),
             n=n,
@@ -367,6 +361,38 @@ def fit_cox(
         _release(q, base)
 
 
+def site_checks(
+    q: Ask, spec: CoxSpec, levels: dict[str, list[str]], fit: CoxFit, bins: int
+) -> Diagnostics | None:
+    """The model checks of a pooled fit (concordance, proportional-hazards test), on the sites'
+    own designs at the pooled coefficients: the per-site protocol's rounds (its setup, one round
+    of sums at the final β, its two check rounds), since the checks are not pooled yet. A site
+    that refuses its own design (e.g. too few patients per parameter) leaves the fit without
+    checks, with a note."""
+    base: Payload = {**spec.design(levels), "fit": uuid.uuid4().hex}
+    try:
+        setups = q.ask("cox_setup", base)
+        if set(setups) != set(fit.sites) or not np.isfinite(fit.hessian).all():
+            q.note("a site could not build its own design: no concordance or PH test")
+            return None
+        strata = _pool_strata(setups, False)
+        objective = PooledCoxObjective(
+            q, base, strata, tuple(setups), fit.center, fit.scale, spec.ties, False, False
+        )
+        objective(fit.beta)  # the sites' risk-set sums at the pooled coefficients
+        at_sites = replace(fit, strata=strata, sites=tuple(setups))
+        q.note(
+            "the model checks (concordance, proportional hazards) are computed on each site's "
+            "own time steps at the pooled coefficients (not yet pooled through secure sums)"
+        )
+        return run_diagnostics(q, base, at_sites, raw_variance(fit), spec.ties, bins)
+    except FedHemError:
+        q.note("a site could not take part in the model checks: no concordance or PH test")
+        return None
+    finally:
+        _release(q, base)
+
+
 def raw_variance(fit: CoxFit) -> np.ndarray:
     """The coefficients' covariance in the covariates' own units (inverse information)."""
     return -np.linalg.inv(fit.hessian) / np.outer(fit.scale, fit.scale)
@@ -375,11 +401,12 @@ def raw_variance(fit: CoxFit) -> np.ndarray:
 def build_cox_result(
     q: Ask, spec: CoxSpec, fit: CoxFit, diagnostics: Diagnostics | None = None
 ) -> CoxResult:
+    pooled = any("time blocks" in n for n in q.report().notes)
     index = pd.Index(fit.columns, name="covariate")
     params = pd.Series(fit.beta / fit.scale, index=index, name="coef")
     variance = raw_variance(fit)
     variance_df = pd.DataFrame(variance, index=index, columns=index)
-    if fit.time_step is not None:
+    if fit.time_step is not None and not pooled:
         q.note(
             "times were coarsened to each site's grid and small steps merged before anything "
             "left a site: this is a Cox fit on grouped times and may differ from a fit on exact "
@@ -438,6 +465,26 @@ def run(
     for column in spec.categorical:
         levels[column] = list(require_levels(q, column, minimum=2) or [])
     checks: list[Diagnostics] = []
+    plan = (
+        grid_plan(q, spec.duration)
+        if pooled_sums(q, "cox") and spec.strata != SITE_STRATUM
+        else None
+    )
+    if plan is not None:  # every site in secure sums: the pooled fit on time blocks
+        strata_levels = [
+            list(require_levels(q, c) or []) for c in spec.strata or () if c != SITE_STRATUM
+        ]
+        precise = BRESLOW_PRECISION if spec.ties == "breslow" else None
+        fit = fit_cox_pooled(
+            q,
+            spec.design(levels),
+            plan,
+            strata_levels,
+            precision=precise or 1e-7,
+            r_precision=precise or 1e-9,
+        )
+        checks_ = site_checks(q, spec, levels, fit, concordance_bins) if diagnostics else None
+        return build_cox_result(q, spec, fit, checks_)
 
     def after(base: Payload, fit: CoxFit) -> None:
         if diagnostics and np.isfinite(fit.hessian).all():

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.query import Payload
 
 
@@ -213,6 +214,33 @@ class CoxFit:
     n_events: int
     time_step: float | None
     unit: str | None
+
+    @classmethod
+    def from_newton(cls, newton: Any, **fields: Any) -> CoxFit:
+        """The fit from a :func:`~fedhem_kernel.analyses.common.combine_newton.newton_raphson`
+        result and the fields it does not hold."""
+        return cls(
+            beta=newton.beta,
+            hessian=newton.hessian,
+            gradient=newton.gradient,
+            log_likelihood=newton.log_likelihood,
+            log_likelihood_null=newton.log_likelihood_null,
+            iterations=newton.iterations,
+            converged=newton.converged,
+            **fields,
+        )
+
+
+def check_variation(columns: Sequence[str], scale: np.ndarray, dataset: str | None) -> None:
+    """Refuse a design column without variation in the pooled rows (its coefficient is not
+    identified)."""
+    flat = [c for c, s in zip(columns, scale, strict=True) if not s > 0]
+    if flat:
+        raise ParameterError(
+            f"covariate '{flat[0]}' has no variation in the pooled cohort",
+            dataset=dataset,
+            column=flat[0],
+        )
 
 
 def _pool_strata(setups: dict[str, Payload], by_site: bool) -> list[PooledStratum]:

@@ -70,6 +70,7 @@ from fedhem_kernel.analyses.cox.site_design import (
     cached_designs,
     site_design,
 )
+from fedhem_kernel.analyses.cox.site_pooled import STEPS as POOLED_STEPS
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.params import (
     COLUMN,
@@ -399,3 +400,6 @@ STEPS = [
         ("cox_release", site_cox_release, DESIGN),
     )
 ]
+
+# the pooled fit's steps (secure sums only: site_pooled.py)
+STEPS += POOLED_STEPS

@@ -152,7 +152,7 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
         for note in notes:
             q.note(note)
         return CrosstabResult(table, {}, q.report(), row, col)
-    if pooled_sums(q):
+    if pooled_sums(q, "crosstab"):
         # by site too: each site counts into its own column of one pooled table, so the rule
         # (and the margins it protects) sees every site's cells together
         if row == SITE_COLUMN:

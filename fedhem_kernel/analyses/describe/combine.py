@@ -210,7 +210,7 @@ def run(
         raise ParameterError("describe by 'site': see the by_site table of any describe result")
     levels = agree_levels(q, by)
     params = {"columns": columns, "by": by, "levels": levels}
-    if pooled_sums(q):
+    if pooled_sums(q, "describe"):
         table = combine_pooled(q, params)
         by_site = pd.DataFrame(columns=["site", "group", "variable", "count", "mean", "std"])
     else:

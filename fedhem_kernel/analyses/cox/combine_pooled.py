@@ -1,0 +1,206 @@
+"""The pooled Cox fit on the researcher's side: blocks decided from the setup round, then Newton.
+
+Side: researcher (combine). See :mod:`~fedhem_kernel.analyses.cox.site_pooled` for what each site
+sends. The coordinator sees only totals over the sites: per stratum, the perturbed numbers at
+risk and of events up to each grid step (from which it cuts the grid into blocks that at least k
+patients leave, by the rule every site checks), then per Newton iteration the pooled risk-set and
+event sums per block.
+The partial likelihood is the pooled rows' on those blocks (the events of a block tied, Efron's
+or Breslow's way), evaluated by the same code as the per-site protocol
+(:func:`~fedhem_kernel.analyses.cox.combine_sums.evaluate`).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import numpy as np
+
+from fedhem_kernel.analyses.common.combine_grid import GridPlan
+from fedhem_kernel.analyses.common.combine_newton import newton_raphson
+from fedhem_kernel.analyses.cox import (
+    BLOCK_COUNTS,
+    MAX_COEFFICIENT,
+    pooled_scaling,
+    singled_out,
+    time_blocks,
+)
+from fedhem_kernel.analyses.cox.combine_sums import (
+    CoxFit,
+    PooledStratum,
+    check_variation,
+    evaluate,
+)
+from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
+from fedhem_kernel.protocol.query import Ask, Payload
+
+
+class BlockObjective:
+    """Log partial likelihood, gradient and Hessian at β from one ``cox_pool_sums`` round."""
+
+    def __init__(self, q: Ask, params: Payload, labels: list[tuple[str, ...]], plan: GridPlan):
+        self.q, self.params, self.labels, self.plan = q, params, labels, plan
+        self.blocks: list[list[int]] = params["decided"]
+        self.center, self.scale = np.zeros(0), np.zeros(0)
+        self.strata: list[PooledStratum] = []
+        self.sites: tuple[str, ...] = ()
+
+    def __call__(self, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        total = self.q.ask_sum("cox_pool_sums", {**self.params, "beta": [float(b) for b in beta]})
+        if self.sites and set(total.sites) != set(self.sites):
+            raise FedHemError(
+                "a site stopped answering during the fit: no consistent pooled fit is possible",
+                dataset=self.q.dataset,
+            )
+        self.sites = total.sites
+        t = total.totals
+        self.strata, event_sums = [], []
+        at = 0
+        for s, starts in enumerate(self.blocks):
+            if not starts:
+                continue
+            rows = slice(at, at + len(starts))
+            at += len(starts)
+            events = np.asarray(t["events"][rows], dtype=np.int64)
+            ends = [*starts[1:], self.plan.horizon + 1]
+            st = PooledStratum(
+                label=self.labels[s],
+                times=np.asarray(ends, dtype=float) * self.plan.step,
+                events=events,
+                event_sum=np.asarray(t["event_sum"][s], dtype=float),
+                sites=total.sites,
+                n=0,
+            )
+            tied = st.tied
+            st.S0, st.S1, st.S2 = t["S0"][rows], t["S1"][rows], t["S2"][rows]
+            # a block whose events are not surely k has no event sums of its own (zeros):
+            # Breslow's way there
+            st.D0, st.D1, st.D2 = t["D0"][rows][tied], t["D1"][rows][tied], t["D2"][rows][tied]
+            self.strata.append(st)
+            event_sums.append((st.event_sum - events.sum() * self.center) / self.scale)
+        ll, grad, hess, _ = evaluate(self.strata, beta, event_sums, self.params["ties"])
+        return ll, grad, hess
+
+
+def fit_cox_pooled(
+    q: Ask,
+    design: Payload,
+    plan: GridPlan,
+    strata_levels: list[list[str]],
+    *,
+    precision: float,
+    r_precision: float,
+) -> CoxFit:
+    """The pooled fit: the setup round, the blocks, then Newton–Raphson on the blocks' sums."""
+    base: Payload = {
+        **design,
+        "strata_levels": strata_levels or None,
+        "grid": plan.resolution,
+        "horizon": plan.horizon,
+        "fit": uuid.uuid4().hex,
+    }
+    setup = q.ask_sum("cox_pool_setup", base)
+    m, k = len(setup.sites), plan.k
+    below = np.asarray(setup.totals["events_below"])
+    decided = [
+        time_blocks({f: setup.totals[f][s] for f in BLOCK_COUNTS}, k, m) for s in range(len(below))
+    ]
+    blocks = [starts for starts, _ in decided]
+    labels = [tuple(v) for v in _product(strata_levels)]
+    if not any(blocks):
+        raise ParameterError(
+            f"too few patients for a pooled fit (each time block needs at least {k} over the "
+            "sites)",
+            dataset=q.dataset,
+        )
+    empty = sum(1 for b in blocks if not b)
+    if empty:
+        q.note(f"{empty} stratum/strata with too few events over the sites are left out")
+    columns = design_columns(design)
+    bad = singled_out(setup.totals, k, m)
+    if bad is not None:
+        source = _sources(design)[bad]
+        q.note(f"covariate '{columns[bad]}' singles out fewer than {k} patients over the sites")
+        raise DisclosureError(
+            f"covariate '{columns[bad]}' singles out fewer than {k} patients over the sites (all "
+            "others share one value): their survival could be read from the fit",
+            dataset=q.dataset,
+            column=source,
+            rule="min_cell_count",
+        )
+    center, scale = pooled_scaling(setup.totals)
+    n = int(np.asarray(setup.totals["n"]).sum())
+    p = len(center)
+    check_variation(columns, scale, q.dataset)
+    if 10 * p > n:
+        raise ParameterError(
+            f"the model has {p} parameters: the pooled rows need at least 10 patients per "
+            "parameter",
+            dataset=q.dataset,
+        )
+    params = {**base, "decided": blocks, "k": k, "evidence": setup.evidence}
+    objective = BlockObjective(q, params, labels, plan)
+    objective.center, objective.scale = center, scale
+    newton = newton_raphson(
+        objective,
+        p,
+        precision=precision,
+        r_precision=r_precision,
+        max_steps=500,
+        max_coefficient=MAX_COEFFICIENT,
+        what="partial likelihood",
+    )
+    n_blocks = sum(len(b) for b in blocks)
+    q.note(
+        f"pooled through secure sums: the Cox fit of the pooled rows on {n_blocks} time blocks "
+        f"of the sites' grid of {plan.resolution}, at least {k} patients leaving each over the "
+        "sites (decided from perturbed counts, checked by every site); the events of a block "
+        f"are tied (Efron's way where a block surely holds {k} events, else Breslow's). No "
+        "site's own sums were seen for the fit"
+    )
+    if not newton.converged:
+        q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
+    return CoxFit.from_newton(
+        newton,
+        columns=columns,
+        center=center,
+        scale=scale,
+        strata=objective.strata,
+        sites=objective.sites or setup.sites,
+        n=n,
+        n_events=int(sum(int(st.events.sum()) for st in objective.strata)),
+        time_step=plan.step,
+        unit=plan.unit,
+    )
+
+
+def design_columns(design: Payload) -> list[str]:
+    """The design's column names: numeric covariates as they are, a categorical one as a 0/1
+    column per agreed level but the first (as ``pd.get_dummies(drop_first=True)``)."""
+    levels = design.get("categorical") or {}
+    out: list[str] = []
+    for column in design["covariates"]:
+        if column in levels:
+            out += [f"{column}_{lv}" for lv in levels[column][1:]]
+        else:
+            out.append(column)
+    return out
+
+
+def _sources(design: Payload) -> list[str]:
+    """The covariate each design column comes from."""
+    levels = design.get("categorical") or {}
+    out: list[str] = []
+    for column in design["covariates"]:
+        out += [column] * (len(levels[column]) - 1 if column in levels else 1)
+    return out
+
+
+def _product(levels: list[list[str]]) -> list[list[str]]:
+    """Every combination of the strata's levels, the first column slowest ([[]] without)."""
+    out: list[list[str]] = [[]]
+    for lv in levels:
+        out = [[*row, v] for row in out for v in lv]
+    assert len(out) == math.prod(len(lv) for lv in levels)
+    return out

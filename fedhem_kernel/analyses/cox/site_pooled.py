@@ -1,0 +1,406 @@
+"""Site side of the pooled Cox fit: a risk round, then one secure sum per Newton iteration.
+
+Side: site. Used when every site takes part in secure sums (thresholds on, a common time grid):
+no site's own sums are seen, so no site merges its own steps or refuses a model for its size (the
+per-site protocol's ``max_parameters`` is held by the pooled rows instead), and the fit is the
+pooled rows' Cox fit on *blocks* of the grid.
+
+``cox_pool_setup`` (a secure sum)
+    The model's rows (every model column present, agreed levels; left out through the release
+    ledger, :meth:`SiteData.complete_rows`), their count (perturbed by two sites), the sums and
+    sums of squares of every design column (the pooled centre and scale), and per stratum (the
+    product of the strata columns' agreed levels) and grid step the number of events up to that
+    step, at that step, at risk there and leaving there, each perturbed in {-1, 0, 1} keyed by
+    the patients counted.
+
+    And per design column the patients without the site's most common value (perturbed), and
+    whether it has any: a column that singles out fewer than k patients over the sites is
+    refused (:func:`~fedhem_kernel.analyses.cox.singled_out`, checked again by every site in
+    each iteration).
+
+``cox_pool_sums`` (a secure sum per Newton iteration)
+    The blocks the coordinator chose, checked: every site recomputes them from the setup round's
+    signed total (:func:`~fedhem_kernel.analyses.cox.time_blocks`: at least k patients leave in
+    each block, over the sites) and refuses any other. Per block the risk-set sums over the rows
+    still at risk at its first step (exp(zβ), z·exp(zβ), zzᵀ·exp(zβ)), its number of events, and,
+    where it surely holds at least k events, the same sums over them (Efron's ties; Breslow's
+    elsewhere); per stratum the sum of the events' covariates. The
+    centre and scale are the site's own, derived from the setup's signed total (never taken from
+    the request), and β is bounded in those units (``max_coefficient``). A risk set, and the
+    difference of two consecutive ones, holds at least k patients over the sites.
+
+Events beyond the horizon (50 years on a monthly grid) count as censored there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from fedhem_kernel.analyses.common.site_grid import asked_grid_step, key_sums, risk_total
+from fedhem_kernel.analyses.cox import (
+    BLOCK_COUNTS,
+    MAX_COEFFICIENT,
+    MAX_COVARIATES,
+    MAX_COVARIATES_TOTAL,
+    MAX_STRATA_COLUMNS,
+    TIES,
+    pooled_scaling,
+    singled_out,
+    time_blocks,
+)
+from fedhem_kernel.analyses.crosstab.site import releases_perturbation
+from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.analyses.levels.site import group_index
+from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
+from fedhem_kernel.privacy.survival import MAX_HORIZON, coarsen_to_policy, grid_index
+from fedhem_kernel.protocol.params import (
+    COLUMN,
+    LEVELS,
+    NONE,
+    TEXT,
+    instance,
+    integer,
+    list_of,
+    mapping,
+    number,
+    options,
+    text,
+)
+from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
+
+#: The rule a site refuses blocks its risk round does not allow with.
+POOLED_BLOCKS = "cox_blocks"
+
+
+class PooledDesign:
+    """One request's model rows at this site: design (n × p, raw), grid step, event, stratum."""
+
+    def __init__(self, data: SiteData, params: Payload) -> None:
+        if not data.secure:
+            raise ParameterError("a pooled Cox fit is asked only as a secure sum", site=data.site)
+        duration, event = params["duration"], params["event"]
+        covariates = list(params["covariates"])
+        categorical = {c: list(v) for c, v in (params.get("categorical") or {}).items()}
+        if len(set(covariates)) != len(covariates) or not set(categorical) <= set(covariates):
+            raise ParameterError("the covariates do not match their levels", site=data.site)
+        for column, levels in categorical.items():
+            if not isinstance(levels, list) or len(levels) > data.policy.max_levels:
+                raise data.refuse("max_levels", f"more than {data.policy.max_levels} levels")
+            if not all(isinstance(v, str) for v in levels) or len(levels) < 2:
+                raise ParameterError(f"'{column}' needs a list of at least two levels")
+        strata = list(params.get("strata") or [])
+        strata_levels = [list(v) for v in params.get("strata_levels") or []]
+        if len(strata) != len(strata_levels):
+            raise ParameterError("'strata' and 'strata_levels' do not match", site=data.site)
+        n_strata = math.prod(len(v) for v in strata_levels)
+        if n_strata > data.policy.max_levels:
+            raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
+        t = data.numeric(duration)
+        e = data.numeric(event)
+        missing = np.isnan(t) | np.isnan(e)
+        first = duration if np.isnan(t).any() else event if np.isnan(e).any() else None
+        columns: dict[str, np.ndarray] = {}
+        labels: dict[str, pd.Series] = {}
+        for column in covariates + strata:
+            if column in categorical or column in strata:
+                levels = categorical.get(column) or strata_levels[strata.index(column)]
+                lab = group_index(data, column, levels)
+                miss = (lab.isna() | (lab == OTHER)).to_numpy()  # rare everywhere: left out
+                labels[column] = lab
+            else:
+                columns[column] = data.numeric(column)
+                miss = np.isnan(columns[column])
+            if first is None and miss.any():
+                first = column
+            missing |= miss
+        seen = ~missing
+        if (t[seen] < 0).any():
+            raise SchemaError("negative survival times", **data.err(duration), rule="schema")
+        if not np.isin(e[seen], (0.0, 1.0)).all():
+            raise SchemaError("event indicator must be 0/1", **data.err(event), rule="schema")
+        # the rows kept, snapped to the release ledger (as SiteData.complete_rows, but in a secure
+        # sum a site with no complete row adds zeros: an error would say it had none)
+        keep = data.release_rows(~missing, fixed=missing)
+        if missing.any():
+            data.log.note("patients with a missing value in the model's columns are left out")
+        # the strata: the product of the agreed levels (first column slowest), snapped to the
+        # ledger like any groups a fit sums over
+        codes = np.zeros(len(keep), dtype=np.int64)
+        for column, levels in zip(strata, strata_levels, strict=True):
+            lab = pd.Categorical(labels[column], categories=levels).codes.astype(np.int64)
+            codes = codes * len(levels) + np.where(lab < 0, 0, lab)
+        if strata:
+            codes = data.release_groups(np.where(keep, codes, -1), fixed=~keep)
+            keep = keep & (codes >= 0)
+        blocks: list[np.ndarray] = []
+        self.columns: list[str] = []
+        self.sources: list[str] = []
+        for column in covariates:
+            if column in categorical:
+                arr = labels[column].to_numpy(dtype=object)
+                blocks += [(arr == level).astype(float) for level in categorical[column][1:]]
+                self.columns += [f"{column}_{level}" for level in categorical[column][1:]]
+                self.sources += [column] * (len(categorical[column]) - 1)
+            else:
+                blocks.append(columns[column])
+                self.columns.append(column)
+                self.sources.append(column)
+        if len(blocks) > MAX_COVARIATES_TOTAL:
+            raise data.refuse("max_parameters", "too many design columns")
+        self.x = np.column_stack(blocks)[keep] if blocks else np.zeros((int(keep.sum()), 0))
+        self.keys = data.row_keys()[keep]
+        self.event = e[keep].astype(bool)
+        self.stratum = codes[keep]
+        self.n_strata = n_strata
+        self.horizon = int(params["horizon"])
+        self.step = asked_grid_step(data, params["grid"], data.schema.column(duration).unit)
+        _, coarse = coarsen_to_policy(
+            t[keep],
+            params["grid"],
+            data.schema.column(duration).unit,
+            data.log.note,
+            data.err(duration),
+        )
+        self.index = grid_index(t[keep], self.step, self.horizon)
+        self.event &= self.index <= self.horizon  # beyond the horizon: censored there
+        self.p = self.x.shape[1]
+
+
+def site_cox_pool_setup(data: SiteData, params: Payload) -> Payload:
+    """The model rows' count (perturbed by two sites), the design columns' sums and sums of
+    squares, and per stratum and grid step the perturbed number of events up to that step."""
+    d = PooledDesign(data, params)
+    width = d.horizon + 1
+    out = {
+        name: np.zeros((d.n_strata, size), dtype=np.int64)
+        for name, size in (
+            ("events_below", width),
+            ("dying", width),
+            ("at_risk", width + 1),
+            ("leaving", width + 1),
+        )
+    }
+    tag = f"{data.dataset}\0cox\0{params['duration']}\0".encode()
+
+    def perturbed(name: str, rows: np.ndarray, size: int, how: str) -> None:
+        # each count keyed by the patients it counts (the same patients, the same perturbation)
+        index, keys = d.index[rows], d.keys[rows]
+        counts = np.bincount(index, minlength=width + 1)
+        sums = key_sums(index, keys, width + 1, how == "from_end")
+        if how == "up_to":
+            counts, sums = np.cumsum(counts), np.cumsum(sums, dtype=np.uint64)
+        elif how == "from_end":
+            counts = np.cumsum(counts[::-1])[::-1]
+        noise = data.count_noise(sums[:size], counts[:size], tag + name.encode())
+        out[name][s] = counts[:size] + noise
+
+    for s in range(d.n_strata):
+        rows = d.stratum == s
+        perturbed("events_below", rows & d.event, width, "up_to")
+        perturbed("dying", rows & d.event, width, "at")
+        perturbed("at_risk", rows, width + 1, "from_end")
+        perturbed("leaving", rows, width + 1, "at")
+    # per column: the patients without this site's most common value (the one-hot check)
+    others = np.zeros(d.p, dtype=np.int64)
+    other_keys = np.zeros(d.p, dtype=np.uint64)
+    for j in range(d.p):
+        values, inverse, counts = np.unique(d.x[:, j], return_inverse=True, return_counts=True)
+        minority = inverse != int(np.argmax(counts)) if len(values) else np.zeros(0, dtype=bool)
+        others[j] = int(minority.sum())
+        other_keys[j] = d.keys[minority].sum(dtype=np.uint64)
+    noisy_others = others + data.count_noise(other_keys, others, b"cox-others")
+    n = len(d.x)
+    if releases_perturbation(data):
+        keys = np.array([d.keys.sum(dtype=np.uint64)], dtype=np.uint64)
+        n += int(data.count_noise(keys, np.array([n]), b"cox-n")[0])
+    return {
+        "n": np.array([n], dtype=np.int64),
+        "others": noisy_others,
+        "varied": (others > 0).astype(np.int64),
+        "sum": d.x.sum(axis=0),
+        "sumsq": (d.x**2).sum(axis=0),
+        **out,
+    }
+
+
+def _checked_blocks(
+    data: SiteData, params: Payload, d: PooledDesign
+) -> tuple[list[list[int]], list[list[bool]], Payload]:
+    """The blocks asked (per stratum, first steps) and where Efron's sums are released, checked
+    against the setup round's total, and that total."""
+    first = {k: v for k, v in params.items() if k in SETUP_PARAMS or k in ("decided", "evidence")}
+    below, m, totals = risk_total(
+        data, first, "cox_pool_setup", "events_below", (d.n_strata, d.horizon + 1)
+    )
+    asked = params["decided"]
+    shapes = {"dying": d.horizon + 1, "at_risk": d.horizon + 2, "leaving": d.horizon + 2}
+    if (
+        params["k"] < data.k
+        or len(asked) != d.n_strata
+        or any(np.shape(totals.get(f)) != (d.n_strata, w) for f, w in shapes.items())
+    ):
+        raise ParameterError("the blocks do not match the setup round", site=data.site)
+    flags = []
+    for s in range(d.n_strata):
+        starts, efron = time_blocks({f: totals[f][s] for f in BLOCK_COUNTS}, params["k"], m)
+        flags.append(efron)
+        if list(asked[s]) != starts:
+            raise DisclosureError(
+                "the fit's time blocks are not those the setup round allows (each must hold "
+                f"at least {data.k} events over the sites)",
+                site=data.site,
+                dataset=data.dataset,
+                rule=POOLED_BLOCKS,
+            )
+    for key, shape in (("n", (1,)), ("sum", (d.p,)), ("sumsq", (d.p,)), ("others", (d.p,))):
+        if np.shape(totals.get(key)) != shape:
+            raise ParameterError("the fit does not match its setup round", site=data.site)
+    bad = singled_out(totals, data.k, m)
+    if bad is not None:
+        raise data.refuse(
+            "min_cell_count",
+            f"covariate '{d.columns[bad]}' singles out fewer than {data.k} patients over the "
+            "sites (all others share one value): their survival could be read from the fit",
+            d.sources[bad],
+        )
+    return [list(b) for b in asked], flags, totals
+
+
+def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
+    """Per block: the risk-set sums and the events' sums at the requested β; per stratum: the
+    events' covariate sum (raw units)."""
+    d = PooledDesign(data, params)
+    blocks, flags, totals = _checked_blocks(data, params, d)
+    center, scale = pooled_scaling(totals)
+    beta = np.asarray(params["beta"], dtype=float)
+    if beta.shape != (d.p,) or not np.isfinite(beta).all():
+        raise ParameterError(f"'beta' must hold {d.p} finite numbers", site=data.site)
+    if (scale <= 0).any():
+        raise ParameterError("a covariate has no variation in the pooled rows", site=data.site)
+    if np.abs(beta).max(initial=0.0) > MAX_COEFFICIENT:
+        raise data.refuse(
+            "max_coefficient",
+            f"a coefficient above {MAX_COEFFICIENT:g} standard units (hazard ratio above "
+            f"e^{MAX_COEFFICIENT:g} per standard deviation, in the pooled rows' units)",
+        )
+    z = (d.x - center) / scale
+    w = np.exp(z @ beta)
+    if not np.isfinite(w).all():
+        raise data.refuse("max_coefficient", "the linear predictor overflows")
+    p = d.p
+    iu = np.triu_indices(p)
+    zz = (z[:, :, None] * z[:, None, :])[:, iu[0], iu[1]]  # n × q
+    total = sum(len(b) for b in blocks)
+    out = {
+        "S0": np.zeros(total),
+        "S1": np.zeros((total, p)),
+        "S2": np.zeros((total, len(iu[0]))),
+        "D0": np.zeros(total),
+        "D1": np.zeros((total, p)),
+        "D2": np.zeros((total, len(iu[0]))),
+        "events": np.zeros(total, dtype=np.int64),
+        "event_sum": np.zeros((d.n_strata, p)),
+    }
+    at = 0
+    for s, starts in enumerate(blocks):
+        rows = d.stratum == s
+        if not starts:
+            continue
+        # each row's block: the last block starting at or before its step (-1: before the first)
+        b = np.searchsorted(np.asarray(starts), d.index[rows], side="right") - 1
+        ws, zs, zzs, ev = w[rows], z[rows], zz[rows], d.event[rows]
+        n_blocks, span = len(starts), slice(at, at + len(starts))
+        parts = (ws[:, None], ws[:, None] * zs, ws[:, None] * zzs)
+        # per block the sums over its leavers, then from the end: the risk set at each block
+        for name, values in zip(("S0", "S1", "S2"), parts, strict=True):
+            sums = _by_block(b, values, n_blocks)
+            np.cumsum(sums[::-1], axis=0, out=sums[::-1])
+            out[name][span] = sums[:, 0] if name == "S0" else sums
+        out["events"][span] = np.bincount(b[ev], minlength=n_blocks)
+        # a block's own event sums only where it surely holds k events (Breslow's way elsewhere)
+        shown = np.asarray(flags[s], dtype=bool)
+        died = ev & shown[b]
+        for name, values in zip(("D0", "D1", "D2"), parts, strict=True):
+            sums = _by_block(b[died], values[died], n_blocks)
+            out[name][span] = sums[:, 0] if name == "D0" else sums
+        out["event_sum"][s] = d.x[rows][ev & (b >= 0)].sum(axis=0)
+        at += len(starts)
+    return out
+
+
+def _by_block(block: np.ndarray, values: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Per block, the sum of ``values`` (rows × columns) over its rows."""
+    return (
+        np.column_stack(
+            [
+                np.bincount(block, weights=values[:, c], minlength=n_blocks)
+                for c in range(values.shape[1])
+            ]
+        )
+        if values.shape[1]
+        else np.zeros((n_blocks, 0))
+    )
+
+
+SETUP_PARAMS = {
+    "duration": COLUMN,
+    "event": COLUMN,
+    "covariates": list_of(COLUMN, MAX_COVARIATES, least=1),
+    "categorical": mapping(COLUMN, LEVELS, most=MAX_COVARIATES),
+    "strata": (list_of(COLUMN, most=MAX_STRATA_COLUMNS), NONE),
+    "strata_levels": (list_of(LEVELS, most=MAX_STRATA_COLUMNS), NONE),
+    "ties": options(*TIES),
+    "fit": text(64),
+    "grid": (TEXT, number(low=0)),
+    "horizon": integer(1, MAX_HORIZON),
+}
+SUMS_PARAMS = {
+    **SETUP_PARAMS,
+    "decided": list_of(list_of(integer(0, MAX_HORIZON), most=MAX_HORIZON + 1)),
+    "k": integer(1, 10**6),
+    "evidence": instance(dict, "the signed replies of the setup round"),
+    "beta": list_of(number(), most=MAX_COVARIATES_TOTAL, least=1),
+}
+
+
+STEPS = [
+    SiteStep(
+        "cox_pool_setup",
+        "cox",
+        site_cox_pool_setup,
+        param_columns("duration", "event", "covariates", "strata"),
+        params=SETUP_PARAMS,
+        sums={
+            "n": "count",
+            "others": "count",
+            "varied": "count",
+            "sum": "real",
+            "sumsq": "real",
+            "events_below": "count",
+            "dying": "count",
+            "at_risk": "count",
+            "leaving": "count",
+        },
+    ),
+    SiteStep(
+        "cox_pool_sums",
+        "cox",
+        site_cox_pool_sums,
+        param_columns("duration", "event", "covariates", "strata"),
+        params=SUMS_PARAMS,
+        sums={
+            "S0": "real",
+            "S1": "real",
+            "S2": "real",
+            "D0": "real",
+            "D1": "real",
+            "D2": "real",
+            "events": "count",
+            "event_sum": "real",
+        },
+    ),
+]

@@ -1,0 +1,204 @@
+"""Attacks on the pooled Cox fit (secure sums: cox/site_pooled.py, cox/combine_pooled.py).
+
+The coordinator is the researcher's and sees every total it is sent: the setup round's perturbed
+counts, then per Newton iteration the pooled risk-set and event sums of each time block. Each
+site checks the blocks against the setup round's signed total (at least k patients surely leave
+each block; a block's own event sums only where it surely holds k events), derives the centre
+and scale itself, bounds β in those units, and refuses a covariate that singles out a few
+patients over the sites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedhem_kernel as fh
+from fedhem_kernel.analyses.cox import BLOCK_COUNTS, time_blocks
+from fedhem_kernel.engine.coordinator import Query
+from fedhem_kernel.errors import FedHemError
+
+K = 5
+COLUMNS = {"c": {"time": {"type": "float", "unit": "months"}}}
+SIZES = {"big": 300, "mid": 150, "small": 60}
+
+
+def cohort(seed: int, n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    age = rng.normal(60, 12, n).round(1)
+    time = rng.exponential(40 * np.exp(-0.03 * (age - 60)))
+    censor = rng.uniform(0, 100, n)
+    return pd.DataFrame(
+        {
+            "age": age,
+            "mutation": (rng.random(n) < 0.3).astype(int),
+            "time": np.minimum(time, censor).round(2),
+            "event": (time <= censor).astype(int),
+        }
+    )
+
+
+@pytest.fixture
+def tables() -> dict[str, pd.DataFrame]:
+    return {s: cohort(i, n) for i, (s, n) in enumerate(SIZES.items())}
+
+
+def federation(tables) -> fh.Federation:
+    datasets = {s: {"c": df} for s, df in tables.items()}
+    return fh.Federation.local(datasets, policy=fh.Policy(), columns=COLUMNS)
+
+
+def base(**extra) -> dict:
+    return {
+        "duration": "time",
+        "event": "event",
+        "covariates": ["age", "mutation"],
+        "categorical": {},
+        "strata": None,
+        "strata_levels": None,
+        "ties": "efron",
+        "fit": "f" * 32,
+        "grid": "1 month",
+        "horizon": 600,
+        **extra,
+    }
+
+
+def setup_round(fed, **extra):
+    q = Query(fed.coordinator, "cox", "c", who="mallory")
+    return q, q.ask_sum("cox_pool_setup", base(**extra))
+
+
+def fresh(fed) -> Query:
+    return Query(fed.coordinator, "cox", "c", who="mallory")
+
+
+def rule_blocks(total) -> list[list[int]]:
+    m = len(total.sites)
+    rows = range(len(total.totals["events_below"]))
+    return [time_blocks({f: total.totals[f][s] for f in BLOCK_COUNTS}, K, m)[0] for s in rows]
+
+
+def sums(q, total, blocks, beta=(0.0, 0.0), **extra):
+    return q.ask_sum(
+        "cox_pool_sums",
+        {
+            **base(**extra),
+            "decided": blocks,
+            "k": K,
+            "evidence": total.evidence,
+            "beta": list(beta),
+        },
+    )
+
+
+def test_no_site_sum_in_the_clear_and_every_block_sum_covers_k(tables, releases, totals):
+    """Every reply is masked; of the pooled totals, two consecutive risk sets differ by at least
+    k patients and a block's event sums cover at least k events (read at β = 0, where the sums
+    of exp(zβ) are counts)."""
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "mutation"])
+    secure = [r for r in releases if r.payload and "secure" in r.payload]
+    assert secure and all(set(r.payload) == {"secure"} for r in secure)
+    first = next(t for step, t in totals if step == "cox_pool_sums")
+    risk = np.asarray(first.totals["S0"])
+    assert len(risk) >= 5 and (np.diff(-risk) >= K).all()
+    shown = np.asarray(first.totals["D0"])
+    assert ((shown == 0) | (shown >= K)).all() and (shown >= K).any()
+    assert any("time blocks" in n for n in res.privacy.notes)
+
+
+def test_the_one_hot_attack_is_refused_before_any_sum_and_at_every_site(tables, totals):
+    for df in tables.values():
+        df["flag"] = 0
+        df.loc[7, "flag"] = 1  # one patient per site: 3 over the sites
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["age", "flag"])
+        assert info.value.rule == "min_cell_count" and info.value.column == "flag"
+        assert "singles out" in str(info.value)
+        assert not [t for step, t in totals if step == "cox_pool_sums"]
+        # a coordinator that skips its own check meets every site's
+        q, total = setup_round(fed, covariates=["age", "flag"])
+        with pytest.raises(FedHemError):
+            sums(q, total, rule_blocks(total), covariates=["age", "flag"])
+        refused = [o for o in q.report().outcomes if not o.released]
+        assert len(refused) == 3 and all("min_cell_count" in o.rules for o in refused)
+
+
+def test_a_numeric_covariate_zero_for_all_but_a_few_is_refused(tables):
+    for df in tables.values():
+        df["marker"] = 0.0
+    tables["big"].loc[[3, 9], "marker"] = [123.45, 2.5]
+    with federation(tables) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["age", "marker"])
+    assert info.value.column == "marker" and "123.45" not in str(info.value)
+
+
+def test_blocks_finer_than_the_rule_are_refused_at_every_site(tables):
+    with fh.Federation.local(
+        {s: {"c": df} for s, df in tables.items()}, policy=fh.Policy(), columns=COLUMNS
+    ) as fed:
+        q, total = setup_round(fed)
+        blocks = rule_blocks(total)
+        # every grid step its own block: a risk-set difference of one patient
+        fine = [list(range(max(b) + 1)) for b in blocks]
+        with pytest.raises(FedHemError):
+            sums(q, total, fine)
+        refused = [o for o in q.report().outcomes if not o.released]
+        assert len(refused) == 3 and all("cox_blocks" in o.rules for o in refused)
+        # a smaller k than the sites' is refused too; the rule's own blocks are answered
+        q, total = setup_round(fed)
+        with pytest.raises(FedHemError):
+            q.ask_sum(
+                "cox_pool_sums",
+                {
+                    **base(),
+                    "decided": [
+                        time_blocks({f: total.totals[f][0] for f in BLOCK_COUNTS}, 1, 3)[0]
+                    ],
+                    "k": 1,
+                    "evidence": total.evidence,
+                    "beta": [0.0, 0.0],
+                },
+            )
+        q, total = setup_round(fed)
+        assert sums(q, total, rule_blocks(total)).totals["S0"].shape == (len(blocks[0]),)
+
+
+def test_the_sites_take_no_centre_scale_and_bound_beta_in_their_own_units(tables):
+    with federation(tables) as fed:
+        q, total = setup_round(fed)
+        blocks = rule_blocks(total)
+        # a centre and scale of the coordinator's choosing are not parameters of the step
+        with pytest.raises(FedHemError):
+            fresh(fed).ask_sum(
+                "cox_pool_sums",
+                {
+                    **base(),
+                    "decided": blocks,
+                    "k": K,
+                    "evidence": total.evidence,
+                    "beta": [0.0, 0.0],
+                    "center": [0.0, 0.0],
+                    "scale": [1e-6, 1.0],
+                },
+            )
+        # β beyond 20 standard units (in the pooled rows' units, derived at the site)
+        q, total = setup_round(fed)
+        with pytest.raises(FedHemError):
+            sums(q, total, rule_blocks(total), beta=(25.0, 0.0))
+        refused = [o for o in q.report().outcomes if not o.released]
+        assert refused and all("max_coefficient" in o.rules for o in refused)
+
+
+def test_a_filter_down_to_a_few_patients_meets_no_refusal(tables):
+    """Each site's cohort is empty (fewer than k there): it adds zeros, and the coordinator
+    finds too few patients for any block, without a refusal that would tell who has them."""
+    with federation(tables) as fed:
+        with pytest.raises(fh.ParameterError, match="too few patients"):
+            fed.cox("c", "time", "event", ["age"], where="age > 95")
+        log = fed.audit_log()
+    assert (log["outcome"] != "refused").all()
