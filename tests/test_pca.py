@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import split_rows
+from conftest import split_rows, without_secure_sums
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.decomposition import PCA
@@ -94,21 +94,31 @@ def test_cluster_centres_on_the_first_two_components():
 
 
 def test_rules_under_the_default_policy():
+    """Pooled through secure sums: 10 patients per feature over the sites (no site refuses for
+    being small), the same components as scikit-learn on the rows the ledger keeps (here all)."""
     df = public_table("breast_cancer")
     sites = split_rows(df, 3)  # about 256, 209 and 104 patients
     features = list(df.columns[:20])
     with fh.Federation.local({s: {"d": t} for s, t in sites.items()}) as fed:
-        # 20 features need 200 patients at each site: the smallest site refuses
+        # 20 features need 200 patients over the sites: every site takes part
+        res = fed.pca("d", features, 3)
+        assert res.privacy.released_sites == ["site_a", "site_b", "site_c"]
+        assert res.n_samples == len(df)
+        assert any("secure sums" in n for n in res.privacy.notes)
+        ref = PCA(3).fit(StandardScaler().fit_transform(df[features]))
+        np.testing.assert_allclose(res.explained_variance_ratio, ref.explained_variance_ratio_)
+        np.testing.assert_allclose(res.components.to_numpy(), ref.components_, atol=1e-8)
+    few = split_rows(df.iloc[:150], 3)
+    with fh.Federation.local({s: {"d": t} for s, t in few.items()}) as fed:
+        with pytest.raises(fh.ParameterError, match="patients with every feature over the"):
+            fed.pca("d", features, 2)  # 20 features, 150 patients over the sites
+    # sites outside secure sums still hold the rule each on its own
+    with without_secure_sums({s: {"d": t} for s, t in sites.items()}, fh.Policy()) as fed:
         res = fed.pca("d", features, 3)
         outcome = res.privacy.outcome("site_c")
         assert outcome.status == "refused" and outcome.rules == ("max_parameters",)
         assert "200 patients" in outcome.details[0]
-        assert res.privacy.released_sites == ["site_a", "site_b"]
         assert res.n_samples == len(sites["site_a"]) + len(sites["site_b"])
-        small = fed.pca("d", features[:5], 2)  # 50 patients per site are enough
-        assert small.n_samples == len(df)
-        with pytest.raises(fh.DisclosureError, match="max_parameters"):
-            fed.pca("d", list(df.columns), 2)  # 30 features: every site refuses
 
 
 def test_bad_input_names_the_column():

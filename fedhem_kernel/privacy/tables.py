@@ -732,3 +732,17 @@ def pooled_cells_shown(noisy: np.ndarray, k: int, n_sites: int, empty: np.ndarra
         if not changed:
             break
     return shown
+
+
+def singled_out(totals: dict, k: int, n_sites: int) -> int | None:
+    """The first design column that singles out a few patients over the sites (None if none),
+    from the setup round's totals: ``others`` (per column, each site's patients without its
+    most common value, perturbed) and ``varied`` (how many sites have any). A column some site
+    varies in must have, over the sites, a perturbed total of at least ``k + n_sites`` such
+    patients (so at least k): else all but a few share one value, and the fit's coefficient
+    would be their survival (the one-hot attack). Sites whose most common values differ make
+    this conservative, never lax."""
+    others = np.asarray(totals["others"], dtype=np.int64)
+    varied = np.asarray(totals["varied"], dtype=np.int64)
+    bad = np.flatnonzero((varied > 0) & (others < k + n_sites))
+    return int(bad[0]) if len(bad) else None

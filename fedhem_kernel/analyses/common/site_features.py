@@ -92,16 +92,7 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
             data.log.note("patients with a missing value in the features are left out")
         return fm
     k = data.k
-    for f in features:
-        if not data.schema.column(f).is_numeric:
-            raise SchemaError(
-                "needs numeric features (code a category as 0/1 columns)",
-                **data.err(f),
-                rule="schema",
-            )
-    columns = [data.numeric(f) for f in features]
-    x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
-    missing = np.isnan(x).any(axis=1)
+    columns, x, missing = _numeric_columns(data, features)
     first = next((f for f, c in zip(features, columns, strict=True) if np.isnan(c).any()), None)
     complete = data.complete_rows(missing, first, "the features")
     dropped = int(np.count_nonzero(~complete))
@@ -121,6 +112,51 @@ def feature_matrix(data: SiteData, features: Sequence[str], cache: str) -> Featu
     fm = FeatureMatrix(tuple(features), x, complete, dropped)
     data.scratch[cache] = (key, fm)
     return fm
+
+
+def _numeric_columns(
+    data: SiteData, features: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The cohort's values of numeric ``features`` (refusing another type): per column, as a
+    matrix (rows × features), and which rows miss a value."""
+    for f in features:
+        if not data.schema.column(f).is_numeric:
+            raise SchemaError(
+                "needs numeric features (code a category as 0/1 columns)",
+                **data.err(f),
+                rule="schema",
+            )
+    columns = [data.numeric(f) for f in features]
+    x = np.column_stack(columns) if columns else np.empty((len(data.cohort), 0))
+    return columns, x, np.isnan(x).any(axis=1)
+
+
+def minority_counts(data: SiteData, x: np.ndarray, keys: np.ndarray) -> Payload:
+    """The one-hot check's share of a pooled release (:func:`~fedhem_kernel.privacy.tables.
+    singled_out`): per column of ``x`` (this site's rows of a release, ``keys`` their row keys),
+    the rows without the column's most common value here, perturbed in {-1, 0, 1} keyed by them
+    (``others``), and whether there are any (``varied``, 0/1)."""
+    p = x.shape[1]
+    others = np.zeros(p, dtype=np.int64)
+    sums = np.zeros(p, dtype=np.uint64)
+    for j in range(p):
+        _, inverse, counts = np.unique(x[:, j], return_inverse=True, return_counts=True)
+        minority = inverse != int(np.argmax(counts)) if len(counts) else np.zeros(0, dtype=bool)
+        others[j] = int(minority.sum())
+        sums[j] = keys[minority].sum(dtype=np.uint64)
+    noisy = others + data.count_noise(sums, others, b"minority")
+    return {"others": noisy, "varied": (others > 0).astype(np.int64)}
+
+
+def pooled_rows(data: SiteData, features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A pooled release's rows of numeric ``features``: the complete rows, snapped to the release
+    ledger (as :func:`feature_matrix`, but no per-site refusal: in a secure sum a site with few
+    or no rows adds what it has, and the rules apply to the totals), and their row keys."""
+    _, x, missing = _numeric_columns(data, features)
+    keep = data.release_rows(~missing, fixed=missing)
+    if missing.any():
+        data.log.note("patients with a missing value in the features are left out")
+    return np.ascontiguousarray(x[keep]), data.row_keys()[keep]
 
 
 def _singles_out(values: np.ndarray, k: int) -> bool:

@@ -23,7 +23,6 @@ from fedhem_kernel.analyses.cox import (
     BLOCK_COUNTS,
     MAX_COEFFICIENT,
     pooled_scaling,
-    singled_out,
     time_blocks,
 )
 from fedhem_kernel.analyses.cox.combine_sums import (
@@ -33,6 +32,7 @@ from fedhem_kernel.analyses.cox.combine_sums import (
     evaluate,
 )
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
+from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask, Payload
 
 

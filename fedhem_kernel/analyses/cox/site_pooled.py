@@ -15,7 +15,7 @@ pooled rows' Cox fit on *blocks* of the grid.
 
     And per design column the patients without the site's most common value (perturbed), and
     whether it has any: a column that singles out fewer than k patients over the sites is
-    refused (:func:`~fedhem_kernel.analyses.cox.singled_out`, checked again by every site in
+    refused (:func:`~fedhem_kernel.privacy.tables.singled_out`, checked again by every site in
     each iteration).
 
 ``cox_pool_sums`` (a secure sum per Newton iteration)
@@ -39,6 +39,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.site_features import minority_counts
 from fedhem_kernel.analyses.common.site_grid import asked_grid_step, key_sums, risk_total
 from fedhem_kernel.analyses.cox import (
     BLOCK_COUNTS,
@@ -48,7 +49,6 @@ from fedhem_kernel.analyses.cox import (
     MAX_STRATA_COLUMNS,
     TIES,
     pooled_scaling,
-    singled_out,
     time_blocks,
 )
 from fedhem_kernel.analyses.crosstab.site import releases_perturbation
@@ -56,6 +56,7 @@ from fedhem_kernel.analyses.levels import OTHER
 from fedhem_kernel.analyses.levels.site import group_index
 from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
 from fedhem_kernel.privacy.survival import MAX_HORIZON, coarsen_to_policy, grid_index
+from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.params import (
     COLUMN,
     LEVELS,
@@ -204,23 +205,13 @@ def site_cox_pool_setup(data: SiteData, params: Payload) -> Payload:
         perturbed("dying", rows & d.event, width, "at")
         perturbed("at_risk", rows, width + 1, "from_end")
         perturbed("leaving", rows, width + 1, "at")
-    # per column: the patients without this site's most common value (the one-hot check)
-    others = np.zeros(d.p, dtype=np.int64)
-    other_keys = np.zeros(d.p, dtype=np.uint64)
-    for j in range(d.p):
-        values, inverse, counts = np.unique(d.x[:, j], return_inverse=True, return_counts=True)
-        minority = inverse != int(np.argmax(counts)) if len(values) else np.zeros(0, dtype=bool)
-        others[j] = int(minority.sum())
-        other_keys[j] = d.keys[minority].sum(dtype=np.uint64)
-    noisy_others = others + data.count_noise(other_keys, others, b"cox-others")
     n = len(d.x)
     if releases_perturbation(data):
         keys = np.array([d.keys.sum(dtype=np.uint64)], dtype=np.uint64)
         n += int(data.count_noise(keys, np.array([n]), b"cox-n")[0])
     return {
         "n": np.array([n], dtype=np.int64),
-        "others": noisy_others,
-        "varied": (others > 0).astype(np.int64),
+        **minority_counts(data, d.x, d.keys),
         "sum": d.x.sum(axis=0),
         "sumsq": (d.x**2).sum(axis=0),
         **out,
