@@ -83,12 +83,12 @@ def demo() -> fh.Federation:
     fed.close()
 
 
-def without_secure_sums(tables, policy=None, *, columns=None) -> fh.Federation:
+def without_secure_sums(tables, policy=None, *, columns=None, data_root=None) -> fh.Federation:
     """Embedded sites that hold no identity key, so take part in no secure sum: they release
     their own thresholded tables (the per-site path of sites outside a consortium's roster)."""
     from fedhem_kernel import node
 
-    configs = node.local_configs(tables, policy, columns=columns)
+    configs = node.local_configs(tables, policy, columns=columns, data_root=data_root)
     address, names = node.start_embedded(configs, secure_sums=False)
     return fh.Federation._embedded(address, names, name="local", user=None)
 

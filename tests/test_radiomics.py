@@ -172,6 +172,8 @@ def test_cache_and_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     # other parameters: other cache entries
     fed2.radiomics("mri", params={**QUICK_PARAMS, "setting": {"binWidth": 10}})
     assert len(calls) == 44
+    # the second run replaced the first's columns (more than 10 at once): one column per name
+    assert sites_of(fed2)["site_a"].datasets["mri"].frame.columns.is_unique
     fed.close()
     fed2.close()
 

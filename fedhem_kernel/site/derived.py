@@ -49,10 +49,13 @@ def add_derived(ds: Dataset, columns: Mapping[str, DerivedColumn]) -> Dataset:
             new[name] = _full_column(ds, col)
             specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
     frame = ds.frame.copy(deep=False)  # shares the other columns' arrays: ds.frame stays as it was
+    many = len(new) > 10  # all at once: a radiomics run adds a hundred columns
     for name in drop:
-        if name in frame.columns and name not in new:  # one being replaced is set below
+        # one being replaced is set below in place, unless it is concatenated (then it must go:
+        # a frame with two columns of one name reads as a table under that name)
+        if name in frame.columns and (many or name not in new):
             del frame[name]
-    if len(new) > 10:  # all at once: a radiomics run adds a hundred columns
+    if many:
         frame = pd.concat([frame, pd.DataFrame(new, index=frame.index)], axis=1)
     else:
         for name, values in new.items():

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+from conftest import without_secure_sums  # noqa: E402
 from imaging_helpers import IMAGING_COLUMNS, QUICK_PARAMS, write_phantoms  # noqa: E402
 from sites import sites_of
 
@@ -26,12 +27,16 @@ from fedhem_kernel.protocol.messages import SiteRequest  # noqa: E402
 K = 5
 
 
-def federation(root: Path, tables: dict[str, pd.DataFrame]) -> fh.Federation:
+def federation(root: Path, tables: dict[str, pd.DataFrame], secure: bool = True) -> fh.Federation:
+    """The sites (``secure=False``: outside secure sums, each releasing its own summary)."""
+    datasets = {site: {"mri": t} for site, t in tables.items()}
+    data_root = {site: root / site for site in tables}
+    if not secure:
+        return without_secure_sums(
+            datasets, fh.Policy(), columns={"mri": IMAGING_COLUMNS}, data_root=data_root
+        )
     return fh.Federation.local(
-        {site: {"mri": t} for site, t in tables.items()},
-        policy=fh.Policy(),
-        columns={"mri": IMAGING_COLUMNS},
-        data_root={site: root / site for site in tables},
+        datasets, policy=fh.Policy(), columns={"mri": IMAGING_COLUMNS}, data_root=data_root
     )
 
 
@@ -60,17 +65,23 @@ def _without_images(table: pd.DataFrame, n: int) -> pd.DataFrame:
     return pd.concat([table, extra], ignore_index=True)
 
 
+@pytest.mark.parametrize("secure", [True, False], ids=["pooled", "per-site"])
 def test_released_messages_hold_counts_of_k_or_more_and_no_patient_value(
-    root: Path, tables, releases
+    root: Path, tables, releases, secure
 ) -> None:
-    fed = federation(root, tables)
+    """Pooled, the summary is describe's secure sums (masked replies only); per site, each
+    site's summary holds counts of k or more and no patient's value."""
+    fed = federation(root, tables, secure)
     result = fed.radiomics("mri", params=QUICK_PARAMS)
     # the per-patient values kept at site_a: none of them may appear in any message
     kept = sites_of(fed)["site_a"].datasets["mri"].frame[list(result.columns.values())]
     values = set(np.round(kept.to_numpy().ravel(), 9))
     for reply in releases:
         payload = reply.payload or {}
-        assert set(payload) <= {"done", "total", "cells", "features", "n_images"}
+        if "datasets" in payload or "bundle" in payload:  # the catalog; secure sums' key bundles
+            continue
+        assert set(payload) <= {"done", "total", "cells", "features", "n_images", "secure"}
+        assert not (secure and "cells" in payload)  # pooled: no site's own summary
         if "total" in payload:
             assert payload["total"] >= K
         if "cells" in payload:
@@ -141,10 +152,17 @@ def test_a_few_failed_images_leave_out_k_from_the_summary(
     for i in (0, 1):  # two masks without the label: extraction fails for those patients
         path = tmp_path / "site_a" / table["mask"][i]
         sitk.WriteImage(sitk.ReadImage(str(path)) * 0, str(path))
-    fed = federation(tmp_path, {"site_a": table})
+    fed = federation(tmp_path, {"site_a": table}, secure=False)
     result = fed.radiomics("mri", params=QUICK_PARAMS)
     note = [n for n in result.privacy.notes if "could not be processed" in n]
     assert note and f"fewer than {K} images" in note[0] and "2" not in note[0]
-    # the summary leaves out k: the two that failed and three more (the site's secret order)
+    # per site: the summary leaves out k, the two that failed and three more (the secret order)
     assert (result.summary["count"] == 12 - K).all()
+    fed.close()
+    # pooled: the count is of the images with features, perturbed (within 2 of 10), as a
+    # table would count them; the means are over the rows the ledger keeps
+    fed = federation(tmp_path, {"site_a": table})
+    result = fed.radiomics("mri", params=QUICK_PARAMS)
+    assert ((result.summary["count"] - 10).abs() <= 2).all()
+    assert result.by_site.empty
     fed.close()

@@ -8,7 +8,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedhem_kernel.analyses.describe.combine import combine_describe
+import pandas as pd
+
+from fedhem_kernel.analyses.common.combine_catalog import pooled_sums
+from fedhem_kernel.analyses.describe.combine import combine_describe, combine_pooled
 from fedhem_kernel.analyses.radiomics import BUDGET_SECONDS
 from fedhem_kernel.analyses.radiomics.params import canonical_params, column_name
 from fedhem_kernel.analyses.radiomics.result import RadiomicsResult
@@ -32,12 +35,18 @@ def run(
             q.progress(site, f"{p['done']}/{p['total']} images")
         if all(p["done"] >= p["total"] for p in payloads.values()):
             break
-    kept = q.ask("radiomics_keep", base)
-    table, by_site = combine_describe(kept)
-    table = table.drop(columns="group").set_index("variable").rename(columns={"std": "sd"})
-    by_site = by_site.drop(columns="group").rename(columns={"std": "sd"})
+    pooled = pooled_sums(q, "radiomics") and pooled_sums(q, "describe")
+    kept = q.ask("radiomics_keep", {**base, "summary": not pooled})
     names = list(dict.fromkeys(n for p in kept.values() for n in p["features"]))
     columns = {n: column_name(n) for n in names}
+    if pooled:  # the features kept at the sites, summarised as describe does: secure sums
+        table = combine_pooled(q, {"columns": list(columns.values()), "by": None, "levels": None})
+        by_site = pd.DataFrame(columns=["site", "variable", "count", "mean", "std"])
+    else:
+        table, by_site = combine_describe(kept)
+        by_site = by_site.drop(columns="group")
+    table = table.drop(columns="group").set_index("variable").rename(columns={"std": "sd"})
+    by_site = by_site.rename(columns={"std": "sd"})
     back = {c: n for n, c in columns.items()}
     table.index = [back.get(c, c) for c in table.index]
     table.index.name = "feature"

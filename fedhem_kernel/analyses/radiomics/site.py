@@ -21,7 +21,7 @@ from fedhem_kernel.analyses.describe.site import site_describe
 from fedhem_kernel.analyses.radiomics import BUDGET_SECONDS
 from fedhem_kernel.analyses.radiomics.params import build_extractor, column_name, params_digest
 from fedhem_kernel.errors import SchemaError
-from fedhem_kernel.protocol.params import NONE, Constraint, Params, number, options, text
+from fedhem_kernel.protocol.params import BOOL, NONE, Constraint, Params, number, options, text
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.imaging import (
     ImageReadError,
@@ -241,9 +241,12 @@ def site_radiomics_keep(data: SiteData, params: Payload) -> Payload:
     sub_schema = DatasetSchema(
         data.site, data.dataset, {c: ColumnSpec(c, "float", None, SOURCE) for c in frame.columns}
     )
-    shown = frame.loc[data.cohort.index[summarised]]
-    sub = replace(data, cohort=shown, schema=sub_schema, derived={})
-    summary = site_describe(sub, {"columns": list(frame.columns), "by": None, "levels": None})
+    summary: Payload = {}
+    if params.get("summary", True):  # else summarised by describe's secure sums afterwards
+        data.per_site_table("feature summaries")
+        shown = frame.loc[data.cohort.index[summarised]]
+        sub = replace(data, cohort=shown, schema=sub_schema, derived={})
+        summary = site_describe(sub, {"columns": list(frame.columns), "by": None, "levels": None})
     failed = len(state.failed)
     if failed:
         count = (
@@ -273,6 +276,7 @@ RUN: Params = {
     "run": text(64),
     "release": (options("summary", "features"), NONE),
 }
+KEEP: Params = {**RUN, "summary": (BOOL, NONE)}
 
 STEPS = [
     SiteStep(
@@ -282,5 +286,5 @@ STEPS = [
         _image_columns,
         {**RUN, "budget": (number(0, 3600), NONE)},
     ),
-    SiteStep("radiomics_keep", "radiomics", site_radiomics_keep, _image_columns, RUN),
+    SiteStep("radiomics_keep", "radiomics", site_radiomics_keep, _image_columns, KEEP),
 ]
