@@ -162,6 +162,13 @@ def test_a_histogram_needs_the_moments_round_of_the_same_request(fed):
         fresh(fed).ask_sum(
             "describe_histogram", {**release, "moments_evidence": o_moments.evidence}
         )
+    # the genuine moments with other cells than they were asked for (a hidden group shown)
+    widened = np.ones_like(shown, dtype=int).tolist()
+    with pytest.raises(FedHemError):
+        fresh(fed).ask_sum(
+            "describe_histogram",
+            {**release, "decided": widened, "moments_evidence": moments.evidence},
+        )
     # a forged total: one reply's masked words changed (its signature fails)
     forged = {s: dict(r) for s, r in moments.evidence["replies"].items()}
     forged["north"]["masked"] = forged["north"]["masked"] + np.uint64(1000)

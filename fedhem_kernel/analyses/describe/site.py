@@ -263,16 +263,23 @@ def site_describe_histogram(data: SiteData, params: Payload) -> Payload:
     edges this site derives itself from the moments round's total (checked: every site's signed
     reply).
 
-    The patients are those its moments were taken over (:func:`_shares`); each count is
+    The cells are those of the moments round (its signed replies bind them, and this site
+    signed its own after checking them against the risk round). The patients are those its
+    moments were taken over (:func:`_shares`); each count is
     perturbed in {-1, 0, 1} keyed by them, then scaled to the site's share of the released
     count and rounded (so the histogram adds up as the count does, and says nothing more of
     how many rows the ledger let the site sum). Cumulative counts: a quartile read from them
     carries one count's perturbation, not the sum of many bins'."""
     labels, codes, columns = _pooled_request(data, params)
     shape = (len(labels), len(columns))
-    shown = _checked_cells(data, params, shape)
     earlier = {key: v for key, v in params.items() if key != "moments_evidence"}
     totals = data.earlier_total(params["moments_evidence"], "describe_moments", earlier)
+    # the moments round was this very request's cells, signed by this site (earlier_total holds
+    # every reply to it, this site's included), which signs only after checking them
+    shown = np.asarray(params["decided"], dtype=float)
+    if shown.shape != shape or not np.isin(shown, (0.0, 1.0)).all():
+        raise ParameterError("the release does not match its risk round", site=data.site)
+    shown = shown.astype(bool)
     if any(np.shape(totals.get(f)) != shape for f in ("n", "sum", "sumsq", "unmeasured")):
         raise ParameterError("the histogram does not match its moments round", site=data.site)
     _, mean, sd = pooled_moments(totals)
