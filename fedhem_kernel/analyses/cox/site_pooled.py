@@ -284,7 +284,6 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
         raise data.refuse("max_coefficient", "the linear predictor overflows")
     p = d.p
     iu = np.triu_indices(p)
-    zz = (z[:, :, None] * z[:, None, :])[:, iu[0], iu[1]]  # n × q
     total = sum(len(b) for b in blocks)
     out = {
         "S0": np.zeros(total),
@@ -303,38 +302,43 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
             continue
         # each row's block: the last block starting at or before its step (-1: before the first)
         b = np.searchsorted(np.asarray(starts), d.index[rows], side="right") - 1
-        ws, zs, zzs, ev = w[rows], z[rows], zz[rows], d.event[rows]
+        ws, zs, ev = w[rows], z[rows], d.event[rows]
         n_blocks, span = len(starts), slice(at, at + len(starts))
-        parts = (ws[:, None], ws[:, None] * zs, ws[:, None] * zzs)
-        # per block the sums over its leavers, then from the end: the risk set at each block
-        for name, values in zip(("S0", "S1", "S2"), parts, strict=True):
-            sums = _by_block(b, values, n_blocks)
-            np.cumsum(sums[::-1], axis=0, out=sums[::-1])
-            out[name][span] = sums[:, 0] if name == "S0" else sums
-        out["events"][span] = np.bincount(b[ev], minlength=n_blocks)
         # a block's own event sums only where it surely holds k events (Breslow's way elsewhere)
         shown = np.asarray(flags[s], dtype=bool)
         died = ev & shown[b]
-        for name, values in zip(("D0", "D1", "D2"), parts, strict=True):
-            sums = _by_block(b[died], values[died], n_blocks)
-            out[name][span] = sums[:, 0] if name == "D0" else sums
+        for prefix, these, cumulate in (
+            ("S", np.ones(len(b), dtype=bool), True),
+            ("D", died, False),
+        ):
+            sums = _block_sums(b[these], ws[these], zs[these], n_blocks, iu)
+            for part, values in zip("012", sums, strict=True):
+                if cumulate:  # from the end: the risk set at each block is its leavers and later
+                    np.cumsum(values[::-1], axis=0, out=values[::-1])
+                out[prefix + part][span] = values
+        out["events"][span] = np.bincount(b[ev], minlength=n_blocks)
         out["event_sum"][s] = d.x[rows][ev & (b >= 0)].sum(axis=0)
         at += len(starts)
     return out
 
 
-def _by_block(block: np.ndarray, values: np.ndarray, n_blocks: int) -> np.ndarray:
-    """Per block, the sum of ``values`` (rows × columns) over its rows."""
-    return (
-        np.column_stack(
-            [
-                np.bincount(block, weights=values[:, c], minlength=n_blocks)
-                for c in range(values.shape[1])
-            ]
-        )
-        if values.shape[1]
-        else np.zeros((n_blocks, 0))
-    )
+def _block_sums(
+    block: np.ndarray, w: np.ndarray, z: np.ndarray, n_blocks: int, iu: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per block, over its rows: Σw, Σw·z and the upper triangle of Σw·zzᵀ (one block's rows at
+    a time: no rows × p² array)."""
+    p = z.shape[1]
+    s0 = np.bincount(block, weights=w, minlength=n_blocks)
+    s1 = np.zeros((n_blocks, p))
+    s2 = np.zeros((n_blocks, len(iu[0])))
+    order = np.argsort(block, kind="stable")
+    bounds = np.searchsorted(block[order], np.arange(n_blocks + 1))
+    for j in np.flatnonzero(np.diff(bounds)):
+        rows = order[bounds[j] : bounds[j + 1]]
+        weighted = z[rows] * w[rows, None]
+        s1[j] = weighted.sum(axis=0)
+        s2[j] = (weighted.T @ z[rows])[iu]
+    return s0, s1, s2
 
 
 SETUP_PARAMS = {
