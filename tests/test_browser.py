@@ -241,7 +241,7 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
         timeout=30_000,
     )
     items = sidebar.locator(".fedhem-activity-item")
-    assert items.count() == 8  # describe x2, crosstab x2, KM, log-rank, Cox, the refused k-means
+    assert items.count() == 8  # describe x2, crosstab x2, KM, log-rank, Cox, the refused ComBat
     badges = [b.lower() for b in items.locator(".fedhem-badge").all_text_contents()]
     assert badges[0] == "refused"  # newest first
     assert set(badges) <= {"released", "suppressed", "refused", "error"}

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import without_secure_sums
 from test_widgets import widget_page
 
 import fedhem_kernel as fh
@@ -45,8 +46,13 @@ def blobs(seed: int, counts: tuple[int, ...]) -> pd.DataFrame:
 TABLES = {site: blobs(i, counts) for i, (site, counts) in enumerate(BLOBS.items())}
 
 
-def federation() -> fh.Federation:
-    return fh.Federation.local({s: {"d": df} for s, df in TABLES.items()}, policy=fh.Policy())
+def federation(secure: bool = False) -> fh.Federation:
+    """The sites; by default outside secure sums, so each releases its own clusters (the per-site
+    table these tests show); ``secure=True``: pooled through secure sums."""
+    datasets = {s: {"d": df} for s, df in TABLES.items()}
+    if not secure:
+        return without_secure_sums(datasets, fh.Policy())
+    return fh.Federation.local(datasets, policy=fh.Policy())
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +211,19 @@ def test_a_pca_lacking_a_feature_of_the_clustering_is_refused(results):
     with pytest.raises(fh.ParameterError, match="lack a feature") as err:
         km.widget(pca=pca)
     assert err.value.column == "plt"
+
+
+def test_a_pooled_kmeans_widget_shows_the_totals_and_no_site_table():
+    with federation(secure=True) as fed:
+        km = fed.kmeans("d", FEATURES, 3, init=INIT, standardize=False)
+    state = synced(km.widget())
+    strict_json(state)
+    assert [t["caption"] for t in state["tables"]] == [
+        "centres (original units) and released sizes"
+    ]
+    assert column(state["tables"][0], "size") == km.cluster_sizes.tolist()
+    assert sum(km.cluster_sizes) == sum(len(df) for df in TABLES.values())
+    assert "<caption>per site" not in km._repr_html_() and ">per site<" not in km._repr_html_()
 
 
 def test_a_cluster_held_at_a_site_is_suppressed_in_the_widget(releases, monkeypatch):

@@ -122,7 +122,7 @@ def test_a_failing_cell_still_writes_the_executed_copy(tmp_path, jupyter_path):
     nb.metadata["kernelspec"] = {"name": "fedhem", "display_name": "FedHem", "language": "python"}
     nb.cells = [
         nbformat.v4.new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("fed.kmeans('aml', ['age', 'wbc'], 2, where='age > 200')"),
+        nbformat.v4.new_code_cell("fed.combat('aml', ['age', 'wbc'], where='age > 200')"),
         nbformat.v4.new_code_cell("print('not reached')"),
     ]
     src = tmp_path / "fails.ipynb"

@@ -82,15 +82,15 @@ async def test_policy_in_plain_words_per_site(jp_fetch):
 async def test_activity_lists_this_users_queries_newest_first(jp_fetch, activity):
     fed = fh.Federation.demo()
     fed.kaplan_meier("aml", "os_months", "os_status", group="eln_risk")
-    with pytest.raises(fh.DisclosureError):  # nobody: refused at every site (k-means: per site)
-        fed.kmeans("aml", ["age", "wbc"], 2, where="age > 200")
+    with pytest.raises(fh.DisclosureError):  # nobody: refused at every site (ComBat: per batch)
+        fed.combat("aml", ["age", "wbc"], where="age > 200")
     ActivityLog(activity).record(
         query_id="x", user="someone_else", analysis="describe", dataset="aml", where=None
     )
     body = await get(jp_fetch, "activity")
     assert body["user"] == "dr_test"
     queries = body["queries"]
-    assert [q["analysis"] for q in queries] == ["kmeans", "kaplan_meier"]
+    assert [q["analysis"] for q in queries] == ["combat", "kaplan_meier"]
     refused, km = queries
     assert refused["outcome"] == "refused" and refused["where"] == "age > 200"
     assert set(refused["sites"].values()) == {"refused"}
@@ -99,7 +99,7 @@ async def test_activity_lists_this_users_queries_newest_first(jp_fetch, activity
     assert set(km["sites"]) == set(DEMO_SITES)
     assert refused["time"] >= km["time"]
     limited = await get(jp_fetch, "activity", limit="1")
-    assert [q["analysis"] for q in limited["queries"]] == ["kmeans"]
+    assert [q["analysis"] for q in limited["queries"]] == ["combat"]
 
 
 async def test_activity_limit_is_checked(jp_fetch, activity):

@@ -228,12 +228,12 @@ def kmeans_footnote(kmeans: KMeansResult, figure: dict[str, Any] | None = None) 
 
 
 def kmeans_tables(kmeans: KMeansResult) -> list[dict[str, Any]]:
-    """The centres with sizes, then per site and cluster the released size (or why not)."""
-    by_site = kmeans.by_site.set_index(["site", "cluster"])
-    return [
-        table_state(kmeans.summary, "centres (original units) and released sizes"),
-        table_state(by_site, "per site"),
-    ]
+    """The centres with sizes, then (where sites released their own) per site and cluster the
+    released size (or why not)."""
+    tables = [table_state(kmeans.summary, "centres (original units) and released sizes")]
+    if len(kmeans.by_site):  # pooled through secure sums: no site's own clusters were seen
+        tables.append(table_state(kmeans.by_site.set_index(["site", "cluster"]), "per site"))
+    return tables
 
 
 def kmeans_figure(kmeans: KMeansResult, pca: PCAResult | None = None) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def kmeans_html(result: KMeansResult) -> str:
         result.summary,
         result.privacy,
         footnote=kmeans_footnote(result),
-        extra_tables=[("per site", result.by_site)],
+        extra_tables=[("per site", result.by_site)] if len(result.by_site) else [],
     )
 
 

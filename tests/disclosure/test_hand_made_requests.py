@@ -241,11 +241,13 @@ def test_no_hand_made_secure_request_reaches_an_internal_error(caplog):
             fed.describe("d", ["time", "cause"], by="g")
             fed.cox("d", "time", "event", ["cause", "g"])
             fed.pca("d", ["time", "cause"])
+            fed.kmeans("d", ["time", "cause"], 2)
         finally:
             coordinator_module.ask_sum = original
         assert {"km_risk", "km_grid", "crosstab_risk", "crosstab_cells", "cif_grid"} <= set(seen)
         assert {"describe_risk", "describe_moments", "describe_histogram"} <= set(seen)
         assert {"cox_pool_setup", "cox_pool_sums", "pca_pool_setup", "pca_pool_sums"} <= set(seen)
+        assert {"kmeans_pool_stats", "kmeans_pool_step", "kmeans_pool_assign"} <= set(seen)
         bad, tried = [], 0
         with caplog.at_level(logging.ERROR, logger="fedhem.site"):
             for step, params in sorted(seen.items()):

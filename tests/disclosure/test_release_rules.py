@@ -236,7 +236,7 @@ def test_a_site_without_patients_in_a_cohort_adds_zeros_to_a_secure_sum(fed):
     assert not any("ledger" in o.rules for o in report.outcomes)
     # the same cohort in a step that is not summed is still refused there
     with pytest.raises(fh.DisclosureError):
-        fed.kmeans("cohort", ["age", "time"], 2, where="age >= 70 and age < 70.5")
+        fed.combat("cohort", ["age", "time"], where="age >= 70 and age < 70.5")
 
 
 def three_patients_near_50() -> dict[str, dict[str, pd.DataFrame]]:

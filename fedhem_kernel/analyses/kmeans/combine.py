@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
 from fedhem_kernel.analyses.common.combine_moments import pooled_moments, standard_scale
 from fedhem_kernel.analyses.common.params import check_features
 from fedhem_kernel.analyses.kmeans import HELD, MAX_CLUSTERS, RELEASED, WITHHELD
 from fedhem_kernel.analyses.kmeans.result import KMeansResult
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.secure_sum import SecureTotal
 
 
 # -- combine side ---------------------------------------------------------------------------------
@@ -76,19 +78,36 @@ class _Contributions:
         return counts, sums, inertia
 
 
+def _secure_stats(q: Ask, params: Payload) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled mean and population variance of the features from a secure sum of n, Σx, Σx²."""
+    totals = q.ask_sum("kmeans_pool_stats", params).totals
+    n = int(np.asarray(totals["n"]).sum())
+    if n == 0:
+        raise ParameterError(
+            "no site has enough patients with every feature for these clusters",
+            dataset=q.dataset,
+        )
+    mean = np.asarray(totals["sum"], dtype=float) / n
+    var = np.clip(np.asarray(totals["sumsq"], dtype=float) / n - mean**2, 0.0, None)
+    return mean, var
+
+
 def _pooled_stats(per_site: dict[str, Payload]) -> tuple[int, np.ndarray, np.ndarray]:
     n, mean, m2 = pooled_moments(list(per_site.values()))
     return n, mean, m2 / n  # population variance, as numpy's var and StandardScaler
 
 
-def _kmeans_plus_plus(q: Ask, base: Payload, n_clusters: int, p: int, seed: int) -> np.ndarray:
-    """Greedy k-means++ over the sites' candidates (scikit-learn's scheme, pooled D² weights)."""
+def _kmeans_plus_plus(
+    q: Ask, base: Payload, n_clusters: int, p: int, seed: int, pooled: bool = False
+) -> np.ndarray:
+    """Greedy k-means++ over the sites' candidates (scikit-learn's scheme, pooled D² weights;
+    ``pooled``: the candidates' potentials as a secure sum, sites that sit out adding none)."""
     rng = np.random.default_rng(seed)
     n_trials = 2 + int(math.log(n_clusters))
     chosen = np.empty((0, p))
     for r in range(n_clusters):
         params = {**base, "centers": chosen, "n_candidates": n_trials, "seed": seed, "round": r}
-        payloads = q.ask("kmeans_candidates", params)
+        payloads = q.ask("kmeans_pool_candidates" if pooled else "kmeans_candidates", params)
         sites = [s for s in sorted(payloads) if len(payloads[s]["candidates"])]
         mass = np.array([float(payloads[s]["mass"]) for s in sites])
         if not sites or not mass.sum() > 0:
@@ -107,12 +126,16 @@ def _kmeans_plus_plus(q: Ask, base: Payload, n_clusters: int, p: int, seed: int)
                 trials.append(cands[used[site]])
                 used[site] += 1
         if len(trials) > 1:
-            replies = q.ask(
-                "kmeans_potential", {**base, "centers": chosen, "candidates": np.array(trials)}
-            )
-            potential = sum(
-                np.asarray(replies[s]["potential"], dtype=float) for s in sorted(replies)
-            )
+            asked = {**base, "centers": chosen, "candidates": np.array(trials)}
+            if pooled:
+                potential = np.asarray(
+                    q.ask_sum("kmeans_pool_potential", asked).totals["potential"]
+                )
+            else:
+                replies = q.ask("kmeans_potential", asked)
+                potential = sum(
+                    np.asarray(replies[s]["potential"], dtype=float) for s in sorted(replies)
+                )
             best = int(np.argmin(potential))
         else:
             best = 0
@@ -189,13 +212,16 @@ def _fit(
     _check_number(tol, "tol", 0, integer=False)
     p = len(feats)
     source = f"kmeans {uuid.uuid4().hex[:12]}"
+    pooled = pooled_sums(q, "kmeans")
     # Given centres and no standardising: nothing is needed before the first Lloyd round, which
     # brings the statistics (one round fewer) and works in units centred on the given centres'
     # mean; otherwise a statistics round first, and units centred on the pooled mean.
-    early = isinstance(start, str) or standardize
+    early = isinstance(start, str) or standardize or pooled
     if early:
-        stats = q.ask("kmeans_stats", {"features": feats, "k": k})
-        _, mean, var = _pooled_stats(stats)
+        if pooled:
+            mean, var = _secure_stats(q, {"features": feats, "k": k})
+        else:
+            _, mean, var = _pooled_stats(q.ask("kmeans_stats", {"features": feats, "k": k}))
         scale = standard_scale(feats, var, q.dataset) if standardize else np.ones(p)
         shift = mean  # centred units, as scikit-learn's KMeans centres X
         tol_w = float(np.mean(var / scale**2)) * tol
@@ -210,7 +236,7 @@ def _fit(
         "standardize": standardize,
     }
     if isinstance(start, str):
-        centers = _kmeans_plus_plus(q, base, k, p, seed)
+        centers = _kmeans_plus_plus(q, base, k, p, seed, pooled)
     else:
         centers = (start - shift) / scale
     contrib = _Contributions(k, p)
@@ -222,11 +248,17 @@ def _fit(
         params = {**base, "centers": centers}
         if i == 0 and not early:
             params["moments"] = True
-        payloads = q.ask("kmeans_step", params)
-        if i == 0 and not early:
-            _, mean, var = _pooled_stats({s: pl["moments"] for s, pl in payloads.items()})
-            tol_w = float(np.mean(var)) * tol
-        counts, sums, inertia = contrib.add(payloads)
+        if pooled:  # the totals only: every site's share covers whole micro-clusters
+            totals = q.ask_sum("kmeans_pool_step", params).totals
+            counts = np.asarray(totals["counts"], dtype=np.int64)
+            sums = np.asarray(totals["sums"], dtype=float).reshape(k, p)
+            inertia = float(np.asarray(totals["inertia"]).sum())
+        else:
+            payloads = q.ask("kmeans_step", params)
+            if i == 0 and not early:
+                _, mean, var = _pooled_stats({s: pl["moments"] for s, pl in payloads.items()})
+                tol_w = float(np.mean(var)) * tol
+            counts, sums, inertia = contrib.add(payloads)
         new = centers.copy()
         filled = counts > 0
         new[filled] = sums[filled] / counts[filled, None]
@@ -238,7 +270,8 @@ def _fit(
         if shift_tot <= tol_w:
             converged = True
             break
-    final = q.ask("kmeans_assign", {**base, "centers": centers, "source": source})
+    assign = {**base, "centers": centers, "source": source}
+    final = q.ask_sum("kmeans_pool_assign", assign) if pooled else q.ask("kmeans_assign", assign)
     return _result(
         q,
         final,
@@ -260,7 +293,7 @@ def _fit(
 
 def _result(
     q: Ask,
-    final: dict[str, Payload],
+    final: dict[str, Payload] | SecureTotal,
     centers: np.ndarray,
     shift: np.ndarray,
     mean: np.ndarray,
@@ -282,6 +315,23 @@ def _result(
     inertia = 0.0
     rows = []
     notes: list[str] = []
+    if isinstance(final, SecureTotal):  # pooled: the totals only, no site's own clusters
+        sizes = np.asarray(final.totals["counts"], dtype=np.int64)
+        inertia = float(np.asarray(final.totals["inertia"]).sum())
+        sat_out = int(np.asarray(final.totals["sat_out"]).sum())
+        if sat_out:
+            notes.append(
+                f"{sat_out} site(s) had too few patients with every feature for {k} clusters of "
+                "micro-clusters (or a feature singling out a few of them): their patients are "
+                "not in the clustering"
+            )
+        q.note(
+            "pooled through secure sums: every round's cluster counts, sums and inertia are "
+            f"totals over the sites (each site's share whole micro-clusters of {pooled_k(q)} or "
+            "more); "
+            "the k-means++ candidates are released per site"
+        )
+        final = {}
     for site in sorted(final):
         payload = final[site]
         for j, st in enumerate(payload["status"]):

@@ -20,7 +20,7 @@ from fedhem_kernel.analyses.common.site_features import FeatureMatrix, feature_m
 from fedhem_kernel.analyses.kmeans import COLUMN, MAX_CLUSTERS, RELEASED, WITHHELD
 from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
 from fedhem_kernel.analyses.kmeans.site_micro import Atoms, atoms
-from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.protocol.params import (
     BOOL,
     NONE,
@@ -33,7 +33,7 @@ from fedhem_kernel.protocol.params import (
 )
 from fedhem_kernel.protocol.params import COLUMN as COLUMN_NAME
 from fedhem_kernel.protocol.query import Payload
-from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
+from fedhem_kernel.site.steps import SiteData, SiteFn, SiteStep, param_columns
 
 CACHE = "kmeans"
 
@@ -364,6 +364,105 @@ def site_kmeans_potential(data: SiteData, params: Payload) -> Payload:
     return {"potential": np.array(pot)}
 
 
+# -- pooled through secure sums ---------------------------------------------------------------------
+def _take_part(data: SiteData, params: Payload, run: SiteFn) -> Payload | None:
+    """This site's share of a pooled k-means round (``run``'s payload), or None when it sits the
+    clustering out: too few patients here for the clusters' micro-clusters, or a feature singling
+    out a few of them (the per-site rules). In a secure sum it then adds zeros (and ``sat_out``:
+    1), never a refusal, which would say how few patients it has."""
+    if not data.secure:
+        raise ParameterError("a pooled k-means round is asked only as a secure sum", site=data.site)
+    return _unless_refused(data, params, run)
+
+
+def _unless_refused(data: SiteData, params: Payload, run: SiteFn) -> Payload | None:
+    """``run``'s payload, or None where this site's rules refuse it (or it has no complete row)."""
+    features = check_features(params.get("features"))
+    if all(data.schema.column(f).is_numeric for f in features):
+        values = np.column_stack([data.numeric(f) for f in features])
+        if not (~np.isnan(values).any(axis=1)).any():
+            return None
+    try:
+        return run(data, params)
+    except DisclosureError:
+        return None
+
+
+def site_kmeans_pool_candidates(data: SiteData, params: Payload) -> Payload:
+    """k-means++ candidates of a pooled run (released per site, as in the per-site run), or none
+    from a site that sits the clustering out (its D² mass then counts as 0)."""
+    payload = _unless_refused(data, params, site_kmeans_candidates)
+    if payload is None:
+        p = len(check_features(params.get("features")))
+        return {"mass": 0.0, "candidates": np.empty((0, p))}
+    return payload
+
+
+def _share(payload: Payload | None, n_clusters: int, p: int, sums: bool) -> Payload:
+    """A round's payload as a share of a secure sum: every cluster released (micro-clusters make
+    a withheld one impossible: checked), or zeros for a site that sits out."""
+    if payload is None:
+        out: Payload = {
+            "counts": np.zeros(n_clusters, dtype=np.int64),
+            "inertia": np.zeros(n_clusters),
+        }
+        if sums:
+            out["sums"] = np.zeros((n_clusters, p))
+        return {**out, "sat_out": np.ones(1, dtype=np.int64)}
+    if any(st != RELEASED for st in payload.pop("status")):
+        raise RuntimeError("k-means: a pooled round met a cluster this site could not release")
+    return {**payload, "sat_out": np.zeros(1, dtype=np.int64)}
+
+
+def site_kmeans_pool_stats(data: SiteData, params: Payload) -> Payload:
+    """The moments round as sums: n, Σx and Σx² of the features (zeros if this site sits out)."""
+    p = len(check_features(params.get("features")))
+    m = _take_part(data, params, site_kmeans_stats)
+    if m is None:
+        zeros = np.zeros(p)
+        return {
+            "n": np.zeros(1, dtype=np.int64),
+            "sum": zeros,
+            "sumsq": zeros,
+            "sat_out": np.ones(1, dtype=np.int64),
+        }
+    n, mean = int(m["n"]), np.asarray(m["mean"], dtype=float)
+    return {
+        "n": np.array([n], dtype=np.int64),
+        "sum": n * mean,
+        "sumsq": np.asarray(m["m2"], dtype=float) + n * mean**2,
+        "sat_out": np.zeros(1, dtype=np.int64),
+    }
+
+
+def site_kmeans_pool_step(data: SiteData, params: Payload) -> Payload:
+    """A Lloyd round's per-cluster counts, sums and inertia, as a share of their totals."""
+    p = len(check_features(params.get("features")))
+    payload = _take_part(data, params, site_kmeans_step)
+    return _share(payload, _n_clusters(params), p, sums=True)
+
+
+def site_kmeans_pool_assign(data: SiteData, params: Payload) -> Payload:
+    """The final labels (kept at the site as ``cluster``), per-cluster counts and inertia as a
+    share of their totals; a site that sits out drops an earlier ``cluster`` column."""
+    p = len(check_features(params.get("features")))
+    payload = _take_part(data, params, site_kmeans_assign)
+    if payload is None:
+        site_kmeans_clear(data, params)
+    return _share(payload, _n_clusters(params), p, sums=False)
+
+
+def site_kmeans_pool_potential(data: SiteData, params: Payload) -> Payload:
+    """k-means++'s greedy step as a share of the pooled potential of each candidate."""
+    candidates = check_matrix(
+        params, "candidates", len(check_features(params.get("features"))), 20, 1
+    )
+    payload = _take_part(data, params, site_kmeans_potential)
+    if payload is None:
+        return {"potential": np.zeros(len(candidates))}
+    return payload
+
+
 def _kmeans_columns(params: Payload) -> list[str]:
     return param_columns("features")(params)
 
@@ -380,23 +479,21 @@ UNITS: Params = {
     "standardize": (BOOL, NONE),
 }
 CENTRES = matrix(MAX_CLUSTERS * MAX_FEATURES, empty=True)
+#: A k-means++ round's request.
+CANDIDATES: Params = {
+    **FEATURES,
+    **UNITS,
+    "centers": CENTRES,
+    "n_candidates": integer(1, 1000),
+    "seed": integer(0, 2**63 - 1),
+    "round": integer(0, 10 * MAX_CLUSTERS),
+}
 
 STEPS = [
     SiteStep(name, "kmeans", fn, _kmeans_columns, params)
     for name, fn, params in (
         ("kmeans_stats", site_kmeans_stats, FEATURES),
-        (
-            "kmeans_candidates",
-            site_kmeans_candidates,
-            {
-                **FEATURES,
-                **UNITS,
-                "centers": CENTRES,
-                "n_candidates": integer(1, 1000),
-                "seed": integer(0, 2**63 - 1),
-                "round": integer(0, 10 * MAX_CLUSTERS),
-            },
-        ),
+        ("kmeans_candidates", site_kmeans_candidates, CANDIDATES),
         (
             "kmeans_potential",
             site_kmeans_potential,
@@ -414,3 +511,47 @@ STEPS = [
         ),
     )
 ] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [], {})]
+
+#: The pooled rounds (secure sums only): the candidates of k-means++ stay per site.
+CLUSTER_SUMS = {"counts": "count", "inertia": "real", "sat_out": "count"}
+STEPS += [
+    SiteStep(
+        "kmeans_pool_stats",
+        "kmeans",
+        site_kmeans_pool_stats,
+        _kmeans_columns,
+        FEATURES,
+        sums={"n": "count", "sum": "real", "sumsq": "real", "sat_out": "count"},
+    ),
+    SiteStep(
+        "kmeans_pool_candidates",
+        "kmeans",
+        site_kmeans_pool_candidates,
+        _kmeans_columns,
+        CANDIDATES,
+    ),
+    SiteStep(
+        "kmeans_pool_potential",
+        "kmeans",
+        site_kmeans_pool_potential,
+        _kmeans_columns,
+        {**FEATURES, **UNITS, "centers": CENTRES, "candidates": CENTRES},
+        sums={"potential": "real"},
+    ),
+    SiteStep(
+        "kmeans_pool_step",
+        "kmeans",
+        site_kmeans_pool_step,
+        _kmeans_columns,
+        {**FEATURES, **UNITS, "centers": CENTRES},
+        sums={**CLUSTER_SUMS, "sums": "real"},
+    ),
+    SiteStep(
+        "kmeans_pool_assign",
+        "kmeans",
+        site_kmeans_pool_assign,
+        _kmeans_columns,
+        {**FEATURES, **UNITS, "centers": CENTRES, "source": (text(80), NONE)},
+        sums=CLUSTER_SUMS,
+    ),
+]
