@@ -118,10 +118,27 @@ def bench(n: int, n_sites: int, repeat: int, default_policy: bool) -> None:
         )
     if not default_policy:
         return
+    # the same policy at sites outside secure sums (each site's cluster totals in the clear): the
+    # cost of the secure sums, in the same run
+    from fedhem_kernel import node
+
+    address, names = node.start_embedded(node.local_configs(tables, fh.Policy()), secure_sums=False)
+    with fh.Federation._embedded(address, names, name="local", user=None) as fed:
+        fed.coordinator.observers = []
+        fed.sites  # noqa: B018
+        compare(
+            "default policy, per-site totals (no secure sums)", fed, federated, sklearn_fit, repeat
+        )
     with fh.Federation.local(tables, policy=fh.Policy()) as fed:
         fed.coordinator.observers = []
         fed.sites  # noqa: B018
-        res, km = compare("default policy (micro-clusters)", fed, federated, sklearn_fit, repeat)
+        res, km = compare(
+            "default policy (micro-clusters, pooled through secure sums)",
+            fed,
+            federated,
+            sklearn_fit,
+            repeat,
+        )
         diff = np.abs(res.cluster_centers.to_numpy() - km.cluster_centers_).max()
         centres = res.cluster_centers.to_numpy()
         pooled = float(((x[:, None, :] - centres[None]) ** 2).sum(axis=2).min(axis=1).sum())

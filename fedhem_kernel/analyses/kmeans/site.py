@@ -376,12 +376,9 @@ def _take_part(data: SiteData, params: Payload, run: SiteFn) -> Payload | None:
 
 
 def _unless_refused(data: SiteData, params: Payload, run: SiteFn) -> Payload | None:
-    """``run``'s payload, or None where this site's rules refuse it (or it has no complete row)."""
-    features = check_features(params.get("features"))
-    if all(data.schema.column(f).is_numeric for f in features):
-        values = np.column_stack([data.numeric(f) for f in features])
-        if not (~np.isnan(values).any(axis=1)).any():
-            return None
+    """``run``'s payload, or None where this site's rules refuse it (or its cohort is empty)."""
+    if len(data.cohort) == 0:
+        return None
     try:
         return run(data, params)
     except DisclosureError:
