@@ -148,7 +148,8 @@ def combine_pooled(q: Ask, params: Payload) -> pd.DataFrame:
     k = pooled_k(q)
     risk = q.ask_sum("describe_risk", params)
     m = len(risk.sites)
-    empty = np.asarray(risk.totals["occupied"]) == 0
+    occupied = np.asarray(risk.totals["occupied"])
+    empty = occupied == 0
     shown = shown_cells(risk.totals["counts"], empty, k, m)
     release = {**params, "decided": shown.astype(int).tolist(), "k": k, "evidence": risk.evidence}
     moments = q.ask_sum("describe_moments", release)
@@ -162,7 +163,8 @@ def combine_pooled(q: Ask, params: Payload) -> pd.DataFrame:
     rows = []
     for g, group in enumerate(labels):
         for j, column in enumerate(columns):
-            row: dict = {"group": group, "variable": column, "n_sites": len(moments.sites)}
+            # the sites with anyone in the cell (the risk round's total says how many)
+            row: dict = {"group": group, "variable": column, "n_sites": int(occupied[g, j])}
             if empty[g, j]:  # no site has anyone there
                 rows.append({**row, "count": 0, "n_sites": 0})
                 continue
