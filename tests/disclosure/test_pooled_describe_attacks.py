@@ -183,3 +183,12 @@ def test_pooled_steps_are_never_answered_in_the_clear_and_per_site_summaries_are
     for step in ("describe_risk", "describe"):
         with pytest.raises(FedHemError):
             q.ask(step, params)
+
+
+def test_n_sites_counts_the_sites_with_anyone_in_the_cell(fed):
+    """The risk round's total says how many sites have anyone in a cell: a cohort at one site
+    only is summed over both (the other adds zeros) and reported as one site."""
+    one = fed.describe("c", ["age"], where="pid < 1000").table  # north's patients only
+    both = fed.describe("c", ["age"]).table
+    assert int(one.loc["age", "n_sites"]) == 1 and int(both.loc["age", "n_sites"]) == 2
+    assert abs(int(one.loc["age", "count"]) - 200) <= 2
