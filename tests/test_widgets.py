@@ -601,6 +601,7 @@ def test_widgets_render_in_a_browser(fed, fed_per_site, tmp_path):
         "pooled": synced(pooled_km.widget()),
         "xt": synced(xt.widget()),
         "dp": synced(dp_xt.widget()),
+        "describe": synced(fed.describe("d", columns=["age", "os_months"], by="grp").widget()),
         "privacy": synced(PrivacyReportWidget(km.privacy)),
         "slow": synced(ProgressWidget(title="q", sites=[{"site": "a", "status": "waiting"}])),
         "quick": synced(ProgressWidget(title="q", sites=[{"site": "a", "status": "waiting"}])),
@@ -667,5 +668,11 @@ def test_widgets_render_in_a_browser(fed, fed_per_site, tmp_path):
         assert "ρ 0.0500 of 1.00 spent" in budget.first.inner_text()
         assert "ε 1.31 of 7.08" in budget.first.inner_text()
         page.locator("#dp").screenshot(path=str(OUTPUT / "dp_crosstab.png"))
+        # a pooled summary: one pooled table (no site's own numbers), its notes in the panel
+        summary = page.locator("#describe")
+        text = summary.inner_text()
+        assert "pooled" in text and "released by each site" not in text
+        assert "secure sums" in text
+        summary.screenshot(path=str(OUTPUT / "describe_pooled.png"))
         page.screenshot(path=str(tmp_path / "widgets.png"), full_page=True)
         assert errors == []
