@@ -274,12 +274,17 @@ def test_a_site_that_does_not_answer_cox_says_so(tables):
         "mid": fh.Policy(),
         "small": fh.Policy(allowed_analyses=("kaplan_meier",)),
     }
-    with fh.Federation.local(
-        {s: {"c": df} for s, df in tables.items()}, policy=policies, columns=COLUMNS
-    ) as fed:
+    datasets = {s: {"c": df} for s, df in tables.items()}
+    with without_secure_sums(datasets, policies, columns=COLUMNS) as fed:
         res = fed.cox("c", "time", "event", ["age", "risk"])
     assert res.privacy.outcome("small").rules == ("allowed_analyses",)
     assert res.privacy.outcome("big").released and res.n_sites == 2
+    # sites in secure sums: without the small site no secure sum over the roster, and the
+    # others give no sums of their own (pooled_only), so every site says why
+    with fh.Federation.local(datasets, policy=policies, columns=COLUMNS) as fed:
+        with pytest.raises(fh.DisclosureError) as info:
+            fed.cox("c", "time", "event", ["age", "risk"])
+    assert set(info.value.rule.split(",")) == {"allowed_analyses", "pooled_only"}
 
 
 # -- model checks: concordance and proportional-hazards test ----------------------------------------

@@ -202,3 +202,20 @@ def test_a_filter_down_to_a_few_patients_meets_no_refusal(tables):
             fed.cox("c", "time", "event", ["age"], where="age > 95")
         log = fed.audit_log()
     assert (log["outcome"] != "refused").all()
+
+
+def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
+    """Its own sums at any β, against the pooled block totals, would give another site's few
+    patients of a block: the per-site protocol (and strata="site", each site's own risk sets)
+    is refused (pooled_only); the pooled fit says its model checks are not computed."""
+    with federation(tables) as fed:
+        q = fresh(fed)
+        design = {k: v for k, v in base().items() if k not in ("strata_levels", "grid", "horizon")}
+        with pytest.raises(fh.DisclosureError) as info:
+            q.ask("cox_setup", design)
+        assert set(info.value.rule.split(",")) == {"pooled_only"}
+        with pytest.raises(fh.DisclosureError, match="pooled"):
+            fed.cox("c", "time", "event", ["age"], strata="site")
+        res = fed.cox("c", "time", "event", ["age", "mutation"])
+    assert res.concordance is None and np.isnan(res.concordance_index_)
+    assert any("model checks" in n and "not computed" in n for n in res.notes)

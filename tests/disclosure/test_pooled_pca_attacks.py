@@ -80,3 +80,11 @@ def test_the_pooled_pca_uses_every_site_and_equals_scikit_learn():
     ref = PCA().fit(rows)
     np.testing.assert_allclose(res.explained_variance, ref.explained_variance_, rtol=1e-9)
     np.testing.assert_allclose(res.components.to_numpy(), ref.components_, atol=1e-9)
+
+
+def test_a_site_in_secure_sums_gives_no_statistics_of_its_own(fed):
+    """Its own XᵀX, against the pooled one, would give the rest: a small site's (pooled_only)."""
+    q = Query(fed.coordinator, "pca", "d", who="mallory")
+    with pytest.raises(fh.DisclosureError) as info:
+        q.ask("pca_stats", {"features": ["age", "wbc"]})
+    assert set(info.value.rule.split(",")) == {"pooled_only"}

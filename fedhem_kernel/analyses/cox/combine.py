@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -361,38 +361,6 @@ def fit_cox(
         _release(q, base)
 
 
-def site_checks(
-    q: Ask, spec: CoxSpec, levels: dict[str, list[str]], fit: CoxFit, bins: int
-) -> Diagnostics | None:
-    """The model checks of a pooled fit (concordance, proportional-hazards test), on the sites'
-    own designs at the pooled coefficients: the per-site protocol's rounds (its setup, one round
-    of sums at the final β, its two check rounds), since the checks are not pooled yet. A site
-    that refuses its own design (e.g. too few patients per parameter) leaves the fit without
-    checks, with a note."""
-    base: Payload = {**spec.design(levels), "fit": uuid.uuid4().hex}
-    try:
-        setups = q.ask("cox_setup", base)
-        if set(setups) != set(fit.sites) or not np.isfinite(fit.hessian).all():
-            q.note("a site could not build its own design: no concordance or PH test")
-            return None
-        strata = _pool_strata(setups, False)
-        objective = PooledCoxObjective(
-            q, base, strata, tuple(setups), fit.center, fit.scale, spec.ties, False, False
-        )
-        objective(fit.beta)  # the sites' risk-set sums at the pooled coefficients
-        at_sites = replace(fit, strata=strata, sites=tuple(setups))
-        q.note(
-            "the model checks (concordance, proportional hazards) are computed on each site's "
-            "own time steps at the pooled coefficients (not yet pooled through secure sums)"
-        )
-        return run_diagnostics(q, base, at_sites, raw_variance(fit), spec.ties, bins)
-    except FedHemError:
-        q.note("a site could not take part in the model checks: no concordance or PH test")
-        return None
-    finally:
-        _release(q, base)
-
-
 def raw_variance(fit: CoxFit) -> np.ndarray:
     """The coefficients' covariance in the covariates' own units (inverse information)."""
     return -np.linalg.inv(fit.hessian) / np.outer(fit.scale, fit.scale)
@@ -483,8 +451,12 @@ def run(
             precision=precise or 1e-7,
             r_precision=precise or 1e-9,
         )
-        checks_ = site_checks(q, spec, levels, fit, concordance_bins) if diagnostics else None
-        return build_cox_result(q, spec, fit, checks_)
+        if diagnostics:
+            q.note(
+                "the model checks (concordance, proportional hazards) need each site's own sums, "
+                "which sites in secure sums do not release: not computed (not pooled yet)"
+            )
+        return build_cox_result(q, spec, fit)
 
     def after(base: Payload, fit: CoxFit) -> None:
         if diagnostics and np.isfinite(fit.hessian).all():

@@ -515,7 +515,11 @@ def cached_designs(data: SiteData) -> OrderedDict[tuple[str, ...], SiteDesign]:
 
 
 def site_design(data: SiteData, params: Payload) -> tuple[DesignParams, SiteDesign]:
-    """The design of this fit, from the dataset's scratch when the same fit asked before."""
+    """The design of this fit, from the dataset's scratch when the same fit asked before.
+
+    Refused at a site whose releases are pooled only (rule ``pooled_only``): its own sums at
+    any β, against the pooled fit's totals, would give the other sites' few patients per block."""
+    data.per_site_table("a Cox model's sums")
     spec = DesignParams.from_params(params)
     fit_id = params.get("fit")
     key = _cache_key(data, spec, str(fit_id)) if isinstance(fit_id, str) and fit_id else None

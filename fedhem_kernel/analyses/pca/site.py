@@ -18,6 +18,8 @@ CACHE = "pca"
 
 
 def site_pca_stats(data: SiteData, params: Payload) -> Payload:
+    # its own XᵀX, against the pooled one, would give a small site's (pooled_only)
+    data.per_site_table("PCA statistics")
     features = check_features(params.get("features"))
     fm = feature_matrix(data, features, CACHE)
     data.scratch.pop(CACHE, None)  # one round only: do not keep the matrix
