@@ -273,6 +273,10 @@ class SiteStep:
     #: by at most ``dp_sensitivity`` in L2 norm, together). A step without them has no DP version.
     dp: tuple[str, ...] = ()
     dp_sensitivity: int = 1
+    #: Answered in DP mode without noise because it only names codes held by at least
+    #: ``min_cell_count`` patients (as ``levels`` names category levels: the same rule in every
+    #: mode, documented in docs/privacy.md).
+    names_only: bool = False
 
 
 def param_columns(*keys: str) -> Callable[[Payload], list[str]]:

@@ -135,3 +135,57 @@ def test_refusals_quote_budgets_never_data():
     text = str(info.value)
     assert "ρ 0.25 of 0.25" in text
     assert (log["rule"] == "budget").sum() == 3  # each site refused, and audited it
+
+
+def competing(n: int = 200):
+    rng = np.random.default_rng(5)
+    return {
+        f"s{i}": {
+            "d": pd.DataFrame(
+                {
+                    "time": rng.uniform(0, 60, n).round(1),
+                    "cause": rng.choice([0, 1, 2], n),
+                    "arm": rng.choice(["a", "b"], n),
+                }
+            )
+        }
+        for i in range(3)
+    }
+
+
+CIF = {
+    "duration": "time",
+    "event": "cause",
+    "group": None,
+    "levels": None,
+    "strata": None,
+    "strata_levels": None,
+    "grid": "1 month",
+    "horizon": 60,
+    "causes": [1, 2],
+}
+
+
+def test_cause_tables_in_dp_mode_leave_only_as_noised_secure_sums():
+    """Competing risks: the per-site cause tables, the cause-specific event table in the clear
+    or with too little noise, are all refused, and nothing is charged for them; the causes step
+    names only causes with at least k events (as levels does)."""
+    columns = {"d": {"time": {"type": "float", "unit": "months"}}}
+    with fh.Federation.local(competing(), policy=POLICY, columns=columns) as fed:
+        site = sites_of(fed)["s0"]
+        per_site = {k: CIF[k] for k in ("duration", "event", "group", "levels", "causes")}
+        for step, params in (("cif_tables", per_site), ("cif_dp", CIF)):
+            reply = site.handle(SiteRequest(step, "d", params, None, "mallory", "q"))
+            assert reply.status == "refused" and reply.error["rule"] == "dp", step
+        own = scale_for(POLICY.dp_rho)
+        for scale in (None, own / 2):
+            block = secure_block(fed, ["s0", "s1", "s2"], scale)
+            reply = site.handle(SiteRequest("cif_dp", "d", CIF, None, "mallory", "q", block))
+            assert reply.payload is None and reply.error["rule"] == "dp", scale
+        assert site.budget.spent("mallory", "d").researcher == 0
+        named = site.handle(
+            SiteRequest("cif_causes", "d", {"duration": "time", "event": "cause"}, None, "m", "q")
+        )
+        assert named.status == "released" and named.payload["causes"] == [1, 2]
+        res = fed.cumulative_incidence("d", "time", "cause")
+    assert np.allclose(res.privacy.budget["rho_spent"], POLICY.dp_rho)

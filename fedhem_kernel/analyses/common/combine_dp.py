@@ -8,10 +8,11 @@ it again, and charges what OpenDP's map gives for that scale).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedhem_kernel.errors import ParameterError
-from fedhem_kernel.privacy.dp import epsilon, rho_of, scale_for
+from fedhem_kernel.privacy.dp import epsilon, rho_of, scale_for, share_scale
 from fedhem_kernel.protocol.query import Ask
 
 
@@ -21,6 +22,13 @@ class DPRelease:
 
     scale: float
     rho: float
+    #: The most sites any site's policy allows to collude (their shares are thicker).
+    colluders: int = 0
+
+    def total_sd(self, n_sites: int) -> float:
+        """The SD of the noise a sum over ``n_sites`` actually carries: at least ``scale``, more
+        where shares are kept at variance 1 or more, or thickened against colluders."""
+        return math.sqrt(n_sites) * share_scale(self.scale, n_sites, self.colluders)
 
     @property
     def epsilon(self) -> float:
@@ -53,4 +61,5 @@ def dp_release(q: Ask, sensitivity: int = 1) -> DPRelease | None:
             "(a DP release is one noised sum over sites that all add noise)"
         )
     scale = max(scale_for(float(policies[s]["dp_rho"]), sensitivity) for s in dp_sites)
-    return DPRelease(scale, rho_of(scale, sensitivity))
+    colluders = max(int(policies[s].get("dp_colluders", 0)) for s in dp_sites)
+    return DPRelease(scale, rho_of(scale, sensitivity), colluders)

@@ -293,11 +293,17 @@ def pooled_steps(
     ]
 
 
-def site_dp_table(data: SiteData, params: Payload) -> Payload:
+def site_dp_table(
+    data: SiteData, params: Payload, grid: SiteGrid | None = None, n_causes: int | None = None
+) -> Payload:
     """DP mode: per group, its events and censorings at every grid step, those beyond the horizon
     counted as censored in one last column. One patient is in exactly one of these cells (L2
     sensitivity 1); the executor adds this site's share of the noise. Asked of sites in DP mode
-    only: elsewhere it would be every exact count, tail and all."""
+    only: elsewhere it would be every exact count, tail and all.
+
+    ``grid`` with ``n_causes`` (competing risks): each row's event is its cause column (-1:
+    censored), and ``events`` has one row per cause within each group (groups × causes × steps).
+    """
     if not data.policy.dp:
         raise DisclosureError(
             "this site is not in DP mode: its pooled tables are decided, then released",
@@ -305,17 +311,23 @@ def site_dp_table(data: SiteData, params: Payload) -> Payload:
             dataset=data.dataset,
             rule="dp",
         )
-    grid = site_grid(data, params)
+    grid = site_grid(data, params) if grid is None else grid
     width = grid.horizon + 2
-    events = np.zeros((len(grid.groups), width), dtype=np.int64)
+    causes = 1 if n_causes is None else n_causes
+    events = np.zeros((len(grid.groups), causes, width), dtype=np.int64)
     censored = np.zeros((len(grid.groups), width), dtype=np.int64)
-    e = np.asarray(grid.events).astype(bool)
-    for row, selected in enumerate(grid.groups):
-        idx = grid.index[selected]
-        events[row] = np.bincount(idx[e[selected]], minlength=width)[:width]
-        censored[row] = np.bincount(idx[~e[selected]], minlength=width)[:width]
-    events[:, -1] = 0  # beyond the horizon: no event is counted, only that they were there
+    cause = (
+        np.where(np.asarray(grid.events).astype(bool), 0, -1)
+        if n_causes is None
+        else np.asarray(grid.events, dtype=np.int64)
+    )
     beyond = grid.index > grid.horizon
     for row, selected in enumerate(grid.groups):
+        idx, code = grid.index[selected], cause[selected]
+        for j in range(causes):
+            events[row, j] = np.bincount(idx[code == j], minlength=width)[:width]
+        censored[row] = np.bincount(idx[code < 0], minlength=width)[:width]
+        # beyond the horizon: no event is counted, only that they were there
+        events[row, :, -1] = 0
         censored[row, -1] = int((selected & beyond).sum())
-    return {"events": events, "censored": censored}
+    return {"events": events[:, 0] if n_causes is None else events, "censored": censored}

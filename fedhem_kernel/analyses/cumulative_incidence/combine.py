@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.common.combine_grid import PooledGrid, ask_pooled_grid, grid_plan
 from fedhem_kernel.analyses.cumulative_incidence import (
     _LOWER,
@@ -23,7 +24,13 @@ from fedhem_kernel.analyses.cumulative_incidence.result import (
     GrayTestResult,
 )
 from fedhem_kernel.analyses.kaplan_meier import ALL
-from fedhem_kernel.analyses.kaplan_meier.combine import check_survival_params, collect_group_tables
+from fedhem_kernel.analyses.kaplan_meier.combine import (
+    check_survival_params,
+    collect_group_tables,
+    dp_cause_table,
+    dp_floor,
+    dp_horizon,
+)
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.protocol.query import Ask, Payload
@@ -50,7 +57,7 @@ class PooledCauseTable:
         inside = idx < len(self.time)
         hit = np.zeros(len(times), dtype=bool)
         hit[inside] = self.time[idx[inside]] == times[inside]
-        out = np.zeros((len(times), self.events.shape[1]), dtype=np.int64)
+        out = np.zeros((len(times), self.events.shape[1]), dtype=self.events.dtype)
         out[hit] = self.events[idx[hit]]
         return out
 
@@ -560,6 +567,9 @@ def run(
         "cause_names": names,
         "combine_competing": combine_competing,
     }
+    release = dp_release(q)
+    if release is not None:
+        return run_dp(q, params, release, described)
     plan = grid_plan(q, duration)
     if plan is not None:
         grid = ask_pooled_grid(q, "cif_risk", "cif_grid", params, plan)
@@ -589,3 +599,73 @@ def run(
         )
     per_site = q.ask("cif_tables", params)
     return build_cif_result(q, per_site, **described)
+
+
+def run_dp(
+    q: Ask, params: Payload, release: DPRelease, described: dict[str, Any]
+) -> CumulativeIncidenceResult:
+    """DP mode: one secure sum of every group's events per cause and censorings per grid step
+    (each patient in one cell: L2 sensitivity 1), each site adding its share of the discrete
+    Gaussian noise; then post-processing only (free): the numbers at risk rebuilt from the end,
+    each cause's cumulative hazard fitted nondecreasing, each curve ending where fewer than
+    ``floor`` remain. Gray's test is computed on these tables (a rough guide: the noise is in
+    its inputs)."""
+    plan = grid_plan(q, params["duration"], dp=True)
+    if plan is None:
+        raise ParameterError(
+            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
+            "and every site a grid",
+            dataset=q.dataset,
+        )
+    horizon = dp_horizon(plan)
+    asked = {**params, "grid": plan.resolution, "horizon": horizon}
+    total = q.ask_sum("cif_dp", asked, noise_scale=release.scale)
+    events = np.asarray(total.totals["events"], dtype=float)  # groups × causes × steps
+    censored = np.asarray(total.totals["censored"], dtype=float)
+    floor = dp_floor(release.total_sd(len(total.sites)))
+    sd = release.total_sd(len(total.sites))
+    times = np.arange(horizon + 1) * plan.step
+    group = params["group"]
+    labels = list(params["levels"] or []) if group is not None else [ALL]
+    fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for row, label in enumerate(labels):
+        table = dp_cause_table(events[row], censored[row], floor)
+        if table is None:
+            q.note(f"group '{label}': too few patients for a curve above the noise")
+            continue
+        n, d = table
+        raw_other = events[row, -1, : len(n)].sum()  # its noise: SD sd·√steps
+        if raw_other < 3 * sd * np.sqrt(len(n)):  # no (other) cause above the noise
+            d[:, -1] = 0.0
+        fitted[label] = (n, d)
+    if not fitted:
+        raise DisclosureError(
+            "no group has enough patients for a curve above the noise",
+            dataset=q.dataset,
+            rule="dp",
+        )
+
+    def table(n: np.ndarray, d: np.ndarray, last: int) -> PooledCauseTable:
+        keep = (d[: last + 1].sum(axis=1) > 0) | (np.arange(last + 1) == last)
+        return PooledCauseTable(
+            times[: last + 1][keep], n[: last + 1][keep], d[: last + 1][keep], total.sites
+        )
+
+    pooled = {g: table(n, d, len(n) - 1) for g, (n, d) in fitted.items()}
+    common = min(len(n) for n, _ in fitted.values()) - 1
+    compared = {g: table(n, d, common) for g, (n, d) in fitted.items()}
+    q.note(release.note("the cause-specific event table's counts"))
+    return cif_result(
+        q,
+        pooled,
+        compared if group is not None else None,
+        **described,
+        time_step=plan.step,
+        unit=plan.unit,
+        note=(
+            "post-processed (free): the number at risk rebuilt from the end and kept from "
+            "growing, each cause's cumulative hazard fitted nondecreasing (isotonic), each curve "
+            f"ending where fewer than {floor} remain (the noise would dominate); Gray's test is "
+            "computed on these noisy tables (a rough guide)"
+        ),
+    )

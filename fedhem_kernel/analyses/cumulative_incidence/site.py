@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
+    RISK_PARAMS,
     SiteGrid,
     pooled_steps,
+    site_dp_table,
     site_grid,
     site_release,
     site_risk,
@@ -108,6 +110,13 @@ def site_cif_release(data: SiteData, params: Payload) -> Payload:
     return site_release(data, params, "cif_risk", grid, n_causes)
 
 
+def site_cif_dp(data: SiteData, params: Payload) -> Payload:
+    """DP mode: per group and cause, its events at every grid step, and its censorings (each
+    patient in one cell: L2 sensitivity 1; the executor adds the noise share)."""
+    grid, n_causes = _cause_grid(data, params)
+    return site_dp_table(data, params, grid, n_causes)
+
+
 def site_cause_tables(data: SiteData, params: Payload) -> Payload:
     """Per group: the coarsened, merged event table with one event count per cause."""
     data.per_site_table("survival tables")
@@ -146,6 +155,7 @@ STEPS = [
         site_causes,
         param_columns("duration", "event"),
         params={"duration": COLUMN, "event": COLUMN},
+        names_only=True,
     ),
     SiteStep(
         "cif_tables",
@@ -169,5 +179,15 @@ STEPS = [
         site_cif_risk,
         site_cif_release,
         {"causes": list_of(integer(1, 2**31), MAX_CAUSES)},
+    ),
+    # DP mode: one noised secure sum of the cause-specific event table
+    SiteStep(
+        "cif_dp",
+        "cumulative_incidence",
+        site_cif_dp,
+        param_columns("duration", "event", "group"),
+        params={**RISK_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
+        sums={"events": "count", "censored": "count"},
+        dp=("events", "censored"),
     ),
 ]

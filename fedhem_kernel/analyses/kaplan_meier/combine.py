@@ -256,7 +256,7 @@ def run_dp(
     total = q.ask_sum("km_dp", asked, noise_scale=release.scale)
     events = np.asarray(total.totals["events"], dtype=float)
     censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = dp_floor(release.scale)
+    floor = dp_floor(release.total_sd(len(total.sites)))
     times = np.arange(horizon + 1) * plan.step
     labels = list(params["levels"] or []) if group is not None else [ALL]
     pooled: dict[str, PooledTable] = {}
@@ -282,15 +282,26 @@ def dp_event_table(
     events: np.ndarray, censored: np.ndarray, floor: int, smooth: bool = True
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Numbers at risk and events up to the last step with ``floor`` at risk, from noisy counts
-    (the last column: those beyond the horizon). Post-processing of a DP release: the number at
-    risk is the sum from the end of everyone leaving (unbiased), kept from growing; the hazard
-    increments d/n are fitted to a nondecreasing cumulative hazard (isotonic regression, so no
-    negative event and no bias from clipping each count at 0); events are n times the fitted
-    increments (``smooth=False``: the noisy events as they are, for statistics that are sums
-    of them). None when even the first step has fewer than ``floor``."""
+    (the last column: those beyond the horizon): :func:`dp_cause_table` with one cause."""
+    table = dp_cause_table(np.asarray(events, dtype=float)[None], censored, floor, smooth)
+    return None if table is None else (table[0], table[1][:, 0])
+
+
+def dp_cause_table(
+    events: np.ndarray, censored: np.ndarray, floor: int, smooth: bool = True
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Numbers at risk and events per cause (steps × causes) up to the last step with ``floor``
+    at risk, from noisy counts (``events``: causes × steps; the last column: those beyond the
+    horizon). Post-processing of a DP release: the number at risk is the sum from the end of
+    everyone leaving (unbiased), kept from growing; each cause's hazard increments d/n are
+    fitted to a nondecreasing cumulative hazard (isotonic regression, so no negative event and
+    no bias from clipping each count at 0), their sum at a step kept at most 1; events are n
+    times the fitted increments (``smooth=False``: the noisy events as they are, for statistics
+    that are sums of them). None when even the first step has fewer than ``floor``."""
     from sklearn.isotonic import IsotonicRegression
 
-    leaving = events + censored
+    events = np.asarray(events, dtype=float)
+    leaving = events.sum(axis=0) + np.asarray(censored, dtype=float)
     at_risk = np.cumsum(leaving[::-1])[::-1][:-1]  # the beyond-horizon column is not a step
     at_risk = np.maximum.accumulate(at_risk[::-1])[::-1]  # never growing with time
     enough = at_risk >= floor
@@ -298,12 +309,19 @@ def dp_event_table(
         return None
     last = int(np.argmin(enough)) - 1 if not enough.all() else len(at_risk) - 1
     n = at_risk[: last + 1]
+    d = events[:, : last + 1].T
     if not smooth:  # the noisy counts as they are (unbiased; a test statistic sums them)
-        return n, events[: last + 1]
-    hazard = np.cumsum(events[: last + 1] / n)
-    fitted = IsotonicRegression(increasing=True).fit_transform(np.arange(last + 1), hazard)
-    increments = np.clip(np.diff(np.concatenate(([0.0], np.clip(fitted, 0, None)))), 0, 1)
-    return n, n * increments
+        return n, d
+    steps = np.arange(last + 1)
+    increments = np.empty_like(d)
+    for j in range(d.shape[1]):
+        hazard = np.cumsum(d[:, j] / n)
+        fitted = IsotonicRegression(increasing=True).fit_transform(steps, hazard)
+        increments[:, j] = np.diff(np.concatenate(([0.0], np.clip(fitted, 0, None))))
+    increments = np.clip(increments, 0, 1)
+    total = increments.sum(axis=1)
+    increments[total > 1] /= total[total > 1, None]  # no more leave by any cause than are there
+    return n, n[:, None] * increments
 
 
 def dp_horizon(plan: GridPlan) -> int:

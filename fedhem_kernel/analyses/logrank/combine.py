@@ -421,7 +421,7 @@ def run_dp(
     )
     events = np.asarray(total.totals["events"], dtype=float)
     censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = dp_floor(release.scale)
+    floor = dp_floor(release.total_sd(len(total.sites)))
     labels = list(params["levels"] or [])
     keys = stratum_keys(spec.site_cols, spec.strata_levels)
     g_count = len(labels)
