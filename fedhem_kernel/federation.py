@@ -191,7 +191,9 @@ class Federation:
 
     def catalog(self, dataset: str | None = None) -> pd.DataFrame:
         """Columns and types at each site (never values); ``derived`` names the analysis that made
-        a column at the site (``kmeans``, ``radiomics``, ...), empty for loaded columns."""
+        a column at the site (``kmeans``, ``radiomics``, ...), empty for loaded columns;
+        ``bounds`` the public range a site's data steward declares for a number (DP mode clips
+        to it)."""
         rows = []
         for site, reply in self._catalog_replies().items():
             if reply.payload is None:
@@ -201,7 +203,8 @@ class Federation:
                     continue
                 for c in cols:
                     rows.append({"site": site, "dataset": ds, **c})
-        df = pd.DataFrame(rows, columns=["site", "dataset", "column", "dtype", "unit", "derived"])
+        columns = ["site", "dataset", "column", "dtype", "unit", "derived", "bounds"]
+        df = pd.DataFrame(rows, columns=columns)
         if dataset is not None and df.empty:
             raise SchemaError("no such dataset at any site", dataset=dataset)
         return df

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.privacy.dp_values import MAX_BOUND
 from fedhem_kernel.site.imaging import check_imaging
 from fedhem_kernel.site.schema import DTYPES, ColumnSpec, DatasetSchema
 
@@ -35,13 +36,16 @@ class Dataset:
         return len(self.frame)
 
 
-def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, str | None, bool]:
-    key = False
+def _parse_spec(
+    site: str, dataset: str, column: str, spec: Any
+) -> tuple[str, str | None, bool, tuple[float, float] | None]:
+    key, bounds = False, None
     if isinstance(spec, str):
         dtype, unit = spec, None
     elif isinstance(spec, Mapping):
         dtype, unit, key = spec.get("type"), spec.get("unit"), spec.get("key", False)
-        unknown = set(spec) - {"type", "unit", "key"}
+        bounds = spec.get("bounds")
+        unknown = set(spec) - {"type", "unit", "key", "bounds"}
         if unknown:
             raise SchemaError(
                 f"unknown column settings {sorted(unknown)}",
@@ -52,7 +56,7 @@ def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, s
             )
     else:
         raise SchemaError(
-            "a column is declared as a type name or {type=..., unit=..., key=...}",
+            "a column is declared as a type name or {type=..., unit=..., key=..., bounds=...}",
             site=site,
             dataset=dataset,
             column=column,
@@ -78,7 +82,31 @@ def _parse_spec(site: str, dataset: str, column: str, spec: Any) -> tuple[str, s
         raise SchemaError(
             "key = true or false", site=site, dataset=dataset, column=column, rule="schema"
         )
-    return str(dtype), unit, key
+    if bounds is not None:
+        bounds = _parse_bounds(bounds, dtype, {"site": site, "dataset": dataset, "column": column})
+    return str(dtype), unit, key, bounds
+
+
+def _parse_bounds(bounds: Any, dtype: Any, err: dict[str, str]) -> tuple[float, float]:
+    """A numeric column's declared ``bounds = [low, high]``: two finite numbers, low < high."""
+    if dtype not in ("float", "int"):
+        raise SchemaError("only a float or int column has bounds", **err, rule="schema")
+    ok = (
+        isinstance(bounds, list | tuple)
+        and len(bounds) == 2
+        and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+    )
+    if ok:
+        low, high = float(bounds[0]), float(bounds[1])
+        ok = bool(np.isfinite([low, high]).all()) and low < high
+        ok = ok and max(abs(low), abs(high)) <= MAX_BOUND
+    if not ok:
+        raise SchemaError(
+            f"bounds = [low, high]: two finite numbers, low < high, within ±{MAX_BOUND:g}",
+            **err,
+            rule="schema",
+        )
+    return low, high
 
 
 def _infer_dtype(series: pd.Series) -> str:
@@ -178,13 +206,13 @@ def load_dataset(
         if col in RESERVED_COLUMNS:
             raise SchemaError("'site' is a reserved column name", **err, rule="schema")
         if col in declared:
-            dtype, unit, is_key = _parse_spec(site, name, col, declared[col])
+            dtype, unit, is_key, bounds = _parse_spec(site, name, col, declared[col])
             if is_key:
                 keys.append(col)
         else:
-            dtype, unit = _infer_dtype(raw[col]), None
+            dtype, unit, bounds = _infer_dtype(raw[col]), None, None
         out[col] = _coerce(raw[col], dtype, err)
-        specs[col] = ColumnSpec(col, dtype, unit)  # type: ignore[arg-type]
+        specs[col] = ColumnSpec(col, dtype, unit, bounds=bounds)  # type: ignore[arg-type]
     frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
     schema = DatasetSchema(site, name, specs)
     key = _check_key(schema, frame, keys)

@@ -440,11 +440,18 @@ class SiteExecutor:
         return mask, True
 
     def catalog(self) -> dict[str, Any]:
-        """Column names, types and units of every dataset: no values, no row counts."""
+        """Column names, types, units and declared bounds of every dataset: no values, no row
+        counts."""
         return {
             "datasets": {
                 name: [
-                    {"column": c.name, "dtype": c.dtype, "unit": c.unit, "derived": c.derived}
+                    {
+                        "column": c.name,
+                        "dtype": c.dtype,
+                        "unit": c.unit,
+                        "derived": c.derived,
+                        "bounds": list(c.bounds) if c.bounds is not None else None,
+                    }
                     for c in ds.schema.columns.values()
                 ]
                 for name, ds in self.datasets.items()

@@ -16,12 +16,15 @@ IMAGE_DTYPES: tuple[str, ...] = ("image", "mask")
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One column: its name, its type and (for times) its unit."""
+    """One column: its name, its type, (for times) its unit and (numbers) its public bounds."""
 
     name: str
     dtype: DType
     unit: str | None = None
     derived: str | None = None  # made at the site by an analysis (e.g. "kmeans"), not loaded
+    #: The range the data steward declares for a numeric column (public, never read from the
+    #: data): DP mode clips values to it (privacy/dp_values.py).
+    bounds: tuple[float, float] | None = None
 
     @property
     def is_numeric(self) -> bool:

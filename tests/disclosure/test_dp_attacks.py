@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import federation_toml
+from dp_fields import POLICY, secure_block
 from sites import sites_of
 
 import fedhem_kernel as fh
 from fedhem_kernel.errors import DisclosureError, error_from_dict
 from fedhem_kernel.privacy.dp import rho_of, scale_for
-from fedhem_kernel.protocol.messages import KEYS_STEP, SiteRequest
-
-POLICY = fh.Policy(dp=True, dp_rho=0.05, dp_rho_researcher=0.25, dp_rho_site=0.5)
+from fedhem_kernel.protocol.messages import SiteRequest
 
 
 def tables(n: int = 200):
@@ -54,24 +53,6 @@ def test_other_names_do_not_give_fresh_budgets_beyond_the_sites_cap():
                 params = exc
                 break
     assert params is not None and "all researchers together" in str(params)
-
-
-def secure_block(fed, sites, noise_scale=None):
-    session = fed.coordinator.keys
-    for site in sites:
-        if site not in session.bundles:
-            reply = sites_of(fed)[site].handle(
-                SiteRequest(KEYS_STEP, None, {"session": session.id}, who="mallory")
-            )
-            session.bundles[site] = reply.payload["bundle"]
-    block = {
-        "session": session.id,
-        "sum": session.next_sum(),
-        "bundles": [session.bundles[s] for s in sites],
-    }
-    if noise_scale is not None:
-        block["noise_scale"] = noise_scale
-    return block
 
 
 CROSSTAB = {"row": "a", "col": "b", "row_levels": ["x", "y"], "col_levels": ["u", "v"]}

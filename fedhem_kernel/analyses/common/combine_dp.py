@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from fedhem_kernel.analyses.common.combine_catalog import catalog_columns
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.dp import epsilon, rho_of, scale_for, share_scale
 from fedhem_kernel.protocol.query import Ask
@@ -63,3 +64,23 @@ def dp_release(q: Ask, sensitivity: int = 1) -> DPRelease | None:
     scale = max(scale_for(float(policies[s]["dp_rho"]), sensitivity) for s in dp_sites)
     colluders = max(int(policies[s].get("dp_colluders", 0)) for s in dp_sites)
     return DPRelease(scale, rho_of(scale, sensitivity), colluders)
+
+
+def dp_bounds(q: Ask, columns: list[str]) -> list[list[float]]:
+    """The public bounds a DP release clips ``columns`` to: per column, the smallest range that
+    holds every site's declared bounds (a site's data steward declares them; they are never read
+    from the data). A column no site declares bounds for is an error naming it."""
+    out = []
+    declared = catalog_columns(q)
+    for column in columns:
+        ranges = [r["bounds"] for r in declared if r["column"] == column and r.get("bounds")]
+        if not ranges:
+            raise ParameterError(
+                f"DP mode clips values to public bounds, and no site declares bounds for "
+                f"'{column}' (a site's data steward declares them: "
+                f'{column} = {{ type = "float", bounds = [low, high] }})',
+                dataset=q.dataset,
+                column=column,
+            )
+        out.append([min(float(b[0]) for b in ranges), max(float(b[1]) for b in ranges)])
+    return out

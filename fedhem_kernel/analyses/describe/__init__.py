@@ -36,6 +36,10 @@ MAX_POOLED_CELLS = 5000
 
 QUANTILES = (0.25, 0.5, 0.75)
 
+#: DP mode: per patient and column, the weights of its count, Σt, Σ4(t-½)² and histogram bin
+#: (privacy/dp_values.py): the moments weigh more, the SD is a difference of two noisy sums.
+DP_WEIGHTS = {"count": 1, "sum": 2, "sumsq": 2, "histogram": 1}
+
 
 STAT_COLUMNS = ["count", "mean", "std", "min", "25%", "50%", "75%", "max", "n_sites"]
 

@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import columns_of_type, pooled_k, pooled_sums
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds, dp_release
 from fedhem_kernel.analyses.describe import (
+    DP_WEIGHTS,
+    HIST_BINS,
     HIST_SPAN,
     QUANTILES,
     STAT_COLUMNS,
@@ -20,6 +23,7 @@ from fedhem_kernel.analyses.describe import (
 from fedhem_kernel.analyses.describe.result import DescribeResult
 from fedhem_kernel.analyses.levels.combine import agree_levels
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.dp_values import RESOLUTION, multiplier
 from fedhem_kernel.protocol.query import Ask, Payload
 
 
@@ -196,6 +200,67 @@ def combine_pooled(q: Ask, params: Payload) -> pd.DataFrame:
     return table
 
 
+#: DP mode: a cell's mean, SD and quartiles are shown where its noisy count is at least this many
+#: SDs of the count's noise (and at least :data:`DP_MIN_COUNT`).
+DP_SHOWN_SDS = 3.0
+DP_MIN_COUNT = 10
+
+
+def combine_dp(q: Ask, params: Payload, release: DPRelease) -> pd.DataFrame:
+    """DP mode: one noised secure sum per request (describe/site.py, ``describe_dp``), decoded:
+    the count, mean and SD from the noisy count, Σt and Σ(t-½)² (t: values clipped to the public
+    bounds, mapped to [0, 1]), the quartiles from the noisy histogram made nonnegative and
+    cumulative (post-processing, free). A cell's count is always shown (rounded, at least 0);
+    its mean, SD and quartiles only where the count is well above its noise."""
+    labels, columns = params["levels"] or ["all"], params["columns"]
+    bounds = dp_bounds(q, columns)
+    total = q.ask_sum("describe_dp", {**params, "bounds": bounds}, noise_scale=release.scale)
+    m = multiplier(sum(w * w for w in DP_WEIGHTS.values()) * len(columns))
+    count, s1, s2, histogram = (
+        np.asarray(total.totals[f], dtype=float) / (w * m) for f, w in DP_WEIGHTS.items()
+    )
+    histogram = np.clip(histogram, 0, None)
+    count_sd = release.total_sd(len(total.sites)) / (DP_WEIGHTS["count"] * m)
+    enough = max(DP_MIN_COUNT, DP_SHOWN_SDS * count_sd)
+    rows = []
+    for g, group in enumerate(labels):
+        for j, column in enumerate(columns):
+            low, high = bounds[j]
+            n = count[g, j]
+            row: dict = {"group": group, "variable": column, "count": max(0, round(n))}
+            if n >= enough:
+                mean_t = float(np.clip(s1[g, j] / n, 0, 1))
+                centred = s2[g, j] / (4 * n)  # the mean of (t - ½)²
+                var_t = max(0.0, (centred - (mean_t - 0.5) ** 2) * n / (n - 1))
+                width = high - low
+                row.update(mean=low + width * mean_t, std=width * math.sqrt(var_t))
+                quartiles = _bin_quantiles(histogram[g, j], low, high)
+                row.update(dict(zip(("25%", "50%", "75%"), quartiles, strict=True)))
+            rows.append(row)
+    q.note(release.note("counts, sums and histograms"))
+    spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(columns, bounds, strict=True))
+    q.note(
+        f"values clipped to the bounds the sites declare ({spans}); the count carries noise "
+        f"of SD {count_sd:.2g}, and a mean, SD and quartiles are shown where the count is at "
+        f"least {enough:.0f}; quartiles from a histogram of {HIST_BINS} equal bins between the "
+        "bounds; no minimum or maximum"
+    )
+    table = pd.DataFrame(rows, columns=["group", "variable", *STAT_COLUMNS])
+    table["count"] = table["count"].astype("Int64")
+    table["n_sites"] = pd.array([pd.NA] * len(table), dtype="Int64")
+    return table
+
+
+def _bin_quantiles(histogram: np.ndarray, low: float, high: float) -> list[float]:
+    """Quartiles of a nonnegative histogram of equal bins between ``low`` and ``high`` (linear
+    within a bin)."""
+    edges = np.linspace(low, high, len(histogram) + 1)
+    mass = np.concatenate(([0.0], np.cumsum(histogram)))
+    if mass[-1] <= 0:
+        return [float("nan")] * len(QUANTILES)
+    return [float(np.interp(p * mass[-1], mass, edges)) for p in QUANTILES]
+
+
 def run(
     q: Ask, columns: Sequence[str] | str | None = None, by: str | None = None
 ) -> DescribeResult:
@@ -212,7 +277,11 @@ def run(
         raise ParameterError("describe by 'site': see the by_site table of any describe result")
     levels = agree_levels(q, by)
     params = {"columns": columns, "by": by, "levels": levels}
-    if pooled_sums(q, "describe"):
+    release = dp_release(q, RESOLUTION)
+    if release is not None:
+        table = combine_dp(q, params, release)
+        by_site = pd.DataFrame(columns=["site", "group", "variable", "count", "mean", "std"])
+    elif pooled_sums(q, "describe"):
         table = combine_pooled(q, params)
         by_site = pd.DataFrame(columns=["site", "group", "variable", "count", "mean", "std"])
     else:

@@ -11,6 +11,7 @@ import pandas as pd
 from fedhem_kernel.analyses.common.site_grid import key_sums, risk_total
 from fedhem_kernel.analyses.crosstab.site import releases_perturbation
 from fedhem_kernel.analyses.describe import (
+    DP_WEIGHTS,
     HIST_BINS,
     MAX_BINS,
     MAX_POOLED_CELLS,
@@ -21,6 +22,14 @@ from fedhem_kernel.analyses.describe import (
 from fedhem_kernel.analyses.levels import OTHER
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index
 from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.privacy.dp_values import (
+    RESOLUTION,
+    bins_of,
+    check_bounds,
+    encode,
+    multiplier,
+    unit_values,
+)
 from fedhem_kernel.protocol.params import (
     COLUMN,
     LEVELS,
@@ -30,6 +39,7 @@ from fedhem_kernel.protocol.params import (
     integer,
     list_of,
     matrix,
+    number,
 )
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
@@ -305,6 +315,54 @@ def site_describe_histogram(data: SiteData, params: Payload) -> Payload:
     return {"below": below}
 
 
+# -- DP mode: one noised secure sum (privacy/dp_values.py) --------------------------------------
+def dp_bounds_param(
+    data: SiteData, params: Payload, columns: list[str]
+) -> list[tuple[float, float]]:
+    """The request's public bounds, one pair per column, checked here (any finite pair keeps
+    the sensitivity: privacy/dp_values.py)."""
+    try:
+        return check_bounds(params.get("bounds"), len(columns))
+    except ValueError as exc:
+        raise ParameterError(str(exc), site=data.site, dataset=data.dataset) from None
+
+
+def site_describe_dp(data: SiteData, params: Payload) -> Payload:
+    """DP mode: per (group, column), the count, Σt, Σ4(t-½)² and the histogram of ``t`` (``t``:
+    the value clipped to the request's bounds, mapped to [0, 1]; ``HIST_BINS`` equal bins), each
+    field times its weight (:data:`DP_WEIGHTS`) times ``M = ⌊R/√(10 · columns)⌋``: one patient
+    moves the whole release by at most ``R`` (L2), the sensitivity the executor's noise is for.
+    No ledger: the noise protects."""
+    if not data.policy.dp:
+        raise DisclosureError(
+            "this site is not in DP mode: its summaries are pooled, decided then released",
+            site=data.site,
+            dataset=data.dataset,
+            rule="dp",
+        )
+    labels, codes, columns = _pooled_request(data, params)
+    bounds = dp_bounds_param(data, params, columns)
+    m = multiplier(sum(w * w for w in DP_WEIGHTS.values()) * len(columns))
+    w = {name: weight * m for name, weight in DP_WEIGHTS.items()}
+    shape = (len(labels), len(columns))
+    count = np.zeros(shape, dtype=np.int64)
+    total = np.zeros(shape, dtype=np.int64)
+    square = np.zeros(shape, dtype=np.int64)
+    histogram = np.zeros((*shape, HIST_BINS), dtype=np.int64)
+    for j, (col, (low, high)) in enumerate(zip(columns, bounds, strict=True)):
+        t = unit_values(data.numeric(col), low, high)
+        has = ~np.isnan(t) & (codes >= 0)
+        g, t = codes[has], t[has]
+        count[:, j] = w["count"] * np.bincount(g, minlength=len(labels))
+        total[:, j] = np.bincount(g, encode(t, w["sum"]), minlength=len(labels))
+        square[:, j] = np.bincount(g, encode(4 * (t - 0.5) ** 2, w["sumsq"]), minlength=len(labels))
+        cell = g * HIST_BINS + bins_of(t, HIST_BINS)
+        histogram[:, j] = w["histogram"] * np.bincount(
+            cell, minlength=len(labels) * HIST_BINS
+        ).reshape(len(labels), HIST_BINS)
+    return {"count": count, "sum": total, "sumsq": square, "histogram": histogram}
+
+
 RISK_PARAMS = {
     "columns": list_of(COLUMN, MAX_COLUMNS, least=1),
     "by": (COLUMN, NONE),
@@ -352,5 +410,18 @@ STEPS = [
             "moments_evidence": instance(dict, "the signed replies of the moments round"),
         },
         sums={"below": "count"},
+    ),
+    SiteStep(
+        "describe_dp",
+        "describe",
+        site_describe_dp,
+        param_columns("columns", "by"),
+        params={
+            **RISK_PARAMS,
+            "bounds": list_of(list_of(number(), 2, least=2), MAX_COLUMNS, least=1),
+        },
+        sums={"count": "count", "sum": "count", "sumsq": "count", "histogram": "count"},
+        dp=("count", "sum", "sumsq", "histogram"),
+        dp_sensitivity=RESOLUTION,
     ),
 ]

@@ -1,0 +1,94 @@
+"""Attacks on DP mode's releases of real values (describe, PCA, k-means): the coordinator picks
+the bounds, columns and groups (any it likes: narrow bounds around a target's value, huge ones,
+bounds inverted or not finite), and one patient more or less must still move a site's release
+by at most the sensitivity the noise is calibrated to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from dp_fields import POLICY, largest_change, recorded_fields, secure_block
+from sites import sites_of
+
+import fedhem_kernel as fh
+import fedhem_kernel.analyses.describe.combine as describe_combine
+from fedhem_kernel.privacy.dp import scale_for
+from fedhem_kernel.privacy.dp_values import RESOLUTION
+from fedhem_kernel.protocol.messages import SiteRequest
+
+COLUMNS = {
+    "d": {
+        "x": {"type": "float", "bounds": [0, 100]},
+        "y": {"type": "float", "bounds": [-5, 5]},
+        "g": "category",
+    }
+}
+
+
+def tables(seed: int, n: int = 60):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(3):
+        x = rng.normal(50, 20, n)
+        x[rng.random(n) < 0.1] = np.nan  # missing values move counts too
+        frame = pd.DataFrame({"x": x, "y": rng.normal(0, 2, n), "g": rng.choice(["a", "b"], n)})
+        out[f"s{i}"] = {"d": frame}
+    return out
+
+
+def without_row(t, row: int):
+    out = {s: {"d": d["d"].copy()} for s, d in t.items()}
+    out["s0"]["d"] = out["s0"]["d"].drop(index=row).reset_index(drop=True)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_patient_moves_a_dp_describe_by_at_most_the_sensitivity(monkeypatch, seed):
+    rng = np.random.default_rng(100 + seed)
+    t = tables(seed)
+    row = int(rng.integers(0, 60))
+    target = t["s0"]["d"].loc[row]
+    x = float(target["x"]) if np.isfinite(target["x"]) else 50.0
+    # the coordinator's bounds: narrow around the target's value, huge, or the declared ones
+    choices = [[x - 1e-6, x + 1e-6], [-1e12, 1e12], [0, 100], [x, x + 1e-9], [-1e-3, 0]]
+    bounds = [choices[int(rng.integers(0, len(choices)))], [-5, 5]]
+    monkeypatch.setattr(describe_combine, "dp_bounds", lambda q, columns: bounds)
+    by = [None, "g"][seed % 2]
+
+    def run(fed):
+        fed.describe("d", ["x", "y"], by=by)
+
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=10.0, dp_rho_site=50.0)
+    kwargs = {"policy": policy, "columns": COLUMNS}
+    seen = recorded_fields(monkeypatch, t, run, **kwargs)
+    monkeypatch.setattr(describe_combine, "dp_bounds", lambda q, columns: bounds)
+    gone = recorded_fields(monkeypatch, without_row(t, row), run, **kwargs)
+    change = largest_change(seen, gone)
+    assert 0 < change <= RESOLUTION
+
+
+def test_hand_made_dp_describes_are_refused_in_the_clear_or_with_bad_bounds():
+    t = tables(0)
+    with fh.Federation.local(t, policy=POLICY, columns=COLUMNS) as fed:
+        site = sites_of(fed)["s0"]
+        params = {"columns": ["x"], "by": None, "levels": None, "bounds": [[0, 100]]}
+        for step, asked in (
+            ("describe", {k: params[k] for k in ("columns", "by", "levels")}),
+            ("describe_dp", params),
+        ):
+            reply = site.handle(SiteRequest(step, "d", asked, None, "mallory", "q"))
+            assert reply.status == "refused" and reply.error["rule"] == "dp", step
+        own = scale_for(POLICY.dp_rho, RESOLUTION)
+        block = secure_block(fed, ["s0", "s1", "s2"], own / 2)
+        reply = site.handle(SiteRequest("describe_dp", "d", params, None, "mallory", "q", block))
+        assert reply.payload is None and reply.error["rule"] == "dp"
+        for bad in ([[100, 0]], [[0, float("nan")]], [[0, 1e13]], [[0, 1], [0, 1]], [[0]]):
+            block = secure_block(fed, ["s0", "s1", "s2"], own)
+            asked = {**params, "bounds": bad}
+            reply = site.handle(SiteRequest("describe_dp", "d", asked, None, "mallory", "q", block))
+            assert reply.status != "released" and reply.error["type"] == "ParameterError", bad
+        assert site.budget.spent("mallory", "d").researcher == 0  # nothing charged for them
+        res = fed.describe("d", ["x"])
+    assert np.allclose(res.privacy.budget["rho_spent"], POLICY.dp_rho)
