@@ -462,3 +462,59 @@ def test_dp_mode_needs_declared_bounds_and_names_the_column():
     with pytest.raises(SchemaError, match="only a float or int column has bounds"):
         with fh.Federation.local(t, columns={"d": {"sex": {"type": "category", "bounds": [0, 1]}}}):
             pass
+
+
+# -- DP mode for real values: PCA ---------------------------------------------------------------
+def correlated_tables(seed: int = 0, n: int = 1000, sites: int = 3):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(sites):
+        z = rng.normal(size=(n, 2))
+        frame = pd.DataFrame(
+            {
+                "a": 50 + 10 * z[:, 0],
+                "b": 20 + 4 * (0.8 * z[:, 0] + 0.6 * z[:, 1]),
+                "c": 5 + 2 * z[:, 1] + rng.normal(0, 0.5, n),
+            }
+        )
+        out[f"s{i}"] = {"d": frame}
+    return out
+
+
+PCA_BOUNDS = {
+    "d": {
+        "a": {"type": "float", "bounds": [0, 100]},
+        "b": {"type": "float", "bounds": [0, 40]},
+        "c": {"type": "float", "bounds": [-5, 15]},
+    }
+}
+
+
+def test_a_dp_pca_is_one_noised_release_of_clipped_cross_products(monkeypatch):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    import fedhem_kernel.site.executor as executor
+
+    t = correlated_tables()
+    pooled = pd.concat([s["d"] for s in t.values()], ignore_index=True)
+    clipped = pooled.clip([0, 0, -5], [100, 40, 15], axis=1)
+    ref = PCA().fit(StandardScaler().fit_transform(clipped))
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.local(t, policy=policy, columns=PCA_BOUNDS) as fed:
+        res = fed.pca("d", ["a", "b", "c"])
+    assert np.allclose(res.privacy.budget["rho_spent"], 0.5)
+    assert any("DP mode" in n and "cross-products" in n for n in res.privacy.notes)
+    assert abs(res.n_samples - len(pooled)) < 30
+    ratio = res.explained_variance_ratio.to_numpy()
+    assert np.abs(ratio - ref.explained_variance_ratio_).max() < 0.04  # 0.002-0.02 (30 runs)
+    cosine = np.abs(np.sum(res.components.to_numpy()[:2] * ref.components_[:2], axis=1))
+    assert cosine.min() > 0.98
+    assert np.abs(res.mean.to_numpy() - clipped.mean().to_numpy()).max() < 0.5
+    # the mechanism without its noise: scikit-learn's PCA of the clipped rows, up to rounding
+    monkeypatch.setattr(executor, "noise_share", lambda v, *a: np.asarray(v, dtype=np.int64))
+    with fh.Federation.local(t, policy=policy, columns=PCA_BOUNDS) as fed:
+        exact = fed.pca("d", ["a", "b", "c"])
+    assert exact.n_samples == len(pooled)
+    assert np.allclose(exact.explained_variance_ratio, ref.explained_variance_ratio_, atol=1e-4)
+    assert np.allclose(np.abs(exact.components.to_numpy()), np.abs(ref.components_), atol=2e-3)

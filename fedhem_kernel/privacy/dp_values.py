@@ -6,7 +6,7 @@ OpenDP's discrete Gaussian adds integer noise, so a DP sum of real values is rel
 numbers: each value is clipped to the column's public bounds ``[low, high]`` (declared by the
 sites' data stewards, never read from the data), mapped to ``t = (x - low) / (high - low)`` in
 [0, 1], and a release that gives every patient nonzero fields ``f`` of weights ``w_f`` (a count,
-a sum of ``t``, a sum of ``(t - ½)²``, a histogram bin, a product, ...), each field in [0, 1],
+a sum of ``t``, a sum of ``(t - ½)²``, a histogram bin, a product, ...), each field in [-1, 1],
 adds ``round(w_f · M · field)`` to each with ``M = ⌊R / √F⌋``, ``F = Σ w_f²``. One patient then
 moves the released vector by at most ``√F · M ≤ R`` in L2 norm (:data:`RESOLUTION`), whatever
 their values: the release is the discrete Gaussian mechanism with sensitivity ``R``, accounted by
@@ -50,7 +50,7 @@ def unit_values(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def encode(t: np.ndarray, m: int) -> np.ndarray:
-    """Whole-number fields ``round(m · t)`` of values ``t`` in [0, 1] (NaN: 0)."""
+    """Whole-number fields ``round(m · t)`` of fields ``t`` in [-1, 1] (NaN: 0)."""
     t = np.asarray(t, dtype=float)
     return np.where(np.isnan(t), 0, np.rint(np.nan_to_num(t) * m)).astype(np.int64)
 

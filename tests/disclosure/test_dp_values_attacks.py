@@ -74,9 +74,12 @@ def test_hand_made_dp_describes_are_refused_in_the_clear_or_with_bad_bounds():
     with fh.Federation.local(t, policy=POLICY, columns=COLUMNS) as fed:
         site = sites_of(fed)["s0"]
         params = {"columns": ["x"], "by": None, "levels": None, "bounds": [[0, 100]]}
+        pca = {"features": ["x"], "bounds": [[0, 100]]}
         for step, asked in (
             ("describe", {k: params[k] for k in ("columns", "by", "levels")}),
             ("describe_dp", params),
+            ("pca_stats", {"features": ["x"]}),
+            ("pca_dp", pca),
         ):
             reply = site.handle(SiteRequest(step, "d", asked, None, "mallory", "q"))
             assert reply.status == "refused" and reply.error["rule"] == "dp", step
@@ -92,3 +95,37 @@ def test_hand_made_dp_describes_are_refused_in_the_clear_or_with_bad_bounds():
         assert site.budget.spent("mallory", "d").researcher == 0  # nothing charged for them
         res = fed.describe("d", ["x"])
     assert np.allclose(res.privacy.budget["rho_spent"], POLICY.dp_rho)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_patient_moves_a_dp_pca_by_at_most_the_sensitivity(monkeypatch, seed):
+    import fedhem_kernel.analyses.pca.combine as pca_combine
+
+    rng = np.random.default_rng(200 + seed)
+    t = tables(seed)
+    t = {s: {"d": d["d"].fillna(50.0)} for s, d in t.items()}
+    row = int(rng.integers(0, 60))
+    target = t["s0"]["d"].loc[row]
+    x, y = float(target["x"]), float(target["y"])
+    # bounds that put the target at a corner, or make every other patient the same
+    choices = [
+        [[x, x + 1e-9], [y - 1e-9, y]],
+        [[-1e12, x], [y, 1e12]],
+        [[0, 100], [-5, 5]],
+        [[x - 1e-6, x + 1e-6], [-1e-9, 1e-9]],
+    ]
+    bounds = choices[seed % len(choices)]
+    monkeypatch.setattr(pca_combine, "dp_bounds", lambda q, feats: bounds)
+    policy = fh.Policy(dp=True, dp_rho=50.0, dp_rho_researcher=100.0, dp_rho_site=500.0)
+    kwargs = {"policy": policy, "columns": COLUMNS}
+
+    def run(fed):
+        try:
+            fed.pca("d", ["x", "y"], standardize=False)
+        except fh.errors.ParameterError:  # no variation above the noise: the release was made
+            pass
+
+    seen = recorded_fields(monkeypatch, t, run, **kwargs)
+    monkeypatch.setattr(pca_combine, "dp_bounds", lambda q, feats: bounds)
+    gone = recorded_fields(monkeypatch, without_row(t, row), run, **kwargs)
+    assert 0 < largest_change(seen, gone) <= RESOLUTION

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fedhem_kernel.errors import SchemaError
+from fedhem_kernel.errors import DisclosureError, ParameterError, SchemaError
+from fedhem_kernel.privacy.dp_values import check_bounds, unit_values
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData
 
@@ -174,3 +175,42 @@ def moments(x: np.ndarray) -> Payload:
     """Count, column means and centred sums of squares (per column) of one site's rows."""
     mean = x.mean(axis=0)
     return {"n": len(x), "mean": mean, "m2": ((x - mean) ** 2).sum(axis=0)}
+
+
+# -- DP mode: values clipped to public bounds (privacy/dp_values.py) ------------------------------
+def require_dp(data: SiteData, what: str) -> None:
+    """Refuse a DP step at a site that is not in DP mode (it would release exact sums)."""
+    if not data.policy.dp:
+        raise DisclosureError(
+            f"this site is not in DP mode: {what} are not released with noise here",
+            site=data.site,
+            dataset=data.dataset,
+            rule="dp",
+        )
+
+
+def dp_bounds_param(
+    data: SiteData, params: Payload, columns: Sequence[str]
+) -> list[tuple[float, float]]:
+    """The request's public bounds, one pair per column, checked here (any finite pair keeps
+    the sensitivity: privacy/dp_values.py)."""
+    try:
+        return check_bounds(params.get("bounds"), len(columns))
+    except ValueError as exc:
+        raise ParameterError(str(exc), site=data.site, dataset=data.dataset) from None
+
+
+def dp_unit_rows(data: SiteData, params: Payload, features: Sequence[str]) -> np.ndarray:
+    """DP mode: the complete rows of numeric ``features``, clipped to the request's bounds and
+    mapped to [0, 1] (no ledger: the noise protects, and a snapped row set would let one
+    patient move others)."""
+    _, x, missing = _numeric_columns(data, features)
+    bounds = dp_bounds_param(data, params, features)
+    if missing.any():
+        data.log.note("patients with a missing value in the features are left out")
+    x = x[~missing]
+    return (
+        np.column_stack([unit_values(x[:, j], low, high) for j, (low, high) in enumerate(bounds)])
+        if len(bounds)
+        else np.empty((len(x), 0))
+    )

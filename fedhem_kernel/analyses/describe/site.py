@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.site_features import dp_bounds_param, require_dp
 from fedhem_kernel.analyses.common.site_grid import key_sums, risk_total
 from fedhem_kernel.analyses.crosstab.site import releases_perturbation
 from fedhem_kernel.analyses.describe import (
@@ -25,7 +26,6 @@ from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.privacy.dp_values import (
     RESOLUTION,
     bins_of,
-    check_bounds,
     encode,
     multiplier,
     unit_values,
@@ -316,30 +316,13 @@ def site_describe_histogram(data: SiteData, params: Payload) -> Payload:
 
 
 # -- DP mode: one noised secure sum (privacy/dp_values.py) --------------------------------------
-def dp_bounds_param(
-    data: SiteData, params: Payload, columns: list[str]
-) -> list[tuple[float, float]]:
-    """The request's public bounds, one pair per column, checked here (any finite pair keeps
-    the sensitivity: privacy/dp_values.py)."""
-    try:
-        return check_bounds(params.get("bounds"), len(columns))
-    except ValueError as exc:
-        raise ParameterError(str(exc), site=data.site, dataset=data.dataset) from None
-
-
 def site_describe_dp(data: SiteData, params: Payload) -> Payload:
     """DP mode: per (group, column), the count, Σt, Σ4(t-½)² and the histogram of ``t`` (``t``:
     the value clipped to the request's bounds, mapped to [0, 1]; ``HIST_BINS`` equal bins), each
     field times its weight (:data:`DP_WEIGHTS`) times ``M = ⌊R/√(10 · columns)⌋``: one patient
     moves the whole release by at most ``R`` (L2), the sensitivity the executor's noise is for.
     No ledger: the noise protects."""
-    if not data.policy.dp:
-        raise DisclosureError(
-            "this site is not in DP mode: its summaries are pooled, decided then released",
-            site=data.site,
-            dataset=data.dataset,
-            rule="dp",
-        )
+    require_dp(data, "summaries")
     labels, codes, columns = _pooled_request(data, params)
     bounds = dp_bounds_param(data, params, columns)
     m = multiplier(sum(w * w for w in DP_WEIGHTS.values()) * len(columns))

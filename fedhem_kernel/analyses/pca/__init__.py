@@ -27,6 +27,13 @@ from fedhem_kernel.protocol.params import BOOL, COLUMNS, NONE, Params, integer
 
 ROWS_PER_FEATURE = 10
 
+
+def dp_fields(p: int) -> int:
+    """Fields per patient of a DP PCA release of ``p`` features: the count, Σt and the upper
+    triangle of Σ4(t-½)(t-½)ᵀ, each of weight 1 (privacy/dp_values.py)."""
+    return 1 + p + p * (p + 1) // 2
+
+
 #: The arguments of this analysis (``Federation.run`` checks them before anything is sent).
 PARAMS: Params = {
     "features": (COLUMNS,),

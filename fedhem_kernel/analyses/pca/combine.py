@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds, dp_release
 from fedhem_kernel.analyses.common.combine_moments import pooled_moments, standard_scale
 from fedhem_kernel.analyses.common.params import check_features
-from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE
+from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE, dp_fields
 from fedhem_kernel.analyses.pca.result import PCAResult
 from fedhem_kernel.errors import DisclosureError, ParameterError
+from fedhem_kernel.privacy.dp_values import RESOLUTION, multiplier
 from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask
 
@@ -59,6 +61,49 @@ def _pooled_stats(q: Ask, feats: list[str]) -> tuple[int, np.ndarray, np.ndarray
     return n, mean, m2
 
 
+def _dp_stats(q: Ask, feats: list[str], release: DPRelease) -> tuple[int, np.ndarray, np.ndarray]:
+    """DP mode: count, mean and centred cross-products decoded from one noised secure sum
+    (pca/site.py, ``pca_dp``) of values clipped to the sites' public bounds; the covariance is
+    made positive semi-definite afterwards (eigenvalues clipped at 0: post-processing)."""
+    bounds = dp_bounds(q, feats)
+    total = q.ask_sum("pca_dp", {"features": feats, "bounds": bounds}, noise_scale=release.scale)
+    p = len(feats)
+    m = multiplier(dp_fields(p))
+    n = float(np.asarray(total.totals["count"]).sum()) / m
+    noise = release.total_sd(len(total.sites)) / m  # SD of every decoded field's noise
+    floor = max(ROWS_PER_FEATURE * p, 3 * noise)
+    if n < floor:
+        raise ParameterError(
+            f"DP mode: too few patients with every feature for a PCA above the noise (at least "
+            f"{floor:.0f} needed)",
+            dataset=q.dataset,
+        )
+    mean_t = np.clip(np.asarray(total.totals["sum"], dtype=float) / (m * n), 0, 1)
+    cross = np.zeros((p, p))
+    cross[np.triu_indices(p)] = np.asarray(total.totals["cross"], dtype=float) / m
+    cross = cross + np.triu(cross, 1).T
+    centre = 2 * mean_t - 1  # the mean of c = 2(t - ½)
+    cov_c = (cross / n - np.outer(centre, centre)) * n / (n - 1)
+    width = np.array([hi - lo for lo, hi in bounds])
+    cov = cov_c / 4 * np.outer(width, width)
+    mean = np.array([lo for lo, _ in bounds]) + width * mean_t
+    flat = [f for f, v in zip(feats, np.diag(cov), strict=True) if not v > 0]
+    if flat:
+        raise ParameterError(
+            "DP mode: this feature shows no variation above the noise",
+            dataset=q.dataset,
+            column=flat[0],
+        )
+    q.note(release.note("the count, sums and cross-products"))
+    spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(feats, bounds, strict=True))
+    q.note(
+        f"values clipped to the bounds the sites declare ({spans}); the count ({n:.0f}) carries "
+        f"noise of SD {noise:.2g}, each cross-product of values mapped to [-1, 1] the same, so "
+        "the covariance is off by about that over the count, times the bounds' widths"
+    )
+    return int(round(n)), mean, cov * (n - 1)
+
+
 def run(
     q: Ask,
     features: Sequence[str] | str,
@@ -77,7 +122,10 @@ def run(
         raise ParameterError(f"'n_components' must be a whole number between 1 and {p}")
     if not isinstance(standardize, bool):
         raise ParameterError("'standardize' must be True or False")
-    if pooled_sums(q, "pca"):
+    release = dp_release(q, RESOLUTION)
+    if release is not None:
+        n, mean, m2 = _dp_stats(q, feats, release)
+    elif pooled_sums(q, "pca"):
         n, mean, m2 = _pooled_stats(q, feats)
     else:
         payloads = q.ask("pca_stats", {"features": feats})

@@ -6,11 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from fedhem_kernel.analyses.common.params import MAX_FEATURES, check_features
-from fedhem_kernel.analyses.common.site_features import feature_matrix, minority_counts, pooled_rows
-from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE
+from fedhem_kernel.analyses.common.site_features import (
+    dp_unit_rows,
+    feature_matrix,
+    minority_counts,
+    pooled_rows,
+    require_dp,
+)
+from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE, dp_fields
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.dp_values import RESOLUTION, encode, multiplier
 from fedhem_kernel.privacy.tables import singled_out
-from fedhem_kernel.protocol.params import COLUMN, instance, list_of
+from fedhem_kernel.protocol.params import COLUMN, instance, list_of, number
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
@@ -72,6 +79,26 @@ def site_pca_pool_sums(data: SiteData, params: Payload) -> Payload:
     return {"sum": x.sum(axis=0), "cross": x.T @ x}
 
 
+# -- DP mode: one noised secure sum (privacy/dp_values.py) --------------------------------------
+def site_pca_dp(data: SiteData, params: Payload) -> Payload:
+    """DP mode: ``M`` times the count, Σt and the upper triangle of Σ 4(t-½)(t-½)ᵀ of the
+    complete rows (``t``: values clipped to the request's bounds, mapped to [0, 1]; every field
+    in [-1, 1]), ``M = ⌊R/√(fields)⌋``: one patient moves the release by at most ``R`` (L2)."""
+    require_dp(data, "PCA sums")
+    features = check_features(params.get("features"))
+    t = dp_unit_rows(data, params, features)
+    p = len(features)
+    m = multiplier(dp_fields(p))
+    c = 2 * (t - 0.5)  # in [-1, 1]: products of two are too
+    upper = np.triu_indices(p)
+    products = c[:, upper[0]] * c[:, upper[1]]
+    return {
+        "count": np.array([m * len(t)], dtype=np.int64),
+        "sum": encode(t, m).sum(axis=0),
+        "cross": encode(products, m).sum(axis=0),
+    }
+
+
 def _pooled(data: SiteData, params: Payload) -> tuple[np.ndarray, np.ndarray]:
     if not data.secure:
         raise ParameterError("a pooled PCA is asked only as a secure sum", site=data.site)
@@ -103,5 +130,18 @@ STEPS = [
         param_columns("features"),
         params={**FEATURES, "evidence": instance(dict, "the signed replies of the first round")},
         sums={"sum": "real", "cross": "real"},
+    ),
+    SiteStep(
+        "pca_dp",
+        "pca",
+        site_pca_dp,
+        param_columns("features"),
+        params={
+            **FEATURES,
+            "bounds": list_of(list_of(number(), 2, least=2), MAX_FEATURES, least=1),
+        },
+        sums={"count": "count", "sum": "count", "cross": "count"},
+        dp=("count", "sum", "cross"),
+        dp_sensitivity=RESOLUTION,
     ),
 ]
