@@ -518,3 +518,52 @@ def test_a_dp_pca_is_one_noised_release_of_clipped_cross_products(monkeypatch):
     assert exact.n_samples == len(pooled)
     assert np.allclose(exact.explained_variance_ratio, ref.explained_variance_ratio_, atol=1e-4)
     assert np.allclose(np.abs(exact.components.to_numpy()), np.abs(ref.components_), atol=2e-3)
+
+
+# -- DP mode for real values: k-means -----------------------------------------------------------
+def blob_tables(seed: int = 0, n: int = 1000, sites: int = 3):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[30.0, 10.0], [60.0, 30.0], [80.0, 5.0]])
+    out = {}
+    for i in range(sites):
+        which = rng.integers(0, 3, n)
+        x = centres[which] + rng.normal(0, [5.0, 3.0], (n, 2))
+        out[f"s{i}"] = {"d": pd.DataFrame({"a": x[:, 0], "b": x[:, 1]})}
+    return out
+
+
+BLOB_BOUNDS = {
+    "d": {"a": {"type": "float", "bounds": [0, 100]}, "b": {"type": "float", "bounds": [-10, 50]}}
+}
+
+
+def matched_distance(ours: np.ndarray, theirs: np.ndarray) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.linalg.norm(ours[:, None, :] - theirs[None, :, :], axis=2)
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].max())
+
+
+def test_a_dp_kmeans_spends_one_release_over_its_rounds_and_finds_the_clusters():
+    from sklearn.cluster import KMeans
+    from sklearn.preprocessing import StandardScaler
+
+    t = blob_tables()
+    pooled = pd.concat([s["d"] for s in t.values()], ignore_index=True)
+    scaler = StandardScaler().fit(pooled)
+    ref = KMeans(3, n_init=10, random_state=0).fit(scaler.transform(pooled))
+    ref_centres = scaler.inverse_transform(ref.cluster_centers_)
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.local(t, policy=policy, columns=BLOB_BOUNDS) as fed:
+        res = fed.kmeans("d", ["a", "b"], 3, seed=1)
+        # the labels stay at the sites: a DP describe by cluster reads them
+        by_cluster = fed.describe("d", ["a"], by="cluster").summary
+    spent = res.privacy.budget["rho_spent"]
+    assert np.allclose(spent, 0.5)  # every release of the fit together: one release's budget
+    assert any("DP k-means" in n for n in res.privacy.notes)
+    assert matched_distance(res.cluster_centers.to_numpy(), ref_centres) < 3.0  # 0.4-1.9 (40 fits)
+    sizes = np.sort(res.cluster_sizes.to_numpy())
+    assert np.abs(sizes - np.sort(np.bincount(ref.labels_))).max() < 60
+    assert np.isnan(res.inertia)
+    assert by_cluster["count"].sum() == pytest.approx(len(pooled), abs=60)

@@ -248,7 +248,7 @@ class SiteExecutor:
                     f"step '{step.name}' has no secure form", site=self.name, rule=BAD_SUM
                 )
             plan = self._party().plan(request.secure)  # checked, its number claimed: before rows
-        noised = self.policy.dp and not self.policy.dp_exempt(step.analysis) and not step.names_only
+        noised = self.policy.dp and not self.policy.dp_exempt(step.analysis) and not step.dp_free
         if noised:  # decided from the policy and the budget log only, never from the data
             if not step.dp:
                 raise DisclosureError(

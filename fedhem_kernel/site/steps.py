@@ -273,10 +273,10 @@ class SiteStep:
     #: by at most ``dp_sensitivity`` in L2 norm, together). A step without them has no DP version.
     dp: tuple[str, ...] = ()
     dp_sensitivity: int = 1
-    #: Answered in DP mode without noise because it only names codes held by at least
-    #: ``min_cell_count`` patients (as ``levels`` names category levels: the same rule in every
-    #: mode, documented in docs/privacy.md).
-    names_only: bool = False
+    #: Answered in DP mode without noise: it releases nothing of the patients (``kmeans_clear``),
+    #: or only names codes held by at least ``min_cell_count`` patients (the causes of competing
+    #: risks, as ``levels`` names category levels: the same rule in every mode, docs/privacy.md).
+    dp_free: bool = False
 
 
 def param_columns(*keys: str) -> Callable[[Payload], list[str]]:

@@ -129,3 +129,69 @@ def test_one_patient_moves_a_dp_pca_by_at_most_the_sensitivity(monkeypatch, seed
     monkeypatch.setattr(pca_combine, "dp_bounds", lambda q, feats: bounds)
     gone = recorded_fields(monkeypatch, without_row(t, row), run, **kwargs)
     assert 0 < largest_change(seen, gone) <= RESOLUTION
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_one_patient_moves_a_dp_kmeans_round_by_at_most_the_sensitivity(monkeypatch, seed):
+    """The coordinator sends centres that isolate the target (one centre on them, the other
+    far away) and extreme bounds: the statistics release and a Lloyd round for the same request
+    still move by at most the sensitivity when the target is removed (later rounds are asked
+    with centres that depend on earlier noisy releases: composition, accounted release by
+    release)."""
+    import fedhem_kernel.analyses.kmeans.combine_dp as kmeans_dp
+
+    rng = np.random.default_rng(300 + seed)
+    t = {s: {"d": d["d"].fillna(50.0)} for s, d in tables(seed).items()}
+    row = int(rng.integers(0, 60))
+    target = t["s0"]["d"].loc[row]
+    x, y = float(target["x"]), float(target["y"])
+    bounds = [[[x - 1e-6, x + 1e-6], [y, y + 1e-9]], [[0, 100], [-5, 5]]][seed % 2]
+    monkeypatch.setattr(kmeans_dp, "dp_bounds", lambda q, feats: bounds)
+    lo = np.array([b[0] for b in bounds])
+    width = np.array([b[1] - b[0] for b in bounds])
+    on_target = (np.array([x, y]) - lo) / width
+    start = np.vstack([lo + width * on_target, lo + width * (1 - on_target)])
+    policy = fh.Policy(dp=True, dp_rho=50.0, dp_rho_researcher=100.0, dp_rho_site=500.0)
+    kwargs = {"policy": policy, "columns": COLUMNS}
+
+    def run(fed):
+        try:
+            fed.kmeans("d", ["x", "y"], 2, init=start, standardize=False, max_iter=1)
+        except fh.errors.ParameterError:  # no variation above the noise: releases were made
+            pass
+
+    seen = recorded_fields(monkeypatch, t, run, **kwargs)
+    monkeypatch.setattr(kmeans_dp, "dp_bounds", lambda q, feats: bounds)
+    gone = recorded_fields(monkeypatch, without_row(t, row), run, **kwargs)
+    assert len(seen) == 2  # the statistics and one round
+    assert 0 < largest_change(seen, gone) <= RESOLUTION
+
+
+def test_hand_made_kmeans_requests_in_dp_mode_are_refused_or_bounded():
+    t = {s: {"d": d["d"].fillna(50.0)} for s, d in tables(1).items()}
+    with fh.Federation.local(t, policy=POLICY, columns=COLUMNS) as fed:
+        site = sites_of(fed)["s0"]
+        base = {"features": ["x"], "k": 2, "bounds": [[0, 100]]}
+        step = {**base, "centers": [[10.0], [90.0]], "scale": [1.0], "source": None}
+        plain = {"features": ["x"], "k": 2}
+        for name, asked in (
+            ("kmeans_stats", plain),
+            ("kmeans_pool_stats", plain),
+            ("kmeans_dp_stats", base),
+            ("kmeans_dp_step", step),
+        ):
+            reply = site.handle(SiteRequest(name, "d", asked, None, "mallory", "q"))
+            assert reply.status == "refused" and reply.error["rule"] == "dp", name
+        own = scale_for(POLICY.dp_rho, RESOLUTION)
+        for bad in (
+            {"scale": [0.0]},
+            {"scale": [-1.0]},
+            {"centers": [[np.nan], [1.0]]},
+            {"centers": [[1.0, 2.0]]},
+            {"scale": [1.0, 1.0]},
+        ):
+            block = secure_block(fed, ["s0", "s1", "s2"], own)
+            asked = {**step, **bad}
+            reply = site.handle(SiteRequest("kmeans_dp_step", "d", asked, None, "m", "q", block))
+            assert reply.status != "released" and reply.error["type"] == "ParameterError", bad
+        assert site.budget.spent("m", "d").researcher == 0

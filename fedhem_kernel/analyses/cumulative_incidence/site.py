@@ -155,7 +155,7 @@ STEPS = [
         site_causes,
         param_columns("duration", "event"),
         params={"duration": COLUMN, "event": COLUMN},
-        names_only=True,
+        dp_free=True,
     ),
     SiteStep(
         "cif_tables",

@@ -90,3 +90,14 @@ PARAMS: Params = {
     "max_iter": (integer(1, 10_000),),
     "tol": (number(0),),
 }
+
+
+# DP mode (kmeans/site_dp.py, combine_dp.py): fields per patient of each release
+def stats_fields(p: int) -> int:
+    """Fields per patient of the statistics release: the count, Σt and Σ(2t-1)² per feature."""
+    return 1 + 2 * p
+
+
+def step_fields(p: int) -> int:
+    """Fields per patient of a Lloyd round: its cluster's count and Σt (one cluster each)."""
+    return 1 + p

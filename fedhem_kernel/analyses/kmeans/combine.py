@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
+from fedhem_kernel.analyses.common.combine_dp import dp_release
 from fedhem_kernel.analyses.common.combine_moments import pooled_moments, standard_scale
 from fedhem_kernel.analyses.common.params import check_features
 from fedhem_kernel.analyses.kmeans import HELD, MAX_CLUSTERS, RELEASED, WITHHELD
+from fedhem_kernel.analyses.kmeans.combine_dp import fit_dp
 from fedhem_kernel.analyses.kmeans.result import KMeansResult
 from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.privacy.dp_values import RESOLUTION
 from fedhem_kernel.protocol.query import Ask, Payload
 from fedhem_kernel.protocol.secure_sum import SecureTotal
 
@@ -210,6 +213,9 @@ def _fit(
     _check_number(seed, "seed", 0, integer=True)
     _check_number(max_iter, "max_iter", 1, integer=True)
     _check_number(tol, "tol", 0, integer=False)
+    release = dp_release(q, RESOLUTION)
+    if release is not None:
+        return fit_dp(q, feats, k, start, standardize, seed, max_iter, tol, release)
     p = len(feats)
     source = f"kmeans {uuid.uuid4().hex[:12]}"
     pooled = pooled_sums(q, "kmeans")

@@ -19,6 +19,7 @@ from fedhem_kernel.analyses.common.params import (
 from fedhem_kernel.analyses.common.site_features import FeatureMatrix, feature_matrix, moments
 from fedhem_kernel.analyses.kmeans import COLUMN, MAX_CLUSTERS, RELEASED, WITHHELD
 from fedhem_kernel.analyses.kmeans.site_bounds import NearestCentres
+from fedhem_kernel.analyses.kmeans.site_dp import STEPS as DP_STEPS
 from fedhem_kernel.analyses.kmeans.site_micro import Atoms, atoms
 from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.protocol.params import (
@@ -507,7 +508,7 @@ STEPS = [
             {**FEATURES, **UNITS, "centers": CENTRES, "source": (text(80), NONE)},
         ),
     )
-] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [], {})]
+] + [SiteStep("kmeans_clear", "kmeans", site_kmeans_clear, lambda params: [], {}, dp_free=True)]
 
 #: The pooled rounds (secure sums only): the candidates of k-means++ stay per site.
 CLUSTER_SUMS = {"counts": "count", "inertia": "real", "sat_out": "count"}
@@ -552,3 +553,4 @@ STEPS += [
         sums=CLUSTER_SUMS,
     ),
 ]
+STEPS += DP_STEPS  # DP mode (kmeans/site_dp.py)
