@@ -100,50 +100,54 @@ DEMO_SITES: dict[str, int] = {
 
 _MONTHS = {"unit": "months"}
 
-COLUMN_TYPES: dict[str, dict[str, dict[str, str]]] = {
+#: Public ranges a data steward would declare for the numbers (DP mode clips values to them).
+_AGE = {"bounds": [0, 100]}
+_FLAG = {"bounds": [0, 1]}
+
+COLUMN_TYPES: dict[str, dict[str, dict[str, object]]] = {
     "aml": {
-        "age": {"type": "float"},
+        "age": {"type": "float", **_AGE},
         "sex": {"type": "category"},
         "eln_risk": {"type": "category"},
-        "npm1": {"type": "int"},
-        "flt3_itd": {"type": "int"},
-        "tp53": {"type": "int"},
-        "wbc": {"type": "float"},
+        "npm1": {"type": "int", **_FLAG},
+        "flt3_itd": {"type": "int", **_FLAG},
+        "tp53": {"type": "int", **_FLAG},
+        "wbc": {"type": "float", "bounds": [0, 150]},
         "treatment_intensity": {"type": "category"},
         "os_months": {"type": "float", **_MONTHS},
-        "os_status": {"type": "int"},
-        "relapse": {"type": "int"},
+        "os_status": {"type": "int", **_FLAG},
+        "relapse": {"type": "int", **_FLAG},
         "efs_months": {"type": "float", **_MONTHS},
         "efs_cause": {"type": "int"},
     },
     "mds": {
-        "age": {"type": "float"},
+        "age": {"type": "float", **_AGE},
         "sex": {"type": "category"},
         "ipss_r": {"type": "category"},
-        "bm_blasts_pct": {"type": "float"},
-        "sf3b1": {"type": "int"},
+        "bm_blasts_pct": {"type": "float", "bounds": [0, 100]},
+        "sf3b1": {"type": "int", **_FLAG},
         "os_months": {"type": "float", **_MONTHS},
-        "os_status": {"type": "int"},
+        "os_status": {"type": "int", **_FLAG},
     },
     "mm": {
-        "age": {"type": "float"},
+        "age": {"type": "float", **_AGE},
         "sex": {"type": "category"},
         "iss": {"type": "category"},
         "r_iss": {"type": "category"},
         "pfs_months": {"type": "float", **_MONTHS},
-        "pfs_status": {"type": "int"},
+        "pfs_status": {"type": "int", **_FLAG},
         "os_months": {"type": "float", **_MONTHS},
-        "os_status": {"type": "int"},
+        "os_status": {"type": "int", **_FLAG},
     },
     "scd": {
-        "age": {"type": "float"},
+        "age": {"type": "float", **_AGE},
         "sex": {"type": "category"},
         "genotype": {"type": "category"},
-        "hbf_pct": {"type": "float"},
-        "crp_mg_l": {"type": "float"},
-        "microalbuminuria": {"type": "int"},
-        "crises_per_year": {"type": "float"},
-        "stroke": {"type": "int"},
+        "hbf_pct": {"type": "float", "bounds": [0, 40]},
+        "crp_mg_l": {"type": "float", "bounds": [0, 100]},
+        "microalbuminuria": {"type": "int", **_FLAG},
+        "crises_per_year": {"type": "float", "bounds": [0, 20]},
+        "stroke": {"type": "int", **_FLAG},
     },
 }
 
