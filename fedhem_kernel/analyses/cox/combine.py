@@ -26,14 +26,16 @@ from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
 from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
-    PooledStratum,
-    TimeWeights,
     _pool_strata,
     accumulate_from_end,
     check_variation,
-    evaluate,
     pool_steps,
     sum_bytes,
+)
+from fedhem_kernel.analyses.cox.likelihood import (
+    PooledStratum,
+    TimeWeights,
+    evaluate,
     unpack_triangle,
 )
 from fedhem_kernel.analyses.cox.result import CoxResult, summary_frame

@@ -12,7 +12,8 @@ import pandas as pd
 from scipy import stats
 
 from fedhem_kernel.analyses.cox import TRANSFORMS
-from fedhem_kernel.analyses.cox.combine_sums import CoxFit, time_weights
+from fedhem_kernel.analyses.cox.combine_sums import CoxFit
+from fedhem_kernel.analyses.cox.likelihood import time_weights
 from fedhem_kernel.analyses.cox.result_checks import (
     Concordance,
     Diagnostics,

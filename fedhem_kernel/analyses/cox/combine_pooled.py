@@ -25,12 +25,8 @@ from fedhem_kernel.analyses.cox import (
     pooled_scaling,
     time_blocks,
 )
-from fedhem_kernel.analyses.cox.combine_sums import (
-    CoxFit,
-    PooledStratum,
-    check_variation,
-    evaluate,
-)
+from fedhem_kernel.analyses.cox.combine_sums import CoxFit, check_variation
+from fedhem_kernel.analyses.cox.likelihood import PooledStratum, evaluate
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
 from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask, Payload
