@@ -8,7 +8,8 @@ from lifelines.utils import StepSizer as LifelinesStepSizer
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
 
-from fedhem_kernel.analyses.common.combine_newton import StepSizer, newton_raphson
+from fedhem_kernel.analyses.common.combine_newton import newton_raphson
+from fedhem_kernel.analyses.common.newton import StepSizer
 from fedhem_kernel.errors import FedHemError
 
 

@@ -219,3 +219,77 @@ def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
         res = fed.cox("c", "time", "event", ["age", "mutation"])
     assert res.concordance is None and np.isnan(res.concordance_index_)
     assert any("model checks" in n and "not computed" in n for n in res.notes)
+
+
+def path_rules(q) -> set[str]:
+    return {r for o in q.report().outcomes if not o.released for r in o.rules}
+
+
+def test_beta_of_the_coordinators_choosing_is_refused_only_the_newton_path_is_answered(tables):
+    """The multiset attack: the sums of a block's risk set at many β of the coordinator's
+    choosing (a moment generating function) give the covariates of the k patients leaving it.
+    Each site answers β = 0 first, then only the Newton step from the previous round's signed
+    total, which it evaluates itself."""
+    from fedhem_kernel.analyses.common.newton import NewtonPath
+    from fedhem_kernel.analyses.cox import pooled_scaling
+    from fedhem_kernel.analyses.cox.likelihood import block_likelihood
+
+    def refused(total, blocks, **extra) -> set[str]:
+        q = fresh(fed)  # a query whose sites all refused is over: a new one per attempt
+        with pytest.raises(FedHemError):
+            sums(q, total, blocks, **extra)
+        return path_rules(q)
+
+    with federation(tables) as fed:
+        _, total = setup_round(fed, fit="a" * 32)
+        blocks = rule_blocks(total)
+        # a fit that starts anywhere but 0
+        assert refused(total, blocks, beta=(0.3, -0.2), fit="a" * 32) == {"cox_newton_path"}
+        # the first round at 0 is answered; a second β of the coordinator's choosing is not,
+        # with or without the first round's replies
+        _, total = setup_round(fed, fit="b" * 32)
+        first = sums(fresh(fed), total, blocks, fit="b" * 32)
+        for extra in ({}, {"path": {"evidence": first.evidence}}):
+            rules = refused(total, blocks, beta=(0.05, 0.1), fit="b" * 32, **extra)
+            assert rules == {"cox_newton_path"}
+        # the Newton step, as the coordinator computes it
+        center, scale = pooled_scaling(total.totals)
+        path = NewtonPath(2)
+        path.take()
+        ll, grad, hess, _ = block_likelihood(
+            first.totals,
+            blocks,
+            step=1.0,
+            horizon=600,
+            center=center,
+            scale=scale,
+            ties="efron",
+            beta=path.beta,
+        )
+        path.resize(path.direction(grad, hess))
+        step = tuple(path.next())
+        # ... not with the replies of another fit (signed for that one)
+        _, total_c = setup_round(fed, fit="c" * 32)
+        other = sums(fresh(fed), total_c, blocks, fit="c" * 32)
+        assert refused(total, blocks, beta=step, fit="b" * 32, path={"evidence": other.evidence})
+        # ... but with the previous round's replies it is answered (the refusals changed nothing)
+        second = sums(
+            fresh(fed), total, blocks, beta=step, fit="b" * 32, path={"evidence": first.evidence}
+        )
+        assert second.totals["S0"][0] > 0
+        # and the next round must step from the second, not the first
+        rules = refused(total, blocks, beta=step, fit="b" * 32, path={"evidence": second.evidence})
+        assert rules == {"cox_newton_path"}
+
+
+def test_a_refit_walks_the_same_path_and_gives_nothing_new(tables, totals):
+    """Restarting the fit (a new fit id) walks the same β from 0: the same sums again."""
+    with federation(tables) as fed:
+        one = fed.cox("c", "time", "event", ["age", "mutation"])
+        n_first = sum(1 for step, _ in totals if step == "cox_pool_sums")
+        two = fed.cox("c", "time", "event", ["age", "mutation"])
+    rounds = [t for step, t in totals if step == "cox_pool_sums"]
+    assert len(rounds) == 2 * n_first
+    for a, b in zip(rounds[:n_first], rounds[n_first:], strict=True):
+        assert np.allclose(a.totals["S0"], b.totals["S0"], rtol=1e-12)
+    assert np.allclose(one.params_, two.params_, rtol=1e-12)

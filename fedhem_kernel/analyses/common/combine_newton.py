@@ -13,40 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
+from fedhem_kernel.analyses.common.newton import NewtonPath, SingularHessian
 from fedhem_kernel.errors import FedHemError
 
 #: ``objective(beta) -> (log-likelihood, gradient, Hessian)``
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray]]
-
-
-class StepSizer:
-    """lifelines' step-size schedule (``lifelines.utils.StepSizer``), so the iterates match."""
-
-    def __init__(self, initial: float = 0.95) -> None:
-        self.initial = initial
-        self.step_size = initial
-        self.temper_back_up = False
-        self.norms: list[float] = []
-
-    def update(self, norm_of_delta: float) -> float:
-        self.norms.append(norm_of_delta)
-        if self.temper_back_up:
-            self.step_size = min(self.step_size * 1.3, self.initial)
-        if norm_of_delta >= 15.0:
-            self.step_size *= 0.1
-            self.temper_back_up = True
-        elif 15.0 > norm_of_delta > 5.0:
-            self.step_size *= 0.25
-            self.temper_back_up = True
-        recent = self.norms[-3:]
-        if len(self.norms) >= 3:
-            if np.all(np.diff(recent) < 0):
-                self.step_size = min(self.step_size * 1.3, 1.0)
-            else:
-                self.step_size *= 0.98
-        return self.step_size
 
 
 @dataclass(frozen=True)
@@ -90,23 +62,19 @@ def newton_raphson(
     Hessian is not finite or the Hessian is not negative definite (``what`` names the likelihood
     in the message, e.g. "partial likelihood").
     """
-    beta = np.zeros(p)
-    delta = np.zeros(p)
-    sizer = StepSizer(initial_step)
-    step_size = sizer.step_size
+    path = NewtonPath(p, initial_step)
     previous_ll = 0.0
     ll_null = 0.0
     converged = diverged = False
     i = 0
-    evaluated = beta
+    evaluated = path.beta
     hessian = gradient = np.zeros(0)
     log_lik = norm_delta = 0.0
     while True:
-        candidate = beta + step_size * delta
-        if np.abs(candidate).max(initial=0.0) > max_coefficient:
+        if np.abs(path.next()).max(initial=0.0) > max_coefficient:
             diverged = True
             break
-        beta = candidate
+        beta = path.take()
         i += 1
         ll, grad, hess = objective(beta)
         if i == 1:
@@ -114,15 +82,14 @@ def newton_raphson(
         if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
             raise FedHemError(f"the {what} is not finite at this step: the model does not converge")
         try:
-            delta = linalg.solve(-hess, grad, assume_a="pos", check_finite=False)
-        except (ValueError, linalg.LinAlgError):
+            norm_delta = path.direction(grad, hess)
+        except SingularHessian:
             raise FedHemError(
                 "the Hessian is singular: covariates are collinear (or a covariate separates "
                 "events completely)"
             ) from None
         evaluated, hessian, gradient, log_lik = beta, hess, grad, ll
-        norm_delta = float(np.linalg.norm(delta))
-        decrement = float(grad @ delta) / 2
+        decrement = float(grad @ path.delta) / 2
         if (
             norm_delta < precision
             or (previous_ll != 0 and abs(ll - previous_ll) / (-previous_ll) < r_precision)
@@ -130,10 +97,10 @@ def newton_raphson(
         ):
             converged = True
             break
-        if i >= max_steps or step_size <= 1e-5 or (abs(ll) < 1e-4 and norm_delta > 1.0):
+        if i >= max_steps or path.step_size <= 1e-5 or (abs(ll) < 1e-4 and norm_delta > 1.0):
             break
         previous_ll = ll
-        step_size = sizer.update(norm_delta)
+        path.resize(norm_delta)
     return NewtonResult(
         evaluated, log_lik, gradient, hessian, ll_null, i, converged, norm_delta, diverged
     )

@@ -26,7 +26,7 @@ from fedhem_kernel.analyses.cox import (
     time_blocks,
 )
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit, check_variation
-from fedhem_kernel.analyses.cox.likelihood import PooledStratum, evaluate
+from fedhem_kernel.analyses.cox.likelihood import PooledStratum, block_likelihood
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
 from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask, Payload
@@ -41,41 +41,32 @@ class BlockObjective:
         self.center, self.scale = np.zeros(0), np.zeros(0)
         self.strata: list[PooledStratum] = []
         self.sites: tuple[str, ...] = ()
+        #: the signed replies of the last round (the sites check the next β against them)
+        self.previous: dict | None = None
 
     def __call__(self, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        total = self.q.ask_sum("cox_pool_sums", {**self.params, "beta": [float(b) for b in beta]})
+        asked = {**self.params, "beta": [float(b) for b in beta]}
+        if self.previous is not None:  # every site checks β is the Newton step from there
+            asked["path"] = {"evidence": self.previous}
+        total = self.q.ask_sum("cox_pool_sums", asked)
         if self.sites and set(total.sites) != set(self.sites):
             raise FedHemError(
                 "a site stopped answering during the fit: no consistent pooled fit is possible",
                 dataset=self.q.dataset,
             )
-        self.sites = total.sites
-        t = total.totals
-        self.strata, event_sums = [], []
-        at = 0
-        for s, starts in enumerate(self.blocks):
-            if not starts:
-                continue
-            rows = slice(at, at + len(starts))
-            at += len(starts)
-            events = np.asarray(t["events"][rows], dtype=np.int64)
-            ends = [*starts[1:], self.plan.horizon + 1]
-            st = PooledStratum(
-                label=self.labels[s],
-                times=np.asarray(ends, dtype=float) * self.plan.step,
-                events=events,
-                event_sum=np.asarray(t["event_sum"][s], dtype=float),
-                sites=total.sites,
-                n=0,
-            )
-            tied = st.tied
-            st.S0, st.S1, st.S2 = t["S0"][rows], t["S1"][rows], t["S2"][rows]
-            # a block whose events are not surely k has no event sums of its own (zeros):
-            # Breslow's way there
-            st.D0, st.D1, st.D2 = t["D0"][rows][tied], t["D1"][rows][tied], t["D2"][rows][tied]
-            self.strata.append(st)
-            event_sums.append((st.event_sum - events.sum() * self.center) / self.scale)
-        ll, grad, hess, _ = evaluate(self.strata, beta, event_sums, self.params["ties"])
+        self.sites, self.previous = total.sites, total.evidence
+        ll, grad, hess, self.strata = block_likelihood(
+            total.totals,
+            self.blocks,
+            step=self.plan.step,
+            horizon=self.plan.horizon,
+            center=self.center,
+            scale=self.scale,
+            ties=self.params["ties"],
+            beta=beta,
+            labels=self.labels,
+            sites=total.sites,
+        )
         return ll, grad, hess
 
 

@@ -162,3 +162,49 @@ def evaluate(
     if weighted_s2 is not None:
         info += weighted_s2
     return ll, grad, -info, weights
+
+
+def block_likelihood(
+    totals: dict[str, np.ndarray],
+    blocks: Sequence[Sequence[int]],
+    *,
+    step: float,
+    horizon: int,
+    center: np.ndarray,
+    scale: np.ndarray,
+    ties: str,
+    beta: np.ndarray,
+    labels: Sequence[tuple[str, ...]] | None = None,
+    sites: tuple[str, ...] = (),
+) -> tuple[float, np.ndarray, np.ndarray, list[PooledStratum]]:
+    """Log partial likelihood, gradient and Hessian (standardised units) at ``beta`` from the
+    total of one ``cox_pool_sums`` round of a pooled fit on ``blocks`` (per stratum the first
+    grid steps of its blocks), and the strata it was evaluated on. A block whose events are not
+    surely k has no event sums of its own (zeros): Breslow's way there."""
+    strata: list[PooledStratum] = []
+    event_sums = []
+    at = 0
+    for s, starts in enumerate(blocks):
+        if not starts:
+            continue
+        rows = slice(at, at + len(starts))
+        at += len(starts)
+        events = np.asarray(totals["events"][rows], dtype=np.int64)
+        ends = [*starts[1:], horizon + 1]
+        st = PooledStratum(
+            label=tuple(labels[s]) if labels is not None else (),
+            times=np.asarray(ends, dtype=float) * step,
+            events=events,
+            event_sum=np.asarray(totals["event_sum"][s], dtype=float),
+            sites=sites,
+            n=0,
+        )
+        tied = st.tied
+        st.S0, st.S1, st.S2 = totals["S0"][rows], totals["S1"][rows], totals["S2"][rows]
+        st.D0 = totals["D0"][rows][tied]
+        st.D1 = totals["D1"][rows][tied]
+        st.D2 = totals["D2"][rows][tied]
+        strata.append(st)
+        event_sums.append((st.event_sum - events.sum() * center) / scale)
+    ll, grad, hess, _ = evaluate(strata, beta, event_sums, ties)
+    return ll, grad, hess, strata

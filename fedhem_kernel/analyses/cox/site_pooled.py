@@ -34,11 +34,14 @@ Events beyond the horizon (50 years on a monthly grid) count as censored there.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
 
+from fedhem_kernel.analyses.common.newton import NewtonPath, SingularHessian
 from fedhem_kernel.analyses.common.site_features import minority_counts
 from fedhem_kernel.analyses.common.site_grid import asked_grid_step, key_sums, risk_total
 from fedhem_kernel.analyses.cox import (
@@ -51,6 +54,7 @@ from fedhem_kernel.analyses.cox import (
     pooled_scaling,
     time_blocks,
 )
+from fedhem_kernel.analyses.cox.likelihood import block_likelihood
 from fedhem_kernel.analyses.crosstab.site import releases_perturbation
 from fedhem_kernel.analyses.levels import OTHER
 from fedhem_kernel.analyses.levels.site import group_index
@@ -71,10 +75,15 @@ from fedhem_kernel.protocol.params import (
     text,
 )
 from fedhem_kernel.protocol.query import Payload
+from fedhem_kernel.protocol.secure_sum import request_binding
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns
 
 #: The rule a site refuses blocks its risk round does not allow with.
 POOLED_BLOCKS = "cox_blocks"
+#: The rule a site refuses coefficients off the Newton path with.
+NEWTON_PATH = "cox_newton_path"
+#: Most Newton iterations of one fit (the coordinator's loop stops at 500 too).
+MAX_NEWTON_STEPS = 500
 
 
 class PooledDesign:
@@ -278,6 +287,7 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
             f"a coefficient above {MAX_COEFFICIENT:g} standard units (hazard ratio above "
             f"e^{MAX_COEFFICIENT:g} per standard deviation, in the pooled rows' units)",
         )
+    _check_path(data, params, blocks, d, center, scale, beta)
     z = (d.x - center) / scale
     w = np.exp(z @ beta)
     if not np.isfinite(w).all():
@@ -322,6 +332,92 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
     return out
 
 
+#: Fits whose Newton path a site keeps (the oldest is forgotten: its next round is refused).
+MAX_PATHS = 32
+#: How far a requested β may be from the site's own Newton step (relative; floating point of
+#: another machine's linear algebra, not room to choose).
+PATH_TOLERANCE = 1e-8
+
+
+class _Path:
+    """One fit's Newton path at this site: the model asked, the path, the last request."""
+
+    def __init__(self, model: str, p: int) -> None:
+        self.model = model
+        self.path = NewtonPath(p)
+        self.last: Payload | None = None
+
+
+def _check_path(
+    data: SiteData,
+    params: Payload,
+    blocks: list[list[int]],
+    d: PooledDesign,
+    center: np.ndarray,
+    scale: np.ndarray,
+    beta: np.ndarray,
+) -> None:
+    """β must be where Newton–Raphson goes next: 0 in a fit's first round, then the step from
+    the previous round's signed total (``path.evidence``), which this site evaluates itself
+    (cox/likelihood.py, common/newton.py: the coordinator's code). A coordinator free to choose
+    β would read, from the sums at many β, the covariates of the few patients leaving a block."""
+    paths = data.scratch.setdefault("cox_paths", OrderedDict())
+    model = request_binding(
+        "cox_pool_sums",
+        data.dataset,
+        None,
+        {k: v for k, v in params.items() if k not in ("beta", "path")},
+    )
+    fit = str(params["fit"])
+    state = paths.get(fit)
+    asked_path = params.get("path")
+    if state is None or state.model != model:
+        if asked_path is not None or np.any(beta != 0):
+            raise _off_path(data, "a fit starts at β = 0 (this site holds no earlier round of it)")
+        state = paths[fit] = _Path(model, d.p)
+        while len(paths) > MAX_PATHS:
+            paths.popitem(last=False)
+    else:
+        if not isinstance(asked_path, dict) or "evidence" not in asked_path:
+            raise _off_path(data, "a later round of a fit carries the previous round's replies")
+        assert state.last is not None
+        totals = data.earlier_total(asked_path["evidence"], "cox_pool_sums", state.last)
+        path = copy.deepcopy(state.path)  # changed only if this round is answered
+        try:
+            ll, grad, hess, _ = block_likelihood(
+                totals,
+                blocks,
+                step=d.step,
+                horizon=d.horizon,
+                center=center,
+                scale=scale,
+                ties=params["ties"],
+                beta=path.beta,
+            )
+            if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
+                raise SingularHessian
+            path.resize(path.direction(grad, hess))
+        except (SingularHessian, KeyError, ValueError, IndexError):
+            raise _off_path(data, "the previous round gives no Newton step") from None
+        if path.evaluated >= MAX_NEWTON_STEPS or not np.allclose(
+            beta, path.next(), rtol=PATH_TOLERANCE, atol=PATH_TOLERANCE
+        ):
+            raise _off_path(data, "β is not the Newton step from the previous round")
+        state.path = path
+    state.path.take()
+    state.last = dict(params)
+    paths.move_to_end(fit)
+
+
+def _off_path(data: SiteData, why: str) -> DisclosureError:
+    return DisclosureError(
+        f"{why}: a pooled Cox fit follows Newton–Raphson from β = 0",
+        site=data.site,
+        dataset=data.dataset,
+        rule=NEWTON_PATH,
+    )
+
+
 def _block_sums(
     block: np.ndarray, w: np.ndarray, z: np.ndarray, n_blocks: int, iu: tuple[np.ndarray, ...]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -359,6 +455,7 @@ SUMS_PARAMS = {
     "k": integer(1, 10**6),
     "evidence": instance(dict, "the signed replies of the setup round"),
     "beta": list_of(number(), most=MAX_COVARIATES_TOTAL, least=1),
+    "path": (instance(dict, "the signed replies of the previous round"), NONE),
 }
 
 
