@@ -293,3 +293,37 @@ def test_a_refit_walks_the_same_path_and_gives_nothing_new(tables, totals):
     for a, b in zip(rounds[:n_first], rounds[n_first:], strict=True):
         assert np.allclose(a.totals["S0"], b.totals["S0"], rtol=1e-12)
     assert np.allclose(one.params_, two.params_, rtol=1e-12)
+
+
+def test_blocks_cut_another_way_are_refused_after_the_first_fit(tables):
+    """Two partitions of the same risk sets (another k, a coarser grid, another horizon) would
+    give risk-set sums at two nearby starts; their difference at β = 0, the covariates of the
+    few patients leaving between them. Every pooled fit on a dataset cuts its blocks as the
+    first one did."""
+    with federation(tables) as fed:
+        fed.cox("c", "time", "event", ["age", "mutation"])  # the plan: k = 5, 1 month, 600
+        # another k: the setup round (no k in it) is answered, the blocks are not
+        _, total = setup_round(fed)
+        m = len(total.sites)
+        rows = range(len(total.totals["events_below"]))
+        counts = [{f: total.totals[f][s] for f in BLOCK_COUNTS} for s in rows]
+        blocks = [time_blocks(c, K + 1, m)[0] for c in counts]
+        q = fresh(fed)
+        with pytest.raises(FedHemError):
+            q.ask_sum(
+                "cox_pool_sums",
+                {
+                    **base(),
+                    "decided": blocks,
+                    "k": K + 1,
+                    "evidence": total.evidence,
+                    "beta": [0.0, 0.0],
+                },
+            )
+        assert path_rules(q) == {"cox_blocks"}
+        # another grid or horizon: refused from the setup round on
+        for extra in ({"grid": "2 months", "horizon": 300}, {"horizon": 599}):
+            q = fresh(fed)
+            with pytest.raises(FedHemError):
+                q.ask_sum("cox_pool_setup", base(**extra))
+            assert path_rules(q) == {"cox_blocks"}, extra

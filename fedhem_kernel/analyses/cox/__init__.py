@@ -112,3 +112,56 @@ def pooled_scaling(totals: dict) -> tuple[np.ndarray, np.ndarray]:
     center = total / max(n, 1.0)
     var = np.clip(square - n * center**2, 0.0, None) / max(n - 1.0, 1.0)
     return center, np.sqrt(var)
+
+
+def ph_weights(
+    totals: dict, blocks: list[list[int]], step: float, k: int, n_sites: int
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The Schoenfeld test's time weights of a pooled fit, from the setup round's perturbed
+    counts (so that every site derives them itself): per stratum with blocks, per block the
+    four transforms of :data:`TRANSFORMS` (rank, Kaplan–Meier, time, log time: a block's time
+    is its end), less their event-weighted mean over every stratum; and Σ d·(g - ḡ)² per
+    transform. Blocks are grouped until a group surely holds ``k`` events (the bounds of
+    :func:`time_blocks`; what is left joins the last group), and every block of a group takes
+    the group's event-weighted mean: a site sums Σ w·z over its events, which must not single
+    out a block of fewer than ``k`` events. A stratum without any such group gets zeros."""
+    m = n_sites
+    per_stratum: list[tuple[np.ndarray, np.ndarray, bool]] = []
+    for s, starts in enumerate(blocks):
+        if not starts:
+            continue
+        risk = np.asarray(totals["at_risk"][s], dtype=float)
+        dying = np.asarray(totals["dying"][s], dtype=float)
+        ends = [*starts[1:], len(dying)]
+        d = np.array([max(dying[a:b].sum(), 0.0) for a, b in zip(starts, ends, strict=True)])
+        n = np.maximum(risk[starts], 1.0)
+        before = np.cumsum(d) - d
+        km = 1 - np.cumprod(1 - np.clip(d / n, 0, 1))
+        time = np.asarray(ends, dtype=float) * step
+        g = np.column_stack((before + (d + 1) / 2, km, time, np.log(time)))
+        # groups of blocks that surely hold k events (each block's count is off by m per step)
+        group = np.full(len(starts), -1)
+        first, label = 0, 0
+        for j, b in enumerate(ends):
+            low = float((dying[starts[first] : b] - m).sum())
+            if low >= k:
+                group[first : j + 1] = label
+                first, label = j + 1, label + 1
+        if label == 0:  # no group: this stratum takes no part in the test
+            per_stratum.append((np.zeros_like(g), np.zeros(len(starts)), False))
+            continue
+        group[group < 0] = label - 1  # the rest joins the last group
+        for c in range(label):
+            inside = group == c
+            weight = d[inside].sum()
+            if weight > 0:
+                g[inside] = (d[inside, None] * g[inside]).sum(axis=0) / weight
+        per_stratum.append((g, d, True))
+    events = np.concatenate([d for _, d, _ in per_stratum]) if per_stratum else np.zeros(0)
+    if not events.sum() > 0:
+        return [np.zeros_like(g) for g, _, _ in per_stratum], np.zeros(len(TRANSFORMS))
+    stacked = np.concatenate([g for g, _, _ in per_stratum])
+    mean = (events[:, None] * stacked).sum(axis=0) / events.sum()
+    weights = [g - mean if active else g for g, _, active in per_stratum]
+    spread = (events[:, None] * (stacked - mean) ** 2).sum(axis=0)
+    return weights, spread

@@ -51,6 +51,8 @@ from fedhem_kernel.analyses.cox import (
     MAX_COVARIATES_TOTAL,
     MAX_STRATA_COLUMNS,
     TIES,
+    TRANSFORMS,
+    ph_weights,
     pooled_scaling,
     time_blocks,
 )
@@ -175,9 +177,33 @@ class PooledDesign:
             data.log.note,
             data.err(duration),
         )
+        _pin_plan(data, params, self.step, self.horizon)
         self.index = grid_index(t[keep], self.step, self.horizon)
         self.event &= self.index <= self.horizon  # beyond the horizon: censored there
         self.p = self.x.shape[1]
+
+
+def _pin_plan(data: SiteData, params: Payload, step: float, horizon: int) -> None:
+    """Every pooled Cox fit on a dataset cuts its blocks with one ``k``, grid and horizon: the
+    first fit's (the coordinator's plan, the same for every honest fit). Blocks cut another way
+    would start at other steps, and the risk-set sums at β = 0 of two partitions, subtracted,
+    would give the covariates of the few patients leaving between two starts."""
+    asked = (int(params.get("k", 0)), float(step), int(horizon))
+    pinned = data.scratch.get("cox_plan")
+    if pinned is None:
+        if "k" not in params:  # the setup round names no k: its blocks are cut later
+            return
+        data.scratch["cox_plan"] = asked
+        return
+    k = asked[0] if "k" in params else pinned[0]
+    if (k, asked[1], asked[2]) != pinned:
+        raise DisclosureError(
+            "every pooled Cox fit on this dataset cuts its time blocks with the same minimum, "
+            "grid and horizon as the first one",
+            site=data.site,
+            dataset=data.dataset,
+            rule=POOLED_BLOCKS,
+        )
 
 
 def site_cox_pool_setup(data: SiteData, params: Payload) -> Payload:
@@ -229,9 +255,9 @@ def site_cox_pool_setup(data: SiteData, params: Payload) -> Payload:
 
 def _checked_blocks(
     data: SiteData, params: Payload, d: PooledDesign
-) -> tuple[list[list[int]], list[list[bool]], Payload]:
+) -> tuple[list[list[int]], list[list[bool]], Payload, int]:
     """The blocks asked (per stratum, first steps) and where Efron's sums are released, checked
-    against the setup round's total, and that total."""
+    against the setup round's total; that total and how many sites it was over."""
     first = {k: v for k, v in params.items() if k in SETUP_PARAMS or k in ("decided", "evidence")}
     below, m, totals = risk_total(
         data, first, "cox_pool_setup", "events_below", (d.n_strata, d.horizon + 1)
@@ -267,14 +293,14 @@ def _checked_blocks(
             "sites (all others share one value): their survival could be read from the fit",
             d.sources[bad],
         )
-    return [list(b) for b in asked], flags, totals
+    return [list(b) for b in asked], flags, totals, m
 
 
 def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
     """Per block: the risk-set sums and the events' sums at the requested β; per stratum: the
     events' covariate sum (raw units)."""
     d = PooledDesign(data, params)
-    blocks, flags, totals = _checked_blocks(data, params, d)
+    blocks, flags, totals, _ = _checked_blocks(data, params, d)
     center, scale = pooled_scaling(totals)
     beta = np.asarray(params["beta"], dtype=float)
     if beta.shape != (d.p,) or not np.isfinite(beta).all():
@@ -330,6 +356,29 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
         out["event_sum"][s] = d.x[rows][ev & (b >= 0)].sum(axis=0)
         at += len(starts)
     return out
+
+
+def site_cox_pool_ph(data: SiteData, params: Payload) -> Payload:
+    """The proportional-hazards test's share: Σ over this site's events of w·z (standardised
+    covariates, the site's own centre and scale), with the weights w of each event's block that
+    the site derives itself from the setup round's signed total (:func:`~fedhem_kernel.analyses.
+    cox.ph_weights`: one per transform, the same for every block of a group that surely holds k
+    events). Nothing here depends on β or on anything the coordinator chose."""
+    d = PooledDesign(data, params)
+    blocks, _, totals, m = _checked_blocks(data, params, d)
+    center, scale = pooled_scaling(totals)
+    if (scale <= 0).any():
+        raise ParameterError("a covariate has no variation in the pooled rows", site=data.site)
+    weights, _ = ph_weights(totals, blocks, d.step, int(params["k"]), m)
+    z = (d.x - center) / scale
+    out = np.zeros((len(TRANSFORMS), d.p))
+    nonempty = [s for s, starts in enumerate(blocks) if starts]
+    for s, w in zip(nonempty, weights, strict=True):
+        rows = d.stratum == s
+        b = np.searchsorted(np.asarray(blocks[s]), d.index[rows], side="right") - 1
+        died = d.event[rows] & (b >= 0)
+        out += w[b[died]].T @ z[rows][died]
+    return {"ph": out}
 
 
 #: Fits whose Newton path a site keeps (the oldest is forgotten: its next round is refused).
@@ -494,5 +543,13 @@ STEPS = [
             "events": "count",
             "event_sum": "real",
         },
+    ),
+    SiteStep(
+        "cox_pool_ph",
+        "cox",
+        site_cox_pool_ph,
+        param_columns("duration", "event", "covariates", "strata"),
+        params={k: v for k, v in SUMS_PARAMS.items() if k not in ("beta", "path")},
+        sums={"ph": "real"},
     ),
 ]
