@@ -207,7 +207,8 @@ def test_a_filter_down_to_a_few_patients_meets_no_refusal(tables):
 def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
     """Its own sums at any β, against the pooled block totals, would give another site's few
     patients of a block: the per-site protocol (and strata="site", each site's own risk sets)
-    is refused (pooled_only); the pooled fit says its model checks are not computed."""
+    is refused (pooled_only); the pooled fit says its concordance is not computed (its PH test
+    is pooled)."""
     with federation(tables) as fed:
         q = fresh(fed)
         design = {k: v for k, v in base().items() if k not in ("strata_levels", "grid", "horizon")}
@@ -218,7 +219,8 @@ def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
             fed.cox("c", "time", "event", ["age"], strata="site")
         res = fed.cox("c", "time", "event", ["age", "mutation"])
     assert res.concordance is None and np.isnan(res.concordance_index_)
-    assert any("model checks" in n and "not computed" in n for n in res.notes)
+    assert any("concordance" in n and "not computed" in n for n in res.notes)
+    assert set(res.ph_tests) == {"rank", "km", "identity", "log"}
 
 
 def path_rules(q) -> set[str]:
@@ -327,3 +329,30 @@ def test_blocks_cut_another_way_are_refused_after_the_first_fit(tables):
             with pytest.raises(FedHemError):
                 q.ask_sum("cox_pool_setup", base(**extra))
             assert path_rules(q) == {"cox_blocks"}, extra
+
+
+def test_the_ph_round_weights_are_the_sites_own_and_constant_over_k_events(tables):
+    """The proportional-hazards round releases Σ w·z over the events; weights of the
+    coordinator's choosing (one block at a time) would give a block's few events' covariates.
+    The sites derive the weights themselves and they are constant over groups of blocks that
+    hold at least k events (counted here on the rows)."""
+    from fedhem_kernel.analyses.cox import ph_weights
+
+    pooled = pd.concat(tables.values(), ignore_index=True)
+    with federation(tables) as fed:
+        q, total = setup_round(fed)
+        blocks = rule_blocks(total)
+        asked = {**base(), "decided": blocks, "k": K, "evidence": total.evidence}
+        with pytest.raises(FedHemError):  # weights are not a parameter
+            fresh(fed).ask_sum("cox_pool_ph", {**asked, "weights": [[1.0, 0, 0, 0]]})
+        released = fresh(fed).ask_sum("cox_pool_ph", asked)
+    assert np.shape(released.totals["ph"]) == (4, 2)
+    weights, _ = ph_weights(total.totals, blocks, 1.0, K, len(total.sites))
+    starts = np.asarray(blocks[0])
+    step = np.ceil(np.round(pooled["time"].to_numpy(), 9))
+    block = np.searchsorted(starts, step, side="right") - 1
+    events = np.bincount(block[pooled["event"].to_numpy() == 1], minlength=len(starts))
+    w = weights[0]
+    _, group = np.unique(w, axis=0, return_inverse=True)
+    per_group = np.bincount(group.ravel(), weights=events)
+    assert len(per_group) >= 2 and (per_group >= K).all()

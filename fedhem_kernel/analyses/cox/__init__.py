@@ -132,19 +132,30 @@ def ph_weights(
             continue
         risk = np.asarray(totals["at_risk"][s], dtype=float)
         dying = np.asarray(totals["dying"][s], dtype=float)
+        below = np.asarray(totals["events_below"][s], dtype=float)
         ends = [*starts[1:], len(dying)]
         d = np.array([max(dying[a:b].sum(), 0.0) for a, b in zip(starts, ends, strict=True)])
         n = np.maximum(risk[starts], 1.0)
         before = np.cumsum(d) - d
         km = 1 - np.cumprod(1 - np.clip(d / n, 0, 1))
-        time = np.asarray(ends, dtype=float) * step
+        # a block's time: the middle of its steps while more than 2m remain (the last block
+        # runs to the horizon, its events do not)
+        gone = np.flatnonzero(risk <= 2 * m)
+        time = np.array(
+            [
+                (a + min(b, int(gone[np.searchsorted(gone, a)]) if (gone >= a).any() else b)) / 2
+                for a, b in zip(starts, ends, strict=True)
+            ]
+        )
+        time = np.maximum(time, 0.5) * step
         g = np.column_stack((before + (d + 1) / 2, km, time, np.log(time)))
-        # groups of blocks that surely hold k events (each block's count is off by m per step)
+        # groups of blocks that surely hold k events (the bounds of time_blocks' Efron flags)
         group = np.full(len(starts), -1)
         first, label = 0, 0
         for j, b in enumerate(ends):
-            low = float((dying[starts[first] : b] - m).sum())
-            if low >= k:
+            a = starts[first]
+            whole = below[b - 1] - (below[a - 1] + 2 * m if a > 0 else m)
+            if max(whole, float((dying[a:b] - m).sum())) >= k:
                 group[first : j + 1] = label
                 first, label = j + 1, label + 1
         if label == 0:  # no group: this stratum takes no part in the test

@@ -23,7 +23,7 @@ from fedhem_kernel.analyses.cox import (
     TIES,
 )
 from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
-from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled
+from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled, pooled_ph_tests
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
     _pool_strata,
@@ -453,12 +453,15 @@ def run(
             precision=precise or 1e-7,
             r_precision=precise or 1e-9,
         )
-        if diagnostics:
+        checked = None
+        if diagnostics and np.isfinite(fit.hessian).all():
+            tests = pooled_ph_tests(q, fit, raw_variance(fit), spec.ties)
+            checked = Diagnostics(None, tests)
             q.note(
-                "the model checks (concordance, proportional hazards) need each site's own sums, "
-                "which sites in secure sums do not release: not computed (not pooled yet)"
+                "concordance needs each patient's score against others', which sites in secure "
+                "sums do not release: not computed (not pooled yet)"
             )
-        return build_cox_result(q, spec, fit)
+        return build_cox_result(q, spec, fit, checked)
 
     def after(base: Payload, fit: CoxFit) -> None:
         if diagnostics and np.isfinite(fit.hessian).all():

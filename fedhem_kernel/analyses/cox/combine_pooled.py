@@ -22,9 +22,11 @@ from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import (
     BLOCK_COUNTS,
     MAX_COEFFICIENT,
+    ph_weights,
     pooled_scaling,
     time_blocks,
 )
+from fedhem_kernel.analyses.cox.combine_checks import combine_ph
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit, check_variation
 from fedhem_kernel.analyses.cox.likelihood import PooledStratum, block_likelihood
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
@@ -148,7 +150,7 @@ def fit_cox_pooled(
     )
     if not newton.converged:
         q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
-    return CoxFit.from_newton(
+    fit = CoxFit.from_newton(
         newton,
         columns=columns,
         center=center,
@@ -160,6 +162,28 @@ def fit_cox_pooled(
         time_step=plan.step,
         unit=plan.unit,
     )
+    fit.pooled_plan = (params, setup.totals, len(setup.sites))
+    return fit
+
+
+def pooled_ph_tests(q: Ask, fit: CoxFit, variance: np.ndarray, ties: str) -> dict:
+    """Lifelines' proportional-hazards statistics of a pooled fit: one secure sum of Σ w·z over
+    the events (``cox_pool_ph``: weights each site derives from the setup round), less the
+    expected part from the fit's last risk-set sums (:func:`~.combine_checks.combine_ph`)."""
+    params, totals, m = fit.pooled_plan
+    weights, spread = ph_weights(totals, params["decided"], fit.time_step, params["k"], m)
+    asked = {k: v for k, v in params.items() if k not in ("beta", "path")}
+    total = q.ask_sum("cox_pool_ph", asked)
+    if set(total.sites) != set(fit.sites):
+        q.note("a site did not answer the proportional-hazards test: not computed")
+        return {}
+    q.note(
+        "proportional hazards: lifelines' statistic from pooled sums, each event weighted by "
+        "its time block's transform (rank, Kaplan–Meier, time, log time of the block's end, "
+        "from the setup round's perturbed counts), blocks grouped until they surely hold "
+        f"{params['k']} events; within-stratum ranks"
+    )
+    return combine_ph(fit, weights, spread, [np.asarray(total.totals["ph"])], variance, ties)
 
 
 def design_columns(design: Payload) -> list[str]:

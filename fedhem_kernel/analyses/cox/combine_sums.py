@@ -67,6 +67,9 @@ class CoxFit:
     n_events: int
     time_step: float | None
     unit: str | None
+    #: A pooled fit's last request, its setup round's totals and how many sites were in it
+    #: (the proportional-hazards round builds on them); None for the per-site protocol.
+    pooled_plan: tuple[Any, Any, int] | None = None
 
     @classmethod
     def from_newton(cls, newton: Any, **fields: Any) -> CoxFit:
