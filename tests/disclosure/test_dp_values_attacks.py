@@ -195,3 +195,63 @@ def test_hand_made_kmeans_requests_in_dp_mode_are_refused_or_bounded():
             reply = site.handle(SiteRequest("kmeans_dp_step", "d", asked, None, "m", "q", block))
             assert reply.status != "released" and reply.error["type"] == "ParameterError", bad
         assert site.budget.spent("m", "d").researcher == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_one_patient_moves_a_dp_combat_release_by_at_most_the_sensitivity(monkeypatch, seed):
+    """DP ComBat: each site fills its own slot of one noised secure sum; bounds of the
+    coordinator's choosing (around the target's value) keep one patient within the sensitivity,
+    and the harmonising round releases nothing."""
+    import fedhem_kernel.analyses.combat.combine_dp as combat_dp
+
+    rng = np.random.default_rng(400 + seed)
+    t = {s: {"d": d["d"].fillna(50.0)} for s, d in tables(seed).items()}
+    row = int(rng.integers(0, 60))
+    x, y = (float(v) for v in t["s0"]["d"].loc[row, ["x", "y"]])
+    bounds = [[[x - 1e-6, x], [y, y + 1e-6]], [[-1e12, 1e12], [-5, 5]], [[0, 100], [-5, 5]]]
+    chosen = bounds[seed % 3]
+    monkeypatch.setattr(combat_dp, "dp_bounds", lambda q, feats: chosen)
+    policy = fh.Policy(dp=True, dp_rho=50.0, dp_rho_researcher=100.0, dp_rho_site=500.0)
+    kwargs = {"policy": policy, "columns": COLUMNS}
+
+    def run(fed):
+        try:
+            fed.combat("d", ["x", "y"], eb=False)
+        except fh.errors.FedHemError:  # estimates not finite on degenerate bounds: released
+            pass
+
+    seen = recorded_fields(monkeypatch, t, run, **kwargs)
+    monkeypatch.setattr(combat_dp, "dp_bounds", lambda q, feats: chosen)
+    gone = recorded_fields(monkeypatch, without_row(t, row), run, **kwargs)
+    assert len(seen) == 1  # one release
+    assert 0 < largest_change(seen, gone) <= RESOLUTION
+
+
+def test_hand_made_combat_requests_in_dp_mode_are_refused_or_release_nothing():
+    t = {s: {"d": d["d"].fillna(50.0)} for s, d in tables(2).items()}
+    with fh.Federation.local(t, policy=POLICY, columns=COLUMNS) as fed:
+        site = sites_of(fed)["s0"]
+        stats = {"features": ["x"], "bounds": [[0, 100]], "sites": ["s0", "s1", "s2"]}
+        design = {"features": ["x"], "batch": None, "categorical": None, "continuous": None}
+        for name, asked in (("combat_stats", design), ("combat_dp_stats", stats)):
+            reply = site.handle(SiteRequest(name, "d", asked, None, "mallory", "q"))
+            assert reply.status == "refused" and reply.error["rule"] == "dp", name
+        own = scale_for(POLICY.dp_rho, RESOLUTION)
+        for sites in (["s0", "s0", "s1"], ["s1", "s2"], ["s0"]):
+            block = secure_block(fed, ["s0", "s1", "s2"], own)
+            asked = {**stats, "sites": sites}
+            reply = site.handle(SiteRequest("combat_dp_stats", "d", asked, None, "m", "q", block))
+            assert reply.status != "released", sites
+        apply = {
+            "features": ["x"],
+            "sites": ["s0", "s1", "s2"],
+            "gamma_star": [[0.1], [0.0], [-0.1]],
+            "delta_star": [[1.0], [1.0], [1.0]],
+            "grand_mean": [50.0],
+            "var_pooled": [100.0],
+            "suffix": "_h",
+            "source": None,
+        }
+        reply = site.handle(SiteRequest("combat_dp_apply", "d", apply, None, "m", "q"))
+        assert reply.status == "released" and not reply.payload  # nothing leaves
+        assert site.budget.spent("m", "d").researcher == 0

@@ -100,3 +100,9 @@ PARAMS: Params = {
     "parametric": (BOOL,),
     "mean_only": (BOOL,),
 }
+
+
+def dp_fields(p: int) -> int:
+    """DP mode: fields per patient of a batch's moments (the count, Σt and Σ(2t-1)² of ``p``
+    features, each of weight 1: privacy/dp_values.py)."""
+    return 1 + 2 * p

@@ -15,13 +15,16 @@ import numpy.linalg as la
 import pandas as pd
 
 from fedhem_kernel.analyses.combat import CATEGORICAL_DTYPES, MAX_SUFFIX, SOURCE
+from fedhem_kernel.analyses.combat.combine_dp import run_dp
 from fedhem_kernel.analyses.combat.params import CombatSpec, column_names, combat_spec
 from fedhem_kernel.analyses.combat.result import CombatResult
 from fedhem_kernel.analyses.common.combine_catalog import catalog_columns
+from fedhem_kernel.analyses.common.combine_dp import dp_release
 from fedhem_kernel.analyses.common.params import check_features, check_numeric_features
 from fedhem_kernel.analyses.levels import SITE_COLUMN
 from fedhem_kernel.analyses.levels.combine import agree_levels
 from fedhem_kernel.errors import FedHemError, ParameterError
+from fedhem_kernel.privacy.dp_values import RESOLUTION
 from fedhem_kernel.protocol.query import Ask, Payload
 
 MAX_IT_SOL = 10_000  # neuroCombat's it_sol has no cap; it converges in a few dozen rounds
@@ -153,9 +156,13 @@ def run(
         known = types.get(row["column"], ("", ""))[0] in CATEGORICAL_DTYPES
         if row["column"] not in types or (row["dtype"] in CATEGORICAL_DTYPES and not known):
             types[row["column"]] = (str(row["dtype"]), str(row["site"]))  # first site saying so
-    result = _harmonise(
-        q, feats, batch, covs, suffix, eb, parametric, mean_only, column_types=types
-    )
+    release = dp_release(q, RESOLUTION)
+    if release is not None:
+        result = run_dp(q, feats, batch, covs, suffix, eb, parametric, mean_only, release)
+    else:
+        result = _harmonise(
+            q, feats, batch, covs, suffix, eb, parametric, mean_only, column_types=types
+        )
     q.tell("combat_clear", {"columns": list(result.columns)}, q.dropped)
     return result
 
@@ -390,8 +397,7 @@ def _fit_design(q: Ask, req: _Request) -> _Fit:
 def _batch_effects(q: Ask, req: _Request, fit: _Fit) -> _Effects:
     """Round 2: residual moments per batch -> var_pooled, gamma_hat, delta_hat; then the EB
     estimates gamma_star, delta_star (neuroCombat's it_sol or int_eprior)."""
-    feats, batch, n_b, n_batches = req.spec.features, req.batch, fit.n_b, fit.n_batches
-    p, n = len(feats), int(fit.n_b.sum())
+    p, n_batches = len(req.spec.features), fit.n_batches
     resid = q.ask(
         "combat_residuals",
         {
@@ -404,6 +410,16 @@ def _batch_effects(q: Ask, req: _Request, fit: _Fit) -> _Effects:
     _same_sites(q, fit.sites, resid)
     sum_e = _stack(resid, fit.sites, "sum_e", p)
     m2_e = _stack(resid, fit.sites, "m2_e", p)
+    return batch_effects(q, req, fit, sum_e, m2_e)
+
+
+def batch_effects(
+    q: Ask, req: _Request, fit: _Fit, sum_e: np.ndarray, m2_e: np.ndarray
+) -> _Effects:
+    """var_pooled, gamma_hat, delta_hat and their EB estimates from the batches' residual sums
+    (Σe, Σ(e - ē)² per batch and feature)."""
+    feats, batch, n_b, n_batches = req.spec.features, req.batch, fit.n_b, fit.n_batches
+    p, n = len(feats), float(fit.n_b.sum())
     var_pooled = (m2_e + sum_e**2 / n_b[:, None]).sum(axis=0) / n
     mean_square = (fit.m2_y + fit.sum_y**2 / n_b[:, None]).sum(axis=0) / n
     flat = [
@@ -527,6 +543,7 @@ def _result(
     covariates: tuple[str, ...],
     source: str,
     notes: tuple[str, ...],
+    after: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CombatResult:
     feats = spec.features
     p = len(feats)
@@ -550,6 +567,8 @@ def _result(
     # before: round 1's moments; after: the final round's (sites that kept their columns)
     after_mean = np.full((len(pairs), p), np.nan)
     after_m2 = np.full((len(pairs), p), np.nan)
+    if after is not None:  # DP mode: derived from the released moments (post-processing)
+        after_mean, after_m2 = after
     row = {tuple(pr): i for i, pr in enumerate(pairs)}
     for site, payload in final.items():
         sums = np.asarray(payload["sum"], dtype=float).reshape(-1, p)

@@ -13,6 +13,7 @@ from scipy import sparse
 
 from fedhem_kernel.analyses.combat import MAX_SUFFIX, SOURCE
 from fedhem_kernel.analyses.combat.params import CombatSpec, column_names, combat_spec
+from fedhem_kernel.analyses.combat.site_dp import STEPS as DP_STEPS
 from fedhem_kernel.analyses.common.params import MAX_FEATURES, check_matrix, check_vector
 from fedhem_kernel.analyses.common.site_features import feature_matrix
 from fedhem_kernel.errors import ParameterError, SchemaError
@@ -345,5 +346,7 @@ STEPS = [
         site_combat_clear,
         lambda params: [],
         {"columns": list_of(COLUMN, MAX_FEATURES)},
+        dp_free=True,  # releases nothing
     )
 ]
+STEPS += DP_STEPS  # DP mode (combat/site_dp.py)
