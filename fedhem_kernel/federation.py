@@ -193,7 +193,7 @@ class Federation:
         """Columns and types at each site (never values); ``derived`` names the analysis that made
         a column at the site (``kmeans``, ``radiomics``, ...), empty for loaded columns;
         ``bounds`` the public range a site's data steward declares for a number (DP mode clips
-        to it)."""
+        to it), ``levels`` the levels declared for a grouping column (DP mode names only these)."""
         rows = []
         for site, reply in self._catalog_replies().items():
             if reply.payload is None:
@@ -203,7 +203,7 @@ class Federation:
                     continue
                 for c in cols:
                     rows.append({"site": site, "dataset": ds, **c})
-        columns = ["site", "dataset", "column", "dtype", "unit", "derived", "bounds"]
+        columns = ["site", "dataset", "column", "dtype", "unit", "derived", "bounds", "levels"]
         df = pd.DataFrame(rows, columns=columns)
         if dataset is not None and df.empty:
             raise SchemaError("no such dataset at any site", dataset=dataset)

@@ -132,13 +132,14 @@ def test_column_types_declaration() -> None:
     for ds, columns in COLUMN_TYPES.items():
         for name, spec in columns.items():
             assert spec["type"] in {"float", "int", "bool", "category"}, (ds, name)
-            assert set(spec) <= {"type", "unit", "bounds"}
+            assert set(spec) <= {"type", "unit", "bounds", "levels"}
             if name.endswith("_months"):
                 assert spec == {"type": "float", "unit": "months"}, (ds, name)
             else:
                 assert "unit" not in spec, (ds, name)
             if spec["type"] == "category":
                 assert name in LEVELS[ds], (ds, name)
+                assert set(spec["levels"]) == set(LEVELS[ds][name])  # declared for DP mode
             if spec["type"] in ("float", "int") and "unit" not in spec and name != "efs_cause":
                 low, high = spec["bounds"]  # public ranges for DP mode
                 assert low < high, (ds, name)

@@ -111,11 +111,20 @@ def tables(seed: int = 0, n: int = 300, sites: int = 3):
     }
 
 
+#: DP mode names only declared levels (analyses/levels/site.py)
+AB = {
+    "d": {
+        "a": {"type": "category", "levels": ["x", "y", "z"]},
+        "b": {"type": "category", "levels": ["u", "v"]},
+    }
+}
+
+
 def test_a_dp_crosstab_is_noisy_pooled_counts_within_the_noise():
     t = tables()
     pooled = pd.concat([s["d"] for s in t.values()], ignore_index=True)
     exact = pd.crosstab(pooled["a"], pooled["b"])
-    with fh.Federation.local(t, policy=fh.Policy(dp=True)) as fed:
+    with fh.Federation.local(t, policy=fh.Policy(dp=True), columns=AB) as fed:
         res = fed.crosstab("d", "a", "b", margins=True)
     scale = scale_for(0.05)
     table = res.table.drop(index="All", columns="All")
@@ -132,7 +141,7 @@ def test_a_dp_crosstab_is_noisy_pooled_counts_within_the_noise():
 
 def test_the_budget_runs_out_with_a_clear_message():
     policy = fh.Policy(dp=True, dp_rho=0.05, dp_rho_researcher=0.1, dp_rho_site=1.0)
-    with fh.Federation.local(tables(), policy=policy) as fed:
+    with fh.Federation.local(tables(), policy=policy, columns=AB) as fed:
         fed.crosstab("d", "a", "b")
         second = fed.crosstab("d", "a", "b")
         assert (second.privacy.budget["rho_left"] == 0).all()
@@ -149,7 +158,7 @@ def test_analyses_without_a_dp_version_are_refused_and_mixed_federations_too():
             fed.cox("d", "time", "event", ["arm"])
         assert info.value.rule == "dp"
     policies = {"s0": fh.Policy(dp=True), "s1": fh.Policy(), "s2": fh.Policy()}
-    with fh.Federation.local(tables(), policy=policies) as fed:
+    with fh.Federation.local(tables(), policy=policies, columns=AB) as fed:
         with pytest.raises(ParameterError, match="in DP mode and"):
             fed.crosstab("d", "a", "b")
 
@@ -160,7 +169,7 @@ def test_sites_with_different_dp_rho_all_get_their_own_guarantee():
         "s1": fh.Policy(dp=True, dp_rho=0.5),
         "s2": fh.Policy(dp=True, dp_rho=0.5),
     }
-    with fh.Federation.local(tables(), policy=policies) as fed:
+    with fh.Federation.local(tables(), policy=policies, columns=AB) as fed:
         res = fed.crosstab("d", "a", "b")
     # the coordinator asks for the largest scale any site needs: every site spends 0.05 or less
     assert (res.privacy.budget["rho_spent"] <= 0.05 + 1e-12).all()
@@ -213,7 +222,14 @@ def survival_tables(seed: int = 0, n: int = 400, sites: int = 3):
     return out
 
 
-DP_COLUMNS = {"d": {"time": {"type": "float", "unit": "months"}, "arm": "category"}}
+DP_COLUMNS = {
+    "d": {
+        "time": {"type": "float", "unit": "months"},
+        "arm": {"type": "category", "levels": ["a", "b"]},
+    }
+}
+#: competing risks: the event codes declared too (DP mode names only those)
+CAUSE_COLUMNS = {"d": {**DP_COLUMNS["d"], "cause": {"type": "int", "levels": [0, 1, 2]}}}
 
 
 def test_a_dp_kaplan_meier_is_one_noised_release_post_processed_monotone():
@@ -273,7 +289,7 @@ def test_a_very_large_budget_shows_as_an_infinite_epsilon_not_an_error():
     assert epsilon(1e6) == float("inf")  # OpenDP's conversion overflows: no guarantee left
     t = tables()
     policy = fh.Policy(dp=True, dp_rho=1.0, dp_rho_researcher=1e6, dp_rho_site=1e7)
-    with fh.Federation.local(t, policy=policy) as fed:
+    with fh.Federation.local(t, policy=policy, columns=AB) as fed:
         res = fed.crosstab("d", "a", "b")
     assert np.isinf(res.privacy.budget["epsilon_cap"]).all()
 
@@ -340,7 +356,7 @@ def test_a_dp_cumulative_incidence_is_one_noised_release_post_processed(monkeypa
     t = competing_tables()
     pooled = pd.concat([s["d"] for s in t.values()], ignore_index=True)
     policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
-    with fh.Federation.local(t, policy=policy, columns=DP_COLUMNS) as fed:
+    with fh.Federation.local(t, policy=policy, columns=CAUSE_COLUMNS) as fed:
         noisy = fed.cumulative_incidence("d", "time", "cause", group="arm")
     assert np.allclose(noisy.privacy.budget["rho_spent"], 0.5)  # one release, every group
     assert any("DP mode" in n and "cause-specific event table" in n for n in noisy.privacy.notes)
@@ -361,7 +377,7 @@ def test_a_dp_cumulative_incidence_is_one_noised_release_post_processed(monkeypa
             assert np.abs(ours.to_numpy() - cif[j][where]).max() < 0.12  # 0.02-0.09 (30 releases)
     # the mechanism without its noise: the pooled Aalen-Johansen on the grid
     monkeypatch.setattr(executor, "noise_share", lambda v, *a: np.asarray(v, dtype=np.int64))
-    with fh.Federation.local(t, policy=policy, columns=DP_COLUMNS) as fed:
+    with fh.Federation.local(t, policy=policy, columns=CAUSE_COLUMNS) as fed:
         exact = fed.cumulative_incidence("d", "time", "cause", group="arm")
     for arm in ("a", "b"):
         rows = pooled[pooled["arm"] == arm]
@@ -394,7 +410,7 @@ BOUNDED = {
     "d": {
         "age": {"type": "float", "bounds": [0, 110]},
         "wbc": {"type": "float", "bounds": [0, 60]},
-        "sex": "category",
+        "sex": {"type": "category", "levels": ["F", "M"]},
     }
 }
 
@@ -623,3 +639,51 @@ def test_a_dp_combat_is_one_release_and_harmonises_like_the_exact_one():
     with fh.Federation.local(t, policy=policy, columns=SCANNER_BOUNDS) as fed:
         with pytest.raises(ParameterError, match="one batch without covariates"):
             fed.combat("d", features, batch="f1")
+
+
+# -- DP mode: declared levels -------------------------------------------------------------------
+def test_dp_mode_names_only_declared_levels_and_reads_none_from_the_data():
+    """The levels step names levels held by >= k patients in the other modes (an exact
+    threshold on the data); in DP mode it names only what the data steward declared, so a
+    rare level is named (declared) and an undeclared column is refused, before any release."""
+    from sites import sites_of
+
+    from fedhem_kernel.protocol.messages import SiteRequest
+
+    t = tables()
+    t["s0"]["d"].loc[0, "a"] = "w"  # one patient with a level no one declared
+    with fh.Federation.local(t, policy=fh.Policy(dp=True), columns=AB) as fed:
+        reply = sites_of(fed)["s0"].handle(
+            SiteRequest("levels", "d", {"column": "a"}, None, "mallory", "q")
+        )
+        assert reply.payload == {"levels": ["x", "y", "z"]}  # declared, whatever the counts
+        res = fed.crosstab("d", "a", "b")
+        assert "w" not in res.table.index
+    columns = {"d": {"b": {"type": "category", "levels": ["u", "v"]}}}
+    with fh.Federation.local(tables(), policy=fh.Policy(dp=True), columns=columns) as fed:
+        with pytest.raises(DisclosureError, match="levels a data steward declares") as info:
+            fed.crosstab("d", "a", "b")
+        assert info.value.rule == "dp" and "(a = {" in str(info.value)
+        assert (fed.budget()["rho_spent"] == 0).all()
+    for spec in (
+        {"type": "category", "levels": []},
+        {"type": "category", "levels": ["x", "x"]},
+        {"type": "category", "levels": [1, 2]},
+        {"type": "float", "levels": [1, 2]},
+        {"type": "int", "levels": ["1"]},
+    ):
+        with pytest.raises(SchemaError, match="levels") as err:
+            with fh.Federation.local(tables(), columns={"d": {"a": spec}}):
+                pass
+        assert err.value.column == "a"
+
+
+def test_the_demo_declares_what_dp_mode_needs():
+    policy = fh.Policy(dp=True, dp_rho=0.2, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.demo(policy=policy) as fed:
+        km = fed.kaplan_meier("aml", "os_months", "os_status", group="eln_risk")
+        cif = fed.cumulative_incidence("aml", "efs_months", "efs_cause", group="sex")
+        table = fed.crosstab("aml", "eln_risk", "npm1")
+    assert set(km.groups) == {"adverse", "favourable", "intermediate"}
+    assert cif.causes[:2] == ("1", "2")
+    assert list(table.table.columns) == ["0", "1"]

@@ -102,7 +102,7 @@ _MONTHS = {"unit": "months"}
 
 #: Public ranges a data steward would declare for the numbers (DP mode clips values to them).
 _AGE = {"bounds": [0, 100]}
-_FLAG = {"bounds": [0, 1]}
+_FLAG = {"bounds": [0, 1], "levels": [0, 1]}
 
 COLUMN_TYPES: dict[str, dict[str, dict[str, object]]] = {
     "aml": {
@@ -118,7 +118,7 @@ COLUMN_TYPES: dict[str, dict[str, dict[str, object]]] = {
         "os_status": {"type": "int", **_FLAG},
         "relapse": {"type": "int", **_FLAG},
         "efs_months": {"type": "float", **_MONTHS},
-        "efs_cause": {"type": "int"},
+        "efs_cause": {"type": "int", "levels": [0, 1, 2]},  # censored, relapse, death
     },
     "mds": {
         "age": {"type": "float", **_AGE},
@@ -164,6 +164,11 @@ _LEVELS: dict[str, dict[str, tuple[str, ...]]] = {
     "mm": {"sex": _SEX, "iss": _STAGES, "r_iss": _STAGES},
     "scd": {"sex": _SEX, "genotype": _GENOTYPES},
 }
+
+# the levels a data steward would declare (DP mode names only these)
+for _ds, _columns in _LEVELS.items():
+    for _col, _names in _columns.items():
+        COLUMN_TYPES[_ds][_col]["levels"] = list(_names)
 
 _LN2 = float(np.log(2.0))
 

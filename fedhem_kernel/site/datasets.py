@@ -38,14 +38,14 @@ class Dataset:
 
 def _parse_spec(
     site: str, dataset: str, column: str, spec: Any
-) -> tuple[str, str | None, bool, tuple[float, float] | None]:
-    key, bounds = False, None
+) -> tuple[str, str | None, bool, tuple[float, float] | None, tuple[str, ...] | None]:
+    key, bounds, levels = False, None, None
     if isinstance(spec, str):
         dtype, unit = spec, None
     elif isinstance(spec, Mapping):
         dtype, unit, key = spec.get("type"), spec.get("unit"), spec.get("key", False)
-        bounds = spec.get("bounds")
-        unknown = set(spec) - {"type", "unit", "key", "bounds"}
+        bounds, levels = spec.get("bounds"), spec.get("levels")
+        unknown = set(spec) - {"type", "unit", "key", "bounds", "levels"}
         if unknown:
             raise SchemaError(
                 f"unknown column settings {sorted(unknown)}",
@@ -56,7 +56,8 @@ def _parse_spec(
             )
     else:
         raise SchemaError(
-            "a column is declared as a type name or {type=..., unit=..., key=..., bounds=...}",
+            "a column is declared as a type name or {type=..., unit=..., key=..., bounds=..., "
+            "levels=...}",
             site=site,
             dataset=dataset,
             column=column,
@@ -82,9 +83,40 @@ def _parse_spec(
         raise SchemaError(
             "key = true or false", site=site, dataset=dataset, column=column, rule="schema"
         )
+    err = {"site": site, "dataset": dataset, "column": column}
     if bounds is not None:
-        bounds = _parse_bounds(bounds, dtype, {"site": site, "dataset": dataset, "column": column})
-    return str(dtype), unit, key, bounds
+        bounds = _parse_bounds(bounds, dtype, err)
+    if levels is not None:
+        levels = _parse_levels(levels, dtype, err)
+    return str(dtype), unit, key, bounds, levels
+
+
+#: Most levels a column may declare.
+MAX_DECLARED_LEVELS = 1000
+
+
+def _parse_levels(levels: Any, dtype: Any, err: dict[str, str]) -> tuple[str, ...]:
+    """A grouping column's declared ``levels = [...]``: distinct texts (or whole numbers, for an
+    int or bool column: written as the grouping labels them, 1 -> "1")."""
+    if dtype not in ("category", "int", "bool"):
+        raise SchemaError("only a category, int or bool column has levels", **err, rule="schema")
+    ok = isinstance(levels, list | tuple) and 0 < len(levels) <= MAX_DECLARED_LEVELS
+    names: list[str] = []
+    for v in levels if ok else []:
+        if isinstance(v, str) and v and dtype == "category":
+            names.append(v)
+        elif isinstance(v, int) and not isinstance(v, bool) and dtype in ("int", "bool"):
+            names.append(str(v))
+        else:
+            ok = False
+    if not ok or len(set(names)) != len(names):
+        raise SchemaError(
+            "levels = [...]: distinct texts for a category column, whole numbers for an int or "
+            f"bool one (at most {MAX_DECLARED_LEVELS})",
+            **err,
+            rule="schema",
+        )
+    return tuple(names)
 
 
 def _parse_bounds(bounds: Any, dtype: Any, err: dict[str, str]) -> tuple[float, float]:
@@ -206,13 +238,13 @@ def load_dataset(
         if col in RESERVED_COLUMNS:
             raise SchemaError("'site' is a reserved column name", **err, rule="schema")
         if col in declared:
-            dtype, unit, is_key, bounds = _parse_spec(site, name, col, declared[col])
+            dtype, unit, is_key, bounds, levels = _parse_spec(site, name, col, declared[col])
             if is_key:
                 keys.append(col)
         else:
-            dtype, unit, bounds = _infer_dtype(raw[col]), None, None
+            dtype, unit, bounds, levels = _infer_dtype(raw[col]), None, None, None
         out[col] = _coerce(raw[col], dtype, err)
-        specs[col] = ColumnSpec(col, dtype, unit, bounds=bounds)  # type: ignore[arg-type]
+        specs[col] = ColumnSpec(col, dtype, unit, bounds=bounds, levels=levels)  # type: ignore[arg-type]
     frame = pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
     schema = DatasetSchema(site, name, specs)
     key = _check_key(schema, frame, keys)

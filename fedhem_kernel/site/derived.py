@@ -47,7 +47,13 @@ def add_derived(ds: Dataset, columns: Mapping[str, DerivedColumn]) -> Dataset:
         specs.pop(name, None)
         if col.values is not None:
             new[name] = _full_column(ds, col)
-            specs[name] = ColumnSpec(name, col.dtype, None, col.source or "derived")  # type: ignore[arg-type]
+            specs[name] = ColumnSpec(
+                name,
+                col.dtype,  # type: ignore[arg-type]
+                None,
+                col.source or "derived",
+                levels=col.levels,
+            )
     frame = ds.frame.copy(deep=False)  # shares the other columns' arrays: ds.frame stays as it was
     many = len(new) > 10  # all at once: a radiomics run adds a hundred columns
     for name in drop:

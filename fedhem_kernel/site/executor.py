@@ -451,6 +451,7 @@ class SiteExecutor:
                         "unit": c.unit,
                         "derived": c.derived,
                         "bounds": list(c.bounds) if c.bounds is not None else None,
+                        "levels": list(c.levels) if c.levels is not None else None,
                     }
                     for c in ds.schema.columns.values()
                 ]

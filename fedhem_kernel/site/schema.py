@@ -25,6 +25,9 @@ class ColumnSpec:
     #: The range the data steward declares for a numeric column (public, never read from the
     #: data): DP mode clips values to it (privacy/dp_values.py).
     bounds: tuple[float, float] | None = None
+    #: The levels the data steward declares for a grouping column (public, never read from the
+    #: data): DP mode names only these (analyses/levels/site.py).
+    levels: tuple[str, ...] | None = None
 
     @property
     def is_numeric(self) -> bool:

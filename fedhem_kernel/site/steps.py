@@ -33,6 +33,7 @@ class DerivedColumn:
     values: pd.Series | None  # None: drop the column
     dtype: str = "category"
     source: str = ""  # which analysis made it (shown as ``ColumnSpec.derived``)
+    levels: tuple[str, ...] | None = None  # public level names (e.g. clusters "1".."k")
 
 
 @dataclass
@@ -122,7 +123,12 @@ class SiteData:
         return self.check_evidence(evidence, step, params)
 
     def derive(
-        self, column: str, values: pd.Series | np.ndarray | None, dtype: str, source: str
+        self,
+        column: str,
+        values: pd.Series | np.ndarray | None,
+        dtype: str,
+        source: str,
+        levels: Sequence[str] | None = None,
     ) -> None:
         """Keep ``values`` (one per cohort row) as column ``column`` of this dataset, at this site.
 
@@ -139,7 +145,9 @@ class SiteData:
             )
         if values is not None:
             values = pd.Series(values, index=self.cohort.index, dtype=object)  # no inference
-        self.derived[column] = DerivedColumn(values, dtype, source)
+        self.derived[column] = DerivedColumn(
+            values, dtype, source, tuple(levels) if levels is not None else None
+        )
 
     def rows_mask(self, selected: np.ndarray) -> np.ndarray:
         """Whole-dataset mask of the cohort rows flagged in ``selected`` (one flag per cohort row)."""

@@ -27,8 +27,17 @@ def tables(n: int = 200):
     }
 
 
+#: DP mode names only declared levels
+AB = {
+    "d": {
+        "a": {"type": "category", "levels": ["x", "y"]},
+        "b": {"type": "category", "levels": ["u", "v"]},
+    }
+}
+
+
 def test_averaging_the_noise_away_runs_out_of_budget():
-    with fh.Federation.local(tables(), policy=POLICY) as fed:
+    with fh.Federation.local(tables(), policy=POLICY, columns=AB) as fed:
         answers = []
         with pytest.raises(DisclosureError) as info:
             for _ in range(100):
@@ -42,7 +51,7 @@ def test_averaging_the_noise_away_runs_out_of_budget():
 
 def test_other_names_do_not_give_fresh_budgets_beyond_the_sites_cap():
     params = None
-    with fh.Federation.local(tables(), policy=POLICY, user="alice") as fed:
+    with fh.Federation.local(tables(), policy=POLICY, user="alice", columns=AB) as fed:
         for _ in range(5):
             fed.crosstab("d", "a", "b")
         for name in ("bob", "carol", "dave", "erin", "frank", "grace"):
@@ -59,7 +68,7 @@ CROSSTAB = {"row": "a", "col": "b", "row_levels": ["x", "y"], "col_levels": ["u"
 
 
 def test_hand_made_requests_cannot_skip_the_noise():
-    with fh.Federation.local(tables(), policy=POLICY) as fed:
+    with fh.Federation.local(tables(), policy=POLICY, columns=AB) as fed:
         site = sites_of(fed)["s0"]
         sites = ["s0", "s1", "s2"]
         plain = site.handle(SiteRequest("crosstab", "d", CROSSTAB, None, "mallory", "q"))
@@ -81,7 +90,7 @@ def test_hand_made_requests_cannot_skip_the_noise():
 
 
 def test_a_secure_reply_in_dp_mode_is_masked_noise_not_the_counts():
-    with fh.Federation.local(tables(), policy=POLICY) as fed:
+    with fh.Federation.local(tables(), policy=POLICY, columns=AB) as fed:
         site = sites_of(fed)["s0"]
         block = secure_block(fed, ["s0", "s1", "s2"], scale_for(POLICY.dp_rho))
         reply = site.handle(SiteRequest("crosstab", "d", CROSSTAB, None, "mallory", "q", block))
@@ -92,6 +101,11 @@ def test_a_secure_reply_in_dp_mode_is_masked_noise_not_the_counts():
 
 def dp_toml(folder) -> str:
     policy = "[sites.{site}.policy]\ndp = true\ndp_rho = 0.05\ndp_rho_researcher = 0.1\n"
+    policy += (
+        "[sites.{site}.datasets.d.columns]\n"
+        'a = { type = "category", levels = ["x", "y"] }\n'
+        'b = { type = "category", levels = ["u", "v"] }\n'
+    )
     return str(federation_toml(folder, tables(), policy))
 
 
@@ -107,7 +121,7 @@ def test_a_researchers_budget_survives_a_site_restart(tmp_path):
 
 
 def test_refusals_quote_budgets_never_data():
-    with fh.Federation.local(tables(), policy=POLICY) as fed:
+    with fh.Federation.local(tables(), policy=POLICY, columns=AB) as fed:
         for _ in range(5):
             fed.crosstab("d", "a", "b")
         with pytest.raises(DisclosureError) as info:
@@ -151,7 +165,12 @@ def test_cause_tables_in_dp_mode_leave_only_as_noised_secure_sums():
     """Competing risks: the per-site cause tables, the cause-specific event table in the clear
     or with too little noise, are all refused, and nothing is charged for them; the causes step
     names only causes with at least k events (as levels does)."""
-    columns = {"d": {"time": {"type": "float", "unit": "months"}}}
+    columns = {
+        "d": {
+            "time": {"type": "float", "unit": "months"},
+            "cause": {"type": "int", "levels": [0, 1, 2]},
+        }
+    }
     with fh.Federation.local(competing(), policy=POLICY, columns=columns) as fed:
         site = sites_of(fed)["s0"]
         per_site = {k: CIF[k] for k in ("duration", "event", "group", "levels", "causes")}

@@ -22,7 +22,7 @@ COLUMNS = {
     "d": {
         "x": {"type": "float", "bounds": [0, 100]},
         "y": {"type": "float", "bounds": [-5, 5]},
-        "g": "category",
+        "g": {"type": "category", "levels": ["a", "b"]},
     }
 }
 

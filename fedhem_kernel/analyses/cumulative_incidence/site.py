@@ -15,7 +15,7 @@ from fedhem_kernel.analyses.common.site_grid import (
 )
 from fedhem_kernel.analyses.cumulative_incidence import MAX_CAUSES, OTHER_CAUSE
 from fedhem_kernel.analyses.kaplan_meier.site import release_group_tables
-from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
+from fedhem_kernel.analyses.levels.site import agreed_levels, declared_levels, grouping
 from fedhem_kernel.errors import ParameterError, SchemaError
 from fedhem_kernel.privacy.survival import (
     cause_event_table,
@@ -63,8 +63,11 @@ def competing_events(data: SiteData, duration: str, event: str) -> tuple[np.ndar
 
 
 def site_causes(data: SiteData, params: Payload) -> Payload:
-    """The causes this site can name: codes with at least ``min_cell_count`` events."""
+    """The causes this site can name: codes with at least ``min_cell_count`` events (DP mode:
+    the codes above 0 the data steward declares for the event column)."""
     event = params["event"]
+    if data.policy.dp:  # only the codes the data steward declared (nothing read from the data)
+        return {"causes": sorted(int(v) for v in declared_levels(data, event) if int(v) > 0)}
     _, codes = competing_events(data, params["duration"], event)
     values, counts = np.unique(codes[codes > 0], return_counts=True)
     common = [int(v) for v, c in zip(values, counts, strict=True) if c >= data.k]

@@ -73,7 +73,7 @@ def site_kmeans_dp_step(data: SiteData, params: Payload) -> Payload:
         names = np.array([str(j + 1) for j in range(k)], dtype=object)
         column = np.full(len(missing), None, dtype=object)
         column[~missing] = names[labels]
-        data.derive(COLUMN, column, "category", str(source)[:80])
+        data.derive(COLUMN, column, "category", str(source)[:80], levels=list(names))
     return {"counts": counts, "sums": sums}
 
 

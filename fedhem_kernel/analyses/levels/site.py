@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.levels import OTHER
+from fedhem_kernel.errors import DisclosureError
 from fedhem_kernel.protocol.params import COLUMN
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
@@ -13,6 +14,8 @@ from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_
 
 def site_levels(data: SiteData, params: Payload) -> Payload:
     column = require_str(params, "column")
+    if data.policy.dp:  # only what the data steward declared: nothing read from the data
+        return {"levels": sorted(declared_levels(data, column))}
     labels = data.labels(column).dropna()
     counts = labels.value_counts()
     if len(counts) > data.policy.max_levels:
@@ -29,6 +32,19 @@ def site_levels(data: SiteData, params: Payload) -> Payload:
             "patients are not named",
         )
     return {"levels": common}
+
+
+def declared_levels(data: SiteData, column: str) -> tuple[str, ...]:
+    """DP mode: the levels declared for ``column`` (public), or a refusal naming it."""
+    declared = data.schema.column(column).levels
+    if declared is None:
+        raise DisclosureError(
+            "DP mode names only the levels a data steward declares for a grouping column "
+            f'({column} = {{ type = "category", levels = [...] }}); none are declared here',
+            **data.err(column),
+            rule="dp",
+        )
+    return declared
 
 
 def grouping(data: SiteData, column: str | None, levels: list[str] | None) -> pd.Series | None:
