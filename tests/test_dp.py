@@ -152,10 +152,14 @@ def test_the_budget_runs_out_with_a_clear_message():
 
 
 def test_analyses_without_a_dp_version_are_refused_and_mixed_federations_too():
+    from fedhem_kernel.engine.coordinator import Query
+
     policy = fh.Policy(dp=True)
     with fh.Federation.local(survival_tables(), policy=policy, columns=DP_COLUMNS) as fed:
+        q = Query(fed.coordinator, "kaplan_meier", "d", who="mallory")
+        params = {"duration": "time", "event": "event", "group": None, "levels": None}
         with pytest.raises(DisclosureError, match="has no DP version yet") as info:
-            fed.cox("d", "time", "event", ["arm"])
+            q.ask("km_tables", params)  # a per-site step: its exact tables
         assert info.value.rule == "dp"
     policies = {"s0": fh.Policy(dp=True), "s1": fh.Policy(), "s2": fh.Policy()}
     with fh.Federation.local(tables(), policy=policies, columns=AB) as fed:
@@ -687,3 +691,41 @@ def test_the_demo_declares_what_dp_mode_needs():
     assert set(km.groups) == {"adverse", "favourable", "intermediate"}
     assert cif.causes[:2] == ("1", "2")
     assert list(table.table.columns) == ["0", "1"]
+
+
+# -- DP mode: Cox (categorical covariates) -----------------------------------------------------
+def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
+    """Categorical covariates: the release is every pattern's events and censorings per wide
+    grid step (each patient in one cell); the fit is post-processing. Without the noise it is
+    lifelines' Cox fit on the pooled rows (piecewise-exponential on 6-month steps: within 0.3
+    SE); with it, within 3 of its own standard errors, which include the noise."""
+    from lifelines import CoxPHFitter
+
+    import fedhem_kernel.site.executor as executor
+    from fedhem_kernel.demo.cohorts import DEMO_SITES, make_site_tables
+
+    covariates = ["eln_risk", "npm1", "flt3_itd"]
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.demo(policy=policy) as fed:
+        noisy = fed.cox("aml", "os_months", "os_status", covariates)
+        with pytest.raises(ParameterError, match="categorical covariates") as info:
+            fed.cox("aml", "os_months", "os_status", ["age"])
+        assert info.value.column == "age"
+        with pytest.raises(ParameterError, match="without strata"):
+            fed.cox("aml", "os_months", "os_status", ["npm1"], strata="sex")
+    assert np.allclose(noisy.privacy.budget["rho_spent"], 0.5)  # one release
+    assert any(n.startswith("DP Cox") and "include the noise" in n for n in noisy.privacy.notes)
+    monkeypatch.setattr(executor, "noise_share", lambda v, *a: np.asarray(v, dtype=np.int64))
+    with fh.Federation.demo(policy=policy) as fed:
+        exact = fed.cox("aml", "os_months", "os_status", covariates)
+    se = noisy.summary["se(coef)"]
+    assert ((noisy.params_ - exact.params_).abs() < 3 * se).all()
+    rows = pd.concat([make_site_tables(s)["aml"] for s in DEMO_SITES], ignore_index=True)
+    df = rows[["os_months", "os_status", "npm1", "flt3_itd"]].copy()
+    df = df.rename(columns={"npm1": "npm1_1", "flt3_itd": "flt3_itd_1"})
+    for level in ("favourable", "intermediate"):
+        df[f"eln_risk_{level}"] = (rows["eln_risk"] == level).astype(int)
+    ref = CoxPHFitter().fit(df, "os_months", "os_status")
+    gap = (exact.params_ - ref.params_.reindex(exact.params_.index)).abs()
+    assert (gap < 0.3 * ref.standard_errors_.reindex(gap.index)).all()
+    assert (se > ref.standard_errors_.reindex(se.index)).all()  # the noise widens them

@@ -255,3 +255,39 @@ def test_hand_made_combat_requests_in_dp_mode_are_refused_or_release_nothing():
         reply = site.handle(SiteRequest("combat_dp_apply", "d", apply, None, "m", "q"))
         assert reply.status == "released" and not reply.payload  # nothing leaves
         assert site.budget.spent("m", "d").researcher == 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_patient_moves_a_dp_cox_table_by_one_cell(monkeypatch, seed):
+    """DP Cox releases every covariate pattern's events and censorings per grid step: one
+    patient more or less changes one cell by one, whatever the patterns asked (the coordinator
+    chooses the covariates and their levels, the grid and the horizon)."""
+    rng = np.random.default_rng(500 + seed)
+    n = 60
+    t = {
+        f"s{i}": {
+            "d": pd.DataFrame(
+                {
+                    "time": rng.exponential(20, n).round(1),
+                    "event": rng.integers(0, 2, n),
+                    "g": rng.choice(["a", "b"], n),
+                }
+            )
+        }
+        for i in range(3)
+    }
+    columns = {
+        "d": {
+            "time": {"type": "float", "unit": "months"},
+            "g": {"type": "category", "levels": ["a", "b"]},
+        }
+    }
+    row = int(rng.integers(0, n))
+    policy = fh.Policy(dp=True, dp_rho=50.0, dp_rho_researcher=100.0, dp_rho_site=500.0)
+
+    def run(fed):
+        fed.cox("d", "time", "event", ["g"])
+
+    seen = recorded_fields(monkeypatch, t, run, policy=policy, columns=columns)
+    gone = recorded_fields(monkeypatch, without_row(t, row), run, policy=policy, columns=columns)
+    assert len(seen) == 1 and largest_change(seen, gone) == 1.0

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import columns_of_type, pooled_sums
+from fedhem_kernel.analyses.common.combine_dp import dp_release
 from fedhem_kernel.analyses.common.combine_grid import grid_plan
 from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import (
@@ -23,6 +24,7 @@ from fedhem_kernel.analyses.cox import (
     TIES,
 )
 from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
+from fedhem_kernel.analyses.cox.combine_dp import fit_cox_dp
 from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled, pooled_ph_tests
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
@@ -371,7 +373,7 @@ def raw_variance(fit: CoxFit) -> np.ndarray:
 def build_cox_result(
     q: Ask, spec: CoxSpec, fit: CoxFit, diagnostics: Diagnostics | None = None
 ) -> CoxResult:
-    pooled = any("time blocks" in n for n in q.report().notes)
+    pooled = any("time blocks" in n or n.startswith("DP Cox") for n in q.report().notes)
     index = pd.Index(fit.columns, name="covariate")
     params = pd.Series(fit.beta / fit.scale, index=index, name="coef")
     variance = raw_variance(fit)
@@ -431,6 +433,9 @@ def run(
     spec = check_cox_params(duration, event, covs, strata, ties, categorical)
     if not isinstance(concordance_bins, int) or not 1 <= concordance_bins <= MAX_BINS:
         raise ParameterError(f"'concordance_bins' must be an integer from 1 to {MAX_BINS}")
+    release = dp_release(q)
+    if release is not None:  # DP mode: categorical covariates, one noised event table
+        return build_cox_result(q, spec, fit_cox_dp(q, spec, release))
     levels: dict[str, list[str]] = {}
     for column in spec.categorical:
         levels[column] = list(require_levels(q, column, minimum=2) or [])

@@ -1,0 +1,175 @@
+"""Combine step of ``cox`` in DP mode: a Cox model on categorical covariates from one noised
+event table.
+
+Side: researcher (combine). With categorical covariates the Cox partial likelihood on a time grid
+depends on the data only through each covariate pattern's events and numbers at risk per grid
+step. So DP mode releases exactly what a DP Kaplan–Meier by pattern releases — one secure sum of
+every pattern's events and censorings per grid step, each patient in one cell (L2 sensitivity 1),
+every site adding its share of the discrete Gaussian noise (``cox_dp``: the patterns are the
+product of the covariates' declared levels) — and the fit is post-processing: the numbers at risk
+summed from the end (kept from growing, at least 0), the events kept within [0, at risk], then
+Newton–Raphson on the Breslow partial likelihood of the grouped times. Numeric covariates have no
+DP version here (declare them as categories, or as ints with declared levels).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+from fedhem_kernel.analyses.common.combine_catalog import catalog_columns
+from fedhem_kernel.analyses.common.combine_dp import DPRelease
+from fedhem_kernel.analyses.common.combine_grid import grid_plan
+from fedhem_kernel.analyses.common.combine_newton import newton_raphson
+from fedhem_kernel.analyses.cox import MAX_COEFFICIENT
+from fedhem_kernel.analyses.cox.combine_sums import CoxFit
+from fedhem_kernel.analyses.kaplan_meier.combine import dp_horizon
+from fedhem_kernel.analyses.levels.combine import require_levels
+from fedhem_kernel.errors import ParameterError
+from fedhem_kernel.protocol.query import Ask
+
+#: Grid steps of a DP Cox fit over DP mode's horizon (every cell carries noise: few, wide steps).
+DP_COX_STEPS = 20
+#: Refits on simulated noise for the standard errors (post-processing).
+DP_COX_DRAWS = 50
+
+
+def dp_design(q: Ask, covariates: tuple[str, ...]) -> tuple[list[list[str]], list[str], np.ndarray]:
+    """Each covariate's declared levels, the design's column names (every level but the first)
+    and the design matrix of the patterns (their product, first covariate slowest)."""
+    declared = {r["column"]: r for r in catalog_columns(q)}
+    levels: list[list[str]] = []
+    for column in covariates:
+        row = declared.get(column)
+        if row is None or row.get("dtype") not in ("category", "int", "bool"):
+            raise ParameterError(
+                "DP mode fits Cox models on categorical covariates (a pattern's event table is "
+                "the release): declare this one as a category or an int with declared levels",
+                dataset=q.dataset,
+                column=column,
+            )
+        named = list(require_levels(q, column, minimum=2) or [])
+        levels.append(named)
+    names = [f"{c}_{lv}" for c, lv in zip(covariates, levels, strict=True) for lv in lv[1:]]
+    rows = []
+    for combo in itertools.product(*levels):
+        row = []
+        for value, lv in zip(combo, levels, strict=True):
+            row += [1.0 if value == level else 0.0 for level in lv[1:]]
+        rows.append(row)
+    return levels, names, np.asarray(rows, dtype=float)
+
+
+def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - CoxSpec
+    """The DP fit (see the module docstring). The objective is the Breslow form with each
+    pattern's person-time per step in place of its number at risk: the piecewise-exponential
+    model's likelihood with the step hazards profiled out."""
+    if spec.strata is not None:
+        raise ParameterError(
+            "DP mode fits Cox models without strata (a stratum is one more covariate pattern "
+            "here: add it as a covariate)",
+            dataset=q.dataset,
+        )
+    levels, names, x = dp_design(q, spec.covariates)
+    plan = grid_plan(q, spec.duration, dp=True)
+    if plan is None:
+        raise ParameterError(
+            "DP mode pools event tables on the sites' time grid: the duration needs a unit and "
+            "every site a grid",
+            dataset=q.dataset,
+        )
+    # few steps: every cell carries noise, and a pattern's number at risk sums a column of them
+    fine = dp_horizon(plan)
+    factor = max(1, math.ceil(fine / DP_COX_STEPS))
+    horizon = math.ceil(fine / factor)
+    grid = plan.step * factor  # a numeric grid in the duration's unit, coarser than the sites'
+    params = {
+        "duration": spec.duration,
+        "event": spec.event,
+        "group": None,
+        "levels": None,
+        "strata": list(spec.covariates),
+        "strata_levels": levels,
+        "grid": grid if factor > 1 else plan.resolution,
+        "horizon": horizon,
+    }
+    total = q.ask_sum("cox_dp", params, noise_scale=release.scale)
+    events = np.asarray(total.totals["events"], dtype=float)  # patterns × (steps + beyond)
+    censored = np.asarray(total.totals["censored"], dtype=float)
+    newton = grouped_fit(events, censored, x)
+    # the noise's share of the uncertainty, by refitting on tables with simulated noise of the
+    # same SD added (post-processing of the release; this generator draws no privacy noise)
+    sd = release.total_sd(len(total.sites))
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(DP_COX_DRAWS):
+        again = grouped_fit(
+            events + rng.normal(0.0, sd, events.shape),
+            censored + rng.normal(0.0, sd, censored.shape),
+            x,
+        )
+        if again.converged:
+            draws.append(again.beta)
+    covariance = -np.linalg.inv(newton.hessian)
+    if len(draws) > x.shape[1] + 1:
+        covariance = covariance + np.atleast_2d(np.cov(np.asarray(draws).T))
+    hessian = -np.linalg.inv(covariance)  # the fit's information, the noise's variance added
+    q.note(release.note("each covariate pattern's events and censorings per grid step"))
+    q.note(
+        "DP Cox: the piecewise-exponential likelihood (Breslow's form with each pattern's "
+        "person-time, the step hazards profiled out) of the noisy event table of every covariate "
+        f"pattern ({len(x)} patterns of {', '.join(spec.covariates)}) on a grid of {grid:g} "
+        f"{plan.unit or 'units'} over {horizon} steps; the standard errors include the noise "
+        f"(refits on {DP_COX_DRAWS} tables with simulated noise of the release's SD added)"
+    )
+    fit = CoxFit.from_newton(
+        newton,
+        columns=names,
+        center=np.zeros(len(names)),
+        scale=np.ones(len(names)),
+        strata=[],
+        sites=total.sites,
+        n=max(0, int(round(float((events + censored).sum())))),
+        n_events=max(0, int(round(float(events[:, :-1].sum())))),
+        time_step=grid,
+        unit=plan.unit,
+    )
+    fit.hessian = hessian
+    return fit
+
+
+def grouped_fit(events: np.ndarray, censored: np.ndarray, x: np.ndarray) -> Any:
+    """Newton–Raphson on the noisy tables (patterns × steps, the last column beyond the
+    horizon): each pattern's number at risk summed from the end (kept from growing, at least 0),
+    its person-time per step that less half of those leaving, the events as released (unbiased:
+    a count clipped at 0 would add events)."""
+    leaving = events + censored
+    at_risk = np.cumsum(leaving[:, ::-1], axis=1)[:, ::-1][:, :-1]  # the last column: beyond
+    at_risk = np.maximum(np.maximum.accumulate(at_risk[:, ::-1], axis=1)[:, ::-1], 0.0)
+    n_t = np.maximum(at_risk - leaving[:, :-1] / 2, 0.0)
+    d_t = events[:, :-1]
+    d_all = d_t.sum(axis=0)
+    esum = d_t.sum(axis=1) @ x
+
+    def objective(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        eta = x @ beta
+        w = n_t * np.exp(eta)[:, None]  # patterns × steps
+        s0 = w.sum(axis=0)
+        live = s0 > 0
+        s1 = x.T @ w  # p × steps
+        ll = float(esum @ beta - (d_all[live] * np.log(s0[live])).sum())
+        mean = np.divide(s1, s0, out=np.zeros_like(s1), where=live)
+        grad = esum - (mean * d_all).sum(axis=1)
+        second = np.einsum("gp,gq,gt->pqt", x, x, w)
+        var = np.divide(second, s0, out=np.zeros_like(second), where=live) - np.einsum(
+            "pt,qt->pqt", mean, mean
+        )
+        hess = -(var * d_all).sum(axis=2)
+        return ll, grad, hess
+
+    return newton_raphson(
+        objective, x.shape[1], max_coefficient=MAX_COEFFICIENT, what="partial likelihood"
+    )
