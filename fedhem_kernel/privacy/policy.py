@@ -159,7 +159,8 @@ class Policy:
         """The rules in plain words (for data stewards and the notebook)."""
         k = self.min_cell_count
         lines = [
-            f"Category names are shown only where at least {k} patients hold them."
+            "Category names are only those the data steward declares; numbers are clipped to "
+            "the ranges the steward declares."
             if self.dp
             else f"Every released count is 0 or at least {k}.",
             "Survival times are used exactly."
