@@ -641,8 +641,45 @@ def test_a_dp_combat_is_one_release_and_harmonises_like_the_exact_one():
     after = res.summary["mean_after"].unstack("feature")[features].to_numpy()
     assert (np.ptp(after, axis=0) < 0.3 * np.ptp(before, axis=0)).all()
     with fh.Federation.local(t, policy=policy, columns=SCANNER_BOUNDS) as fed:
-        with pytest.raises(ParameterError, match="one batch without covariates"):
-            fed.combat("d", features, batch="f1")
+        with pytest.raises(ParameterError, match="without covariates"):
+            fed.combat("d", ["f1", "f2"], covariates=["f3"])
+
+
+def test_a_dp_combat_by_a_declared_batch_column_leaves_out_batches_under_the_noise():
+    """Batches by site and scanner (declared levels): every (site, scanner) is a slot of the
+    one sum; a scanner a site does not have is left out (its noisy count is under the floor),
+    the others are harmonised."""
+    from sites import sites_of
+
+    rng = np.random.default_rng(3)
+    t = scanner_tables()
+    for s in ("s0", "s1", "s2"):
+        frame = t[s]["d"]
+        # s2 has only scanner A; elsewhere half B, which reads 6 units higher on f1
+        frame["scanner"] = "A" if s == "s2" else rng.choice(["A", "B"], len(frame))
+        frame.loc[frame["scanner"] == "B", "f1"] += 6.0
+    columns = {"d": {**SCANNER_BOUNDS["d"], "scanner": {"type": "category", "levels": ["A", "B"]}}}
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.local(t, policy=policy, columns=columns) as fed:
+        res = fed.combat("d", ["f1", "f2", "f3"], batch="scanner")
+        harmonised = {s: sites_of(fed)[s].datasets["d"].frame for s in ("s0", "s1", "s2")}
+    assert any("left out" in n and "s2/B" in n for n in res.privacy.notes)
+    assert list(res.batch_effects.index) == [
+        ("s0", "A"),
+        ("s0", "B"),
+        ("s1", "A"),
+        ("s1", "B"),
+        ("s2", "A"),
+    ]
+    before = [
+        t[s]["d"].loc[t[s]["d"]["scanner"] == b, "f1"].mean()
+        for s, b in (("s0", "A"), ("s0", "B"), ("s1", "A"), ("s1", "B"), ("s2", "A"))
+    ]
+    after = [
+        harmonised[s].loc[harmonised[s]["scanner"] == b, "f1_combat"].mean()
+        for s, b in (("s0", "A"), ("s0", "B"), ("s1", "A"), ("s1", "B"), ("s2", "A"))
+    ]
+    assert np.ptp(after) < 0.3 * np.ptp(before)  # the batch effects are gone
 
 
 # -- DP mode: declared levels -------------------------------------------------------------------

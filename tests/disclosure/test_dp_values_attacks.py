@@ -245,6 +245,9 @@ def test_hand_made_combat_requests_in_dp_mode_are_refused_or_release_nothing():
         apply = {
             "features": ["x"],
             "sites": ["s0", "s1", "s2"],
+            "batch": None,
+            "batch_levels": None,
+            "keep": [True, True, True],
             "gamma_star": [[0.1], [0.0], [-0.1]],
             "delta_star": [[1.0], [1.0], [1.0]],
             "grand_mean": [50.0],

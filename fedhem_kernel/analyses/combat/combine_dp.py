@@ -1,5 +1,5 @@
-"""Combine step of ``combat`` in DP mode: every site a batch, its moments from one noised
-secure sum, ComBat's estimates from them (post-processing), the harmonising at the sites.
+"""Combine step of ``combat`` in DP mode: every batch (a site, or a site's declared batch level)
+a slot of one noised secure sum, ComBat's estimates from them (post-processing), the harmonising at the sites.
 
 Side: researcher (combine). One release (``combat_dp_stats``): per site (batch) the count, Σt
 and Σ(2t-1)² of each feature, values clipped to the bounds the sites declare. Without
@@ -22,6 +22,7 @@ from fedhem_kernel.analyses.combat import SOURCE, dp_fields
 from fedhem_kernel.analyses.combat.params import CombatSpec
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds
 from fedhem_kernel.analyses.common.params import check_features
+from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.privacy.dp_values import multiplier
 from fedhem_kernel.protocol.query import Ask
@@ -41,46 +42,63 @@ def run_dp(
     mean_only: bool,
     release: DPRelease,
 ) -> object:
-    """DP ComBat (see the module docstring): each site one batch, no covariates."""
+    """DP ComBat (see the module docstring): each site one batch, or batches by site and a
+    batch column's declared levels; no covariates."""
     from fedhem_kernel.analyses.combat.combine import _Fit, _Request, _result, batch_effects
 
-    if batch is not None or list(covariates):
+    if list(covariates):
         raise ParameterError(
-            "DP mode harmonises each site as one batch without covariates (batch=None, "
-            "covariates=()): per-batch covariate blocks have no DP version yet",
+            "DP mode harmonises batches without covariates (covariates=()): per-batch "
+            "covariate blocks have no DP version yet",
             dataset=q.dataset,
         )
     feats = check_features(features)
     p = len(feats)
     sites = sorted(q.catalog())
-    if len(sites) < 2:
-        raise ParameterError("ComBat needs at least two sites (batches)", dataset=q.dataset)
+    batch_levels = list(require_levels(q, batch) or []) if batch is not None else None
+    slots = (
+        [[s, s] for s in sites]
+        if batch is None
+        else [[s, level] for s in sites for level in batch_levels or []]
+    )
     bounds = dp_bounds(q, feats)
     low = np.array([lo for lo, _ in bounds])
     width = np.array([hi - lo for lo, hi in bounds])
-    total = q.ask_sum(
-        "combat_dp_stats",
-        {"features": feats, "bounds": bounds, "sites": sites},
-        noise_scale=release.scale,
-    )
-    if list(total.sites) != sites and sorted(total.sites) != sites:
+    request = {"features": feats, "sites": sites, "batch": batch, "batch_levels": batch_levels}
+    total = q.ask_sum("combat_dp_stats", {**request, "bounds": bounds}, noise_scale=release.scale)
+    if sorted(total.sites) != sites:
         raise ParameterError(
-            "every site must take part in a DP ComBat (each is a batch)", dataset=q.dataset
+            "every site must take part in a DP ComBat (its batches are slots of one sum)",
+            dataset=q.dataset,
         )
     m = multiplier(dp_fields(p))
     count = np.asarray(total.totals["count"], dtype=float) / m
     noise = release.total_sd(len(total.sites)) / m
     floor = max(10.0, FLOOR_SDS * noise)
-    small = [s for s, n in zip(sites, count, strict=True) if n < floor]
-    if small:
+    keep = count >= floor  # post-processing: a batch below the noise floor is left out
+    dropped = [
+        f"{a}/{b}" if batch is not None else a
+        for (a, b), k in zip(slots, keep, strict=True)
+        if not k
+    ]
+    if keep.sum() < 2:
         raise ParameterError(
-            f"DP mode: too few patients with every feature at this site for its batch moments "
-            f"above the noise (at least {floor:.0f})",
-            site=small[0],
+            f"DP mode: fewer than two batches have patients above the noise (at least "
+            f"{floor:.0f} with every feature)",
             dataset=q.dataset,
+            column=batch,
         )
-    mean_t = np.clip(np.asarray(total.totals["sum"], dtype=float) / (m * count[:, None]), 0, 1)
-    centred = np.asarray(total.totals["sumsq"], dtype=float) / (4 * m * count[:, None])
+    if dropped:
+        q.note(
+            f"batches below the noise floor ({floor:.0f} patients) left out, their rows not "
+            "harmonised: " + ", ".join(dropped)
+        )
+    pairs = [pair for pair, k in zip(slots, keep, strict=True) if k]
+    count = count[keep]
+    sums = np.asarray(total.totals["sum"], dtype=float)[keep]
+    squares = np.asarray(total.totals["sumsq"], dtype=float)[keep]
+    mean_t = np.clip(sums / (m * count[:, None]), 0, 1)
+    centred = squares / (4 * m * count[:, None])
     # the population variance in t units, kept at least twice its own noise's SD (a variance
     # the noise can wipe out would make a batch's δ̂ meaningless: post-processing)
     noise_var = np.sqrt(
@@ -92,18 +110,17 @@ def run_dp(
     m2_x = var_t * count[:, None] * width**2
     n_b = count
     grand = (n_b / n_b.sum()) @ mean_x
-    spec = CombatSpec(feats, None, [], [], {})
+    spec = CombatSpec(feats, batch, [], [], {})
     columns = [f + suffix for f in feats]
-    req = _Request({}, spec, None, (), columns, eb, parametric, mean_only)
-    pairs = [[s, s] for s in sites]
+    req = _Request({}, spec, batch, (), columns, eb, parametric, mean_only)
     fit = _Fit(sites, pairs, n_b, mean_x * n_b[:, None], m2_x, mean_x, grand)
     effects = batch_effects(q, req, fit, np.zeros_like(mean_x), m2_x)
     source = f"{SOURCE} {uuid.uuid4().hex[:12]}"
     q.ask(
         "combat_dp_apply",
         {
-            "features": feats,
-            "sites": sites,
+            **request,
+            "keep": [bool(k) for k in keep],
             "gamma_star": effects.gamma_star,
             "delta_star": effects.delta_star,
             "grand_mean": grand,
@@ -118,7 +135,7 @@ def run_dp(
     q.note(release.note("each site's count, sums and sums of squares"))
     spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(feats, bounds, strict=True))
     q.note(
-        f"DP ComBat: each site one batch; values clipped to the bounds the sites declare "
+        f"DP ComBat: {'each site one batch' if batch is None else 'batches by site and ' + batch}; values clipped to the bounds the sites declare "
         f"({spans}) for the estimates (the harmonised values are the sites' own, unclipped); "
         "the batch sizes, means and SDs before and after come from the noisy moments; a "
         "batch's variance is kept at least twice its noise's SD (tight bounds make it exact)"
@@ -126,7 +143,7 @@ def run_dp(
     notes = tuple(effects.notes)
     for note in notes:
         q.note(note)
-    index = [s for s in sites]
+    index = [f"{a}/{b}" if batch is not None else a for a, b in pairs]
     return _result(
         q,
         spec,
