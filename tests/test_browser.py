@@ -264,6 +264,12 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
         }"""
     )
     sidebar.locator("details.fedhem-dataset summary", has_text="aml").first.click()
+    # what the data stewards declare shows next to each column (DP mode uses it)
+    age = sidebar.locator('.fedhem-column[data-column="age"]').first
+    assert "0\u2013100" in age.locator(".fedhem-column-declared").inner_text()
+    sex = sidebar.locator('.fedhem-column[data-column="eln_risk"]').first
+    assert sex.locator(".fedhem-column-declared").inner_text() == "3 levels"
+    sidebar.screenshot(path=str(SCREENSHOTS / "sidebar_catalog_declared.png"))
     sidebar.locator(".fedhem-column", has_text="os_months").first.click()
     source = page.evaluate(
         "() => window.jupyterapp.shell.currentWidget.content.activeCell.model.sharedModel.source"

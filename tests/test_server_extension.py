@@ -58,7 +58,10 @@ async def test_catalog_has_columns_and_types_never_values(jp_fetch):
     assert columns["os_months"]["dtype"] == "float"
     assert columns["os_months"]["unit"] == "months"
     assert columns["os_months"]["sites"] == DEMO_SITES
-    assert set(columns["os_months"]) == {"column", "dtype", "unit", "sites"}  # nothing else
+    assert set(columns["os_months"]) == {"column", "dtype", "unit", "bounds", "levels", "sites"}
+    # what the data stewards declare (public metadata, never read from the data)
+    assert columns["age"]["bounds"] == [0.0, 100.0] and columns["age"]["levels"] is None
+    assert columns["sex"]["levels"] == ["F", "M"] and columns["sex"]["bounds"] is None
     everything = await get(jp_fetch, "catalog")
     assert set(everything["datasets"]) == {"aml", "mds", "mm", "scd", "mm_imaging"}
 

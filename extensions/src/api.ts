@@ -20,11 +20,14 @@ export interface ISitesReply {
   sites: ISite[];
 }
 
-/** One column of a dataset: its name, type and unit, never values. */
+/** One column of a dataset: its name, type and unit, never values; the range and levels its
+ * sites' data stewards declare (public metadata: DP mode clips to the range, names only the levels). */
 export interface IColumn {
   column: string;
   dtype: string;
   unit: string | null;
+  bounds?: [number, number] | null;
+  levels?: string[] | null;
   sites: string[];
 }
 

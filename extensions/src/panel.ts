@@ -398,6 +398,20 @@ export class FederationPanel extends Widget {
     if (column.unit) {
       item.append(el('span', 'fedhem-column-unit', column.unit));
     }
+    // what the data stewards declare: DP mode clips to the range and names only these levels
+    if (column.bounds) {
+      const [low, high] = column.bounds;
+      const range = el('span', 'fedhem-column-declared', `${low}\u2013${high}`);
+      range.title = `Declared range: values are clipped to ${low}\u2013${high} in DP mode`;
+      item.append(range);
+    }
+    if (column.levels && column.levels.length) {
+      const names = column.levels.join(', ');
+      const levels = el('span', 'fedhem-column-declared', `${column.levels.length} levels`);
+      levels.title = `Declared levels: ${names}`;
+      item.append(levels);
+      item.title += ` \u2014 declared levels: ${names}`;
+    }
     const insert = (): void => {
       const text = pythonString(column.column);
       if (this._insertText(text)) {

@@ -86,9 +86,27 @@ class FederationView:
             columns = datasets.setdefault(row.dataset, {})
             entry = columns.setdefault(
                 row.column,
-                {"column": row.column, "dtype": row.dtype, "unit": row.unit or None, "sites": []},
+                {
+                    "column": row.column,
+                    "dtype": row.dtype,
+                    "unit": row.unit or None,
+                    "bounds": None,
+                    "levels": None,
+                    "sites": [],
+                },
             )
             entry["sites"].append(row.site)
+            # what the sites' data stewards declare (public): the hull of the ranges, the union
+            # of the levels in the order first declared
+            if isinstance(row.bounds, list | tuple) and len(row.bounds) == 2:
+                low, high = (float(b) for b in row.bounds)
+                old = entry["bounds"]
+                entry["bounds"] = (
+                    [low, high] if old is None else [min(old[0], low), max(old[1], high)]
+                )
+            if isinstance(row.levels, list | tuple):
+                known = entry["levels"] or []
+                entry["levels"] = known + [str(v) for v in row.levels if str(v) not in known]
         return {"datasets": {ds: list(cols.values()) for ds, cols in sorted(datasets.items())}}
 
     def policy(self) -> dict[str, Any]:
