@@ -213,6 +213,19 @@ class _Effects:
     delta_star: np.ndarray
     notes: tuple[str, ...]
 
+    def estimates(self, grand_mean: np.ndarray, features: list[str]) -> dict[str, Any]:
+        """The result's estimates besides B̂ (the grand mean, pooled variance and EB pieces)."""
+        return {
+            "grand_mean": pd.Series(grand_mean, index=features, name="grand_mean"),
+            "var_pooled": pd.Series(self.var_pooled, index=features, name="var_pooled"),
+            "gamma_hat": self.gamma_hat,
+            "delta_hat": self.delta_hat,
+            "gamma_bar": self.gamma_bar,
+            "t2": self.t2,
+            "a_prior": self.a_prior,
+            "b_prior": self.b_prior,
+        }
+
 
 def _harmonise(
     q: Ask,
@@ -274,14 +287,7 @@ def _harmonise(
                 index=[_batch_name(pr, req.batch) for pr in fit.pairs] + _design_names(req.spec),
                 columns=feats,
             ),
-            "grand_mean": pd.Series(fit.grand_mean, index=feats, name="grand_mean"),
-            "var_pooled": pd.Series(effects.var_pooled, index=feats, name="var_pooled"),
-            "gamma_hat": effects.gamma_hat,
-            "delta_hat": effects.delta_hat,
-            "gamma_bar": effects.gamma_bar,
-            "t2": effects.t2,
-            "a_prior": effects.a_prior,
-            "b_prior": effects.b_prior,
+            **effects.estimates(fit.grand_mean, feats),
         },
         flags={"eb": req.eb, "parametric": req.parametric, "mean_only": req.mean_only},
         covariates=req.covariates,

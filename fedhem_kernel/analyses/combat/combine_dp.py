@@ -20,7 +20,7 @@ import pandas as pd
 
 from fedhem_kernel.analyses.combat import SOURCE, dp_fields
 from fedhem_kernel.analyses.combat.params import CombatSpec
-from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, bounds_text, dp_bounds
 from fedhem_kernel.analyses.common.params import check_features
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
@@ -133,7 +133,7 @@ def run_dp(
     after_mean = grand + sd * (effects.gamma_hat - effects.gamma_star) / np.sqrt(effects.delta_star)
     after_m2 = m2_x / effects.delta_star
     q.note(release.note("each site's count, sums and sums of squares"))
-    spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(feats, bounds, strict=True))
+    spans = bounds_text(feats, bounds)
     q.note(
         f"DP ComBat: {'each site one batch' if batch is None else 'batches by site and ' + batch}; values clipped to the bounds the sites declare "
         f"({spans}) for the estimates (the harmonised values are the sites' own, unclipped); "
@@ -157,14 +157,7 @@ def run_dp(
         columns=columns,
         estimates={
             "B_hat": pd.DataFrame(mean_x, index=index, columns=feats),
-            "grand_mean": pd.Series(grand, index=feats, name="grand_mean"),
-            "var_pooled": pd.Series(effects.var_pooled, index=feats, name="var_pooled"),
-            "gamma_hat": effects.gamma_hat,
-            "delta_hat": effects.delta_hat,
-            "gamma_bar": effects.gamma_bar,
-            "t2": effects.t2,
-            "a_prior": effects.a_prior,
-            "b_prior": effects.b_prior,
+            **effects.estimates(grand, feats),
         },
         flags={"eb": eb, "parametric": parametric, "mean_only": mean_only},
         covariates=(),

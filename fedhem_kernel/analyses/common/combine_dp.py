@@ -84,3 +84,8 @@ def dp_bounds(q: Ask, columns: list[str]) -> list[list[float]]:
             )
         out.append([min(float(b[0]) for b in ranges), max(float(b[1]) for b in ranges)])
     return out
+
+
+def bounds_text(columns: list[str], bounds: list[list[float]]) -> str:
+    """``age [0, 100], wbc [0, 150]``: the public bounds a release clipped ``columns`` to."""
+    return ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(columns, bounds, strict=True))

@@ -22,11 +22,10 @@ import numpy as np
 
 from fedhem_kernel.analyses.common.combine_catalog import catalog_columns
 from fedhem_kernel.analyses.common.combine_dp import DPRelease
-from fedhem_kernel.analyses.common.combine_grid import grid_plan
 from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import MAX_COEFFICIENT
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit
-from fedhem_kernel.analyses.kaplan_meier.combine import dp_horizon
+from fedhem_kernel.analyses.kaplan_meier.combine import dp_grid
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.query import Ask
@@ -74,15 +73,8 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
             dataset=q.dataset,
         )
     levels, names, x = dp_design(q, spec.covariates)
-    plan = grid_plan(q, spec.duration, dp=True)
-    if plan is None:
-        raise ParameterError(
-            "DP mode pools event tables on the sites' time grid: the duration needs a unit and "
-            "every site a grid",
-            dataset=q.dataset,
-        )
     # few steps: every cell carries noise, and a pattern's number at risk sums a column of them
-    fine = dp_horizon(plan)
+    plan, fine = dp_grid(q, spec.duration)
     factor = max(1, math.ceil(fine / DP_COX_STEPS))
     horizon = math.ceil(fine / factor)
     grid = plan.step * factor  # a numeric grid in the duration's unit, coarser than the sites'

@@ -29,7 +29,7 @@ from fedhem_kernel.analyses.kaplan_meier.combine import (
     collect_group_tables,
     dp_cause_table,
     dp_floor,
-    dp_horizon,
+    dp_grid,
 )
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
@@ -610,14 +610,7 @@ def run_dp(
     each cause's cumulative hazard fitted nondecreasing, each curve ending where fewer than
     ``floor`` remain. Gray's test is computed on these tables (a rough guide: the noise is in
     its inputs)."""
-    plan = grid_plan(q, params["duration"], dp=True)
-    if plan is None:
-        raise ParameterError(
-            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
-            "and every site a grid",
-            dataset=q.dataset,
-        )
-    horizon = dp_horizon(plan)
+    plan, horizon = dp_grid(q, params["duration"])
     asked = {**params, "grid": plan.resolution, "horizon": horizon}
     total = q.ask_sum("cif_dp", asked, noise_scale=release.scale)
     events = np.asarray(total.totals["events"], dtype=float)  # groups × causes × steps

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import columns_of_type, pooled_k, pooled_sums
-from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds, dp_release
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, bounds_text, dp_bounds, dp_release
 from fedhem_kernel.analyses.describe import (
     DP_WEIGHTS,
     HIST_BINS,
@@ -238,7 +238,7 @@ def combine_dp(q: Ask, params: Payload, release: DPRelease) -> pd.DataFrame:
                 row.update(dict(zip(("25%", "50%", "75%"), quartiles, strict=True)))
             rows.append(row)
     q.note(release.note("counts, sums and histograms"))
-    spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(columns, bounds, strict=True))
+    spans = bounds_text(columns, bounds)
     q.note(
         f"values clipped to the bounds the sites declare ({spans}); the count carries noise "
         f"of SD {count_sd:.2g}, and a mean, SD and quartiles are shown where the count is at "

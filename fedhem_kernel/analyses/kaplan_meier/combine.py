@@ -244,14 +244,7 @@ def run_dp(
     patient in one cell: L2 sensitivity 1), each site adding its share of the discrete Gaussian
     noise. Post-processing only (free): negative counts become 0, the number at risk is rebuilt
     from the end (so it never grows), and a curve ends where fewer than ``floor`` remain."""
-    plan = grid_plan(q, duration, dp=True)
-    if plan is None:
-        raise ParameterError(
-            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
-            "and every site a grid",
-            dataset=q.dataset,
-        )
-    horizon = dp_horizon(plan)
+    plan, horizon = dp_grid(q, duration)
     asked = {**params, "grid": plan.resolution, "horizon": horizon}
     total = q.ask_sum("km_dp", asked, noise_scale=release.scale)
     events = np.asarray(total.totals["events"], dtype=float)
@@ -322,6 +315,19 @@ def dp_cause_table(
     total = increments.sum(axis=1)
     increments[total > 1] /= total[total > 1, None]  # no more leave by any cause than are there
     return n, n[:, None] * increments
+
+
+def dp_grid(q: Ask, duration: str) -> tuple[GridPlan, int]:
+    """DP mode's grid (the sites' common one) and horizon in its steps; a clear error when the
+    sites have none (a duration without a unit, or a site without a grid)."""
+    plan = grid_plan(q, duration, dp=True)
+    if plan is None:
+        raise ParameterError(
+            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
+            "and every site a grid",
+            dataset=q.dataset,
+        )
+    return plan, dp_horizon(plan)
 
 
 def dp_horizon(plan: GridPlan) -> int:

@@ -17,7 +17,7 @@ from fedhem_kernel.analyses.kaplan_meier.combine import (
     check_survival_params,
     dp_event_table,
     dp_floor,
-    dp_horizon,
+    dp_grid,
     pool_tables,
 )
 from fedhem_kernel.analyses.levels import SITE_COLUMN
@@ -406,14 +406,7 @@ def run_dp(
     Kaplan–Meier's in DP mode), each stratum up to the last step every group reaches above the
     noise floor; the numbers at risk rebuilt from the end, the events as released (the test
     sums them: unbiased)."""
-    plan = grid_plan(ask, params["duration"], dp=True)
-    if plan is None:
-        raise ParameterError(
-            "DP mode pools survival tables on the sites' time grid: the duration needs a unit "
-            "and every site a grid",
-            dataset=ask.dataset,
-        )
-    horizon = dp_horizon(plan)
+    plan, horizon = dp_grid(ask, params["duration"])
     total = ask.ask_sum(
         "logrank_dp",
         {**params, "grid": plan.resolution, "horizon": horizon},

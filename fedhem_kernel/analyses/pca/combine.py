@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
-from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds, dp_release
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, bounds_text, dp_bounds, dp_release
 from fedhem_kernel.analyses.common.combine_moments import pooled_moments, standard_scale
 from fedhem_kernel.analyses.common.params import check_features
 from fedhem_kernel.analyses.pca import ROWS_PER_FEATURE, dp_fields
@@ -95,7 +95,7 @@ def _dp_stats(q: Ask, feats: list[str], release: DPRelease) -> tuple[int, np.nda
             column=flat[0],
         )
     q.note(release.note("the count, sums and cross-products"))
-    spans = ", ".join(f"{c} [{lo:g}, {hi:g}]" for c, (lo, hi) in zip(feats, bounds, strict=True))
+    spans = bounds_text(feats, bounds)
     q.note(
         f"values clipped to the bounds the sites declare ({spans}); the count ({n:.0f}) carries "
         f"noise of SD {noise:.2g}, each cross-product of values mapped to [-1, 1] the same, so "
