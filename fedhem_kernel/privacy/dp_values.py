@@ -60,6 +60,20 @@ def bins_of(t: np.ndarray, n_bins: int) -> np.ndarray:
     return np.minimum((np.asarray(t, dtype=float) * n_bins).astype(np.int64), n_bins - 1)
 
 
+def bound_pair(pair: object) -> tuple[float, float] | None:
+    """``[low, high]`` as two floats when it is two finite numbers, low < high, within
+    :data:`MAX_BOUND`; None otherwise."""
+    if not isinstance(pair, list | tuple) or len(pair) != 2:
+        return None
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in pair):
+        return None
+    low, high = float(pair[0]), float(pair[1])
+    finite = bool(np.isfinite([low, high]).all())
+    if not (finite and low < high and max(abs(low), abs(high)) <= MAX_BOUND):
+        return None
+    return low, high
+
+
 def check_bounds(bounds: object, n_columns: int) -> list[tuple[float, float]]:
     """A request's bounds, one ``[low, high]`` per column, checked at the site (any finite
     ``low < high`` within :data:`MAX_BOUND` keeps the sensitivity); ValueError otherwise."""
@@ -67,16 +81,11 @@ def check_bounds(bounds: object, n_columns: int) -> list[tuple[float, float]]:
         raise ValueError("'bounds' must give [low, high] for each column")
     out = []
     for pair in bounds:
-        ok = isinstance(pair, list | tuple) and len(pair) == 2
-        ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) for b in pair)
-        if ok:
-            low, high = float(pair[0]), float(pair[1])
-            ok = bool(np.isfinite([low, high]).all()) and low < high
-            ok = ok and max(abs(low), abs(high)) <= MAX_BOUND
-        if not ok:
+        checked = bound_pair(pair)
+        if checked is None:
             raise ValueError(
                 f"'bounds' must be [low, high] pairs of finite numbers, low < high, "
                 f"within ±{MAX_BOUND:g}"
             )
-        out.append((low, high))
+        out.append(checked)
     return out

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.errors import SchemaError
-from fedhem_kernel.privacy.dp_values import MAX_BOUND
+from fedhem_kernel.privacy.dp_values import MAX_BOUND, bound_pair
 from fedhem_kernel.site.imaging import check_imaging
 from fedhem_kernel.site.schema import DTYPES, ColumnSpec, DatasetSchema
 
@@ -123,22 +123,14 @@ def _parse_bounds(bounds: Any, dtype: Any, err: dict[str, str]) -> tuple[float, 
     """A numeric column's declared ``bounds = [low, high]``: two finite numbers, low < high."""
     if dtype not in ("float", "int"):
         raise SchemaError("only a float or int column has bounds", **err, rule="schema")
-    ok = (
-        isinstance(bounds, list | tuple)
-        and len(bounds) == 2
-        and all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
-    )
-    if ok:
-        low, high = float(bounds[0]), float(bounds[1])
-        ok = bool(np.isfinite([low, high]).all()) and low < high
-        ok = ok and max(abs(low), abs(high)) <= MAX_BOUND
-    if not ok:
+    pair = bound_pair(bounds)
+    if pair is None:
         raise SchemaError(
             f"bounds = [low, high]: two finite numbers, low < high, within ±{MAX_BOUND:g}",
             **err,
             rule="schema",
         )
-    return low, high
+    return pair
 
 
 def _infer_dtype(series: pd.Series) -> str:
