@@ -297,7 +297,13 @@ def dp_federation(folder: Path) -> Path:
         }
         for site in DP_SITES
     }
-    return federation_toml(folder, tables, "[sites.{site}.policy]\ndp = true\n", name="dp")
+    declared = (  # DP mode names only the levels the data stewards declare
+        "[sites.{site}.policy]\ndp = true\n"
+        "[sites.{site}.datasets.d.columns]\n"
+        'risk = { type = "category", levels = ["high", "low"] }\n'
+        'sex = { type = "category", levels = ["F", "M"] }\n'
+    )
+    return federation_toml(folder, tables, declared, name="dp")
 
 
 @pytest.fixture(scope="module")

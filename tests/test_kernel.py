@@ -191,7 +191,9 @@ def test_magic_sites_and_catalog(kc: BlockingKernelClient) -> None:
     assert all(site in sites.results[0] for site in DEMO_SITES)
     catalog = run(kc, "%fed catalog aml")
     assert catalog.status == "ok", catalog.text
-    assert "os_months" in catalog.results[0]
+    assert "aml" in catalog.results[0] and "levels" in catalog.results[0]
+    names = run(kc, "df = %fed catalog aml\nprint(sorted(set(df['column'])))")
+    assert "os_months" in names.text, names.text
     # magics return the same DataFrame the API does
     same = run(kc, "df = %fed catalog aml\nprint(df.equals(fed.catalog('aml')))")
     assert same.stdout.strip() == "True", same.text
