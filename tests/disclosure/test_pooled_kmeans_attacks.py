@@ -3,8 +3,8 @@
 Every Lloyd round, the final labels, the moments and k-means++'s potentials are totals over the
 sites: each site's share is its clusters of whole micro-clusters (k..2k-1 similar patients), so
 no total counts 1..k-1 patients and no difference of two totals of a site is one patient's row.
-A site with too few patients for the clusters sits out (zeros, no refusal); the k-means++
-candidates are released per site, as micro-cluster means.
+A site with too few patients for the clusters sits out (zeros, no refusal); the start is
+chosen from public candidates by pooled potentials (nothing per site).
 """
 
 from __future__ import annotations
@@ -103,3 +103,19 @@ def test_pooled_rounds_are_never_answered_in_the_clear(fed):
             Query(fed.coordinator, "kmeans", "c", who="mallory").ask(
                 step, params(np.zeros((2, 2)), 2)
             )
+
+
+def test_nothing_per_site_says_which_site_has_no_one_in_the_cohort(fed, releases):
+    """A filter that leaves one site without patients: every reply of a pooled k-means is a
+    masked share (no per-site candidates or D² masses, which once said mass 0 for that site),
+    and a hand-made per-site k-means step is refused at sites in secure sums."""
+    res = fed.kmeans("c", FEATURES, 3, where="age > 75")
+    assert res.n_iter > 0
+    answered = [r for r in releases if r.payload]
+    assert any("secure" in r.payload for r in answered)
+    assert not any({"candidates", "mass", "counts", "sums"} & set(r.payload) for r in answered)
+    q = Query(fed.coordinator, "kmeans", "c", who="mallory")
+    params = {"features": FEATURES, "k": 3}
+    with pytest.raises(FedHemError) as info:
+        q.ask("kmeans_stats", params)
+    assert "pooled_only" in info.value.rule

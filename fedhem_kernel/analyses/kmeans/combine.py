@@ -100,17 +100,15 @@ def _pooled_stats(per_site: dict[str, Payload]) -> tuple[int, np.ndarray, np.nda
     return n, mean, m2 / n  # population variance, as numpy's var and StandardScaler
 
 
-def _kmeans_plus_plus(
-    q: Ask, base: Payload, n_clusters: int, p: int, seed: int, pooled: bool = False
-) -> np.ndarray:
+def _kmeans_plus_plus(q: Ask, base: Payload, n_clusters: int, p: int, seed: int) -> np.ndarray:
     """Greedy k-means++ over the sites' candidates (scikit-learn's scheme, pooled D² weights;
-    ``pooled``: the candidates' potentials as a secure sum, sites that sit out adding none)."""
+    sites outside secure sums: in pooled mode :func:`_pooled_start`)."""
     rng = np.random.default_rng(seed)
     n_trials = 2 + int(math.log(n_clusters))
     chosen = np.empty((0, p))
     for r in range(n_clusters):
         params = {**base, "centers": chosen, "n_candidates": n_trials, "seed": seed, "round": r}
-        payloads = q.ask("kmeans_pool_candidates" if pooled else "kmeans_candidates", params)
+        payloads = q.ask("kmeans_candidates", params)
         sites = [s for s in sorted(payloads) if len(payloads[s]["candidates"])]
         mass = np.array([float(payloads[s]["mass"]) for s in sites])
         if not sites or not mass.sum() > 0:
@@ -130,19 +128,50 @@ def _kmeans_plus_plus(
                 used[site] += 1
         if len(trials) > 1:
             asked = {**base, "centers": chosen, "candidates": np.array(trials)}
-            if pooled:
-                potential = np.asarray(
-                    q.ask_sum("kmeans_pool_potential", asked).totals["potential"]
-                )
-            else:
-                replies = q.ask("kmeans_potential", asked)
-                potential = sum(
-                    np.asarray(replies[s]["potential"], dtype=float) for s in sorted(replies)
-                )
+            replies = q.ask("kmeans_potential", asked)
+            potential = sum(
+                np.asarray(replies[s]["potential"], dtype=float) for s in sorted(replies)
+            )
             best = int(np.argmin(potential))
         else:
             best = 0
         chosen = np.vstack([chosen, trials[best]])
+    return chosen
+
+
+#: Public candidates per round of a pooled start, and per secure sum of their potentials.
+POOLED_CANDIDATES = 60
+POTENTIALS_PER_SUM = 20
+
+
+def _pooled_start(q: Ask, base: Payload, n_clusters: int, var: np.ndarray, seed: int) -> np.ndarray:
+    """Greedy k-means++ on public candidates (pooled mode): each round, candidates drawn with
+    the seed from the pooled mean and spread (the working units are centred on the pooled mean),
+    the one with the lowest pooled potential taken (secure sums of each site's D² mass over its
+    micro-clusters). Nothing per site leaves: per-site candidates and D² masses would say which
+    site has few or no patients in the cohort."""
+    rng = np.random.default_rng(seed)
+    p = len(var)
+    sd = np.sqrt(np.maximum(var, 0.0))
+    chosen = np.empty((0, p))
+    for _ in range(n_clusters):
+        trials = rng.normal(size=(POOLED_CANDIDATES, p)) * sd * 1.5
+        potential = np.concatenate(
+            [
+                np.asarray(
+                    q.ask_sum(
+                        "kmeans_pool_potential",
+                        {
+                            **base,
+                            "centers": chosen,
+                            "candidates": trials[lo : lo + POTENTIALS_PER_SUM],
+                        },
+                    ).totals["potential"]
+                )
+                for lo in range(0, POOLED_CANDIDATES, POTENTIALS_PER_SUM)
+            ]
+        )
+        chosen = np.vstack([chosen, trials[int(np.argmin(potential))]])
     return chosen
 
 
@@ -241,8 +270,10 @@ def _fit(
         "scale": scale,
         "standardize": standardize,
     }
-    if isinstance(start, str):
-        centers = _kmeans_plus_plus(q, base, k, p, seed, pooled)
+    if isinstance(start, str) and pooled:
+        centers = _pooled_start(q, base, k, var / scale**2, seed)
+    elif isinstance(start, str):
+        centers = _kmeans_plus_plus(q, base, k, p, seed)
     else:
         centers = (start - shift) / scale
     contrib = _Contributions(k, p)
@@ -334,8 +365,8 @@ def _result(
         q.note(
             "pooled through secure sums: every round's cluster counts, sums and inertia are "
             f"totals over the sites (each site's share whole micro-clusters of {pooled_k(q)} or "
-            "more); "
-            "the k-means++ candidates are released per site"
+            "more); the start is greedy k-means++ over public candidates drawn around the "
+            "pooled mean, chosen by their pooled potentials (nothing per site)"
         )
         final = {}
     for site in sorted(final):

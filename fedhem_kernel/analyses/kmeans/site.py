@@ -354,10 +354,10 @@ def site_kmeans_potential(data: SiteData, params: Payload) -> Payload:
     """k-means++ greedy step: the site's D² mass if each candidate were added to the centres."""
     _, xa, n_clusters, atoms = _working(data, params)
     x = xa[:, :-1]
-    chosen = check_matrix(params, "centers", x.shape[1], n_clusters - 1, 1)
+    chosen = check_matrix(params, "centers", x.shape[1], n_clusters - 1)
     candidates = check_matrix(params, "candidates", x.shape[1], 20, 1)
     points, weight, within = _points(x, atoms)
-    current = _d2(points, chosen)
+    current = _d2(points, chosen) if len(chosen) else np.full(len(points), np.inf)
     pot = [
         float((within + weight * np.minimum(current, ((points - c) ** 2).sum(axis=1))).sum())
         for c in candidates
@@ -384,16 +384,6 @@ def _unless_refused(data: SiteData, params: Payload, run: SiteFn) -> Payload | N
         return run(data, params)
     except DisclosureError:
         return None
-
-
-def site_kmeans_pool_candidates(data: SiteData, params: Payload) -> Payload:
-    """k-means++ candidates of a pooled run (released per site, as in the per-site run), or none
-    from a site that sits the clustering out (its D² mass then counts as 0)."""
-    payload = _unless_refused(data, params, site_kmeans_candidates)
-    if payload is None:
-        p = len(check_features(params.get("features")))
-        return {"mass": 0.0, "candidates": np.empty((0, p))}
-    return payload
 
 
 def _share(payload: Payload | None, n_clusters: int, p: int, sums: bool) -> Payload:
@@ -487,8 +477,22 @@ CANDIDATES: Params = {
     "round": integer(0, 10 * MAX_CLUSTERS),
 }
 
+
+def _per_site(run: SiteFn) -> SiteFn:
+    """A per-site k-means step, refused at a site that releases pooled only (its own sums and
+    D² masses, against the pooled totals, would give the other sites'; and whether it sits out
+    would say how few patients it has)."""
+
+    def step(data: SiteData, params: Payload) -> Payload:
+        data.per_site_table("k-means sums")
+        return run(data, params)
+
+    step.__doc__ = run.__doc__
+    return step
+
+
 STEPS = [
-    SiteStep(name, "kmeans", fn, _kmeans_columns, params)
+    SiteStep(name, "kmeans", _per_site(fn), _kmeans_columns, params)
     for name, fn, params in (
         ("kmeans_stats", site_kmeans_stats, FEATURES),
         ("kmeans_candidates", site_kmeans_candidates, CANDIDATES),
@@ -520,13 +524,6 @@ STEPS += [
         _kmeans_columns,
         FEATURES,
         sums={"n": "count", "sum": "real", "sumsq": "real", "sat_out": "count"},
-    ),
-    SiteStep(
-        "kmeans_pool_candidates",
-        "kmeans",
-        site_kmeans_pool_candidates,
-        _kmeans_columns,
-        CANDIDATES,
     ),
     SiteStep(
         "kmeans_pool_potential",
