@@ -21,7 +21,7 @@ dp.enable_features("contrib")
 
 # -- accounting -----------------------------------------------------------------------------
 @pytest.mark.parametrize("scale", [0.5, 1.0, 3.1623, 10.0, 250.0])
-@pytest.mark.parametrize("sensitivity", [1, 2, 5])
+@pytest.mark.parametrize("sensitivity", [1, 2, 5, 4096])  # 4096: real values (dp_values.py)
 def test_the_cost_is_opendps_map_of_the_discrete_gaussian(scale, sensitivity):
     meas = dp.m.make_gaussian(
         dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
@@ -29,6 +29,23 @@ def test_the_cost_is_opendps_map_of_the_discrete_gaussian(scale, sensitivity):
     assert rho_of(scale, sensitivity) == meas.map(sensitivity)
     assert rho_of(scale, sensitivity) == pytest.approx(sensitivity**2 / (2 * scale**2))
     assert rho_of(scale_for(0.05, sensitivity), sensitivity) == pytest.approx(0.05)
+
+
+def test_a_dp_release_of_real_values_is_charged_opendps_map_at_its_sensitivity():
+    """describe, PCA, k-means and ComBat release whole-number fields of sensitivity R: each site
+    charges OpenDP's map of the discrete Gaussian at the asked scale for R, which is the site's
+    dp_rho for one release (k-means: ρ / releases for each of its releases)."""
+    from fedhem_kernel.privacy.dp_values import RESOLUTION
+
+    policy = fh.Policy(dp=True, dp_rho=0.2, dp_rho_researcher=5.0, dp_rho_site=50.0)
+    with fh.Federation.local(value_tables(), policy=policy, columns=BOUNDED) as fed:
+        fed.describe("d", ["age"])
+        spent = fed.budget().set_index("site")["rho_spent"]
+    scale = scale_for(0.2, RESOLUTION)
+    meas = dp.m.make_gaussian(
+        dp.vector_domain(dp.atom_domain(T=int)), dp.l2_distance(T=int), scale=scale
+    )
+    assert np.allclose(spent, meas.map(RESOLUTION)) and np.allclose(spent, 0.2)
 
 
 @pytest.mark.parametrize("rho", [0.01, 0.05, 0.5, 1.0, 5.0])
