@@ -765,8 +765,8 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
         with pytest.raises(ParameterError, match="categorical covariates") as info:
             fed.cox("aml", "os_months", "os_status", ["age"])
         assert info.value.column == "age"
-        with pytest.raises(ParameterError, match="without strata"):
-            fed.cox("aml", "os_months", "os_status", ["npm1"], strata="sex")
+        with pytest.raises(ParameterError, match="strata='site'"):
+            fed.cox("aml", "os_months", "os_status", ["npm1"], strata="site")
     assert np.allclose(noisy.privacy.budget["rho_spent"], 0.5)  # one release
     assert any(n.startswith("DP Cox") and "include the noise" in n for n in noisy.privacy.notes)
     monkeypatch.setattr(executor, "noise_share", lambda v, *a: np.asarray(v, dtype=np.int64))
@@ -783,3 +783,11 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
     gap = (exact.params_ - ref.params_.reindex(exact.params_.index)).abs()
     assert (gap < 0.3 * ref.standard_errors_.reindex(gap.index)).all()
     assert (se > ref.standard_errors_.reindex(se.index)).all()  # the noise widens them
+    # strata: each its own risk sets (the patterns of a stratum share them)
+    with fh.Federation.demo(policy=policy) as fed:
+        stratified = fed.cox("aml", "os_months", "os_status", covariates, strata="sex")
+    df["sex"] = rows["sex"].astype(str)
+    by_sex = CoxPHFitter().fit(df, "os_months", "os_status", strata=["sex"])
+    gap = (stratified.params_ - by_sex.params_.reindex(stratified.params_.index)).abs()
+    assert (gap < 0.3 * by_sex.standard_errors_.reindex(gap.index)).all()
+    assert any("within each of 2 strata" in n for n in stratified.privacy.notes)

@@ -66,13 +66,19 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
     """The DP fit (see the module docstring). The objective is the Breslow form with each
     pattern's person-time per step in place of its number at risk: the piecewise-exponential
     model's likelihood with the step hazards profiled out."""
-    if spec.strata is not None:
+    strata = [spec.strata] if isinstance(spec.strata, str) else list(spec.strata or ())
+    if "site" in strata:
         raise ParameterError(
-            "DP mode fits Cox models without strata (a stratum is one more covariate pattern "
-            "here: add it as a covariate)",
+            "DP mode pools every site's table in one noised sum: strata='site' needs each "
+            "site's own (not in DP mode)",
             dataset=q.dataset,
         )
     levels, names, x = dp_design(q, spec.covariates)
+    strata_levels = [list(require_levels(q, c) or []) for c in strata]
+    n_strata = math.prod(len(lv) for lv in strata_levels) if strata else 1
+    # the patterns: strata slowest, then the covariates' (the site's stratum product order)
+    stratum = np.repeat(np.arange(n_strata), len(x))
+    x = np.tile(x, (n_strata, 1))
     # few steps: every cell carries noise, and a pattern's number at risk sums a column of them
     plan, fine = dp_grid(q, spec.duration)
     factor = max(1, math.ceil(fine / DP_COX_STEPS))
@@ -83,15 +89,15 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
         "event": spec.event,
         "group": None,
         "levels": None,
-        "strata": list(spec.covariates),
-        "strata_levels": levels,
+        "strata": [*strata, *spec.covariates],
+        "strata_levels": [*strata_levels, *levels],
         "grid": grid if factor > 1 else plan.resolution,
         "horizon": horizon,
     }
     total = q.ask_sum("cox_dp", params, noise_scale=release.scale)
     events = np.asarray(total.totals["events"], dtype=float)  # patterns × (steps + beyond)
     censored = np.asarray(total.totals["censored"], dtype=float)
-    newton = grouped_fit(events, censored, x)
+    newton = grouped_fit(events, censored, x, stratum)
     # the noise's share of the uncertainty, by refitting on tables with simulated noise of the
     # same SD added (post-processing of the release; this generator draws no privacy noise)
     sd = release.total_sd(len(total.sites))
@@ -102,6 +108,7 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
             events + rng.normal(0.0, sd, events.shape),
             censored + rng.normal(0.0, sd, censored.shape),
             x,
+            stratum,
         )
         if again.converged:
             draws.append(again.beta)
@@ -113,7 +120,8 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
     q.note(
         "DP Cox: the piecewise-exponential likelihood (Breslow's form with each pattern's "
         "person-time, the step hazards profiled out) of the noisy event table of every covariate "
-        f"pattern ({len(x)} patterns of {', '.join(spec.covariates)}) on a grid of {grid:g} "
+        f"pattern ({len(x)} patterns of {', '.join([*strata, *spec.covariates])}; risk sets "
+        f"within each of {n_strata} strata) on a grid of {grid:g} "
         f"{plan.unit or 'units'} over {horizon} steps; the standard errors include the noise "
         f"(refits on {DP_COX_DRAWS} tables with simulated noise of the release's SD added)"
     )
@@ -133,33 +141,41 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
     return fit
 
 
-def grouped_fit(events: np.ndarray, censored: np.ndarray, x: np.ndarray) -> Any:
+def grouped_fit(
+    events: np.ndarray, censored: np.ndarray, x: np.ndarray, stratum: np.ndarray
+) -> Any:
     """Newton–Raphson on the noisy tables (patterns × steps, the last column beyond the
-    horizon): each pattern's number at risk summed from the end (kept from growing, at least 0),
-    its person-time per step that less half of those leaving, the events as released (unbiased:
-    a count clipped at 0 would add events)."""
+    horizon; ``stratum``: each pattern's stratum, whose patterns share risk sets): each
+    pattern's number at risk summed from the end (kept from growing, at least 0), its
+    person-time per step that less half of those leaving, the events as released (unbiased: a
+    count clipped at 0 would add events)."""
     leaving = events + censored
     at_risk = np.cumsum(leaving[:, ::-1], axis=1)[:, ::-1][:, :-1]  # the last column: beyond
     at_risk = np.maximum(np.maximum.accumulate(at_risk[:, ::-1], axis=1)[:, ::-1], 0.0)
     n_t = np.maximum(at_risk - leaving[:, :-1] / 2, 0.0)
     d_t = events[:, :-1]
-    d_all = d_t.sum(axis=0)
     esum = d_t.sum(axis=1) @ x
+    groups = [np.flatnonzero(stratum == h) for h in np.unique(stratum)]
 
     def objective(beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         eta = x @ beta
-        w = n_t * np.exp(eta)[:, None]  # patterns × steps
-        s0 = w.sum(axis=0)
-        live = s0 > 0
-        s1 = x.T @ w  # p × steps
-        ll = float(esum @ beta - (d_all[live] * np.log(s0[live])).sum())
-        mean = np.divide(s1, s0, out=np.zeros_like(s1), where=live)
-        grad = esum - (mean * d_all).sum(axis=1)
-        second = np.einsum("gp,gq,gt->pqt", x, x, w)
-        var = np.divide(second, s0, out=np.zeros_like(second), where=live) - np.einsum(
-            "pt,qt->pqt", mean, mean
-        )
-        hess = -(var * d_all).sum(axis=2)
+        ll = float(esum @ beta)
+        grad = esum.copy()
+        hess = np.zeros((len(beta), len(beta)))
+        for rows in groups:  # each stratum's own risk sets
+            xs, d_all = x[rows], d_t[rows].sum(axis=0)
+            w = n_t[rows] * np.exp(eta[rows])[:, None]  # patterns × steps
+            s0 = w.sum(axis=0)
+            live = s0 > 0
+            s1 = xs.T @ w  # p × steps
+            ll -= float((d_all[live] * np.log(s0[live])).sum())
+            mean = np.divide(s1, s0, out=np.zeros_like(s1), where=live)
+            grad -= (mean * d_all).sum(axis=1)
+            second = np.einsum("gp,gq,gt->pqt", xs, xs, w)
+            var = np.divide(second, s0, out=np.zeros_like(second), where=live) - np.einsum(
+                "pt,qt->pqt", mean, mean
+            )
+            hess -= (var * d_all).sum(axis=2)
         return ll, grad, hess
 
     return newton_raphson(
