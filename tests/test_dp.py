@@ -791,3 +791,17 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
     gap = (stratified.params_ - by_sex.params_.reindex(stratified.params_.index)).abs()
     assert (gap < 0.3 * by_sex.standard_errors_.reindex(gap.index)).all()
     assert any("within each of 2 strata" in n for n in stratified.privacy.notes)
+
+
+def test_a_dp_crosstab_by_site_is_every_sites_table_noised_in_one_release():
+    """By site: each site fills its own column of the one noised secure sum (the sites are
+    public), so the release is every site's table, each cell with the release's noise."""
+    t = tables()
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.local(t, policy=policy, columns=AB) as fed:
+        res = fed.crosstab("d", "a", "site")
+    assert list(res.table.columns) == ["s0", "s1", "s2"]
+    exact = pd.DataFrame({s: t[s]["d"]["a"].value_counts() for s in ("s0", "s1", "s2")})
+    diff = res.table.astype(float) - exact.reindex(res.table.index).astype(float)
+    assert np.abs(diff.to_numpy()).max() < 8  # noise of SD √3 at ρ = 0.5
+    assert np.allclose(res.privacy.budget["rho_spent"], 0.5)  # one release

@@ -96,8 +96,10 @@ def combine_dp(
 
     # "(other)" (levels rare at every site) is summed like any level, so the totals are
     # complete; it is shown only when its noisy total stands out of the noise (post-processing)
+    sd = release.total_sd(len(total.sites))
+
     def shown_other(values: np.ndarray) -> bool:
-        return bool(values.sum() > 3 * release.scale * np.sqrt(values.size))
+        return bool(values.sum() > 3 * sd * np.sqrt(values.size))
 
     keep_r = [i for i, lv in enumerate(index) if lv != OTHER or shown_other(cells[i])]
     keep_c = [j for j, lv in enumerate(columns) if lv != OTHER or shown_other(cells[:, j])]
@@ -139,6 +141,9 @@ def run(q: Ask, row: str, col: str, margins: bool = False) -> CrosstabResult:
     }
     release = dp_release(q)
     if release is not None:
+        for key, name in (("row_levels", row), ("col_levels", col)):
+            if name == SITE_COLUMN:  # every site its own row or column of the one noised sum
+                params[key] = sorted(q.catalog())
         total = q.ask_sum("crosstab", params, noise_scale=release.scale)
         table, notes = combine_dp(
             total,

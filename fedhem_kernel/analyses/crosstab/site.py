@@ -35,9 +35,8 @@ def _dp_cells(
 ) -> Payload:
     """DP mode: every cell of the agreed levels and ``(other)``, exact: the site adds its noise
     share and masks it (the executor). The shape does not depend on the data; patients with a
-    missing value are left out (DP needs no ledger)."""
-    if SITE_COLUMN in (row, col):
-        raise ParameterError("a crosstab by site is not a sum over sites: not in DP mode")
+    missing value are left out (DP needs no ledger). By ``site`` (its levels: every site), each
+    site fills its own row or column, and the sum is every site's table, each cell noised."""
     rows, cols = _labels(data, row, row_levels), _labels(data, col, col_levels)
     missing = (rows.isna() | cols.isna()).to_numpy()
     if missing.any():
