@@ -762,9 +762,8 @@ def test_a_dp_cox_is_one_noised_event_table_per_covariate_pattern(monkeypatch):
     policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
     with fh.Federation.demo(policy=policy) as fed:
         noisy = fed.cox("aml", "os_months", "os_status", covariates)
-        with pytest.raises(ParameterError, match="categorical covariates") as info:
-            fed.cox("aml", "os_months", "os_status", ["age"])
-        assert info.value.column == "age"
+        with pytest.raises(ParameterError, match="exceed the sites' limit of 40"):
+            fed.cox("aml", "os_months", "os_status", ["age", "eln_risk", "npm1"])
         with pytest.raises(ParameterError, match="strata='site'"):
             fed.cox("aml", "os_months", "os_status", ["npm1"], strata="site")
     assert np.allclose(noisy.privacy.budget["rho_spent"], 0.5)  # one release
@@ -805,3 +804,30 @@ def test_a_dp_crosstab_by_site_is_every_sites_table_noised_in_one_release():
     diff = res.table.astype(float) - exact.reindex(res.table.index).astype(float)
     assert np.abs(diff.to_numpy()).max() < 8  # noise of SD √3 at ρ = 0.5
     assert np.allclose(res.privacy.budget["rho_spent"], 0.5)  # one release
+
+
+def test_a_dp_cox_on_a_number_bins_its_declared_range(monkeypatch):
+    """A numeric covariate with a declared range is cut into equal bins, each at its midpoint:
+    without the noise the age coefficient is within 10 % of lifelines' on the exact ages (7 %
+    measured: the binning attenuates a little), npm1 within 0.3 SE."""
+    from lifelines import CoxPHFitter
+
+    import fedhem_kernel.site.executor as executor
+    from fedhem_kernel.demo.cohorts import DEMO_SITES, make_site_tables
+
+    rows = pd.concat([make_site_tables(s)["aml"] for s in DEMO_SITES], ignore_index=True)
+    df = rows[["os_months", "os_status", "age", "npm1"]].rename(columns={"npm1": "npm1_1"})
+    ref = CoxPHFitter().fit(df, "os_months", "os_status")
+    policy = fh.Policy(dp=True, dp_rho=0.5, dp_rho_researcher=1.0, dp_rho_site=5.0)
+    with fh.Federation.demo(policy=policy) as fed:
+        noisy = fed.cox("aml", "os_months", "os_status", ["age", "npm1"])
+    assert any("bins of their declared range" in n for n in noisy.privacy.notes)
+    monkeypatch.setattr(executor, "noise_share", lambda v, *a: np.asarray(v, dtype=np.int64))
+    with fh.Federation.demo(policy=policy) as fed:
+        exact = fed.cox("aml", "os_months", "os_status", ["age", "npm1"])
+    assert exact.params_["age"] == pytest.approx(ref.params_["age"], rel=0.1)
+    assert (
+        abs(exact.params_["npm1_1"] - ref.params_["npm1_1"]) < 0.3 * ref.standard_errors_["npm1_1"]
+    )
+    se = noisy.summary["se(coef)"]
+    assert ((noisy.params_ - exact.params_).abs() < 4 * se).all()

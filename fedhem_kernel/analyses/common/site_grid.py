@@ -71,6 +71,8 @@ RISK_PARAMS = {
     "levels": (LEVELS, NONE),
     "strata": (list_of(COLUMN, most=MAX_STRATA), NONE),
     "strata_levels": (list_of(LEVELS, most=MAX_STRATA), NONE),
+    # DP mode's Cox on numbers: a stratum column's bin edges ([] for none)
+    "strata_bins": (list_of(list_of(number(), most=101), most=MAX_STRATA), NONE),
     "grid": (TEXT, number(low=0)),
     "horizon": integer(1, MAX_HORIZON),
 }
@@ -154,7 +156,10 @@ def strata_selections(data: SiteData, params: Payload) -> list[np.ndarray]:
         raise ParameterError("'strata' and 'strata_levels' do not match", site=data.site)
     if math.prod(len(v) for v in levels) > data.policy.max_levels:
         raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
-    out = stratum_codes(data, columns, levels)
+    bins = [list(b) for b in params.get("strata_bins") or []]
+    if bins and len(bins) != len(columns):
+        raise ParameterError("'strata_bins' must give edges (or none) per stratum column")
+    out = stratum_codes(data, columns, levels, bins or None)
     return [out == i for i in range(math.prod(len(v) for v in levels))]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.common.combine_catalog import catalog_columns
-from fedhem_kernel.analyses.common.combine_dp import DPRelease
+from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_bounds
 from fedhem_kernel.analyses.common.combine_newton import newton_raphson
 from fedhem_kernel.analyses.cox import MAX_COEFFICIENT
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit
@@ -32,34 +32,51 @@ from fedhem_kernel.protocol.query import Ask
 
 #: Grid steps of a DP Cox fit over DP mode's horizon (every cell carries noise: few, wide steps).
 DP_COX_STEPS = 20
+#: Bins of a numeric covariate's declared range (each taking its midpoint).
+DP_COX_BINS = 12
 #: Refits on simulated noise for the standard errors (post-processing).
 DP_COX_DRAWS = 50
 
 
-def dp_design(q: Ask, covariates: tuple[str, ...]) -> tuple[list[list[str]], list[str], np.ndarray]:
-    """Each covariate's declared levels, the design's column names (every level but the first)
-    and the design matrix of the patterns (their product, first covariate slowest)."""
+def dp_design(
+    q: Ask, covariates: tuple[str, ...]
+) -> tuple[list[list[str]], list[list[float]], list[str], np.ndarray]:
+    """Each covariate's levels (a number's: its bins), the bin edges ([] for a category), the
+    design's column names (a category: every level but the first; a number: itself) and the
+    design matrix of the patterns (their product, first covariate slowest). A number is cut into
+    :data:`DP_COX_BINS` equal bins of the range the sites declare, each taking its midpoint."""
     declared = {r["column"]: r for r in catalog_columns(q)}
     levels: list[list[str]] = []
+    edges: list[list[float]] = []
+    values: list[list[float] | None] = []  # a number's bin midpoints (None: a category)
     for column in covariates:
-        row = declared.get(column)
-        if row is None or row.get("dtype") not in ("category", "int", "bool"):
+        row = declared.get(column) or {}
+        if row.get("dtype") in ("category", "bool") or row.get("levels"):
+            levels.append(list(require_levels(q, column, minimum=2) or []))
+            edges.append([])
+            values.append(None)
+        elif row.get("dtype") in ("float", "int"):
+            ((low, high),) = dp_bounds(q, [column])
+            cut = np.linspace(low, high, DP_COX_BINS + 1)
+            levels.append([str(i) for i in range(DP_COX_BINS)])
+            edges.append([float(e) for e in cut])
+            values.append(list((cut[:-1] + cut[1:]) / 2))
+        else:
             raise ParameterError(
-                "DP mode fits Cox models on categorical covariates (a pattern's event table is "
-                "the release): declare this one as a category or an int with declared levels",
+                "DP mode fits Cox models on categories and numbers with declared ranges",
                 dataset=q.dataset,
                 column=column,
             )
-        named = list(require_levels(q, column, minimum=2) or [])
-        levels.append(named)
-    names = [f"{c}_{lv}" for c, lv in zip(covariates, levels, strict=True) for lv in lv[1:]]
+    names: list[str] = []
+    for c, lv, v in zip(covariates, levels, values, strict=True):
+        names += [c] if v is not None else [f"{c}_{level}" for level in lv[1:]]
     rows = []
-    for combo in itertools.product(*levels):
-        row = []
-        for value, lv in zip(combo, levels, strict=True):
-            row += [1.0 if value == level else 0.0 for level in lv[1:]]
+    for combo in itertools.product(*[range(len(lv)) for lv in levels]):
+        row: list[float] = []
+        for i, lv, v in zip(combo, levels, values, strict=True):
+            row += [v[i]] if v is not None else [1.0 if i == j else 0.0 for j in range(1, len(lv))]
         rows.append(row)
-    return levels, names, np.asarray(rows, dtype=float)
+    return levels, edges, names, np.asarray(rows, dtype=float)
 
 
 def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - CoxSpec
@@ -73,9 +90,17 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
             "site's own (not in DP mode)",
             dataset=q.dataset,
         )
-    levels, names, x = dp_design(q, spec.covariates)
+    levels, edges, names, x = dp_design(q, spec.covariates)
     strata_levels = [list(require_levels(q, c) or []) for c in strata]
     n_strata = math.prod(len(lv) for lv in strata_levels) if strata else 1
+    most = min(int(e.get("policy", {}).get("max_levels", 40)) for e in q.catalog().values())
+    if n_strata * len(x) > most:
+        raise ParameterError(
+            f"DP Cox: {n_strata * len(x)} covariate patterns (strata × levels, a number in "
+            f"{DP_COX_BINS} bins) exceed the sites' limit of {most}: use fewer covariates or "
+            "levels",
+            dataset=q.dataset,
+        )
     # the patterns: strata slowest, then the covariates' (the site's stratum product order)
     stratum = np.repeat(np.arange(n_strata), len(x))
     x = np.tile(x, (n_strata, 1))
@@ -91,6 +116,7 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
         "levels": None,
         "strata": [*strata, *spec.covariates],
         "strata_levels": [*strata_levels, *levels],
+        "strata_bins": [[] for _ in strata] + edges,
         "grid": grid if factor > 1 else plan.resolution,
         "horizon": horizon,
     }
@@ -119,7 +145,9 @@ def fit_cox_dp(q: Ask, spec, release: DPRelease) -> CoxFit:  # noqa: ANN001 - Co
     q.note(release.note("each covariate pattern's events and censorings per grid step"))
     q.note(
         "DP Cox: the piecewise-exponential likelihood (Breslow's form with each pattern's "
-        "person-time, the step hazards profiled out) of the noisy event table of every covariate "
+        f"person-time, numbers in {DP_COX_BINS} bins of their declared range at the bins' "
+        "midpoints, "
+        "the step hazards profiled out) of the noisy event table of every covariate "
         f"pattern ({len(x)} patterns of {', '.join([*strata, *spec.covariates])}; risk sets "
         f"within each of {n_strata} strata) on a grid of {grid:g} "
         f"{plan.unit or 'units'} over {horizon} steps; the standard errors include the noise "

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.levels import OTHER
-from fedhem_kernel.errors import DisclosureError
+from fedhem_kernel.errors import DisclosureError, ParameterError
 from fedhem_kernel.protocol.params import COLUMN
 from fedhem_kernel.protocol.query import Payload
 from fedhem_kernel.site.steps import SiteData, SiteStep, param_columns, require_str
@@ -83,11 +83,20 @@ def group_index(data: SiteData, column: str | None, levels: list[str] | None) ->
     return out
 
 
-def stratum_codes(data: SiteData, columns: list[str], levels: list[list[str]]) -> np.ndarray:
-    """Per cohort row: the index of its stratum in the product of ``levels``, -1 if left out."""
+def stratum_codes(
+    data: SiteData,
+    columns: list[str],
+    levels: list[list[str]],
+    bins: list[list[float]] | None = None,
+) -> np.ndarray:
+    """Per cohort row: the index of its stratum in the product of ``levels``, -1 if left out.
+
+    ``bins`` (one list per column; empty: none): a numeric column's values clipped to the first
+    and last edge and labelled by their bin ("0", "1", ...; DP mode's Cox on numbers)."""
     codes = []
-    for column, lv in zip(columns, levels, strict=True):
-        labels = group_index(data, column, lv)
+    for i, (column, lv) in enumerate(zip(columns, levels, strict=True)):
+        edges = list(bins[i]) if bins is not None and i < len(bins) else []
+        labels = binned(data, column, edges) if edges else group_index(data, column, lv)
         if labels.isna().any():
             data.log.note(f"patients with missing '{column}' are left out")
         if (labels == OTHER).any():
@@ -100,6 +109,18 @@ def stratum_codes(data: SiteData, columns: list[str], levels: list[list[str]]) -
         out[valid] = np.ravel_multi_index(stacked[:, valid], [len(lv) for lv in levels])
     # the strata are row sets the test sums over: snapped to the release ledger
     return data.release_groups(out, fixed=out < 0)
+
+
+def binned(data: SiteData, column: str, edges: list[float]) -> pd.Series:
+    """A numeric column's bin labels ("0" .. "B-1") for increasing finite ``edges`` (values
+    clipped to the outer edges; missing stays missing)."""
+    e = np.asarray(edges, dtype=float)
+    if len(e) < 2 or not np.isfinite(e).all() or not (np.diff(e) > 0).all():
+        raise ParameterError("bin edges must be increasing finite numbers", **data.err(column))
+    x = data.numeric(column)
+    index = np.clip(np.searchsorted(e, np.clip(x, e[0], e[-1]), side="right") - 1, 0, len(e) - 2)
+    text = np.where(np.isnan(x), None, index.astype(str))
+    return pd.Series(text, index=data.cohort.index, dtype=object)
 
 
 def agreed_levels(data: SiteData, params: Payload, key: str) -> list[str] | None:
