@@ -336,3 +336,23 @@ def site_dp_table(
         events[row, :, -1] = 0
         censored[row, -1] = int((selected & beyond).sum())
     return {"events": events[:, 0] if n_causes is None else events, "censored": censored}
+
+
+def dp_table_step(
+    name: str,
+    analysis: str,
+    columns: Callable[[Payload], Sequence[str]],
+    run: SiteFn = site_dp_table,
+    extra: Params | None = None,
+) -> SiteStep:
+    """DP mode's step of an analysis built on event tables: one noised secure sum of the events
+    and censorings per group (or pattern) and grid step (:func:`site_dp_table`)."""
+    return SiteStep(
+        name,
+        analysis,
+        run,
+        columns,
+        params={**RISK_PARAMS, **(extra or {})},
+        sums={"events": "count", "censored": "count"},
+        dp=("events", "censored"),
+    )

@@ -43,12 +43,11 @@ import pandas as pd
 
 from fedhem_kernel.analyses.common.newton import NewtonPath, SingularHessian
 from fedhem_kernel.analyses.common.site_features import minority_counts
-from fedhem_kernel.analyses.common.site_grid import RISK_PARAMS as GRID_RISK_PARAMS
 from fedhem_kernel.analyses.common.site_grid import (
     asked_grid_step,
+    dp_table_step,
     key_sums,
     risk_total,
-    site_dp_table,
 )
 from fedhem_kernel.analyses.cox import (
     BLOCK_COUNTS,
@@ -559,13 +558,5 @@ STEPS = [
         sums={"ph": "real"},
     ),
     # DP mode: every covariate pattern's event table, one noised secure sum (cox/combine_dp.py)
-    SiteStep(
-        "cox_dp",
-        "cox",
-        site_dp_table,
-        param_columns("duration", "event", "strata"),
-        params=GRID_RISK_PARAMS,
-        sums={"events": "count", "censored": "count"},
-        dp=("events", "censored"),
-    ),
+    dp_table_step("cox_dp", "cox", param_columns("duration", "event", "strata")),
 ]

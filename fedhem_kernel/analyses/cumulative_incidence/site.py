@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RISK_PARAMS,
     SiteGrid,
+    dp_table_step,
     pooled_steps,
     site_dp_table,
     site_grid,
@@ -184,13 +184,11 @@ STEPS = [
         {"causes": list_of(integer(1, 2**31), MAX_CAUSES)},
     ),
     # DP mode: one noised secure sum of the cause-specific event table
-    SiteStep(
+    dp_table_step(
         "cif_dp",
         "cumulative_incidence",
-        site_cif_dp,
         param_columns("duration", "event", "group"),
-        params={**RISK_PARAMS, "causes": list_of(integer(1, 2**31), MAX_CAUSES)},
-        sums={"events": "count", "censored": "count"},
-        dp=("events", "censored"),
+        site_cif_dp,
+        {"causes": list_of(integer(1, 2**31), MAX_CAUSES)},
     ),
 ]

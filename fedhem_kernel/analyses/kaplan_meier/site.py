@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RISK_PARAMS,
+    dp_table_step,
     pooled_steps,
-    site_dp_table,
 )
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.levels.site import agreed_levels, grouping
@@ -124,13 +123,5 @@ STEPS = [
         "kaplan_meier", "km_risk", "km_grid", param_columns("duration", "event", "group")
     ),
     # DP mode: one noised secure sum of the event table (analyses/common/site_grid.py)
-    SiteStep(
-        "km_dp",
-        "kaplan_meier",
-        site_dp_table,
-        param_columns("duration", "event", "group"),
-        params=RISK_PARAMS,
-        sums={"events": "count", "censored": "count"},
-        dp=("events", "censored"),
-    ),
+    dp_table_step("km_dp", "kaplan_meier", param_columns("duration", "event", "group")),
 ]

@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 
 from fedhem_kernel.analyses.common.site_grid import (
-    RISK_PARAMS,
+    dp_table_step,
     pooled_steps,
-    site_dp_table,
 )
 from fedhem_kernel.analyses.kaplan_meier.site import site_survival_tables
 from fedhem_kernel.analyses.levels.site import agreed_levels, group_index, stratum_codes
@@ -137,15 +136,7 @@ STEPS = [
     ),
     # pooled tables on the policy's grid, decided then released (analyses/common/site_grid.py)
     # DP mode: one noised secure sum of the event table (analyses/common/site_grid.py)
-    SiteStep(
-        "logrank_dp",
-        "logrank",
-        site_dp_table,
-        param_columns("duration", "event", "group", "strata"),
-        params=RISK_PARAMS,
-        sums={"events": "count", "censored": "count"},
-        dp=("events", "censored"),
-    ),
+    dp_table_step("logrank_dp", "logrank", param_columns("duration", "event", "group", "strata")),
     *pooled_steps(
         "logrank",
         "logrank_risk",
