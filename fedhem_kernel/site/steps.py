@@ -281,9 +281,9 @@ class SiteStep:
     #: by at most ``dp_sensitivity`` in L2 norm, together). A step without them has no DP version.
     dp: tuple[str, ...] = ()
     dp_sensitivity: int = 1
-    #: Answered in DP mode without noise: it releases nothing of the patients (``kmeans_clear``),
-    #: or only names codes held by at least ``min_cell_count`` patients (the causes of competing
-    #: risks, as ``levels`` names category levels: the same rule in every mode, docs/privacy.md).
+    #: Answered in DP mode without noise: it releases nothing of the patients (``kmeans_clear``,
+    #: ``combat_dp_apply``), or only names the codes the data steward declares (the causes of
+    #: competing risks in DP mode, as ``levels`` names declared levels).
     dp_free: bool = False
 
 

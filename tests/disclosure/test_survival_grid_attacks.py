@@ -252,3 +252,15 @@ def test_per_site_tables_are_refused_where_counts_are_pooled(fed):
         with pytest.raises(FedHemError):
             q.ask(step, p)
         assert {rule for o in q.report().outcomes for rule in o.rules} == {"pooled_only"}
+
+
+def test_a_continuous_column_cut_into_bins_of_the_coordinators_choosing_is_refused(fed):
+    """DP mode's Cox cuts a number into bins (``strata_bins``); outside DP mode a continuous
+    column never groups, so bins around a target's age (a stratum of one) are refused by every
+    site before any count."""
+    q = query(fed)
+    binned = params(
+        strata=["age"], strata_levels=[["0", "1", "2"]], strata_bins=[[0, 70, 70.2, 120]]
+    )
+    refused_everywhere(q, "km_risk", binned)
+    assert query(fed).ask_sum("km_risk", params()).totals["at_risk"][0][0] > 0  # plain: answered

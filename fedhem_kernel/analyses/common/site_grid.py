@@ -157,6 +157,10 @@ def strata_selections(data: SiteData, params: Payload) -> list[np.ndarray]:
     if math.prod(len(v) for v in levels) > data.policy.max_levels:
         raise data.refuse("max_levels", f"more than {data.policy.max_levels} strata")
     bins = [list(b) for b in params.get("strata_bins") or []]
+    if bins and not data.policy.dp:  # elsewhere a continuous column never groups
+        raise ParameterError(
+            "'strata_bins' (a number cut into bins) is DP mode's only", site=data.site
+        )
     if bins and len(bins) != len(columns):
         raise ParameterError("'strata_bins' must give edges (or none) per stratum column")
     out = stratum_codes(data, columns, levels, bins or None)
