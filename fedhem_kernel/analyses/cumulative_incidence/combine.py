@@ -25,11 +25,10 @@ from fedhem_kernel.analyses.cumulative_incidence.result import (
 )
 from fedhem_kernel.analyses.kaplan_meier import ALL
 from fedhem_kernel.analyses.kaplan_meier.combine import (
+    ask_dp_table,
     check_survival_params,
     collect_group_tables,
     dp_cause_table,
-    dp_floor,
-    dp_grid,
 )
 from fedhem_kernel.analyses.levels.combine import require_levels
 from fedhem_kernel.errors import DisclosureError, ParameterError
@@ -610,14 +609,10 @@ def run_dp(
     each cause's cumulative hazard fitted nondecreasing, each curve ending where fewer than
     ``floor`` remain. Gray's test is computed on these tables (a rough guide: the noise is in
     its inputs)."""
-    plan, horizon = dp_grid(q, params["duration"])
-    asked = {**params, "grid": plan.resolution, "horizon": horizon}
-    total = q.ask_sum("cif_dp", asked, noise_scale=release.scale)
-    events = np.asarray(total.totals["events"], dtype=float)  # groups × causes × steps
-    censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = dp_floor(release.total_sd(len(total.sites)))
-    sd = release.total_sd(len(total.sites))
-    times = np.arange(horizon + 1) * plan.step
+    dpt = ask_dp_table(q, "cif_dp", params, release, params["duration"])
+    plan, floor, sd = dpt.plan, dpt.floor, dpt.sd
+    events, censored = dpt.events, dpt.censored  # events: groups × causes × steps
+    times = np.arange(dpt.horizon + 1) * plan.step
     group = params["group"]
     labels = list(params["levels"] or []) if group is not None else [ALL]
     fitted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -641,7 +636,7 @@ def run_dp(
     def table(n: np.ndarray, d: np.ndarray, last: int) -> PooledCauseTable:
         keep = (d[: last + 1].sum(axis=1) > 0) | (np.arange(last + 1) == last)
         return PooledCauseTable(
-            times[: last + 1][keep], n[: last + 1][keep], d[: last + 1][keep], total.sites
+            times[: last + 1][keep], n[: last + 1][keep], d[: last + 1][keep], dpt.sites
         )
 
     pooled = {g: table(n, d, len(n) - 1) for g, (n, d) in fitted.items()}

@@ -244,13 +244,9 @@ def run_dp(
     patient in one cell: L2 sensitivity 1), each site adding its share of the discrete Gaussian
     noise. Post-processing only (free): negative counts become 0, the number at risk is rebuilt
     from the end (so it never grows), and a curve ends where fewer than ``floor`` remain."""
-    plan, horizon = dp_grid(q, duration)
-    asked = {**params, "grid": plan.resolution, "horizon": horizon}
-    total = q.ask_sum("km_dp", asked, noise_scale=release.scale)
-    events = np.asarray(total.totals["events"], dtype=float)
-    censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = dp_floor(release.total_sd(len(total.sites)))
-    times = np.arange(horizon + 1) * plan.step
+    dpt = ask_dp_table(q, "km_dp", params, release, duration)
+    plan, events, censored, floor = dpt.plan, dpt.events, dpt.censored, dpt.floor
+    times = np.arange(dpt.horizon + 1) * plan.step
     labels = list(params["levels"] or []) if group is not None else [ALL]
     pooled: dict[str, PooledTable] = {}
     for row, label in enumerate(labels):
@@ -261,7 +257,7 @@ def run_dp(
         at_risk, ev = table
         last = len(at_risk) - 1
         keep = (ev > 0) | (np.arange(last + 1) == last)
-        pooled[label] = PooledTable(times[: last + 1][keep], at_risk[keep], ev[keep], total.sites)
+        pooled[label] = PooledTable(times[: last + 1][keep], at_risk[keep], ev[keep], dpt.sites)
     q.note(release.note("the event table's counts"))
     q.note(
         "post-processed (free): the number at risk rebuilt from the end and kept from growing, "
@@ -315,6 +311,40 @@ def dp_cause_table(
     total = increments.sum(axis=1)
     increments[total > 1] /= total[total > 1, None]  # no more leave by any cause than are there
     return n, n[:, None] * increments
+
+
+@dataclass(frozen=True)
+class DPTable:
+    """A DP release of event tables (per group, and cause: ``events``; ``censored``), the grid
+    it is on, the sites it is over, and the noise it carries: its SD and the floor below which a
+    curve ends."""
+
+    plan: GridPlan
+    horizon: int
+    events: np.ndarray
+    censored: np.ndarray
+    sites: tuple[str, ...]
+    sd: float
+    floor: int
+
+
+def ask_dp_table(q: Ask, step: str, params: Payload, release: DPRelease, duration: str) -> DPTable:
+    """The one noised secure sum of a DP event table (``step``: the analysis's
+    :func:`~fedhem_kernel.analyses.common.site_grid.site_dp_table` step) on DP mode's grid."""
+    plan, horizon = dp_grid(q, duration)
+    total = q.ask_sum(
+        step, {**params, "grid": plan.resolution, "horizon": horizon}, noise_scale=release.scale
+    )
+    sd = release.total_sd(len(total.sites))
+    return DPTable(
+        plan,
+        horizon,
+        np.asarray(total.totals["events"], dtype=float),
+        np.asarray(total.totals["censored"], dtype=float),
+        total.sites,
+        sd,
+        dp_floor(sd),
+    )
 
 
 def dp_grid(q: Ask, duration: str) -> tuple[GridPlan, int]:

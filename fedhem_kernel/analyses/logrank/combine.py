@@ -14,10 +14,9 @@ from scipy import stats
 from fedhem_kernel.analyses.common.combine_dp import DPRelease, dp_release
 from fedhem_kernel.analyses.common.combine_grid import GridPlan, ask_pooled_grid, grid_plan
 from fedhem_kernel.analyses.kaplan_meier.combine import (
+    ask_dp_table,
     check_survival_params,
     dp_event_table,
-    dp_floor,
-    dp_grid,
     pool_tables,
 )
 from fedhem_kernel.analyses.levels import SITE_COLUMN
@@ -406,15 +405,8 @@ def run_dp(
     Kaplan–Meier's in DP mode), each stratum up to the last step every group reaches above the
     noise floor; the numbers at risk rebuilt from the end, the events as released (the test
     sums them: unbiased)."""
-    plan, horizon = dp_grid(ask, params["duration"])
-    total = ask.ask_sum(
-        "logrank_dp",
-        {**params, "grid": plan.resolution, "horizon": horizon},
-        noise_scale=release.scale,
-    )
-    events = np.asarray(total.totals["events"], dtype=float)
-    censored = np.asarray(total.totals["censored"], dtype=float)
-    floor = dp_floor(release.total_sd(len(total.sites)))
+    dpt = ask_dp_table(ask, "logrank_dp", params, release, params["duration"])
+    events, censored, floor = dpt.events, dpt.censored, dpt.floor
     labels = list(params["levels"] or [])
     keys = stratum_keys(spec.site_cols, spec.strata_levels)
     g_count = len(labels)
