@@ -38,6 +38,16 @@ SUM_STEP = SiteStep(
     shared=("levels",),
 )
 PLAIN_STEP = SiteStep("plain_test", "describe", sum_step, lambda p: ["x"])
+#: The same sums, ``sx`` sealed (a total only the sites can open).
+SEALED_STEP = SiteStep(
+    "sealed_test",
+    "describe",
+    sum_step,
+    lambda p: ["x"],
+    params=None,
+    sums={"n": "count", "sx": "sealed-real", "sxx": "real"},
+    shared=("levels",),
+)
 
 
 class Flaky(InProcess):
@@ -79,7 +89,9 @@ def secure_sites(
         f"site{i}": pd.DataFrame({"x": rng.normal(50, 20, rows + 7 * i)}) for i in range(n_sites)
     }
     configs = node.local_configs({name: {"d": df} for name, df in frames.items()}, policy)
-    address, names = node.start_embedded(configs, {s.name: s for s in (SUM_STEP, PLAIN_STEP)})
+    address, names = node.start_embedded(
+        configs, {s.name: s for s in (SUM_STEP, PLAIN_STEP, SEALED_STEP)}
+    )
     executors = node.embedded_host(address).executors
     transport = Flaky(address)
     coordinator = Coordinator(LocalGrid(transport, list(names)), names, timeout=30, observers=[])

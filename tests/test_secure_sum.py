@@ -304,3 +304,66 @@ def test_embedded_sites_know_each_other(tmp_path):
     executors = sites_of(fed)
     rosters = {name: set(ex.secure.roster) for name, ex in executors.items()}
     assert all(r == set(executors) for r in rosters.values())
+
+
+# -- sealed totals ----------------------------------------------------------------------------
+def _open(fed, site, total, params=None):
+    from fedhem_kernel.protocol.secure_sum import request_binding
+
+    binding = request_binding("sealed_test", "d", None, params or {})
+    return fed.executors[site].secure.verify_total(total.evidence, binding, total.sites)
+
+
+def test_a_sealed_total_is_the_sites_alone_and_opens_to_the_plain_sum():
+    fed = secure_sites(4)
+    total = fed.query().ask_sum("sealed_test", {})
+    plain = fed.plain()
+    assert set(total.totals) == {"n", "sxx"}  # the coordinator's total has no sealed field
+    assert total.totals["sxx"] == pytest.approx(plain["sxx"], rel=1e-13)
+    replies = total.evidence["replies"]
+    assert all(len(r["envelopes"]) == 3 for r in replies.values())
+    # the words it adds up decode to noise
+    from fedhem_kernel.protocol.secure_sum import parse_layout
+
+    layout = parse_layout(next(iter(replies.values()))["layout"])
+    summed = decode_fields(layout, add_up([r["masked"] for r in replies.values()]), sealed=True)
+    assert abs(float(summed["sx"]) - plain["sx"]) > 1e6
+    # every site opens it, to the plain sum
+    for site in fed.frames:
+        opened = _open(fed, site, total)
+        assert float(opened["sx"]) == pytest.approx(plain["sx"], rel=1e-13)
+        assert int(opened["n"]) == plain["n"]
+
+
+def test_a_sealed_total_does_not_open_with_envelopes_moved_or_removed():
+    import copy
+
+    fed = secure_sites(3)
+    total = fed.query().ask_sum("sealed_test", {})
+    a, b, c = sorted(total.evidence["replies"])
+    moved = copy.deepcopy(total)
+    # a's envelope for b, readdressed to c: signed by a for b, so the signature fails
+    moved.evidence["replies"][a]["envelopes"][c] = moved.evidence["replies"][a]["envelopes"][b]
+    with pytest.raises(DisclosureError, match="not signed"):
+        _open(fed, c, moved)
+    removed = copy.deepcopy(total)
+    del removed.evidence["replies"][a]["envelopes"][c]
+    with pytest.raises(DisclosureError):
+        _open(fed, c, removed)
+    # a coordinator's own envelope (it holds no pair key) cannot be made to verify either
+    from fedhem_kernel.protocol.secure_sum import b64
+
+    forged = copy.deepcopy(total)
+    forged.evidence["replies"][a]["envelopes"][c] = b64(bytes(60))
+    with pytest.raises(DisclosureError):
+        _open(fed, c, forged)
+    assert float(_open(fed, c, total)["sx"]) == pytest.approx(fed.plain()["sx"], rel=1e-13)
+
+
+def test_a_site_that_restarted_cannot_open_an_earlier_sealed_total():
+    fed = secure_sites(3)
+    total = fed.query().ask_sum("sealed_test", {})
+    site = sorted(fed.frames)[0]
+    fed.executors[site].secure._sessions.clear()  # what a restart forgets
+    with pytest.raises(DisclosureError, match="restarted"):
+        _open(fed, site, total)

@@ -19,6 +19,7 @@ import numpy as np
 from fedhem_kernel.errors import FedHemError, error_from_dict
 from fedhem_kernel.protocol.messages import KEYS_STEP, SiteReply, SiteRequest
 from fedhem_kernel.protocol.secure_sum import (
+    MAX_SITES,
     UNKNOWN_SESSION,
     FieldLayout,
     SecureSumError,
@@ -71,9 +72,20 @@ def _masked(reply: SiteReply) -> Answer | None:
     if reply.status not in ("released", "suppressed") or not isinstance(payload, dict):
         return None
     block = payload.get("secure")
-    if not isinstance(block, dict) or set(block) != {"layout", "masked", "signature"}:
+    if not isinstance(block, dict) or not (
+        {"layout", "masked", "signature"}
+        <= set(block)
+        <= {"layout", "masked", "signature", "envelopes"}
+    ):
         return None
     if not isinstance(block["signature"], str) or len(block["signature"]) > 4096:
+        return None
+    envelopes = block.get("envelopes")
+    if envelopes is not None and (
+        not isinstance(envelopes, dict)
+        or len(envelopes) > MAX_SITES
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in envelopes.items())
+    ):
         return None
     try:
         layout = parse_layout(block["layout"])
@@ -181,7 +193,7 @@ def _total(answers: dict[str, Answer], session: str, sum_id: int) -> SecureTotal
     layout = next(iter(layouts))
     total = add_up([words for _, words, _, _ in answers.values()])
     return SecureTotal(
-        decode_fields(list(layout), total),
+        decode_fields(list(layout), total),  # a sealed field's total is the sites' alone
         tuple(answers),
         {site: shared for site, (_, _, shared, _) in answers.items()},
         {

@@ -21,6 +21,15 @@ as three 42-bit signed digits of the value in fixed point with 50 fractional bit
 resolution 2^-50 ≈ 8.9e-16, magnitude below 2^75 ≈ 3.8e22). The sum of every digit over up to
 :data:`MAX_SITES` sites stays below 2^63, so the total is exact in the integers and the real's
 rounding is that of its encoding alone.
+
+*Sealed* fields (kinds ``sealed-count`` and ``sealed-real``) are totals for the sites' eyes only:
+each site adds to their words, besides the pairwise masks, a mask of its own ``PRG(g_i, sum)``
+from a group secret ``g_i`` it makes per session, and sends ``g_i`` to each other site of the sum
+in an *envelope* (ChaCha20-Poly1305 under a key from their ECDH secret, which the coordinator never
+learns). The coordinator adds up the words as for any sum, but the total of a sealed field is
+``Σ x_i + Σ PRG(g_i, sum)``: noise to it. A site shown the signed replies of the sum opens the
+envelopes addressed to it and removes ``Σ PRG(g_i, sum)``: a later round of an iterative fit can
+build on a total the researcher never sees (the pooled Cox fit's per-block risk-set sums).
 """
 
 from __future__ import annotations
@@ -30,14 +39,17 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SCHEME = "fedhem-secure-sum/1"
@@ -55,8 +67,25 @@ REAL_LIMIT = 2.0 ** (REAL_LANES * LANE_BITS - 1 - FRACTION_BITS)
 #: A count's magnitude must stay below this.
 COUNT_LIMIT = 2**52
 
-Kind = Literal["count", "real"]
-KINDS: dict[str, int] = {"count": 1, "real": REAL_LANES}  # words per value
+Kind = Literal["count", "real", "sealed-count", "sealed-real"]
+KINDS: dict[str, int] = {  # words per value
+    "count": 1,
+    "real": REAL_LANES,
+    "sealed-count": 1,
+    "sealed-real": REAL_LANES,
+}
+SEALED = "sealed-"
+
+
+def base_kind(kind: str) -> Kind:
+    """``count`` or ``real``: how a (sealed or open) field's values are encoded."""
+    return kind.removeprefix(SEALED)  # type: ignore[return-value]
+
+
+def is_sealed(kind: str) -> bool:
+    """Whether a field's total is for the sites' eyes only."""
+    return kind.startswith(SEALED)
+
 
 #: The rule a site refuses a session it holds no key of with: the coordinator asks for a new key
 #: and tries once more.
@@ -141,6 +170,7 @@ def encode(kind: Kind, values: Any) -> np.ndarray:
     x = np.asarray(values, dtype=float).reshape(-1)
     if not np.isfinite(x).all():
         raise SecureSumError("a summed value is missing or not finite")
+    kind = base_kind(kind)
     if kind == "count":
         if not (np.abs(x) < COUNT_LIMIT).all() or not (x == np.round(x)).all():
             raise SecureSumError(f"a summed count is not a whole number below {COUNT_LIMIT}")
@@ -162,7 +192,7 @@ def encode(kind: Kind, values: Any) -> np.ndarray:
 def decode(kind: Kind, words: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """The total of summed words (``uint64``, as :func:`encode` lays them out) as numbers."""
     signed = np.asarray(words, dtype=np.uint64).view(np.int64)
-    if kind == "count":
+    if base_kind(kind) == "count":
         return signed.reshape(shape).copy()
     digits = signed.reshape(REAL_LANES, -1).astype(float)  # exact: each below 2^52 in size
     total = np.zeros(digits.shape[1])
@@ -179,15 +209,29 @@ def encode_fields(fields: Mapping[str, tuple[Kind, Any]]) -> tuple[list[FieldLay
     return layout, words
 
 
-def decode_fields(layout: Sequence[FieldLayout], words: np.ndarray) -> dict[str, np.ndarray]:
-    """The totals by field name, from the summed vector of :func:`encode_fields`."""
+def decode_fields(
+    layout: Sequence[FieldLayout], words: np.ndarray, *, sealed: bool = False
+) -> dict[str, np.ndarray]:
+    """The totals by field name, from the summed vector of :func:`encode_fields`; sealed fields
+    only with ``sealed=True`` (a site, once it removed the group masks: :func:`unseal`)."""
     if words.dtype != np.uint64 or words.shape != (sum(f.words for f in layout),):
         raise SecureSumError("a summed vector does not fit its layout")
     out, at = {}, 0
     for f in layout:
-        out[f.name] = decode(f.kind, words[at : at + f.words], f.shape)
+        if sealed or not is_sealed(f.kind):
+            out[f.name] = decode(f.kind, words[at : at + f.words], f.shape)
         at += f.words
     return out
+
+
+def sealed_positions(layout: Sequence[FieldLayout]) -> np.ndarray:
+    """The indices of the words of sealed fields, in layout order."""
+    parts, at = [], 0
+    for f in layout:
+        if is_sealed(f.kind):
+            parts.append(np.arange(at, at + f.words))
+        at += f.words
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 # -- masks --------------------------------------------------------------------------------------
@@ -217,6 +261,59 @@ def mask(words: np.ndarray, me: str, seeds: Mapping[str, bytes]) -> np.ndarray:
         else:
             out -= stream
     return out
+
+
+# -- sealed totals: a mask the sites share and the coordinator does not ---------------------------
+def group_seed(secret: bytes, session: str, sum_id: int, site: str) -> bytes:
+    """The 32-byte PRG key of ``site``'s group mask for one sum (HKDF-SHA256 of its group secret)."""
+    info = json.dumps([SCHEME, "group", session, sum_id, site]).encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def seal(
+    words: np.ndarray, layout: Sequence[FieldLayout], seed: bytes, *, remove: bool = False
+) -> np.ndarray:
+    """``words`` with the group mask of ``seed`` added to (``remove``: taken from) the words of
+    the sealed fields (mod 2^64)."""
+    out = np.array(words, dtype=np.uint64, copy=True)
+    at = sealed_positions(layout)
+    if at.size:
+        stream = prg_words(seed, at.size)
+        out[at] = out[at] - stream if remove else out[at] + stream
+    return out
+
+
+def envelope_key(secret: bytes, session: str, a: str, b: str) -> bytes:
+    """The 32-byte key of the envelopes between sites ``a`` and ``b`` in a session (HKDF-SHA256 of
+    their ECDH secret; the same whichever of the two derives it)."""
+    lo, hi = sorted((a, b))
+    info = json.dumps([SCHEME, "envelope", session, lo, hi]).encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+
+
+def _envelope_aad(session: str, sender: str, to: str) -> bytes:
+    return json.dumps([SCHEME, "envelope", session, sender, to]).encode()
+
+
+def close_envelope(key: bytes, group_secret: bytes, session: str, sender: str, to: str) -> str:
+    """``sender``'s group secret for ``to`` (ChaCha20-Poly1305, a fresh random nonce), as text."""
+    nonce = secrets.token_bytes(12)
+    box = ChaCha20Poly1305(key).encrypt(nonce, group_secret, _envelope_aad(session, sender, to))
+    return b64(nonce + box)
+
+
+def open_envelope(key: bytes, text: Any, session: str, sender: str, to: str) -> bytes:
+    """The group secret in an envelope from ``sender`` to ``to`` (SecureSumError if it was not
+    sealed with their key for this session)."""
+    if not isinstance(text, str) or len(text) > 256:
+        raise SecureSumError("malformed envelope")
+    data = unb64(text)
+    try:
+        return ChaCha20Poly1305(key).decrypt(
+            data[:12], data[12:], _envelope_aad(session, sender, to)
+        )
+    except (InvalidTag, ValueError):
+        raise SecureSumError("an envelope does not open with its sites' key") from None
 
 
 def add_up(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -270,14 +367,17 @@ def reply_message(
     binding: str,
     layout: Any,
     masked: np.ndarray,
+    envelopes: Mapping[str, str] | None = None,
 ) -> bytes:
     """What a site signs of a masked reply: the sum (session, number and every site in it), the
-    request's binding, the layout and a digest of the masked words. The other sites of the sum
-    can check a total they are shown was made of these replies, all of them, for this request."""
+    request's binding, the layout and a digest of the masked words (and the envelopes of a sum
+    with sealed fields). The other sites of the sum can check a total they are shown was made of
+    these replies, all of them, for this request."""
     digest = hashlib.sha256(np.asarray(masked, dtype="<u8").tobytes()).hexdigest()
-    return json.dumps(
-        [SCHEME, "reply", site, session, sum_id, sorted(sites), binding, layout, digest]
-    ).encode()
+    signed = [SCHEME, "reply", site, session, sum_id, sorted(sites), binding, layout, digest]
+    if envelopes:
+        signed.append(sorted(envelopes.items()))
+    return json.dumps(signed).encode()
 
 
 # -- key bundles --------------------------------------------------------------------------------

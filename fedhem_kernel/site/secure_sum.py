@@ -11,6 +11,7 @@ coordinator asks for new keys.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -36,14 +37,20 @@ from fedhem_kernel.protocol.secure_sum import (
     bundle_message,
     check_bundle,
     check_session,
+    close_envelope,
     decode_fields,
     encode_fields,
+    envelope_key,
+    group_seed,
+    is_sealed,
     mask,
+    open_envelope,
     pair_seed,
     parse_layout,
     public_key_bytes,
     public_key_from_bytes,
     reply_message,
+    seal,
     unb64,
 )
 from fedhem_kernel.site.identity import SiteIdentity
@@ -67,6 +74,11 @@ class _Session:
     floor: int = 0  # every sum number up to this one counts as used
     #: Key bundles whose signatures this site has checked in this session (site, key, signature).
     verified: set[tuple[str, str, str]] = field(default_factory=set)
+    #: This site's group secret of the session (the mask of sealed fields: docs of
+    #: :mod:`fedhem_kernel.protocol.secure_sum`), sent to peers in envelopes only.
+    group_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    #: The ECDH secret with each peer whose signed key this site has used in the session.
+    peers: dict[str, bytes] = field(default_factory=dict)
 
     def claim(self, sum_id: int) -> bool:
         """Mark a sum number used; False if it was used (or is older than the window)."""
@@ -91,6 +103,10 @@ class SumPlan:
     #: DP mode: the scale of the discrete Gaussian noise the total is to carry (the coordinator's
     #: choice; a site checks it against its own policy).
     noise_scale: float | None = None
+    #: This site's group secret of the session and its ECDH secret with every other site of the
+    #: sum (sealed fields: the group mask, and the envelopes that carry the secret to the peers).
+    group_secret: bytes = b""
+    peer_secrets: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class SecureSumParty:
@@ -196,7 +212,7 @@ class SecureSumParty:
                 raise self._error(
                     DisclosureError, "this sum number was used before in this session", BAD_SUM
                 )
-            seeds = {}
+            seeds, peer_secrets = {}, {}
             for peer, key in checked.items():
                 if peer == self.name:
                     continue
@@ -207,8 +223,19 @@ class SecureSumParty:
                         session.secrets.clear()
                     session.secrets[(peer, key)] = secret
                 seeds[peer] = pair_seed(secret, session_id, sum_id, self.name, peer)
+                if len(session.peers) < MAX_SITES or peer in session.peers:
+                    session.peers[peer] = secret
+                peer_secrets[peer] = secret
         scale = float(noise_scale) if noise_scale is not None else None
-        return SumPlan(session_id, sum_id, tuple(sorted(checked)), seeds, scale)
+        return SumPlan(
+            session_id,
+            sum_id,
+            tuple(sorted(checked)),
+            seeds,
+            scale,
+            session.group_secret,
+            peer_secrets,
+        )
 
     def _check_bundles(
         self, session: _Session, session_id: str, bundles: list[Any]
@@ -263,21 +290,42 @@ class SecureSumParty:
         self, plan: SumPlan, fields: Mapping[str, tuple[Kind, Any]], binding: str
     ) -> dict[str, Any]:
         """The reply block of a sum: the layout, the masked words of ``fields`` and this site's
-        signature of them (with the sum's sites and the request's ``binding``)."""
+        signature of them (with the sum's sites and the request's ``binding``). Sealed fields
+        carry this site's group mask too, and the block its group secret in an envelope for
+        each other site of the sum."""
         try:
             layout, words = encode_fields(fields)
         except SecureSumError as exc:
             raise ParameterError(str(exc), site=self.name, rule=BAD_SUM) from None
         layout_list = [f.to_list() for f in layout]
+        envelopes: dict[str, str] = {}
+        if any(is_sealed(f.kind) for f in layout):
+            seed = group_seed(plan.group_secret, plan.session, plan.sum_id, self.name)
+            words = seal(words, layout, seed)
+            for peer, secret in plan.peer_secrets.items():
+                key = envelope_key(secret, plan.session, self.name, peer)
+                envelopes[peer] = close_envelope(
+                    key, plan.group_secret, plan.session, self.name, peer
+                )
         masked = mask(words, self.name, plan.seeds)
         message = reply_message(
-            self.name, plan.session, plan.sum_id, plan.sites, binding, layout_list, masked
+            self.name,
+            plan.session,
+            plan.sum_id,
+            plan.sites,
+            binding,
+            layout_list,
+            masked,
+            envelopes,
         )
-        return {
+        block = {
             "layout": layout_list,
             "masked": masked,
             "signature": b64(self.identity.sign(message)),
         }
+        if envelopes:
+            block["envelopes"] = envelopes
+        return block
 
     def verify_total(
         self, evidence: Any, binding: str, sites_now: tuple[str, ...]
@@ -286,7 +334,10 @@ class SecureSumParty:
         (``evidence``): checked to be every site's reply of that sum, each signed by its site's
         identity key for the request of ``binding``, and the sum's sites to be among
         ``sites_now`` (the sites of the sum now asked: a decision taken over some sites must not
-        be released over fewer). Raises a DisclosureError (rule ``secure_sum``) otherwise."""
+        be released over fewer). Raises a DisclosureError (rule ``secure_sum``) otherwise.
+
+        Sealed fields are opened: the group masks of every site of the sum removed, with the group
+        secrets in the envelopes addressed to this site (and its own)."""
 
         def refuse(why: str) -> DisclosureError:
             return self._error(DisclosureError, f"the evidence of an earlier sum {why}", BAD_SUM)
@@ -308,7 +359,14 @@ class SecureSumParty:
         layouts, vectors = set(), []
         for site in sites:
             reply = replies[site]
-            if not isinstance(reply, dict) or set(reply) != {"layout", "masked", "signature"}:
+            if not isinstance(reply, dict) or not (
+                {"layout", "masked", "signature"} <= set(reply) <= _BLOCK_KEYS
+            ):
+                raise refuse("is malformed")
+            envelopes = reply.get("envelopes")
+            if envelopes is not None and (
+                not isinstance(envelopes, dict) or len(envelopes) > MAX_SITES
+            ):
                 raise refuse("is malformed")
             try:
                 layout = parse_layout(reply["layout"])
@@ -323,14 +381,59 @@ class SecureSumParty:
                 or words.shape != (size,)
             ):
                 raise refuse("is malformed")
-            message = reply_message(site, session, sum_id, sites, binding, reply["layout"], words)
+            message = reply_message(
+                site, session, sum_id, sites, binding, reply["layout"], words, envelopes
+            )
             if site not in self.roster or not self.roster.verify(site, message, signature):
                 raise refuse(f"has a reply not signed by site '{site}' for this request")
             layouts.add(tuple(layout))
             vectors.append(words)
         if len(layouts) != 1:
             raise refuse("has replies of different shapes")
-        return decode_fields(list(next(iter(layouts))), add_up(vectors))
+        layout = list(next(iter(layouts)))
+        total = add_up(vectors)
+        if any(is_sealed(f.kind) for f in layout):
+            total = self._unsealed(total, layout, session, sum_id, replies, refuse)
+        return decode_fields(layout, total, sealed=True)
+
+    def _unsealed(
+        self,
+        total: np.ndarray,
+        layout: list[Any],
+        session_id: str,
+        sum_id: int,
+        replies: Mapping[str, Any],
+        refuse: Any,
+    ) -> np.ndarray:
+        """``total`` without the group masks of the sum's sites (their secrets from the
+        envelopes addressed to this site, opened with the key only the two sites hold)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise self._error(
+                    DisclosureError,
+                    "this site no longer holds the key session of an earlier sum it builds on "
+                    "(it restarted): the analysis must start again",
+                    BAD_SUM,
+                )
+            own, peers = session.group_secret, dict(session.peers)
+        for site in sorted(replies):
+            if site == self.name:
+                secret = own
+            else:
+                envelope = (replies[site].get("envelopes") or {}).get(self.name)
+                if site not in peers or envelope is None:
+                    raise refuse(f"has no envelope from site '{site}' for this site")
+                key = envelope_key(peers[site], session_id, site, self.name)
+                try:
+                    secret = open_envelope(key, envelope, session_id, site, self.name)
+                except SecureSumError:
+                    raise refuse(f"has an envelope from site '{site}' that does not open") from None
+            total = seal(total, layout, group_seed(secret, session_id, sum_id, site), remove=True)
+        return total
+
+
+_BLOCK_KEYS = {"layout", "masked", "signature", "envelopes"}
 
 
 def secure_fields(

@@ -264,7 +264,8 @@ class SiteStep:
     runs. ``columns`` names the dataset columns a request reads (checked to exist first).
 
     ``sums`` names the payload fields that can be released as a secure sum over sites, and their
-    kinds (``"count"`` or ``"real"``: :mod:`fedhem_kernel.protocol.secure_sum`); ``shared`` the
+    kinds (``"count"`` or ``"real"``, or ``"sealed-count"``/``"sealed-real"`` for a total only the
+    sites can read: :mod:`fedhem_kernel.protocol.secure_sum`); ``shared`` the
     other fields a secure reply may carry (each the same at every site, e.g. agreed levels). A
     step without ``sums`` has no secure form. ``dp`` names the fields that carry noise in DP mode
     (:mod:`fedhem_kernel.privacy.dp`).

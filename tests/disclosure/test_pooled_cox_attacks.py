@@ -1,14 +1,17 @@
 """Attacks on the pooled Cox fit (secure sums: cox/site_pooled.py, cox/combine_pooled.py).
 
 The coordinator is the researcher's and sees every total it is sent: the setup round's perturbed
-counts, then per Newton iteration the pooled risk-set and event sums of each time block. Each
-site checks the blocks against the setup round's signed total (at least k patients surely leave
-each block; a block's own event sums only where it surely holds k events), derives the centre
-and scale itself, bounds β in those units, and refuses a covariate that singles out a few
+counts, then per Newton iteration the likelihood, gradient and Hessian the sites evaluate from
+the per-block risk-set sums they sealed (a total only they can open). Each site checks the blocks
+against the setup round's signed total (at least k patients surely leave each block; a block's
+own event sums only where it surely holds k events), derives the centre and scale itself, walks
+the Newton path itself (β is not a parameter), and refuses a covariate that singles out a few
 patients over the sites.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pandas as pd
@@ -80,7 +83,7 @@ def rule_blocks(total) -> list[list[int]]:
     return [time_blocks({f: total.totals[f][s] for f in BLOCK_COUNTS}, K, m)[0] for s in rows]
 
 
-def sums(q, total, blocks, beta=(0.0, 0.0), **extra):
+def sums(q, total, blocks, path=None, **extra):
     return q.ask_sum(
         "cox_pool_sums",
         {
@@ -88,25 +91,55 @@ def sums(q, total, blocks, beta=(0.0, 0.0), **extra):
             "decided": blocks,
             "k": K,
             "evidence": total.evidence,
-            "beta": list(beta),
+            "path": path,
         },
     )
 
 
-def test_no_site_sum_in_the_clear_and_every_block_sum_covers_k(tables, releases, totals):
-    """Every reply is masked; of the pooled totals, two consecutive risk sets differ by at least
-    k patients and a block's event sums cover at least k events (read at β = 0, where the sums
-    of exp(zβ) are counts)."""
+def evaluated(total) -> dict:
+    """The evaluation every site sent (the same at each)."""
+    seen = [shared["evaluated"] for shared in total.shared.values()]
+    assert all(v == seen[0] for v in seen)
+    return seen[0]
+
+
+def test_no_site_sum_in_the_clear_and_no_block_sum_for_the_researcher(tables, releases, totals):
+    """Every reply is masked; a Cox round's per-block sums are sealed: the coordinator's total
+    has none of them, and the words it adds up are not the sums (noise to it); per iteration
+    it learns one likelihood, one gradient and one Hessian, whatever the number of blocks."""
     with federation(tables) as fed:
         res = fed.cox("c", "time", "event", ["age", "mutation"])
     secure = [r for r in releases if r.payload and "secure" in r.payload]
-    assert secure and all(set(r.payload) == {"secure"} for r in secure)
-    first = next(t for step, t in totals if step == "cox_pool_sums")
-    risk = np.asarray(first.totals["S0"])
-    assert len(risk) >= 5 and (np.diff(-risk) >= K).all()
-    shown = np.asarray(first.totals["D0"])
-    assert ((shown == 0) | (shown >= K)).all() and (shown >= K).any()
+    assert secure and all(set(r.payload) - {"evaluated", "expected"} == {"secure"} for r in secure)
+    rounds = [t for step, t in totals if step == "cox_pool_sums"]
+    assert len(rounds) >= 3 and all(not t.totals for t in rounds)
+    for t in rounds[1:]:
+        got = evaluated(t)
+        assert set(got) == {"beta", "ll", "grad", "hess", "next"}
+        assert np.shape(got["grad"]) == (2,) and np.shape(got["hess"]) == (2, 2)
+    # the first round sealed the sums at β = 0: S0 of the first block is the number at risk
+    # there, a count; the words the coordinator adds up decode to noise
+    from fedhem_kernel.protocol.secure_sum import add_up, decode_fields, parse_layout
+
+    replies = rounds[0].evidence["replies"]
+    layout = parse_layout(next(iter(replies.values()))["layout"])
+    opened = decode_fields(layout, add_up([r["masked"] for r in replies.values()]), sealed=True)
+    n = sum(len(df) for df in tables.values())
+    s0 = np.asarray(opened["S0"])
+    assert not np.allclose(s0, np.round(s0)) or np.abs(s0).max() > 1e6 * n
     assert any("time blocks" in n for n in res.privacy.notes)
+
+
+def test_every_block_the_sites_seal_covers_k(tables):
+    """The blocks the sites sum over: two consecutive risk sets differ by at least k patients
+    (counted on the pooled rows)."""
+    pooled = pd.concat(tables.values(), ignore_index=True)
+    with federation(tables) as fed:
+        _, total = setup_round(fed)
+    starts = np.asarray(rule_blocks(total)[0])
+    step = np.ceil(np.round(pooled["time"].to_numpy(), 9))
+    at_risk = np.array([(step >= s).sum() for s in starts])
+    assert len(starts) >= 5 and (np.diff(-at_risk) >= K).all()
 
 
 def test_the_one_hot_attack_is_refused_before_any_sum_and_at_every_site(tables, totals):
@@ -161,37 +194,39 @@ def test_blocks_finer_than_the_rule_are_refused_at_every_site(tables):
                     ],
                     "k": 1,
                     "evidence": total.evidence,
-                    "beta": [0.0, 0.0],
+                    "path": None,
                 },
             )
         q, total = setup_round(fed)
-        assert sums(q, total, rule_blocks(total)).totals["S0"].shape == (len(blocks[0]),)
+        assert evaluated(sums(q, total, rule_blocks(total)))["next"] == [0.0, 0.0]
 
 
-def test_the_sites_take_no_centre_scale_and_bound_beta_in_their_own_units(tables):
+def test_the_sites_take_no_centre_scale_or_coefficients(tables):
+    """A centre and scale, or coefficients, of the coordinator's choosing are not parameters of
+    the step: each site derives the first from the setup round and walks the Newton path itself."""
     with federation(tables) as fed:
         q, total = setup_round(fed)
         blocks = rule_blocks(total)
-        # a centre and scale of the coordinator's choosing are not parameters of the step
-        with pytest.raises(FedHemError):
-            fresh(fed).ask_sum(
-                "cox_pool_sums",
-                {
-                    **base(),
-                    "decided": blocks,
-                    "k": K,
-                    "evidence": total.evidence,
-                    "beta": [0.0, 0.0],
-                    "center": [0.0, 0.0],
-                    "scale": [1e-6, 1.0],
-                },
-            )
-        # β beyond 20 standard units (in the pooled rows' units, derived at the site)
-        q, total = setup_round(fed)
-        with pytest.raises(FedHemError):
-            sums(q, total, rule_blocks(total), beta=(25.0, 0.0))
-        refused = [o for o in q.report().outcomes if not o.released]
-        assert refused and all("max_coefficient" in o.rules for o in refused)
+        for extra in (
+            {"center": [0.0, 0.0], "scale": [1e-6, 1.0]},
+            {"beta": [25.0, 0.0]},
+            {"beta": [0.0, 0.0]},
+        ):
+            q = fresh(fed)
+            with pytest.raises(FedHemError):
+                q.ask_sum(
+                    "cox_pool_sums",
+                    {
+                        **base(),
+                        "decided": blocks,
+                        "k": K,
+                        "evidence": total.evidence,
+                        "path": None,
+                        **extra,
+                    },
+                )
+            refused = [o for o in q.report().outcomes if not o.released]
+            assert len(refused) == 3, extra
 
 
 def test_a_filter_down_to_a_few_patients_meets_no_refusal(tables):
@@ -227,14 +262,11 @@ def path_rules(q) -> set[str]:
     return {r for o in q.report().outcomes if not o.released for r in o.rules}
 
 
-def test_beta_of_the_coordinators_choosing_is_refused_only_the_newton_path_is_answered(tables):
-    """The multiset attack: the sums of a block's risk set at many β of the coordinator's
-    choosing (a moment generating function) give the covariates of the k patients leaving it.
-    Each site answers β = 0 first, then only the Newton step from the previous round's signed
-    total, which it evaluates itself."""
-    from fedhem_kernel.analyses.common.newton import NewtonPath
-    from fedhem_kernel.analyses.cox import pooled_scaling
-    from fedhem_kernel.analyses.cox.likelihood import block_likelihood
+def test_the_sites_walk_the_newton_path_and_open_only_their_own_fits_rounds(tables):
+    """The multiset attack needed the sums of a block's risk set at many β of the coordinator's
+    choosing; now no block sum reaches it at all, and no β is its to choose. The sites open a
+    sealed total only as the next round of the same fit: not twice, not another fit's, not
+    without it."""
 
     def refused(total, blocks, **extra) -> set[str]:
         q = fresh(fed)  # a query whose sites all refused is over: a new one per attempt
@@ -243,57 +275,48 @@ def test_beta_of_the_coordinators_choosing_is_refused_only_the_newton_path_is_an
         return path_rules(q)
 
     with federation(tables) as fed:
-        _, total = setup_round(fed, fit="a" * 32)
-        blocks = rule_blocks(total)
-        # a fit that starts anywhere but 0
-        assert refused(total, blocks, beta=(0.3, -0.2), fit="a" * 32) == {"cox_newton_path"}
-        # the first round at 0 is answered; a second β of the coordinator's choosing is not,
-        # with or without the first round's replies
         _, total = setup_round(fed, fit="b" * 32)
+        blocks = rule_blocks(total)
         first = sums(fresh(fed), total, blocks, fit="b" * 32)
-        for extra in ({}, {"path": {"evidence": first.evidence}}):
-            rules = refused(total, blocks, beta=(0.05, 0.1), fit="b" * 32, **extra)
-            assert rules == {"cox_newton_path"}
-        # the Newton step, as the coordinator computes it
-        center, scale = pooled_scaling(total.totals)
-        path = NewtonPath(2)
-        path.take()
-        ll, grad, hess, _ = block_likelihood(
-            first.totals,
-            blocks,
-            step=1.0,
-            horizon=600,
-            center=center,
-            scale=scale,
-            ties="efron",
-            beta=path.beta,
-        )
-        path.resize(path.direction(grad, hess))
-        step = tuple(path.next())
-        # ... not with the replies of another fit (signed for that one)
+        assert evaluated(first) == {"beta": None, "next": [0.0, 0.0]}
+        # a later round needs the previous round's replies (and a fit that started)
+        assert refused(total, blocks, fit="c" * 32, path={"evidence": first.evidence})
+        assert refused(total, blocks, fit="b" * 32, path={}) == {"cox_newton_path"}
+        # ... not another fit's replies (signed for that one)
         _, total_c = setup_round(fed, fit="c" * 32)
         other = sums(fresh(fed), total_c, blocks, fit="c" * 32)
-        assert refused(total, blocks, beta=step, fit="b" * 32, path={"evidence": other.evidence})
-        # ... but with the previous round's replies it is answered (the refusals changed nothing)
-        second = sums(
-            fresh(fed), total, blocks, beta=step, fit="b" * 32, path={"evidence": first.evidence}
-        )
-        assert second.totals["S0"][0] > 0
-        # and the next round must step from the second, not the first
-        rules = refused(total, blocks, beta=step, fit="b" * 32, path={"evidence": second.evidence})
-        assert rules == {"cox_newton_path"}
+        assert refused(total, blocks, fit="b" * 32, path={"evidence": other.evidence})
+        # ... and tampered replies: another site's envelope, or masked words changed
+        forged = copy.deepcopy(first.evidence)
+        a, b = sorted(forged["replies"])[:2]
+        envelopes = forged["replies"][a]["envelopes"]
+        envelopes[b] = forged["replies"][b]["envelopes"][a]
+        assert refused(total, blocks, fit="b" * 32, path={"evidence": forged})
+        forged = copy.deepcopy(first.evidence)
+        forged["replies"][a]["masked"] = forged["replies"][a]["masked"] + np.uint64(1)
+        assert refused(total, blocks, fit="b" * 32, path={"evidence": forged})
+        # the previous round's replies: answered, evaluated at β = 0, the next β sealed
+        second = sums(fresh(fed), total, blocks, fit="b" * 32, path={"evidence": first.evidence})
+        got = evaluated(second)
+        assert got["beta"] == [0.0, 0.0] and got["next"] != [0.0, 0.0]
+        # the same replies again (a second look at the same sums): refused, the path moved on
+        assert refused(total, blocks, fit="b" * 32, path={"evidence": first.evidence}) == {
+            "secure_sum"  # signed for a round that is no longer the fit's last
+        }
+        third = sums(fresh(fed), total, blocks, fit="b" * 32, path={"evidence": second.evidence})
+        assert evaluated(third)["beta"] == got["next"]
 
 
 def test_a_refit_walks_the_same_path_and_gives_nothing_new(tables, totals):
-    """Restarting the fit (a new fit id) walks the same β from 0: the same sums again."""
+    """Restarting the fit (a new fit id) walks the same β from 0: the same evaluations again."""
     with federation(tables) as fed:
         one = fed.cox("c", "time", "event", ["age", "mutation"])
         n_first = sum(1 for step, _ in totals if step == "cox_pool_sums")
         two = fed.cox("c", "time", "event", ["age", "mutation"])
     rounds = [t for step, t in totals if step == "cox_pool_sums"]
     assert len(rounds) == 2 * n_first
-    for a, b in zip(rounds[:n_first], rounds[n_first:], strict=True):
-        assert np.allclose(a.totals["S0"], b.totals["S0"], rtol=1e-12)
+    for a, b in zip(rounds[1:n_first], rounds[n_first + 1 :], strict=True):
+        assert np.allclose(evaluated(a)["hess"], evaluated(b)["hess"], rtol=1e-12)
     assert np.allclose(one.params_, two.params_, rtol=1e-12)
 
 
@@ -319,7 +342,7 @@ def test_blocks_cut_another_way_are_refused_after_the_first_fit(tables):
                     "decided": blocks,
                     "k": K + 1,
                     "evidence": total.evidence,
-                    "beta": [0.0, 0.0],
+                    "path": None,
                 },
             )
         assert path_rules(q) == {"cox_blocks"}
@@ -343,10 +366,16 @@ def test_the_ph_round_weights_are_the_sites_own_and_constant_over_k_events(table
         q, total = setup_round(fed)
         blocks = rule_blocks(total)
         asked = {**base(), "decided": blocks, "k": K, "evidence": total.evidence}
+        with pytest.raises(FedHemError):  # no test before the fit has evaluated a round
+            fresh(fed).ask_sum("cox_pool_ph", {**asked, "path": {"evidence": total.evidence}})
+        first = sums(fresh(fed), total, blocks)
+        sums(fresh(fed), total, blocks, path={"evidence": first.evidence})
+        path = {"evidence": first.evidence}
         with pytest.raises(FedHemError):  # weights are not a parameter
-            fresh(fed).ask_sum("cox_pool_ph", {**asked, "weights": [[1.0, 0, 0, 0]]})
-        released = fresh(fed).ask_sum("cox_pool_ph", asked)
+            fresh(fed).ask_sum("cox_pool_ph", {**asked, "path": path, "weights": [[1.0, 0, 0, 0]]})
+        released = fresh(fed).ask_sum("cox_pool_ph", {**asked, "path": path})
     assert np.shape(released.totals["ph"]) == (4, 2)
+    assert all(np.shape(s["expected"]) == (4, 2) for s in released.shared.values())
     weights, _ = ph_weights(total.totals, blocks, 1.0, K, len(total.sites))
     starts = np.asarray(blocks[0])
     step = np.ceil(np.round(pooled["time"].to_numpy(), 9))

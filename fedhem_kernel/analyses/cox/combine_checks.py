@@ -13,7 +13,7 @@ from scipy import stats
 
 from fedhem_kernel.analyses.cox import TRANSFORMS
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit
-from fedhem_kernel.analyses.cox.likelihood import time_weights
+from fedhem_kernel.analyses.cox.likelihood import expected_ph
 from fedhem_kernel.analyses.cox.result_checks import (
     Concordance,
     Diagnostics,
@@ -202,20 +202,21 @@ def combine_ph(
     site_sums: Sequence[np.ndarray],
     variance: np.ndarray,
     ties: str,
+    expected: np.ndarray | None = None,
+    n_deaths: float | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """lifelines' statistic per covariate and transform, from pooled sums (see module docstring)."""
+    """lifelines' statistic per covariate and transform, from pooled sums (see module docstring).
+
+    ``expected`` (the pooled fit: computed by the sites from sums only they see) and ``n_deaths``
+    default to those of the fit's risk-set sums."""
     # Σ (g - ḡ)·z over events, minus Σ_t (g_t - ḡ)·d_t·z̄(t) (Efron-weighted risk-set mean)
     total = np.sum(np.asarray(site_sums, dtype=float), axis=0)  # (transforms, p)
-    for st, w in zip(fit.strata, weights, strict=True):
-        cw = time_weights(st, ties)
-        assert st.S1 is not None
-        expected = cw.c1[:, None] * st.S1
-        if ties == "efron" and st.tied.any():
-            assert st.D1 is not None
-            expected[st.tied] -= cw.c2[st.tied][:, None] * st.D1
-        total -= w.T @ expected
+    if expected is None:
+        expected = expected_ph(fit.strata, weights, ties)
+    total = total - expected
     resid = total * fit.scale  # back to the covariates' units
-    n_deaths = float(sum(st.events.sum() for st in fit.strata))
+    if n_deaths is None:
+        n_deaths = float(sum(st.events.sum() for st in fit.strata))
     u = n_deaths * resid @ variance
     se2 = np.diag(variance)
     out = {}

@@ -12,7 +12,6 @@ or Breslow's way), evaluated by the same code as the per-site protocol
 
 from __future__ import annotations
 
-import math
 import uuid
 
 import numpy as np
@@ -28,48 +27,88 @@ from fedhem_kernel.analyses.cox import (
 )
 from fedhem_kernel.analyses.cox.combine_checks import combine_ph
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit, check_variation
-from fedhem_kernel.analyses.cox.likelihood import PooledStratum, block_likelihood
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
 from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask, Payload
+from fedhem_kernel.protocol.secure_sum import SecureTotal
 
 
 class BlockObjective:
-    """Log partial likelihood, gradient and Hessian at β from one ``cox_pool_sums`` round."""
+    """Log partial likelihood, gradient and Hessian at β, as the sites evaluate them.
 
-    def __init__(self, q: Ask, params: Payload, labels: list[tuple[str, ...]], plan: GridPlan):
-        self.q, self.params, self.labels, self.plan = q, params, labels, plan
-        self.blocks: list[list[int]] = params["decided"]
-        self.center, self.scale = np.zeros(0), np.zeros(0)
-        self.strata: list[PooledStratum] = []
+    The sites seal each round's per-block sums (only they can open the total) and evaluate them
+    in the next round: a call at β sends the signed replies of the round that sealed the sums at
+    β and gets back, from every site, the same likelihood, gradient and Hessian there, and the
+    next β of the Newton path, where the sites have already sealed their sums. The first call
+    takes one more round (the sums at β = 0)."""
+
+    def __init__(self, q: Ask, params: Payload, p: int):
+        self.q, self.params = q, params
         self.sites: tuple[str, ...] = ()
-        #: the signed replies of the last round (the sites check the next β against them)
+        #: the signed replies of the last round, and the β its sums were sealed at
         self.previous: dict | None = None
+        self.sealed_at: np.ndarray | None = np.zeros(p)
+        #: the signed replies of the round whose sums were evaluated last (the PH test opens them)
+        self.evaluated: dict | None = None
 
-    def __call__(self, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        asked = {**self.params, "beta": [float(b) for b in beta]}
-        if self.previous is not None:  # every site checks β is the Newton step from there
-            asked["path"] = {"evidence": self.previous}
-        total = self.q.ask_sum("cox_pool_sums", asked)
+    def _round(self, path: dict | None) -> SecureTotal:
+        total = self.q.ask_sum("cox_pool_sums", {**self.params, "path": path})
         if self.sites and set(total.sites) != set(self.sites):
             raise FedHemError(
                 "a site stopped answering during the fit: no consistent pooled fit is possible",
                 dataset=self.q.dataset,
             )
-        self.sites, self.previous = total.sites, total.evidence
-        ll, grad, hess, self.strata = block_likelihood(
-            total.totals,
-            self.blocks,
-            step=self.plan.step,
-            horizon=self.plan.horizon,
-            center=self.center,
-            scale=self.scale,
-            ties=self.params["ties"],
-            beta=beta,
-            labels=self.labels,
-            sites=total.sites,
-        )
+        self.sites = total.sites
+        return total
+
+    def __call__(self, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.previous is None:
+            self.previous = self._round(None).evidence
+        if self.sealed_at is None or not np.allclose(beta, self.sealed_at, rtol=1e-9, atol=1e-12):
+            raise FedHemError(
+                "the sites' Newton path and the coordinator's differ", dataset=self.q.dataset
+            )
+        total = self._round({"evidence": self.previous})
+        ll, grad, hess, following = _agreed(total, len(beta), self.q.dataset)
+        self.evaluated, self.previous = self.previous, total.evidence
+        self.sealed_at = following
         return ll, grad, hess
+
+
+def _agreed(
+    total: SecureTotal, p: int, dataset: str | None
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray | None]:
+    """The likelihood, gradient and Hessian every site evaluated (the same numbers: each opened
+    the same total with the same code), and the β they sealed next (None: the path ended)."""
+    seen = []
+    for site, shared in total.shared.items():
+        try:
+            got = shared["evaluated"]
+            ll = float(got["ll"])
+            grad = np.asarray(got["grad"], dtype=float).reshape(p)
+            hess = np.asarray(got["hess"], dtype=float).reshape(p, p)
+            following = got["next"]
+            nxt = None if following is None else np.asarray(following, dtype=float).reshape(p)
+        except (KeyError, TypeError, ValueError):
+            raise FedHemError(
+                "malformed evaluation of the pooled sums", site=site, dataset=dataset
+            ) from None
+        seen.append((ll, grad, hess, nxt))
+    ll, grad, hess, nxt = seen[0]
+    for other in seen[1:]:
+        same = (
+            np.isclose(other[0], ll, rtol=1e-9, atol=1e-9)
+            and np.allclose(other[1], grad, rtol=1e-9, atol=1e-9)
+            and np.allclose(other[2], hess, rtol=1e-9, atol=1e-9)
+            and (other[3] is None) == (nxt is None)
+            and (nxt is None or np.allclose(other[3], nxt, rtol=1e-9, atol=1e-12))
+        )
+        if not same:
+            raise FedHemError(
+                "the sites evaluated the pooled sums differently: no consistent fit",
+                dataset=dataset,
+            )
+    return ll, grad, hess, nxt
 
 
 def fit_cox_pooled(
@@ -96,7 +135,6 @@ def fit_cox_pooled(
         time_blocks({f: setup.totals[f][s] for f in BLOCK_COUNTS}, k, m) for s in range(len(below))
     ]
     blocks = [starts for starts, _ in decided]
-    labels = [tuple(v) for v in _product(strata_levels)]
     if not any(blocks):
         raise ParameterError(
             f"too few patients for a pooled fit (each time block needs at least {k} over the "
@@ -129,8 +167,7 @@ def fit_cox_pooled(
             dataset=q.dataset,
         )
     params = {**base, "decided": blocks, "k": k, "evidence": setup.evidence}
-    objective = BlockObjective(q, params, labels, plan)
-    objective.center, objective.scale = center, scale
+    objective = BlockObjective(q, params, p)
     newton = newton_raphson(
         objective,
         p,
@@ -146,7 +183,8 @@ def fit_cox_pooled(
         f"of the sites' grid of {plan.resolution}, at least {k} patients leaving each over the "
         "sites (decided from perturbed counts, checked by every site); the events of a block "
         f"are tied (Efron's way where a block surely holds {k} events, else Breslow's). No "
-        "site's own sums were seen for the fit"
+        "site's own sums were seen for the fit, nor any block's: the sites sealed them, and "
+        "sent per iteration the likelihood, gradient and Hessian summed over every block"
     )
     if not newton.converged:
         q.note("Newton–Raphson did not converge: the coefficients are the last iterate")
@@ -155,15 +193,29 @@ def fit_cox_pooled(
         columns=columns,
         center=center,
         scale=scale,
-        strata=objective.strata,
+        strata=[],
         sites=objective.sites or setup.sites,
         n=n,
-        n_events=int(sum(int(st.events.sum()) for st in objective.strata)),
+        n_events=_events_in_blocks(below, blocks),
         time_step=plan.step,
         unit=plan.unit,
     )
-    fit.pooled_plan = (params, setup.totals, len(setup.sites))
+    fit.pooled_plan = (
+        {**params, "path": {"evidence": objective.evaluated}},
+        setup.totals,
+        len(setup.sites),
+    )
     return fit
+
+
+def _events_in_blocks(below: np.ndarray, blocks: list[list[int]]) -> int:
+    """The events the blocks hold, from the setup's perturbed numbers of events up to each step
+    (an exact count over the cohort would be a count of its atoms' events)."""
+    total = 0
+    for s, starts in enumerate(blocks):
+        if starts:
+            total += int(below[s][-1]) - (int(below[s][starts[0] - 1]) if starts[0] > 0 else 0)
+    return max(total, 0)
 
 
 def pooled_ph_tests(q: Ask, fit: CoxFit, variance: np.ndarray, ties: str) -> dict:
@@ -172,10 +224,13 @@ def pooled_ph_tests(q: Ask, fit: CoxFit, variance: np.ndarray, ties: str) -> dic
     expected part from the fit's last risk-set sums (:func:`~.combine_checks.combine_ph`)."""
     params, totals, m = fit.pooled_plan
     weights, spread = ph_weights(totals, params["decided"], fit.time_step, params["k"], m)
-    asked = {k: v for k, v in params.items() if k not in ("beta", "path")}
-    total = q.ask_sum("cox_pool_ph", asked)
+    total = q.ask_sum("cox_pool_ph", params)
     if set(total.sites) != set(fit.sites):
         q.note("a site did not answer the proportional-hazards test: not computed")
+        return {}
+    expected = [np.asarray(s["expected"], dtype=float) for s in total.shared.values()]
+    if not all(np.allclose(e, expected[0], rtol=1e-9, atol=1e-9) for e in expected):
+        q.note("the sites computed the proportional-hazards test differently: not computed")
         return {}
     q.note(
         "proportional hazards: lifelines' statistic from pooled sums, each event weighted by "
@@ -183,7 +238,16 @@ def pooled_ph_tests(q: Ask, fit: CoxFit, variance: np.ndarray, ties: str) -> dic
         "from the setup round's perturbed counts), blocks grouped until they surely hold "
         f"{params['k']} events; within-stratum ranks"
     )
-    return combine_ph(fit, weights, spread, [np.asarray(total.totals["ph"])], variance, ties)
+    return combine_ph(
+        fit,
+        weights,
+        spread,
+        [np.asarray(total.totals["ph"])],
+        variance,
+        ties,
+        expected=expected[0],
+        n_deaths=float(fit.n_events),
+    )
 
 
 def design_columns(design: Payload) -> list[str]:
@@ -205,13 +269,4 @@ def _sources(design: Payload) -> list[str]:
     out: list[str] = []
     for column in design["covariates"]:
         out += [column] * (len(levels[column]) - 1 if column in levels else 1)
-    return out
-
-
-def _product(levels: list[list[str]]) -> list[list[str]]:
-    """Every combination of the strata's levels, the first column slowest ([[]] without)."""
-    out: list[list[str]] = [[]]
-    for lv in levels:
-        out = [[*row, v] for row in out for v in lv]
-    assert len(out) == math.prod(len(lv) for lv in levels)
     return out

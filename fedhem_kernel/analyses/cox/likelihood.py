@@ -1,9 +1,9 @@
 """The Cox partial likelihood from pooled sums: Efron's or Breslow's, with its gradient and Hessian.
 
 Side: shared (no rows). The researcher's side evaluates it on the pooled risk-set sums of each
-Newton iteration; in a pooled fit every site evaluates it too, on the signed total of the previous
-iteration, to check that the coefficients it is asked for next are the Newton step from there
-(:mod:`~fedhem_kernel.analyses.cox.site_pooled`): the same code, so the same numbers.
+Newton iteration of the per-site protocol; in a pooled fit (secure sums) the sites evaluate it,
+on the sealed total of the previous iteration that only they can open, and send the researcher
+the likelihood, gradient and Hessian (:mod:`~fedhem_kernel.analyses.cox.site_pooled`).
 """
 
 from __future__ import annotations
@@ -208,3 +208,23 @@ def block_likelihood(
         event_sums.append((st.event_sum - events.sum() * center) / scale)
     ll, grad, hess, _ = evaluate(strata, beta, event_sums, ties)
     return ll, grad, hess, strata
+
+
+def expected_ph(
+    strata: Sequence[PooledStratum], weights: Sequence[np.ndarray], ties: str
+) -> np.ndarray:
+    """The expected part of lifelines' proportional-hazards score, per transform and covariate:
+    Σ_t (g_t - ḡ)·d_t·z̄(t) with z̄ the (Efron-weighted) risk-set mean, from pooled sums at the
+    fit's coefficients; ``weights[i]`` holds stratum i's demeaned transforms (times × transforms)."""
+    parts = []
+    for st, w in zip(strata, weights, strict=True):
+        cw = time_weights(st, ties)
+        assert st.S1 is not None
+        expected = cw.c1[:, None] * st.S1
+        if ties == "efron" and st.tied.any():
+            assert st.D1 is not None
+            expected[st.tied] -= cw.c2[st.tied][:, None] * st.D1
+        parts.append(w.T @ expected)
+    if not parts:
+        raise ValueError("no stratum to test")
+    return np.sum(parts, axis=0)

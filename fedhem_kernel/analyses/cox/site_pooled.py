@@ -18,16 +18,25 @@ pooled rows' Cox fit on *blocks* of the grid.
     refused (:func:`~fedhem_kernel.privacy.tables.singled_out`, checked again by every site in
     each iteration).
 
-``cox_pool_sums`` (a secure sum per Newton iteration)
+``cox_pool_sums`` (a secure sum per Newton iteration, *sealed*)
     The blocks the coordinator chose, checked: every site recomputes them from the setup round's
     signed total (:func:`~fedhem_kernel.analyses.cox.time_blocks`: at least k patients leave in
     each block, over the sites) and refuses any other. Per block the risk-set sums over the rows
     still at risk at its first step (exp(zβ), z·exp(zβ), zzᵀ·exp(zβ)), its number of events, and,
     where it surely holds at least k events, the same sums over them (Efron's ties; Breslow's
-    elsewhere); per stratum the sum of the events' covariates. The
-    centre and scale are the site's own, derived from the setup's signed total (never taken from
-    the request), and β is bounded in those units (``max_coefficient``). A risk set, and the
-    difference of two consecutive ones, holds at least k patients over the sites.
+    elsewhere); per stratum the sum of the events' covariates. These are *sealed* fields: their
+    total is the sites' alone (the coordinator's total carries every site's group mask,
+    :mod:`fedhem_kernel.protocol.secure_sum`). The coordinator does not choose β: a fit's first
+    round seals the sums at β = 0; each later round carries the previous round's signed replies,
+    which every site opens, evaluates (log partial likelihood, gradient and Hessian at that β,
+    the same numbers at every site: :func:`~fedhem_kernel.analyses.cox.likelihood.
+    block_likelihood`) and sends back in the clear (``evaluated``), and seals the sums at the
+    next Newton step (:class:`~fedhem_kernel.analyses.common.newton.NewtonPath`, lifelines'
+    schedule). So per iteration the researcher sees one likelihood, one p-vector and one p×p
+    matrix summed over every block, never a block's sums: two cohorts a ledger atom apart no
+    longer give, block by block, the covariates of the atom's few members still at risk. The
+    centre and scale are the site's own, derived from the setup round's signed total (never taken
+    from the request); a step beyond ``max_coefficient`` (in those units) is not taken.
 
 Events beyond the horizon (50 years on a monthly grid) count as censored there.
 """
@@ -61,7 +70,7 @@ from fedhem_kernel.analyses.cox import (
     pooled_scaling,
     time_blocks,
 )
-from fedhem_kernel.analyses.cox.likelihood import block_likelihood
+from fedhem_kernel.analyses.cox.likelihood import block_likelihood, expected_ph
 from fedhem_kernel.analyses.crosstab.site import releases_perturbation
 from fedhem_kernel.analyses.levels import OTHER
 from fedhem_kernel.analyses.levels.site import group_index
@@ -302,27 +311,39 @@ def _checked_blocks(
 
 
 def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
-    """Per block: the risk-set sums and the events' sums at the requested β; per stratum: the
-    events' covariate sum (raw units)."""
+    """The previous round's total opened and evaluated (``evaluated``, in the clear), and sealed:
+    per block the risk-set sums and the events' sums at the next β of the Newton path, per
+    stratum the events' covariate sum (raw units); zeros where the path ends."""
     d = PooledDesign(data, params)
     blocks, flags, totals, _ = _checked_blocks(data, params, d)
     center, scale = pooled_scaling(totals)
-    beta = np.asarray(params["beta"], dtype=float)
-    if beta.shape != (d.p,) or not np.isfinite(beta).all():
-        raise ParameterError(f"'beta' must hold {d.p} finite numbers", site=data.site)
     if (scale <= 0).any():
         raise ParameterError("a covariate has no variation in the pooled rows", site=data.site)
-    if np.abs(beta).max(initial=0.0) > MAX_COEFFICIENT:
-        raise data.refuse(
-            "max_coefficient",
-            f"a coefficient above {MAX_COEFFICIENT:g} standard units (hazard ratio above "
-            f"e^{MAX_COEFFICIENT:g} per standard deviation, in the pooled rows' units)",
-        )
-    _check_path(data, params, blocks, d, center, scale, beta)
+    beta, evaluated = _advance(data, params, blocks, d, center, scale)
+    out = _sealed_sums(d, blocks, flags, center, scale, beta)
+    if out is None:  # the overflow of the linear predictor ends the path (no refusal)
+        _paths(data)[str(params["fit"])].ended = True
+        evaluated["next"] = None
+        out = _sealed_sums(d, blocks, flags, center, scale, None)
+        assert out is not None
+    return {**out, "evaluated": evaluated}
+
+
+def _sealed_sums(
+    d: PooledDesign,
+    blocks: list[list[int]],
+    flags: list[list[bool]],
+    center: np.ndarray,
+    scale: np.ndarray,
+    beta: np.ndarray | None,
+) -> Payload | None:
+    """The sealed sums at ``beta`` (zeros if None; None if the linear predictor overflows)."""
     z = (d.x - center) / scale
-    w = np.exp(z @ beta)
+    w = np.exp(z @ beta) if beta is not None else np.zeros(len(z))
     if not np.isfinite(w).all():
-        raise data.refuse("max_coefficient", "the linear predictor overflows")
+        return None
+    if beta is None:
+        z = np.zeros_like(z)
     p = d.p
     iu = np.triu_indices(p)
     total = sum(len(b) for b in blocks)
@@ -357,8 +378,9 @@ def site_cox_pool_sums(data: SiteData, params: Payload) -> Payload:
                 if cumulate:  # from the end: the risk set at each block is its leavers and later
                     np.cumsum(values[::-1], axis=0, out=values[::-1])
                 out[prefix + part][span] = values
-        out["events"][span] = np.bincount(b[ev], minlength=n_blocks)
-        out["event_sum"][s] = d.x[rows][ev & (b >= 0)].sum(axis=0)
+        if beta is not None:
+            out["events"][span] = np.bincount(b[ev], minlength=n_blocks)
+            out["event_sum"][s] = d.x[rows][ev & (b >= 0)].sum(axis=0)
         at += len(starts)
     return out
 
@@ -368,13 +390,34 @@ def site_cox_pool_ph(data: SiteData, params: Payload) -> Payload:
     covariates, the site's own centre and scale), with the weights w of each event's block that
     the site derives itself from the setup round's signed total (:func:`~fedhem_kernel.analyses.
     cox.ph_weights`: one per transform, the same for every block of a group that surely holds k
-    events). Nothing here depends on β or on anything the coordinator chose."""
+    events); and, in the clear (``expected``, the same at every site), the pooled expected part
+    Σ_b w_b·d_b·z̄_b at the fit's last evaluated β, from that round's sealed total (opened here:
+    the researcher never sees a block's sums). Nothing here is the coordinator's choice."""
     d = PooledDesign(data, params)
     blocks, _, totals, m = _checked_blocks(data, params, d)
     center, scale = pooled_scaling(totals)
     if (scale <= 0).any():
         raise ParameterError("a covariate has no variation in the pooled rows", site=data.site)
     weights, _ = ph_weights(totals, blocks, d.step, int(params["k"]), m)
+    state = _paths(data).get(str(params["fit"]))
+    if state is None or len(state.sealed) < 2:
+        raise _off_path(data, "the test follows a fit this site took part in")
+    asked, beta = state.sealed[-2]  # the last β the fit evaluated (the round after sealed more)
+    sums = data.earlier_total(params["path"].get("evidence"), "cox_pool_sums", asked)
+    try:
+        _, _, _, strata = block_likelihood(
+            sums,
+            blocks,
+            step=d.step,
+            horizon=d.horizon,
+            center=center,
+            scale=scale,
+            ties=params["ties"],
+            beta=beta,
+        )
+        expected = expected_ph(strata, weights, params["ties"])
+    except (KeyError, ValueError, IndexError):
+        raise _off_path(data, "the fit's last round gives no test") from None
     z = (d.x - center) / scale
     out = np.zeros((len(TRANSFORMS), d.p))
     nonempty = [s for s, starts in enumerate(blocks) if starts]
@@ -383,84 +426,107 @@ def site_cox_pool_ph(data: SiteData, params: Payload) -> Payload:
         b = np.searchsorted(np.asarray(blocks[s]), d.index[rows], side="right") - 1
         died = d.event[rows] & (b >= 0)
         out += w[b[died]].T @ z[rows][died]
-    return {"ph": out}
+    return {"ph": out, "expected": expected.tolist()}
 
 
 #: Fits whose Newton path a site keeps (the oldest is forgotten: its next round is refused).
 MAX_PATHS = 32
-#: How far a requested β may be from the site's own Newton step (relative; floating point of
-#: another machine's linear algebra, not room to choose).
-PATH_TOLERANCE = 1e-8
 
 
 class _Path:
-    """One fit's Newton path at this site: the model asked, the path, the last request."""
+    """One fit's Newton path at this site: the model asked, the path, and the last two rounds'
+    requests with the β each sealed its sums at."""
 
     def __init__(self, model: str, p: int) -> None:
         self.model = model
         self.path = NewtonPath(p)
-        self.last: Payload | None = None
+        self.sealed: list[tuple[Payload, np.ndarray]] = []
+        self.ended = False
+
+    def sealing(self, params: Payload, beta: np.ndarray) -> None:
+        self.sealed = [*self.sealed[-1:], (dict(params), beta.copy())]
 
 
-def _check_path(
+def _paths(data: SiteData) -> OrderedDict[str, _Path]:
+    return data.scratch.setdefault("cox_paths", OrderedDict())
+
+
+def _advance(
     data: SiteData,
     params: Payload,
     blocks: list[list[int]],
     d: PooledDesign,
     center: np.ndarray,
     scale: np.ndarray,
-    beta: np.ndarray,
-) -> None:
-    """β must be where Newton–Raphson goes next: 0 in a fit's first round, then the step from
-    the previous round's signed total (``path.evidence``), which this site evaluates itself
-    (cox/likelihood.py, common/newton.py: the coordinator's code). A coordinator free to choose
-    β would read, from the sums at many β, the covariates of the few patients leaving a block."""
-    paths = data.scratch.setdefault("cox_paths", OrderedDict())
+) -> tuple[np.ndarray | None, dict]:
+    """Where this round seals its sums, and what it shows in the clear: β = 0 and nothing in a
+    fit's first round; later, the previous round's total opened and evaluated at its β (the
+    log partial likelihood, gradient and Hessian: ``evaluated``), then the Newton step from there
+    (``next``; None where lifelines' loop would stop: a step beyond ``max_coefficient``, a
+    singular Hessian, :data:`MAX_NEWTON_STEPS`). The path is this site's: the coordinator's
+    only choice is to go on or stop."""
+    paths = _paths(data)
     model = request_binding(
         "cox_pool_sums",
         data.dataset,
         None,
-        {k: v for k, v in params.items() if k not in ("beta", "path")},
+        {k: v for k, v in params.items() if k != "path"},
     )
     fit = str(params["fit"])
     state = paths.get(fit)
     asked_path = params.get("path")
-    if state is None or state.model != model:
-        if asked_path is not None or np.any(beta != 0):
-            raise _off_path(data, "a fit starts at β = 0 (this site holds no earlier round of it)")
+    if asked_path is None:  # a fit's first round (or asked again): the sums at β = 0
         state = paths[fit] = _Path(model, d.p)
         while len(paths) > MAX_PATHS:
             paths.popitem(last=False)
-    else:
-        if not isinstance(asked_path, dict) or "evidence" not in asked_path:
-            raise _off_path(data, "a later round of a fit carries the previous round's replies")
-        assert state.last is not None
-        totals = data.earlier_total(asked_path["evidence"], "cox_pool_sums", state.last)
-        path = copy.deepcopy(state.path)  # changed only if this round is answered
+        beta = state.path.take()
+        state.sealing(params, beta)
+        return beta, {"beta": None, "next": beta.tolist()}
+    if state is None or state.model != model or not state.sealed:
+        raise _off_path(data, "this site holds no earlier round of this fit")
+    if state.ended:
+        raise _off_path(data, "the fit's path has ended")
+    if not isinstance(asked_path, dict) or set(asked_path) != {"evidence"}:
+        raise _off_path(data, "a later round of a fit carries the previous round's replies")
+    asked, at = state.sealed[-1]
+    totals = data.earlier_total(asked_path["evidence"], "cox_pool_sums", asked)
+    path = copy.deepcopy(state.path)
+    try:
+        ll, grad, hess, _ = block_likelihood(
+            totals,
+            blocks,
+            step=d.step,
+            horizon=d.horizon,
+            center=center,
+            scale=scale,
+            ties=params["ties"],
+            beta=at,
+        )
+    except (KeyError, ValueError, IndexError):
+        raise _off_path(data, "the previous round's total does not fit this model") from None
+    evaluated: dict = {
+        "beta": at.tolist(),
+        "ll": float(ll),
+        "grad": np.asarray(grad, dtype=float).tolist(),
+        "hess": np.asarray(hess, dtype=float).tolist(),
+    }
+    beta: np.ndarray | None = None
+    if np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all():
         try:
-            ll, grad, hess, _ = block_likelihood(
-                totals,
-                blocks,
-                step=d.step,
-                horizon=d.horizon,
-                center=center,
-                scale=scale,
-                ties=params["ties"],
-                beta=path.beta,
-            )
-            if not (np.isfinite(ll) and np.isfinite(grad).all() and np.isfinite(hess).all()):
-                raise SingularHessian
             path.resize(path.direction(grad, hess))
-        except (SingularHessian, KeyError, ValueError, IndexError):
-            raise _off_path(data, "the previous round gives no Newton step") from None
-        if path.evaluated >= MAX_NEWTON_STEPS or not np.allclose(
-            beta, path.next(), rtol=PATH_TOLERANCE, atol=PATH_TOLERANCE
-        ):
-            raise _off_path(data, "β is not the Newton step from the previous round")
-        state.path = path
-    state.path.take()
-    state.last = dict(params)
+            if (
+                path.evaluated < MAX_NEWTON_STEPS
+                and np.abs(path.next()).max(initial=0.0) <= MAX_COEFFICIENT
+            ):
+                beta = path.take()
+        except SingularHessian:
+            pass
+    state.path = path
+    state.ended = beta is None
+    evaluated["next"] = None if beta is None else beta.tolist()
+    state.sealing(params, at if beta is None else beta)
     paths.move_to_end(fit)
+    return beta, evaluated
 
 
 def _off_path(data: SiteData, why: str) -> DisclosureError:
@@ -508,7 +574,6 @@ SUMS_PARAMS = {
     "decided": list_of(list_of(integer(0, MAX_HORIZON), most=MAX_HORIZON + 1)),
     "k": integer(1, 10**6),
     "evidence": instance(dict, "the signed replies of the setup round"),
-    "beta": list_of(number(), most=MAX_COVARIATES_TOTAL, least=1),
     "path": (instance(dict, "the signed replies of the previous round"), NONE),
 }
 
@@ -539,23 +604,25 @@ STEPS = [
         param_columns("duration", "event", "covariates", "strata"),
         params=SUMS_PARAMS,
         sums={
-            "S0": "real",
-            "S1": "real",
-            "S2": "real",
-            "D0": "real",
-            "D1": "real",
-            "D2": "real",
-            "events": "count",
-            "event_sum": "real",
+            "S0": "sealed-real",
+            "S1": "sealed-real",
+            "S2": "sealed-real",
+            "D0": "sealed-real",
+            "D1": "sealed-real",
+            "D2": "sealed-real",
+            "events": "sealed-count",
+            "event_sum": "sealed-real",
         },
+        shared=("evaluated",),
     ),
     SiteStep(
         "cox_pool_ph",
         "cox",
         site_cox_pool_ph,
         param_columns("duration", "event", "covariates", "strata"),
-        params={k: v for k, v in SUMS_PARAMS.items() if k not in ("beta", "path")},
+        params={**SUMS_PARAMS, "path": instance(dict, "the signed replies of the fit's round")},
         sums={"ph": "real"},
+        shared=("expected",),
     ),
     # DP mode: every covariate pattern's event table, one noised secure sum (cox/combine_dp.py)
     dp_table_step("cox_dp", "cox", param_columns("duration", "event", "strata")),
