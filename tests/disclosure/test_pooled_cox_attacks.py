@@ -385,3 +385,55 @@ def test_the_ph_round_weights_are_the_sites_own_and_constant_over_k_events(table
     _, group = np.unique(w, axis=0, return_inverse=True)
     per_group = np.bincount(group.ravel(), weights=events)
     assert len(per_group) >= 2 and (per_group >= K).all()
+
+
+def attacker_view(totals) -> np.ndarray:
+    """Every number the coordinator learned from the Cox rounds, and what it would derive: with
+    a block's risk-set sums at β = 0 (the protocol before sealing), their raw covariate sums
+    S1·scale + S0·centre."""
+    from fedhem_kernel.analyses.cox import pooled_scaling
+
+    out: list[np.ndarray] = []
+    center = scale = None
+    for step, total in totals:
+        if step == "cox_pool_setup":
+            center, scale = pooled_scaling(total.totals)
+        if not step.startswith("cox_pool"):
+            continue
+        out += [np.ravel(np.asarray(v, dtype=float)) for v in total.totals.values()]
+        if "S1" in total.totals and center is not None:
+            s0 = np.asarray(total.totals["S0"])[:, None]
+            out.append(np.ravel(np.asarray(total.totals["S1"]) * scale + s0 * center))
+        for shared in total.shared.values():
+            for value in shared.get("evaluated", {}).values():
+                if value is not None:
+                    out.append(np.ravel(np.asarray(value, dtype=float)))
+    return np.concatenate(out)
+
+
+def test_two_cohorts_an_atom_apart_give_no_sum_of_its_few_members_at_risk(tables, totals):
+    """The cross-cohort attack: fit all patients, then all but the ≥ k aged 40 or less (a ledger
+    atom). Where the two fits' blocks start at the same step, the difference of their risk-set
+    sums at β = 0 was the covariate sum of the atom's members still at risk there, fewer than k
+    at late steps. Now no block's sum reaches the researcher: no difference of two numbers it
+    learned from the two fits is such a sum."""
+    pooled = pd.concat(tables.values(), ignore_index=True)
+    with federation(tables) as fed:
+        fed.cox("c", "time", "event", ["age", "mutation"])
+        starts_a = set(rule_blocks(next(t for s, t in totals if s == "cox_pool_setup"))[0])
+        seen_a = attacker_view(totals)
+        totals.clear()
+        fed.cox("c", "time", "event", ["age", "mutation"], where="age > 40")
+        starts_b = set(rule_blocks(next(t for s, t in totals if s == "cox_pool_setup"))[0])
+        seen_b = attacker_view(totals)
+    atom = pooled[pooled["age"] <= 40]
+    step = np.ceil(np.round(atom["time"].to_numpy(), 9))
+    targets = []
+    for start in sorted(starts_a & starts_b):
+        members = atom[step >= start]
+        if 0 < len(members) < K:
+            targets.append(members["age"].sum())  # (ages to 0.1: no whole number by chance)
+    assert len(targets) >= 2  # the attack has something to find
+    differences = np.subtract.outer(seen_a, seen_b).ravel()
+    for target in targets:
+        assert not np.isclose(differences, target, rtol=1e-9, atol=1e-9).any(), target
