@@ -184,6 +184,30 @@ def test_stratified_cox_close_to_lifelines_on_the_grid(name, strata, seed, recor
     assert shift.max() < 0.15, shift
 
 
+@pytest.mark.parametrize("name", ["rossi", "gbsg2", "lung"])
+def test_pooled_concordance_close_to_lifelines(name, record_property):
+    """Harrell's C of the pooled fit, computed by the sites on sealed tables: within 0.001 of
+    lifelines' ``concordance_index`` of the same coefficients on the grid's times (inside the
+    bounds the score bins leave), and within 0.01 of lifelines' fit on exact times. Measured
+    (seed 0): rossi 0.6413 against 0.6409 on the grid and 0.6403 exact, gbsg2 0.6927 / 0.6932 /
+    0.6919, lung 0.6524 / 0.6523 / 0.6467 (lung's monthly grid ties many of its days)."""
+    from lifelines.utils import concordance_index
+
+    duration, event, _ = SURVIVAL[name]
+    covariates = COX[name]
+    rows = dummy_coded(public(name)[[duration, event, *covariates]].dropna())
+    with federation(name, public(name), 0) as fed:
+        res = fed.cox("data", duration, event, covariates)
+    lp = rows[res.params_.index].to_numpy() @ res.params_.to_numpy()
+    on_grid = concordance_index(grid(name)(rows), -lp, rows[event])
+    exact = CoxPHFitter().fit(rows, duration, event).concordance_index_
+    lower, upper = res.concordance_bounds_
+    record_property("concordance_vs_grid", round(res.concordance_index_ - on_grid, 5))
+    assert lower <= on_grid <= upper and upper - lower < 0.02
+    assert abs(res.concordance_index_ - on_grid) < 1e-3
+    assert abs(res.concordance_index_ - exact) < 0.01
+
+
 def merged_step_times(times: np.ndarray, events: np.ndarray) -> np.ndarray:
     """Each row's step time after a site merges its small steps (as the Cox design does)."""
     source = event_table(times, events)

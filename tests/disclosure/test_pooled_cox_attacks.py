@@ -110,7 +110,9 @@ def test_no_site_sum_in_the_clear_and_no_block_sum_for_the_researcher(tables, re
     with federation(tables) as fed:
         res = fed.cox("c", "time", "event", ["age", "mutation"])
     secure = [r for r in releases if r.payload and "secure" in r.payload]
-    assert secure and all(set(r.payload) - {"evaluated", "expected"} == {"secure"} for r in secure)
+    assert secure and all(
+        set(r.payload) - {"evaluated", "expected", "concordance"} == {"secure"} for r in secure
+    )
     rounds = [t for step, t in totals if step == "cox_pool_sums"]
     assert len(rounds) >= 3 and all(not t.totals for t in rounds)
     for t in rounds[1:]:
@@ -242,8 +244,7 @@ def test_a_filter_down_to_a_few_patients_meets_no_refusal(tables):
 def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
     """Its own sums at any β, against the pooled block totals, would give another site's few
     patients of a block: the per-site protocol (and strata="site", each site's own risk sets)
-    is refused (pooled_only); the pooled fit says its concordance is not computed (its PH test
-    is pooled)."""
+    is refused (pooled_only); the pooled fit's concordance and PH test are pooled."""
     with federation(tables) as fed:
         q = fresh(fed)
         design = {k: v for k, v in base().items() if k not in ("strata_levels", "grid", "horizon")}
@@ -253,8 +254,8 @@ def test_a_site_in_secure_sums_gives_no_cox_sums_of_its_own(tables):
         with pytest.raises(fh.DisclosureError, match="pooled"):
             fed.cox("c", "time", "event", ["age"], strata="site")
         res = fed.cox("c", "time", "event", ["age", "mutation"])
-    assert res.concordance is None and np.isnan(res.concordance_index_)
-    assert any("concordance" in n and "not computed" in n for n in res.notes)
+    assert 0.5 < res.concordance_index_ < 0.8
+    assert any("only C and its bounds were released" in n for n in res.notes)
     assert set(res.ph_tests) == {"rank", "km", "identity", "log"}
 
 
@@ -437,3 +438,36 @@ def test_two_cohorts_an_atom_apart_give_no_sum_of_its_few_members_at_risk(tables
     differences = np.subtract.outer(seen_a, seen_b).ravel()
     for target in targets:
         assert not np.isclose(differences, target, rtol=1e-9, atol=1e-9).any(), target
+
+
+def test_the_concordance_rounds_release_c_alone_in_order_and_at_the_fits_own_beta(tables, totals):
+    """Harrell's C compares patients across sites: the sites build the table of events and
+    censored per grid step and score bin on sealed totals and release C and its bounds only.
+    The stages go in order, each on the previous one's signed replies; the coefficients are the
+    fit's own (not a parameter)."""
+    with federation(tables) as fed:
+        res = fed.cox("c", "time", "event", ["age", "mutation"])
+        rounds = [t for step, t in totals if step == "cox_pool_concordance"]
+        assert len(rounds) == 3 and all(not t.totals for t in rounds)
+        assert [set(s) for s in rounds[-1].shared.values()] == [{"concordance"}] * 3
+        assert not any(s for s in rounds[0].shared.values())
+        plan = res.fit.pooled_plan[0]
+
+        def ask(stage, path=None, **extra):
+            q = fresh(fed)
+            asked = {**plan, "stage": stage, "path": path, **extra}
+            return q, q.ask_sum("cox_pool_concordance", asked)
+
+        for extra in ({"beta": [5.0, 0.0]}, {"edges": [0.0, 1.0]}):
+            with pytest.raises(FedHemError):
+                ask("moments", **extra)
+        first = ask("moments")[1]
+        with pytest.raises(FedHemError):  # the value straight from the moments
+            ask("value", {"evidence": first.evidence})
+        # the table on the moments' replies, then the value on the table's: the same C again
+        table = ask("table", {"evidence": first.evidence})[1]
+        with pytest.raises(FedHemError):  # a second table on the same moments: the chain moved
+            ask("table", {"evidence": first.evidence})
+        value = ask("value", {"evidence": table.evidence})[1]
+    got = next(iter(value.shared.values()))["concordance"]
+    assert got[0] == pytest.approx(res.concordance_index_, abs=1e-12)

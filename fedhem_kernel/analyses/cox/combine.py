@@ -25,7 +25,11 @@ from fedhem_kernel.analyses.cox import (
 )
 from fedhem_kernel.analyses.cox.combine_checks import run_diagnostics
 from fedhem_kernel.analyses.cox.combine_dp import fit_cox_dp
-from fedhem_kernel.analyses.cox.combine_pooled import fit_cox_pooled, pooled_ph_tests
+from fedhem_kernel.analyses.cox.combine_pooled import (
+    fit_cox_pooled,
+    pooled_concordance,
+    pooled_ph_tests,
+)
 from fedhem_kernel.analyses.cox.combine_sums import (
     CoxFit,
     _pool_strata,
@@ -460,12 +464,9 @@ def run(
         )
         checked = None
         if diagnostics and np.isfinite(fit.hessian).all():
+            concordance = pooled_concordance(q, fit)
             tests = pooled_ph_tests(q, fit, raw_variance(fit), spec.ties)
-            checked = Diagnostics(None, tests)
-            q.note(
-                "concordance needs each patient's score against others', which sites in secure "
-                "sums do not release: not computed (not pooled yet)"
-            )
+            checked = Diagnostics(concordance, tests)
         return build_cox_result(q, spec, fit, checked)
 
     def after(base: Payload, fit: CoxFit) -> None:

@@ -27,6 +27,7 @@ from fedhem_kernel.analyses.cox import (
 )
 from fedhem_kernel.analyses.cox.combine_checks import combine_ph
 from fedhem_kernel.analyses.cox.combine_sums import CoxFit, check_variation
+from fedhem_kernel.analyses.cox.result_checks import Concordance
 from fedhem_kernel.errors import DisclosureError, FedHemError, ParameterError
 from fedhem_kernel.privacy.tables import singled_out
 from fedhem_kernel.protocol.query import Ask, Payload
@@ -270,3 +271,29 @@ def _sources(design: Payload) -> list[str]:
     for column in design["covariates"]:
         out += [column] * (len(levels[column]) - 1 if column in levels else 1)
     return out
+
+
+def pooled_concordance(q: Ask, fit: CoxFit) -> Concordance | None:
+    """Harrell's C of a pooled fit, computed by the sites on sealed tables (three rounds,
+    :mod:`~fedhem_kernel.analyses.cox.site_pooled_concordance`): only C and its bounds come back."""
+    params, _, _ = fit.pooled_plan
+    asked = {**params, "path": None, "stage": "moments"}
+    total = q.ask_sum("cox_pool_concordance", asked)
+    for stage in ("table", "value"):
+        asked = {**params, "path": {"evidence": total.evidence}, "stage": stage}
+        total = q.ask_sum("cox_pool_concordance", asked)
+        if set(total.sites) != set(fit.sites):
+            q.note("a site did not answer the concordance rounds: not computed")
+            return None
+    values = [tuple(shared["concordance"]) for shared in total.shared.values()]
+    if any(not np.allclose(v, values[0], rtol=1e-12, atol=1e-12, equal_nan=True) for v in values):
+        q.note("the sites computed the concordance differently: not computed")
+        return None
+    value, lower, upper = (float(v) for v in values[0])
+    q.note(
+        "concordance (Harrell's C): computed by the sites on tables only they see (events and "
+        "censored per grid step and bin of the linear predictor, 256 bins over its pooled "
+        "mean ± 5 SD); pairs in one bin count ½ (the bounds: all discordant, all concordant); "
+        "strata ignored, as lifelines does; only C and its bounds were released"
+    )
+    return Concordance(value, lower, upper, pairs=-1, unresolved=-1)

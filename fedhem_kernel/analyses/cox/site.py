@@ -71,6 +71,7 @@ from fedhem_kernel.analyses.cox.site_design import (
     site_design,
 )
 from fedhem_kernel.analyses.cox.site_pooled import STEPS as POOLED_STEPS
+from fedhem_kernel.analyses.cox.site_pooled_concordance import STEPS as CONCORDANCE_STEPS
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.params import (
     COLUMN,
@@ -402,4 +403,4 @@ STEPS = [
 ]
 
 # the pooled fit's steps (secure sums only: site_pooled.py)
-STEPS += POOLED_STEPS
+STEPS += POOLED_STEPS + CONCORDANCE_STEPS
