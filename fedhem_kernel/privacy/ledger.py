@@ -343,12 +343,16 @@ class Transaction:
         self.atoms = ledger.atoms
         self.changed = False
 
-    def snap(self, labels: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
-        """Snap labels of every row of the dataset (``-1``: not released) and refine the atoms."""
+    def preview(self, labels: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+        """What :meth:`snap` would give, without refining the atoms (nothing is recorded)."""
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (self.ledger.n_rows,):
             raise ValueError("labels must cover every row of the dataset")
-        snapped = snap_labels(self.atoms, labels, self.ledger.k, self.ledger.ranks, fixed)
+        return snap_labels(self.atoms, labels, self.ledger.k, self.ledger.ranks, fixed)
+
+    def snap(self, labels: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+        """Snap labels of every row of the dataset (``-1``: not released) and refine the atoms."""
+        snapped = self.preview(labels, fixed)
         width = int(snapped.max(initial=-1)) + 2
         refined = _factorize(self.atoms * width + (snapped + 1))
         if int(refined.max(initial=-1)) + 1 != int(self.atoms.max(initial=-1)) + 1:

@@ -164,12 +164,15 @@ class SiteData:
         full[rows] = labels
         return full
 
-    def release_groups(self, labels: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
+    def release_groups(
+        self, labels: np.ndarray, fixed: np.ndarray | None = None, preview: bool = False
+    ) -> np.ndarray:
         """Groups of cohort rows (``labels``: ``0..g-1`` per row, ``-1`` for rows in none) as they
         may be released: snapped to the release ledger's atoms (``privacy/ledger.py``), so that a
         group or what it leaves out is 0 or at least k patients of every atom it cuts, however
         releases are combined. ``fixed`` rows (e.g. without a value the step needs) stay in none.
-        Without a ledger (unrestricted) only ``fixed`` rows are taken out."""
+        Without a ledger (unrestricted) only ``fixed`` rows are taken out. ``preview``: what the
+        snap would give, recording nothing."""
         labels = np.asarray(labels, dtype=np.int64)
         if fixed is not None:
             fixed = np.asarray(fixed, dtype=bool)
@@ -180,7 +183,8 @@ class SiteData:
         outside[rows] = False  # rows outside the cohort never join a group
         if fixed is not None:
             outside[rows[fixed]] = True
-        return self.ledger.snap(self._full(labels), outside)[rows]
+        snap = self.ledger.preview if preview else self.ledger.snap
+        return snap(self._full(labels), outside)[rows]
 
     def release_rows(self, selected: np.ndarray, fixed: np.ndarray | None = None) -> np.ndarray:
         """:meth:`release_groups` for one set: flags of the cohort rows it is released over."""

@@ -1,10 +1,11 @@
 """Adversarial checks of federated ComBat under the default policy (k = 5).
 
 A spy records every reply that crosses from a site. Only per-batch sums leave a site (no array has a
-per-patient dimension, even for hand-crafted requests); a batch or a category within a batch of
-1..k-1 patients, 1..k-1 rows left out for missing values, a filter down to a few patients and a
-cohort that differences a released batch are refused with reasons that carry no value; bad input
-names the site, dataset and column.
+per-patient dimension, even for hand-crafted requests); a batch of 1..k-1 patients, or one that
+meets an earlier released group in so few, is left out with others to make k (never refused: a
+refusal would say so); a category within a batch of 1..k-1 patients is refused; 1..k-1 rows left
+out for missing values, a filter down to a few patients and a cohort that differences a released
+batch release nothing new; reasons carry no value; bad input names the site, dataset and column.
 """
 
 from __future__ import annotations
@@ -114,23 +115,46 @@ def test_released_payloads_hold_only_per_batch_aggregates(tables, releases):
 
 
 @pytest.mark.parametrize("n_rare", [1, K - 1])
-def test_a_batch_of_fewer_than_k_patients_is_refused(tables, releases, n_rare):
+def test_a_batch_of_fewer_than_k_patients_is_left_out_with_others_not_refused(
+    tables, releases, n_rare
+):
+    """A refusal would say that a site has a batch of 1..k-1 patients (or that a batch and an
+    earlier released group meet in so few). The ledger would move them into another batch;
+    ComBat leaves them out instead, with as many more as make k, and answers."""
     tables["mid"].loc[: n_rare - 1, "scanner"] = "rare-scanner"
     with federation(tables) as fed:
         fed.combat("c", FEATURES)  # one batch per site: every site keeps harmonised columns
         assert harmonised(fed, "mid").notna().all().all()
         res = fed.combat("c", FEATURES, batch="scanner")
-        outcome = res.privacy.outcome("mid")
-        assert outcome.status == "refused" and outcome.rules == ("min_cell_count",)
-        assert "a batch has fewer than 5 patients" in outcome.details[0]
-        assert res.privacy.released_sites == ["big", "small"]
-        assert list(res.batch_effects.index.get_level_values("site").unique()) == ["big", "small"]
-        # the refusing site dropped the columns of the earlier run: no stale harmonisation
-        assert harmonised(fed, "mid").empty
-        assert harmonised(fed, "big").notna().all().all()
-        err = stats_reply(fed, "mid", batch="scanner").error
-        assert (err["site"], err["dataset"], err["column"]) == ("mid", "c", "scanner")
-        assert_no_value_leaks(fed, releases, err["reason"])
+        assert res.privacy.released_sites == list(SIZES)
+        batches = res.batch_effects.xs("mid", level="site").index
+        assert "rare-scanner" not in set(batches.get_level_values(-1))
+        values = harmonised(fed, "mid")
+        assert values.iloc[:n_rare].isna().all().all()  # the rare ones keep no value
+        assert values.isna().any(axis=1).sum() == K  # left out with others: k in all
+        assert_no_value_leaks(fed, releases)
+
+
+def test_a_batch_that_meets_an_earlier_group_in_a_few_patients_is_answered_not_refused(
+    tables, releases
+):
+    """The differencing oracle: describe a cohort (scanner B and three patients on A), then ask
+    ComBat by scanner. Batch A cuts that cohort into 3 and the rest; the ledger would move the
+    3 into batch B. A refusal said that the cohort and batch A meet in 1..k-1 patients (and so,
+    by bisecting the cohort, who); now they are left out (with two more) and the fit answers."""
+    big = tables["big"]
+    three = big.loc[big["scanner"] == "A", "pid"].tolist()[:3]
+    where = f"scanner == 'B' or pid in ({', '.join(str(p) for p in three)})"
+    with federation(tables) as fed:
+        fed.describe("c", ["volume"], where=where)
+        res = fed.combat("c", FEATURES, batch="scanner")
+        assert res.privacy.released_sites == list(SIZES)
+        assert not [o for o in res.privacy.outcomes if not o.released]
+        values = harmonised(fed, "big")
+        left_out = values.isna().any(axis=1)
+        assert left_out[big["pid"].isin(three)].all() and left_out.sum() == K
+        assert harmonised(fed, "mid").notna().all().all()
+        assert_no_value_leaks(fed, releases)
 
 
 def test_a_category_with_fewer_than_k_patients_in_a_batch_is_refused(tables, releases):

@@ -94,6 +94,7 @@ def _design(data: SiteData, params: Payload) -> _Design:
             first = column
         missing |= miss
     complete = data.complete_rows(missing, first, "the features, covariates and batch")
+    complete = _ledger_batches(data, labels, complete)
     dropped = int(np.count_nonzero(~complete))
     sub = dataclasses.replace(data, cohort=data.cohort[complete]) if dropped else data
     fm = feature_matrix(sub, spec.numeric, CACHE)  # numeric checks, one-hot attack, n >= k
@@ -154,7 +155,7 @@ def _design(data: SiteData, params: Payload) -> _Design:
             f"{ROWS_PER_PARAMETER * (n_batches + c.shape[1])} patients with every feature and "
             "covariate at this site",
         )
-    d = _Design(
+    return _Design(
         spec,
         complete,
         y,
@@ -164,31 +165,39 @@ def _design(data: SiteData, params: Payload) -> _Design:
         counts,
         sparse.csr_matrix((np.ones(n), (batch, np.arange(n))), shape=(n_batches, n)),
     )
-    _guard(data, d)
-    return d
 
 
-def _guard(data: SiteData, d: _Design) -> None:
-    """The batches are row sets the fit sums over: they go through the release ledger, and the
-    fit is refused if the ledger would move a patient (a harmonisation needs every patient in
-    their own batch). Covariate levels are values of the design, as Cox's (each (batch, level)
-    cell is 0 or >= k: checked above).
+#: Rounds of :func:`_ledger_batches` (each leaves out more rows; then every row is left out).
+MAX_PASSES = 8
 
-    The refusal depends on the data (which the ledger's snapping otherwise avoids): ComBat keeps
-    it until batches are decided from noisy counts (issue 17).
-    """
-    if data.ledger is None or len(d.names) == 1:
-        return
-    rows = np.flatnonzero(d.complete)
-    labels = np.full(len(d.complete), -1, dtype=np.int64)
-    labels[rows] = d.batch
-    snapped = data.release_groups(labels, fixed=~d.complete)
-    if not np.array_equal(snapped[rows], d.batch):
-        raise data.refuse(
-            "differencing",
-            f"a batch cuts an earlier released group of patients into a piece of fewer than "
-            f"{data.k}",
+
+def _ledger_batches(data: SiteData, labels: np.ndarray, complete: np.ndarray) -> np.ndarray:
+    """The complete rows the fit harmonises: the batches are row sets the fit sums over, so they
+    go through the release ledger; a patient the ledger would move into another batch (a piece
+    of fewer than k of an earlier released group, or a batch of fewer than k) is left out
+    instead (a harmonisation needs every patient in their own batch), and with them as many
+    more as the ledger needs to make what is left out k. Nothing is refused: a refusal would
+    say that a batch and an earlier group meet in fewer than k patients."""
+    if data.ledger is None:
+        return complete
+    codes = np.full(len(complete), -1, dtype=np.int64)
+    _, codes[complete] = np.unique(labels[complete].astype(str), return_inverse=True)
+    fixed = ~complete
+    for _ in range(MAX_PASSES):
+        preview = data.release_groups(codes, fixed=fixed, preview=True)
+        moved = (preview >= 0) & (preview != codes)
+        if not moved.any():
+            break
+        fixed = fixed | moved
+    else:
+        fixed = np.ones(len(complete), dtype=bool)
+    kept = data.release_groups(codes, fixed=fixed) >= 0
+    if (complete & ~kept).any():
+        data.log.note(
+            "patients the release ledger would have moved to another batch are left out (with "
+            f"others, to make {data.k}): they keep no harmonised value"
         )
+    return kept
 
 
 def _check_names(data: SiteData, params: Payload, spec: CombatSpec) -> list[str]:
