@@ -166,3 +166,36 @@ def test_a_few_failed_images_leave_out_k_from_the_summary(
     assert ((result.summary["count"] - 10).abs() <= 2).all()
     assert result.by_site.empty
     fed.close()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"minimumROISize": 400},
+        {"minimumROIDimensions": 3},
+        {"label": 2},
+        {"resegmentRange": [-50, 50]},
+    ],
+)
+def test_settings_that_decide_which_images_fail_are_the_sites(root: Path, tables, setting) -> None:
+    """The smallest ROI, the mask's label or a re-segmentation range, varied by a researcher,
+    would bisect lesion sizes and intensities through which extractions fail (a failure shows in
+    the counts); they are refused in the researcher's process, and again at the site."""
+    fed = federation(root, tables)
+    params = {**QUICK_PARAMS, "setting": {**QUICK_PARAMS.get("setting", {}), **setting}}
+    with pytest.raises(fh.ParameterError, match="the site's, not the request's"):
+        fed.radiomics("mri", params=params)
+    reply = sites_of(fed)["site_a"].handle(
+        SiteRequest("radiomics_extract", "mri", {"params": params, "run": "x"})
+    )
+    assert reply.status == "error" and reply.payload is None
+    assert "not the request's" in reply.error["reason"] and reply.error["site"] == "site_a"
+    fed.close()
+
+
+def test_those_settings_at_pyradiomics_defaults_are_answered(root: Path, tables) -> None:
+    fed = federation(root, tables)
+    setting = {**QUICK_PARAMS.get("setting", {}), "label": 1, "minimumROISize": None}
+    result = fed.radiomics("mri", params={**QUICK_PARAMS, "setting": setting})
+    assert result.privacy.released_sites == ["site_a", "site_b"]
+    fed.close()

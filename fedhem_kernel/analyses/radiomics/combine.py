@@ -10,10 +10,14 @@ from typing import Any
 
 import pandas as pd
 
-from fedhem_kernel.analyses.common.combine_catalog import pooled_sums
+from fedhem_kernel.analyses.common.combine_catalog import pooled_k, pooled_sums
 from fedhem_kernel.analyses.describe.combine import combine_describe, combine_pooled
 from fedhem_kernel.analyses.radiomics import BUDGET_SECONDS
-from fedhem_kernel.analyses.radiomics.params import canonical_params, column_name
+from fedhem_kernel.analyses.radiomics.params import (
+    canonical_params,
+    check_site_settings,
+    column_name,
+)
 from fedhem_kernel.analyses.radiomics.result import RadiomicsResult
 from fedhem_kernel.errors import ParameterError
 from fedhem_kernel.protocol.query import Ask
@@ -25,6 +29,8 @@ def run(
     q: Ask, params: Mapping[str, Any] | str | Path | None = None, budget: float | None = None
 ) -> RadiomicsResult:
     settings = canonical_params(params)
+    if pooled_k(q) > 1:  # a site with privacy rules: failures must not be the researcher's to steer
+        check_site_settings(settings, dataset=q.dataset)
     budget = BUDGET_SECONDS if budget is None else budget
     if not (isinstance(budget, int | float) and math.isfinite(budget) and budget >= 0):
         raise ParameterError("budget must be a number of seconds (0: one image per round)")

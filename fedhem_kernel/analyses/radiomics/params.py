@@ -17,6 +17,36 @@ from typing import Any
 from fedhem_kernel.errors import ParameterError
 
 PARAM_SECTIONS = ("setting", "imageType", "featureClass", "voxelSetting")
+#: Settings that decide which images fail extraction (the mask's label, the smallest ROI, the
+#: re-segmentation of the ROI by intensity), with pyradiomics' defaults: under a site's privacy
+#: rules (any policy but unrestricted) a request may not change them. Varied by a researcher,
+#: they would bisect lesion sizes and intensities through which extractions fail.
+SITE_SETTINGS: dict[str, Any] = {
+    "label": 1,
+    "label_channel": 0,
+    "minimumROISize": None,
+    "minimumROIDimensions": 2,
+    "resegmentRange": None,
+    "resegmentMode": "absolute",
+    "resegmentShape": False,
+}
+
+
+def check_site_settings(params: Any, **where: Any) -> None:
+    """Refuse a parameter set that sets a setting of :data:`SITE_SETTINGS` to anything but
+    pyradiomics' default (``where``: the error's site and dataset)."""
+    setting = params.get("setting") if isinstance(params, Mapping) else None
+    if not isinstance(setting, Mapping):
+        return
+    changed = sorted(
+        name for name, default in SITE_SETTINGS.items() if setting.get(name, default) != default
+    )
+    if changed:
+        raise ParameterError(
+            f"radiomics setting '{changed[0]}' decides which images fail extraction: under the "
+            "sites' privacy rules it keeps pyradiomics' default (the site's, not the request's)",
+            **where,
+        )
 
 
 # -- parameters -------------------------------------------------------------------------------------

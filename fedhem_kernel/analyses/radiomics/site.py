@@ -19,7 +19,12 @@ import pandas as pd
 
 from fedhem_kernel.analyses.describe.site import site_describe
 from fedhem_kernel.analyses.radiomics import BUDGET_SECONDS
-from fedhem_kernel.analyses.radiomics.params import build_extractor, column_name, params_digest
+from fedhem_kernel.analyses.radiomics.params import (
+    build_extractor,
+    check_site_settings,
+    column_name,
+    params_digest,
+)
 from fedhem_kernel.errors import SchemaError
 from fedhem_kernel.protocol.params import BOOL, NONE, Constraint, Params, number, options, text
 from fedhem_kernel.protocol.query import Payload
@@ -150,6 +155,8 @@ def _state(data: SiteData, params: Payload) -> _Run:
 
 def site_radiomics_extract(data: SiteData, params: Payload) -> Payload:
     _check_release(data, params)
+    if not data.policy.is_unrestricted:
+        check_site_settings(params["params"], site=data.site, dataset=data.dataset)
     state = _state(data, params)
     cols = image_columns(data.schema)
     assert cols is not None and data.root is not None
