@@ -402,19 +402,10 @@ def site_cox_pool_ph(data: SiteData, params: Payload) -> Payload:
     state = _paths(data).get(str(params["fit"]))
     if state is None or len(state.sealed) < 2:
         raise _off_path(data, "the test follows a fit this site took part in")
-    asked, beta = state.sealed[-2]  # the last β the fit evaluated (the round after sealed more)
-    sums = data.earlier_total(params["path"].get("evidence"), "cox_pool_sums", asked)
+    # the last β the fit evaluated (the round after it sealed more)
+    evidence = params["path"].get("evidence")
+    *_, strata = _opened(data, d, params, blocks, center, scale, evidence, state.sealed[-2])
     try:
-        _, _, _, strata = block_likelihood(
-            sums,
-            blocks,
-            step=d.step,
-            horizon=d.horizon,
-            center=center,
-            scale=scale,
-            ties=params["ties"],
-            beta=beta,
-        )
         expected = expected_ph(strata, weights, params["ties"])
     except (KeyError, ValueError, IndexError):
         raise _off_path(data, "the fit's last round gives no test") from None
@@ -488,22 +479,11 @@ def _advance(
         raise _off_path(data, "the fit's path has ended")
     if not isinstance(asked_path, dict) or set(asked_path) != {"evidence"}:
         raise _off_path(data, "a later round of a fit carries the previous round's replies")
-    asked, at = state.sealed[-1]
-    totals = data.earlier_total(asked_path["evidence"], "cox_pool_sums", asked)
+    at = state.sealed[-1][1]
+    ll, grad, hess, _ = _opened(
+        data, d, params, blocks, center, scale, asked_path["evidence"], state.sealed[-1]
+    )
     path = copy.deepcopy(state.path)
-    try:
-        ll, grad, hess, _ = block_likelihood(
-            totals,
-            blocks,
-            step=d.step,
-            horizon=d.horizon,
-            center=center,
-            scale=scale,
-            ties=params["ties"],
-            beta=at,
-        )
-    except (KeyError, ValueError, IndexError):
-        raise _off_path(data, "the previous round's total does not fit this model") from None
     evaluated: dict = {
         "beta": at.tolist(),
         "ll": float(ll),
@@ -527,6 +507,35 @@ def _advance(
     state.sealing(params, at if beta is None else beta)
     paths.move_to_end(fit)
     return beta, evaluated
+
+
+def _opened(
+    data: SiteData,
+    d: PooledDesign,
+    params: Payload,
+    blocks: list[list[int]],
+    center: np.ndarray,
+    scale: np.ndarray,
+    evidence: object,
+    sealed: tuple[Payload, np.ndarray],
+) -> tuple[float, np.ndarray, np.ndarray, list]:
+    """A sealed round of this fit opened (``sealed``: its request and the β it sealed at; the
+    signed replies must be that request's) and evaluated there."""
+    asked, beta = sealed
+    totals = data.earlier_total(evidence, "cox_pool_sums", asked)
+    try:
+        return block_likelihood(
+            totals,
+            blocks,
+            step=d.step,
+            horizon=d.horizon,
+            center=center,
+            scale=scale,
+            ties=params["ties"],
+            beta=beta,
+        )
+    except (KeyError, ValueError, IndexError):
+        raise _off_path(data, "the round's total does not fit this model") from None
 
 
 def _off_path(data: SiteData, why: str) -> DisclosureError:
