@@ -228,12 +228,16 @@ def test_notebook_runs_and_shows_the_km_widget_and_the_sidebar(lab, browser):
     assert rows.count() == 3  # age, eln_risk_favourable, eln_risk_intermediate
     assert "eln_risk_favourable" in rows.nth(1).text_content()
     assert forest.bounding_box()["width"] > 300
-    # sites in secure sums: Harrell's C is not pooled yet, and the widget says so
+    # sites in secure sums: Harrell's C computed by the sites on sealed tables, and said so
     cox_text = page.locator(".fedhem-table", has=forest).first.text_content()
-    assert "concordance" in cox_text and "not computed" in cox_text
+    assert "concordance (Harrell's C)" in cox_text and "not computed" not in cox_text
+    assert "only C and its bounds were released" in cox_text
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     forest.scroll_into_view_if_needed()
     forest.screenshot(path=str(SCREENSHOTS / "cox_forest.png"))
+    page.locator(".fedhem-table", has=forest).first.screenshot(
+        path=str(SCREENSHOTS / "cox_widget.png")
+    )
 
     # --- the sidebar's activity lists the queries just run, with outcome badges
     page.locator("#fedhem-sidebar .fedhem-refresh").click()

@@ -110,7 +110,10 @@ class Result:
 
 def time_grid(time_step: float | None, unit: str | None, where: str = "a grid") -> str:
     """How a survival result's times were released, for its footnote: "exact times" or e.g.
-    "times on a grid of 1 months"."""
+    "times on a grid of 3 months"."""
     if time_step is None:
         return "exact times"
-    return f"times on {where} of {time_step:g} {unit or 'units'}"
+    unit = unit or "units"
+    if time_step == 1 and unit.endswith("s"):
+        unit = unit[:-1]  # "1 month", not "1 months"
+    return f"times on {where} of {time_step:g} {unit}"
