@@ -106,12 +106,14 @@ COX = {
     "gbsg2": ["horTh", "age", "menostat", "tsize", "tgrade", "pnodes", "progrec", "estrec"],
     "lung": ["age", "sex", "ph.ecog", "wt.loss"],
 }
-#: Measured 2026-12-08 (tmp experiments, not in the suite): on lung's 213 complete rows without
-#: its missing values, blocks of the grid that 5 patients surely leave give 0.06-0.17 SE (seeds
-#: 0-2), blocks of exactly 5 leavers (exact counts) 0.11, one block per grid step 0.0; with the
-#: missing values, the release ledger also leaves out a few complete rows per site (the 1-4
-#: patients without wt.loss or ph.ecog are topped up to 5, so that they are never fewer than k).
-#: One block per step would show each site the covariates of another site's single leaver.
+#: Measured 2026-12-08 (experiments, not in the suite): on lung's 213 complete rows without its
+#: missing values, blocks of the grid that 5 patients surely leave give 0.06-0.17 SE (seeds 0-2),
+#: blocks of exactly 5 leavers (exact counts) 0.11, one block per grid step 0.0. With the missing
+#: values, the release ledger leaves out a few complete rows per site too (the 1-4 patients
+#: without wt.loss or ph.ecog are topped up to 5, so that rows left out are never fewer than k):
+#: that alone, with one block per step, gives 0.11 / 0.22 / 0.13 SE. The top-up is what keeps a
+#: describe over every row minus the fit's rows from giving the few; no threshold rule meets
+#: 0.1 SE on lung, and one block per step would show each site another site's single leaver.
 COX_FAILING = {
     ("lung", 0): "0.109 SE (wt.loss): blocks of the monthly grid that 5 patients surely leave, "
     "and complete rows the ledger leaves out with the 1-4 missing values per site (see above)",
