@@ -5,6 +5,8 @@
 ``demo``     write the demo federation as site folders and check that it answers.
 ``serve-sites``  host a federation's sites in this process, answering Flower messages on
              stdin/stdout (what ``Federation.from_config(..., isolation="process")`` starts).
+``audit verify``  check a site's audit log (its hash chain): exit 0 intact, 1 naming the first bad
+             entry.
 """
 
 from __future__ import annotations
@@ -108,7 +110,44 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", help="a federation TOML, or 'demo'")
     serve.add_argument("--seed", type=int, default=2026, help="demo data seed")
     serve.set_defaults(handler=_cmd_serve_sites)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check a site's audit log",
+        description="Check a site's audit log: its hash chain and head (site/audit.py).",
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    check = audit_commands.add_parser(
+        "verify",
+        help="exit 0 when the chain is intact, 1 naming the first bad entry",
+        description=(
+            "Verify the audit log the site's config names: every entry's hash, the chain of "
+            "hashes and numbers, and the head. Exit 0 when intact; 1, naming the first bad "
+            "entry, when an entry was altered, removed or reordered; 2 for a config without "
+            "an audit log."
+        ),
+    )
+    check.add_argument("--config", required=True, metavar="SITE_TOML", help="the site's config")
+    check.set_defaults(handler=_cmd_audit_verify)
     return parser
+
+
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from fedhem_kernel.errors import FedHemError
+    from fedhem_kernel.site.audit import verify
+    from fedhem_kernel.site.config import SiteConfig
+
+    try:
+        config = SiteConfig.from_toml(args.config)
+    except FedHemError as exc:
+        print(f"fedhem audit verify: {exc}", file=sys.stderr)
+        return 2
+    if config.audit_log is None:
+        print(f"fedhem audit verify: site '{config.name}' keeps no audit log", file=sys.stderr)
+        return 2
+    verdict = verify(config.audit_log)
+    print(f"{config.audit_log}: {verdict}")
+    return 0 if verdict.ok else 1
 
 
 def _cmd_serve_sites(args: argparse.Namespace) -> int:
