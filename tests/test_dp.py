@@ -115,6 +115,23 @@ def test_the_budget_survives_a_restart_and_a_damaged_log_is_refused(tmp_path):
         assert info.value.site == "north"
 
 
+def test_a_charge_torn_by_a_killed_site_is_cut_off_and_the_budget_goes_on(tmp_path):
+    """A site killed mid-line leaves a torn last line (its release never left): the next start
+    reads the whole lines, the next charge cuts the torn bytes off first, and the chain holds."""
+    path = tmp_path / "b.jsonl"
+    log = BudgetLedger("north", 1.0, 5.0, path)
+    for _ in range(2):
+        log.charge("alice", "d", 0.2, query="q", analysis="crosstab")
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"analysis": "crosstab", "dataset": "d", "n": 3, "rh')
+    again = BudgetLedger("north", 1.0, 5.0, path)
+    assert again.spent("alice", "d").researcher == pytest.approx(0.4)
+    again.charge("alice", "d", 0.2, query="q", analysis="crosstab")
+    third = BudgetLedger("north", 1.0, 5.0, path)
+    assert third.spent("alice", "d").researcher == pytest.approx(0.6)
+    assert len(path.read_text().splitlines()) == 3
+
+
 # -- the DP crosstab --------------------------------------------------------------------------
 def tables(seed: int = 0, n: int = 300, sites: int = 3):
     rng = np.random.default_rng(seed)

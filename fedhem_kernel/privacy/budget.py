@@ -114,7 +114,7 @@ class BudgetLedger:
         fh.seek(self._offset)
         for line in fh:
             if not line.endswith("\n"):
-                break  # a line still being written (never: appends are under the lock)
+                break  # a torn line (a writer killed mid-line): cut off before the next append
             self._take(line)
             self._offset += len(line.encode("utf-8"))
 
@@ -193,6 +193,13 @@ class BudgetLedger:
             }
             line = json.dumps({**entry, "hash": _digest(entry)}, sort_keys=True) + "\n"
             if self.path is not None:
+                if self.path.stat().st_size > self._offset:
+                    # under the exclusive lock, bytes after the last whole line are a line a
+                    # killed writer did not finish (its release never left): cut them off
+                    with open(self.path, "r+b") as fh:
+                        fh.truncate(self._offset)
+                        fh.flush()
+                        os.fsync(fh.fileno())
                 with open(self.path, "a", encoding="utf-8") as fh:
                     fh.write(line)
                     fh.flush()
