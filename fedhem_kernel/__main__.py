@@ -7,6 +7,7 @@
              stdin/stdout (what ``Federation.from_config(..., isolation="process")`` starts).
 ``audit verify``  check a site's audit log (its hash chain): exit 0 intact, 1 naming the first bad
              entry.
+``keys``     make an Ed25519 key pair (a researcher's signing key, or a site's identity key).
 """
 
 from __future__ import annotations
@@ -129,7 +130,35 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", required=True, metavar="SITE_TOML", help="the site's config")
     check.set_defaults(handler=_cmd_audit_verify)
+
+    keys = commands.add_parser(
+        "keys",
+        help="make an Ed25519 key pair (OpenSSH form)",
+        description=(
+            "Write a new Ed25519 private key to OUT (mode 600) and its public key to OUT.pub, "
+            "in OpenSSH form: a researcher's signing key (Federation.from_config(..., key=OUT); "
+            "the sites list OUT.pub under [researchers]) or a site's identity key."
+        ),
+    )
+    keys.add_argument("--out", required=True, metavar="OUT", help="the private key file")
+    keys.add_argument("--force", action="store_true", help="overwrite an existing key")
+    keys.set_defaults(handler=_cmd_keys)
     return parser
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedhem_kernel.protocol.auth import ResearcherKey
+
+    out = Path(args.out).expanduser()
+    if out.exists() and not args.force:
+        print(f"fedhem keys: {out} exists (use --force to replace it)", file=sys.stderr)
+        return 2
+    key = ResearcherKey.generate()
+    private, public = key.write(out)
+    print(f"private key: {private}\npublic key:  {public}\n{key.public_text}  ({key.id})")
+    return 0
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:

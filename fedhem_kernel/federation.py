@@ -22,6 +22,7 @@ from fedhem_kernel.engine.local_grid import InProcess, LocalGrid
 from fedhem_kernel.engine.site_process import SiteProcess
 from fedhem_kernel.errors import FedHemError, ParameterError, SchemaError
 from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.protocol.auth import ResearcherKey
 from fedhem_kernel.protocol.messages import AUDIT_STEP, BUDGET_STEP, CATALOG_STEP, SiteRequest
 from fedhem_kernel.protocol.params import check_arguments
 from fedhem_kernel.protocol.where import parse_where
@@ -141,7 +142,12 @@ class Federation:
 
     @classmethod
     def from_config(
-        cls, path: str | Path, *, user: str | None = None, isolation: Isolation = "in-process"
+        cls,
+        path: str | Path,
+        *,
+        user: str | None = None,
+        isolation: Isolation = "in-process",
+        key: str | Path | None = None,
     ) -> Federation:
         """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``).
 
@@ -149,14 +155,23 @@ class Federation:
         (``fedhem serve-sites``), so this process never holds their data; the kernel's
         ``%fed connect`` and the Jupyter server extension use it. ``"in-process"`` (default): the
         sites run in this process, behind the same message path.
-        """
-        if _check_isolation(isolation) == "process":
-            return cls._site_process(str(Path(path).resolve()), None, user=user)
-        from fedhem_kernel import node
 
-        name, configs = node.federation_configs(path)
-        address, names = node.start_embedded(configs)
-        return cls._embedded(address, names, name=name, user=user)
+        ``key``: the researcher's private key file (Ed25519, OpenSSH form: ``fedhem keys``);
+        every request is then signed with it. A site that lists researchers (``[researchers]``
+        in its config) answers only requests signed by one of their keys, and records the
+        researcher by the name it gave that key. Default: ``$FEDHEM_KEY`` if set.
+        """
+        signer = _researcher_key(key)
+        if _check_isolation(isolation) == "process":
+            fed = cls._site_process(str(Path(path).resolve()), None, user=user)
+        else:
+            from fedhem_kernel import node
+
+            name, configs = node.federation_configs(path)
+            address, names = node.start_embedded(configs)
+            fed = cls._embedded(address, names, name=name, user=user)
+        fed.coordinator.signer = signer
+        return fed
 
     @classmethod
     def connect(cls, *args: Any, **kwargs: Any) -> Federation:
@@ -588,6 +603,12 @@ def federation_from_env(isolation: Isolation | None = None) -> Federation | None
     if value.lower() == "none":
         return None
     return Federation.from_config(value, isolation=isolation or "process")
+
+
+def _researcher_key(key: str | Path | None) -> ResearcherKey | None:
+    """The researcher's signing key: ``key``, else ``$FEDHEM_KEY``, else none."""
+    path = key if key is not None else os.environ.get("FEDHEM_KEY") or None
+    return ResearcherKey.from_file(path) if path is not None else None
 
 
 def _check_isolation(isolation: Any) -> str:

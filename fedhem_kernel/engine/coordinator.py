@@ -14,6 +14,7 @@ nothing anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -26,6 +27,7 @@ from flwr.serverapp import Grid
 
 from fedhem_kernel.engine.secure_sum import KeySession, ask_sum
 from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
+from fedhem_kernel.protocol.auth import ResearcherKey
 from fedhem_kernel.protocol.codec import decode_reply, encode_request
 from fedhem_kernel.protocol.messages import CATALOG_STEP, SiteReply, SiteRequest
 from fedhem_kernel.protocol.progress import EventKind, ProgressEvent
@@ -66,6 +68,9 @@ class Coordinator:
         self.timeout = timeout
         #: The key session of this coordinator's secure sums (each site's signed key, once).
         self.keys = KeySession()
+        #: The researcher's key: every request is signed with it (sites that list researchers
+        #: answer nothing else: :mod:`fedhem_kernel.protocol.auth`). None: unsigned.
+        self.signer: ResearcherKey | None = None
         #: Called with every :class:`ProgressEvent`; an observer that raises is logged and skipped.
         self.observers: list[Observer] = (
             [notebook_progress] if observers is None else list(observers)
@@ -88,6 +93,8 @@ class Coordinator:
     ) -> dict[str, SiteReply]:
         wanted = set(self.sites.values()) if sites is None else set(sites)
         messages = []
+        if self.signer is not None:
+            request = dataclasses.replace(request, auth=self.signer.sign(request))
         content = encode_request(request)  # once: every site is sent the same request
         for node_id, name in self.sites.items():
             if name in wanted:

@@ -22,7 +22,7 @@ from numpy.lib import format as npy_format
 
 from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
 
-PROTOCOL = 3  # 2: a message's arrays travel as one byte string; 3: secure sums
+PROTOCOL = 4  # 2: a message's arrays travel as one byte string; 3: secure sums; 4: signed
 _ARRAY_TAG = "__ndarray__"
 
 
@@ -212,6 +212,7 @@ _REQUEST_FIELDS: dict[str, tuple[type, ...]] = {
     "who": (str,),
     "query_id": (str,),
     "secure": (dict, type(None)),
+    "auth": (dict, type(None)),
 }
 
 

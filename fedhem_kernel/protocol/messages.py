@@ -52,6 +52,9 @@ class SiteRequest:
         For a secure sum: the key session, the sum's number and the key bundles of every site
         of the sum (:mod:`fedhem_kernel.protocol.secure_sum`); the site then sends the step's summed
         fields masked.
+    auth : dict or None
+        The researcher's signature of the request (key id, nonce, time, signature:
+        :mod:`fedhem_kernel.protocol.auth`); a site that lists researchers refuses any other.
     """
 
     step: str
@@ -61,6 +64,7 @@ class SiteRequest:
     who: str = "anonymous"
     query_id: str = ""
     secure: dict[str, Any] | None = None
+    auth: dict[str, Any] | None = None
 
 
 @dataclass

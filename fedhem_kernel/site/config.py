@@ -11,6 +11,9 @@ state_dir = "state"                       # release ledgers (one file per datase
 [peers]                                   # the other sites' identity keys (for secure sums)
 charite = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."
 
+[researchers]                             # optional: then only requests signed by these keys
+alice = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."   # (fedhem keys --out alice.key)
+
 [policy]                                  # optional; defaults are fh.Policy()
 min_cell_count = 5
 time_resolution = "1 month"
@@ -33,6 +36,7 @@ from typing import Any
 
 from fedhem_kernel.errors import SchemaError
 from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.protocol.auth import public_key_from_text
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,9 @@ class SiteConfig:
     identity_key: Path | None = None  # the site's Ed25519 identity key file (secure sums)
     state_dir: Path | None = None  # the site's release ledgers (None: kept in memory)
     peers: Mapping[str, str] = field(default_factory=dict)  # other sites' identity keys
+    #: The researchers this site answers (name → Ed25519 public key); empty: unsigned requests
+    #: are answered (the embedded federation), else only requests signed by one of these keys.
+    researchers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(
@@ -62,7 +69,7 @@ class SiteConfig:
         site_name = site_table.get("name", name)
         if not isinstance(site_name, str) or not site_name.isidentifier():
             raise SchemaError("a site needs a name that is an identifier ([site] name = ...)")
-        unknown = set(data) - {"site", "policy", "datasets", "config", "peers"}
+        unknown = set(data) - {"site", "policy", "datasets", "config", "peers", "researchers"}
         if unknown:
             raise SchemaError(f"unknown tables {sorted(unknown)} in site config", site=site_name)
         policy = Policy.from_dict(data.get("policy", {}))
@@ -81,6 +88,18 @@ class SiteConfig:
             raise SchemaError("[peers] maps site names to identity keys (text)", site=site_name)
         if site_name in peers:
             raise SchemaError("[peers] lists the other sites, not this one", site=site_name)
+        researchers = data.get("researchers", {})
+        if not isinstance(researchers, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in researchers.items()
+        ):
+            raise SchemaError("[researchers] maps names to public keys (text)", site=site_name)
+        for who, text in researchers.items():
+            try:
+                public_key_from_text(text)
+            except ValueError:
+                raise SchemaError(
+                    f"[researchers] {who}: not an OpenSSH Ed25519 public key", site=site_name
+                ) from None
         audit_path = _relative_to(site_table.get("audit_log"), base_dir)
         data_root = _relative_to(site_table.get("data_root"), base_dir)
         identity_key = _relative_to(site_table.get("identity_key"), base_dir)
@@ -95,6 +114,7 @@ class SiteConfig:
             identity_key=identity_key,
             peers=dict(peers),
             state_dir=state_dir,
+            researchers=dict(researchers),
         )
 
     @classmethod

@@ -9,6 +9,7 @@ outcome in the audit log, and only then returns the reply. Unexpected exceptions
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -26,6 +27,8 @@ from fedhem_kernel.privacy.budget import BudgetLedger
 from fedhem_kernel.privacy.dp import noise_share, rho_of, scale_for
 from fedhem_kernel.privacy.ledger import Ledger, Transaction
 from fedhem_kernel.privacy.policy import Policy
+from fedhem_kernel.protocol.auth import RULE as AUTH_RULE
+from fedhem_kernel.protocol.auth import AuthError, Researchers
 from fedhem_kernel.protocol.messages import (
     AUDIT_STEP,
     BUDGET_STEP,
@@ -64,8 +67,11 @@ class SiteExecutor:
         steps: Mapping[str, SiteStep],
         secure: SecureSumParty | None = None,
         state_dir: Path | None = None,
+        researchers: Researchers | None = None,
     ) -> None:
         self.name = name
+        #: The researchers this site answers (None: unsigned requests are answered).
+        self.researchers = researchers
         #: Where the site keeps its release ledgers (None: in memory only).
         self.state_dir = Path(state_dir) if state_dir is not None else None
         #: The release ledger of each dataset (:mod:`fedhem_kernel.privacy.ledger`).
@@ -133,11 +139,22 @@ class SiteExecutor:
             steps=steps,
             secure=secure,
             state_dir=config.state_dir,
+            researchers=Researchers(dict(config.researchers)) if config.researchers else None,
         )
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
         query_id = request.query_id or uuid.uuid4().hex
+        key = None
+        if self.researchers is not None:  # before anything else: who is asking
+            try:
+                who, key = self.researchers.check(request)
+            except AuthError as exc:
+                error = DisclosureError(str(exc), site=self.name, rule=AUTH_RULE)
+                unverified = dataclasses.replace(request, who=f"{request.who} (unverified)")
+                self._audit(unverified, query_id, "refused", AUTH_RULE, [str(exc)])
+                return SiteReply(self.name, "refused", error=error.to_dict())
+            request = dataclasses.replace(request, who=who)  # the site's name for the key
         rlog = ReleaseLog()
         extra: dict[str, Any] = {}  # what the request path learns besides the payload (budget)
         try:
@@ -145,7 +162,7 @@ class SiteExecutor:
         except FedHemError as exc:
             exc = exc.with_site(self.name) if exc.site != self.name else exc
             status = "refused" if isinstance(exc, DisclosureError) else "error"
-            self._audit(request, query_id, status, exc.rule, [str(exc)])
+            self._audit(request, query_id, status, exc.rule, [str(exc)], key)
             return SiteReply(
                 self.name,
                 status,
@@ -160,7 +177,7 @@ class SiteExecutor:
                 site=self.name,
                 dataset=request.dataset,
             )
-            self._audit(request, query_id, "error", None, [exc.reason])
+            self._audit(request, query_id, "error", None, [exc.reason], key)
             return SiteReply(self.name, "error", error=exc.to_dict())
         status = "suppressed" if rlog.suppressions else "released"
         self._audit(
@@ -169,6 +186,7 @@ class SiteExecutor:
             status,
             ",".join(sorted({d.rule for d in rlog.suppressions})) or None,
             [f"{d.rule}: {d.text}" for d in rlog.suppressions],
+            key,
         )
         suppressions = [d.to_dict() for d in rlog.suppressions]
         return SiteReply(
@@ -176,10 +194,18 @@ class SiteExecutor:
         )
 
     def _audit(
-        self, req: SiteRequest, query_id: str, outcome: str, rule: str | None, details: list[str]
+        self,
+        req: SiteRequest,
+        query_id: str,
+        outcome: str,
+        rule: str | None,
+        details: list[str],
+        key: str | None = None,
     ) -> None:
+        signed = {"key": key} if key is not None else {}
         self.audit.append(
             who=req.who,
+            **signed,
             query=query_id,
             analysis=req.step,
             dataset=req.dataset,
