@@ -76,7 +76,11 @@ class Federation:
     ) -> Federation:
         """A federation of sites hosted in this process at ``address`` (the grid keeps only it)."""
         grid = LocalGrid(InProcess(address), list(names))
-        return cls(Coordinator(grid, dict(names)), user=user, name=name)
+        coordinator = Coordinator(grid, dict(names))
+        from fedhem_kernel import node  # the host is in this process: its sites' public keys
+
+        coordinator.site_keys = node.site_public_keys(address)
+        return cls(coordinator, user=user, name=name)
 
     @classmethod
     def _site_process(
@@ -85,7 +89,9 @@ class Federation:
         """A federation whose sites run in a site host process (this process loads no data)."""
         transport = SiteProcess(config, argv=argv)
         grid = LocalGrid(transport, list(transport.names))
-        return cls(Coordinator(grid, transport.names), user=user, name=transport.federation)
+        coordinator = Coordinator(grid, transport.names)
+        coordinator.site_keys = transport.keys  # from the host this process started
+        return cls(coordinator, user=user, name=transport.federation)
 
     @classmethod
     def demo(

@@ -34,7 +34,7 @@ from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol import endpoints
 from fedhem_kernel.protocol.frames import HELLO, read_frame, write_frame
 from fedhem_kernel.protocol.messages import SERVICE_STEPS
-from fedhem_kernel.protocol.roster import Roster
+from fedhem_kernel.protocol.roster import Roster, public_key_text
 from fedhem_kernel.site.app import make_client_app
 from fedhem_kernel.site.config import DatasetDecl, SiteConfig, read_toml
 from fedhem_kernel.site.executor import SiteExecutor
@@ -147,6 +147,17 @@ def start_embedded(
     return endpoints.register(host.deliver), host.names
 
 
+def site_public_keys(address: str) -> dict[str, Any] | None:
+    """The public identity key of every site hosted at ``address`` (None if one has none:
+    its replies cannot be signed)."""
+    keys = {}
+    for name, ex in embedded_host(address).executors.items():
+        if ex.secure is None:
+            return None
+        keys[name] = ex.secure.identity.public_key
+    return keys
+
+
 def embedded_host(address: str) -> SiteHost:
     """The host of an embedded federation's sites (for the site side's own tools and tests)."""
     deliver = endpoints.lookup(address)
@@ -252,7 +263,12 @@ def serve(
             )
         write_frame(stdout, HELLO, 1, json.dumps({"error": exc.to_dict()}).encode())
         return 1
-    hello = {"federation": name, "nodes": {str(i): n for i, n in names.items()}}
+    keys = site_public_keys(address)
+    hello = {
+        "federation": name,
+        "nodes": {str(i): n for i, n in names.items()},
+        "keys": {n: public_key_text(k) for n, k in keys.items()} if keys is not None else None,
+    }
     write_frame(stdout, HELLO, 0, json.dumps(hello).encode())
 
     def answer(request_id: int, node_id: int, wire: bytes) -> None:

@@ -140,3 +140,38 @@ def test_signed_requests_reach_sites_in_their_own_process(tmp_path, keys, federa
     entries = [e for e in audit(tmp_path) if e.get("analysis") != "load"]
     assert entries[-1]["rule"] == "authentication" and entries[-1]["outcome"] == "refused"
     assert any(e["who"] == "alice" and e["outcome"] == "released" for e in entries)
+
+
+# -- sites sign their replies -------------------------------------------------------------------
+def test_a_reply_changed_on_its_way_is_ignored_and_a_signature_binds_its_request(monkeypatch):
+    import fedhem_kernel.engine.coordinator as coordinator_module
+    from fedhem_kernel.protocol.auth import reply_is_signed
+
+    tables = {
+        s: {"d": pd.DataFrame({"age": np.arange(40.0) + i, "x": np.ones(40)})}
+        for i, s in enumerate(["north", "south"])
+    }
+    catalog = SiteRequest("catalog", None, {}, None, "alice")
+    with fh.Federation.local(tables) as fed:
+        assert set(fed.coordinator.site_keys) == {"north", "south"}
+        assert fed.describe("d", ["age"]).privacy.released_sites == ["north", "south"]
+        original = coordinator_module._decoded
+
+        def changed(content, site):
+            reply = original(content, site)
+            if site == "south":
+                reply.payload["datasets"] = {}  # changed in transit
+            return reply
+
+        monkeypatch.setattr(coordinator_module, "_decoded", changed)
+        replies = fed.coordinator.send(catalog)
+        assert replies["north"].status == "released"
+        assert replies["south"].status == "error"
+        assert "not signed by this site's key" in replies["south"].error["reason"]
+        monkeypatch.setattr(coordinator_module, "_decoded", original)
+        reply = fed.coordinator.send(catalog)["north"]
+    key = fed.coordinator.site_keys["north"]
+    assert reply_is_signed(key, reply, catalog)
+    assert not reply_is_signed(key, reply, dataclasses.replace(catalog, who="bob"))
+    assert not reply_is_signed(fed.coordinator.site_keys["south"], reply, catalog)
+    assert not reply_is_signed(key, dataclasses.replace(reply, signature=None), catalog)

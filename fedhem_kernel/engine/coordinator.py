@@ -22,12 +22,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
 from fedhem_kernel.engine.secure_sum import KeySession, ask_sum
 from fedhem_kernel.errors import DisclosureError, FedHemError, error_from_dict
-from fedhem_kernel.protocol.auth import ResearcherKey
+from fedhem_kernel.protocol.auth import ResearcherKey, reply_is_signed
 from fedhem_kernel.protocol.codec import decode_reply, encode_request
 from fedhem_kernel.protocol.messages import CATALOG_STEP, SiteReply, SiteRequest
 from fedhem_kernel.protocol.progress import EventKind, ProgressEvent
@@ -71,6 +72,9 @@ class Coordinator:
         #: The researcher's key: every request is signed with it (sites that list researchers
         #: answer nothing else: :mod:`fedhem_kernel.protocol.auth`). None: unsigned.
         self.signer: ResearcherKey | None = None
+        #: Each site's public identity key: a reply it does not verify is ignored (None: replies
+        #: are taken as they come, e.g. sites without identity keys).
+        self.site_keys: dict[str, ed25519.Ed25519PublicKey] | None = None
         #: Called with every :class:`ProgressEvent`; an observer that raises is logged and skipped.
         self.observers: list[Observer] = (
             [notebook_progress] if observers is None else list(observers)
@@ -87,6 +91,18 @@ class Coordinator:
     @property
     def site_names(self) -> list[str]:
         return list(self.sites.values())
+
+    def _checked(self, reply: SiteReply, name: str, request: SiteRequest) -> SiteReply:
+        """``reply`` if it is ``name``'s and signed with its key (when keys are known), else an
+        error reply saying it was ignored."""
+        if self.site_keys is None:
+            return reply
+        key = self.site_keys.get(name)
+        if reply.site == name and key is not None and reply_is_signed(key, reply, request):
+            return reply
+        log.warning("a reply for site %s was not signed by its key and was ignored", name)
+        error = FedHemError("a reply not signed by this site's key was ignored", site=name)
+        return SiteReply(name, "error", error=error.to_dict())
 
     def send(
         self, request: SiteRequest, sites: Iterable[str] | None = None
@@ -126,7 +142,12 @@ class Coordinator:
             self.notify(event("round"))
         replies: dict[str, SiteReply] = {}
         for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
-            name = self.sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+            name = self.sites.get(msg.metadata.src_node_id)
+            if name is None or name not in wanted:  # a node this round did not ask: ignored
+                log.warning(
+                    "a reply from node %s, not asked, was ignored", msg.metadata.src_node_id
+                )
+                continue
             if msg.has_error():
                 replies[name] = SiteReply(
                     name,
@@ -134,7 +155,7 @@ class Coordinator:
                     error=FedHemError("the site could not answer", site=name).to_dict(),
                 )
             else:
-                replies[name] = _decoded(msg.content, name)
+                replies[name] = self._checked(_decoded(msg.content, name), name, request)
             if watched:
                 self.notify(event("reply", site=name, status=replies[name].status))
         for name in [*asked, *sorted(wanted - set(asked))]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from fedhem_kernel.errors import FedHemError, error_from_dict
+from fedhem_kernel.protocol.auth import public_key_from_text
 from fedhem_kernel.protocol.frames import HELLO, read_frame, write_frame
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class SiteProcess:
             raise error_from_dict(hello["error"])
         self.federation: str = str(hello["federation"])
         self.names: dict[int, str] = {int(k): str(v) for k, v in hello["nodes"].items()}
+        #: Each site's public identity key, as the host this process started reports it.
+        keys = hello.get("keys")
+        self.keys = (
+            {str(n): public_key_from_text(str(t)) for n, t in keys.items()} if keys else None
+        )
 
     def _read(self, started: Future[dict]) -> None:
         stream = self._process.stdout

@@ -30,7 +30,7 @@ from fedhem_kernel.errors import SchemaError
 from fedhem_kernel.protocol.secure_sum import request_binding
 
 if TYPE_CHECKING:
-    from fedhem_kernel.protocol.messages import SiteRequest
+    from fedhem_kernel.protocol.messages import SiteReply, SiteRequest
 
 SCHEME = "fedhem-request/1"
 #: Seconds a signed request stays acceptable (and the clock skew allowed ahead).
@@ -194,3 +194,52 @@ class Researchers:
             raise AuthError("this request was sent before (a replay)")
         self._seen[auth["nonce"]] = when
         return name, auth["key"]
+
+
+# -- sites sign their replies ------------------------------------------------------------------
+REPLY_SCHEME = "fedhem-reply/1"
+
+
+def reply_message(reply: SiteReply, req: SiteRequest) -> bytes:
+    """What a site signs of a reply: its site, status and every field (a digest), bound to the
+    request it answers (step, dataset, filter, parameters, researcher, query, secure block and
+    the researcher's nonce): an old reply cannot be passed off as the answer to another request."""
+    body = {
+        "payload": reply.payload,
+        "suppressions": reply.suppressions,
+        "notes": reply.notes,
+        "error": reply.error,
+        "budget": reply.budget,
+    }
+    nonce = req.auth.get("nonce") if isinstance(req.auth, dict) else None
+    return json.dumps(
+        [
+            REPLY_SCHEME,
+            reply.site,
+            reply.status,
+            request_binding("reply", None, None, body),
+            request_binding(req.step, req.dataset, req.where, req.params),
+            request_binding("secure", None, None, req.secure),
+            req.who,
+            req.query_id,
+            nonce,
+        ],
+        default=str,
+    ).encode()
+
+
+def sign_reply(private_key: ed25519.Ed25519PrivateKey, reply: SiteReply, req: SiteRequest) -> str:
+    return base64.b64encode(private_key.sign(reply_message(reply, req))).decode()
+
+
+def reply_is_signed(public: ed25519.Ed25519PublicKey, reply: SiteReply, req: SiteRequest) -> bool:
+    """Whether ``reply`` carries its site's signature for ``req``."""
+    if not isinstance(reply.signature, str) or len(reply.signature) > 256:
+        return False
+    try:
+        public.verify(
+            base64.b64decode(reply.signature.encode(), validate=True), reply_message(reply, req)
+        )
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True

@@ -85,3 +85,6 @@ class SiteReply:
     error: dict[str, Any] | None = None
     #: DP mode: the requesting researcher's budget at the site after this reply (numbers only).
     budget: dict[str, float] | None = None
+    #: The site's signature of the reply, bound to the request (:mod:`fedhem_kernel.protocol.
+    #: auth`); the researcher's side ignores a reply its site's key does not verify.
+    signature: str | None = None

@@ -28,7 +28,7 @@ from fedhem_kernel.privacy.dp import noise_share, rho_of, scale_for
 from fedhem_kernel.privacy.ledger import Ledger, Transaction
 from fedhem_kernel.privacy.policy import Policy
 from fedhem_kernel.protocol.auth import RULE as AUTH_RULE
-from fedhem_kernel.protocol.auth import AuthError, Researchers
+from fedhem_kernel.protocol.auth import AuthError, Researchers, sign_reply
 from fedhem_kernel.protocol.messages import (
     AUDIT_STEP,
     BUDGET_STEP,
@@ -144,6 +144,16 @@ class SiteExecutor:
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
+        """Answer one request (refusals and errors included), signed with the site's identity
+        key when it has one (bound to the request: :func:`~fedhem_kernel.protocol.auth.
+        sign_reply`)."""
+        reply = self._handle(request)
+        if self.secure is not None:
+            key = self.secure.identity.private_key
+            reply = dataclasses.replace(reply, signature=sign_reply(key, reply, request))
+        return reply
+
+    def _handle(self, request: SiteRequest) -> SiteReply:
         query_id = request.query_id or uuid.uuid4().hex
         key = None
         if self.researchers is not None:  # before anything else: who is asking
