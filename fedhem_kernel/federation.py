@@ -68,6 +68,31 @@ class Federation:
         self.name = name
         #: Where finished queries are listed for the sidebar (see :mod:`fedhem_kernel.activity`).
         self.activity = activity if activity is not None else ActivityLog.default()
+        #: The fewest sites that must answer (released, suppressed or refused: not failed or
+        #: silent) for a result to be released; None: no minimum (see :meth:`configure`).
+        self.min_sites: int | None = None
+
+    def configure(self, *, timeout: float | None = None, min_sites: int | None = None) -> None:
+        """Fault handling: ``timeout`` (seconds each round waits for the sites; a site that has
+        not answered by then counts as not answering) and ``min_sites`` (the fewest sites that
+        must answer for a result to be released: a result with fewer raises an error naming the
+        sites missing and why; a released result lists them in its privacy report)."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise ParameterError("'timeout' must be a positive number of seconds")
+            self.coordinator.timeout = float(timeout)
+            isolate = getattr(self.coordinator.grid, "isolate_sites", None)
+            if isolate is not None:  # a thread per site: the timeout stops waiting for a slow
+                isolate()  # site, and a slow site never holds back another
+        if min_sites is not None:
+            n = len(self.coordinator.site_names)
+            if (
+                isinstance(min_sites, bool)
+                or not isinstance(min_sites, int)
+                or not 1 <= min_sites <= n
+            ):
+                raise ParameterError(f"'min_sites' must be a whole number from 1 to {n}")
+            self.min_sites = min_sites
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -154,6 +179,8 @@ class Federation:
         user: str | None = None,
         isolation: Isolation = "in-process",
         key: str | Path | None = None,
+        timeout: float | None = None,
+        min_sites: int | None = None,
     ) -> Federation:
         """Sites and policies from a federation TOML (``[sites.NAME] config = "site.toml"``).
 
@@ -166,6 +193,8 @@ class Federation:
         every request is then signed with it. A site that lists researchers (``[researchers]``
         in its config) answers only requests signed by one of their keys, and records the
         researcher by the name it gave that key. Default: ``$FEDHEM_KEY`` if set.
+
+        ``timeout`` and ``min_sites``: fault handling, as :meth:`configure`.
         """
         signer = _researcher_key(key)
         if _check_isolation(isolation) == "process":
@@ -177,6 +206,11 @@ class Federation:
             address, names = node.start_embedded(configs)
             fed = cls._embedded(address, names, name=name, user=user)
         fed.coordinator.signer = signer
+        try:
+            fed.configure(timeout=timeout, min_sites=min_sites)
+        except ParameterError:
+            fed.close()
+            raise
         return fed
 
     @classmethod
@@ -318,6 +352,7 @@ class Federation:
         """Run one analysis and list it, with its privacy outcome, in this user's activity."""
         try:
             result = combine(q)
+            self._enough_sites(q)
         except BaseException as exc:
             q.finish(exc)  # closes the progress display
             if isinstance(exc, FedHemError):
@@ -326,6 +361,21 @@ class Federation:
         q.finish()
         self._log_activity(q, report=getattr(result, "privacy", None) or q.report())
         return result
+
+    def _enough_sites(self, q: Query) -> None:
+        """Refuse to release a result fewer than :attr:`min_sites` sites answered."""
+        if self.min_sites is None:
+            return
+        report = q.report()
+        missing = [o for o in report.outcomes if o.status == "error"]
+        answered = len(report.outcomes) - len(missing)
+        if answered < self.min_sites:
+            why = "; ".join(f"{o.site}: {(o.details or ['no reply'])[0]}" for o in missing)
+            raise FedHemError(
+                f"only {answered} of {len(report.outcomes)} sites answered (min_sites="
+                f"{self.min_sites}): the result is not released. Missing: {why}",
+                dataset=q.dataset,
+            )
 
     def _log_activity(self, q: Query, **outcome: Any) -> None:
         self.activity.record(

@@ -194,11 +194,19 @@ class LocalGrid(Grid):
     ) -> None:
         ensure_task_identity()
         self.transport = transport
+        #: Whether fast rounds may run on the calling thread (no timeout can stop them there):
+        #: off once sites are isolated (:meth:`isolate_sites`).
+        self.allow_inline = True
         self._nodes = list(node_ids)
         if max_workers is None:  # site steps are CPU-bound: more threads than cores only add
             max_workers = min(4, os.cpu_count() or 1)  # memory (each holds its temporaries)
         self._workers = max(1, min(max_workers, len(self._nodes) or 1))
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
+        self._pools = [self._pool]  # every pool, shut down on close
+        #: One thread per site (see :meth:`isolate_sites`), else None: the shared pool.
+        self._site_pools: dict[int, ThreadPoolExecutor] | None = None
+        if getattr(transport, "remote", False):  # threads only wait for another process
+            self.isolate_sites()
         self._pending: dict[str, Future[bytes]] = {}
         #: per (query, message type): the slowest delivery of its last round (see push_messages)
         self._rounds: dict[tuple[str, str], _RoundTiming] = {}
@@ -210,7 +218,7 @@ class LocalGrid(Grid):
         self.bytes_sent: dict[int, int] = dict.fromkeys(self._nodes, 0)
         self.bytes_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
         self.replies_received: dict[int, int] = dict.fromkeys(self._nodes, 0)
-        self._closer = weakref.finalize(self, _close, self._pool, transport)
+        self._closer = weakref.finalize(self, _close, self._pools, transport)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -294,8 +302,10 @@ class LocalGrid(Grid):
                 else:
                     decided[key] = timing.next_inline()
             # sites in another process work there: the pool's threads only wait for them
-            inline = not getattr(self.transport, "remote", False) and all(
-                d[0] for d in decided.values()
+            inline = (
+                self.allow_inline
+                and not getattr(self.transport, "remote", False)
+                and all(d[0] for d in decided.values())
             )
             for key, (_, helps) in decided.items():  # this round's timing, most recent last
                 self._rounds[key] = _RoundTiming(pooled=not inline, pool_helps=helps)
@@ -316,8 +326,9 @@ class LocalGrid(Grid):
             else:
                 if parallel:
                     _one_blas_thread.acquire()
+                pool = self._site_pools[node_id] if self._site_pools else self._pool
                 try:
-                    future = self._pool.submit(self._deliver, node_id, message)
+                    future = pool.submit(self._deliver, node_id, message)
                 except BaseException:
                     if parallel:
                         _one_blas_thread.release()
@@ -327,6 +338,19 @@ class LocalGrid(Grid):
             self._pending[message_id] = future
             ids.append(message_id)
         return ids
+
+    def isolate_sites(self) -> None:
+        """Deliver to each site on a thread of its own, and never on the calling thread: a site
+        that hangs then holds back only its own later rounds, never another site's, and a round's
+        timeout always applies (:meth:`Federation.configure`). Sites in another process get it
+        from the start (their threads only wait)."""
+        if self._site_pools is None:
+            self._site_pools = {
+                node: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fedhem-site-{node}")
+                for node in self._nodes
+            }
+            self._pools.extend(self._site_pools.values())
+        self.allow_inline = False
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         out = []
@@ -372,6 +396,7 @@ class LocalGrid(Grid):
         self._closer()
 
 
-def _close(pool: ThreadPoolExecutor, transport: Transport) -> None:
-    pool.shutdown(wait=False, cancel_futures=True)
+def _close(pools: list[ThreadPoolExecutor], transport: Transport) -> None:
+    for pool in pools:
+        pool.shutdown(wait=False, cancel_futures=True)
     transport.close()
