@@ -7,7 +7,9 @@
              stdin/stdout (what ``Federation.from_config(..., isolation="process")`` starts).
 ``audit verify``  check a site's audit log (its hash chain): exit 0 intact, 1 naming the first bad
              entry.
-``keys``     make an Ed25519 key pair (a researcher's signing key, or a site's identity key).
+``keys``     make a key pair: Ed25519 (a researcher's signing key, or a site's identity key), or
+             ECDSA P-384 for Flower's SuperNode authentication (``--kind node``).
+``certs``    make a CA and a server certificate for tests and workshops.
 """
 
 from __future__ import annotations
@@ -142,8 +144,51 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     keys.add_argument("--out", required=True, metavar="OUT", help="the private key file")
     keys.add_argument("--force", action="store_true", help="overwrite an existing key")
+    keys.add_argument(
+        "--kind",
+        choices=("ed25519", "node"),
+        default="ed25519",
+        help="ed25519: a researcher's or a site's identity key (default); node: ECDSA P-384 "
+        "for Flower's SuperNode authentication",
+    )
     keys.set_defaults(handler=_cmd_keys)
+
+    certs = commands.add_parser(
+        "certs",
+        help="make a CA and a server certificate (tests and workshops)",
+        description=(
+            "Write DIR/ca.crt, DIR/ca.key, DIR/server.pem and DIR/server.key: a CA and a server "
+            "certificate it signs for the given hosts (ECDSA P-384, valid a year). For tests and "
+            "workshops: a hospital brings its own certificates."
+        ),
+    )
+    certs.add_argument("--out", required=True, metavar="DIR", help="where to write them")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="a name or address the server is reached at (repeatable; default: 127.0.0.1 and "
+        "localhost)",
+    )
+    certs.add_argument("--force", action="store_true", help="overwrite existing files")
+    certs.set_defaults(handler=_cmd_certs)
     return parser
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedhem_kernel.protocol.certs import make_certificates
+
+    out = Path(args.out).expanduser()
+    existing = [n for n in ("ca.crt", "ca.key", "server.pem", "server.key") if (out / n).exists()]
+    if existing and not args.force:
+        print(f"fedhem certs: {out / existing[0]} exists (use --force)", file=sys.stderr)
+        return 2
+    files = make_certificates(out, args.host or None)
+    print(f"CA: {files.ca_cert}\nserver certificate: {files.server_cert} (key {files.server_key})")
+    return 0
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -155,6 +200,12 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"fedhem keys: {out} exists (use --force to replace it)", file=sys.stderr)
         return 2
+    if args.kind == "node":
+        from fedhem_kernel.protocol.certs import make_node_key
+
+        private, public = make_node_key(out)
+        print(f"private key: {private}\npublic key:  {public}")
+        return 0
     key = ResearcherKey.generate()
     private, public = key.write(out)
     print(f"private key: {private}\npublic key:  {public}\n{key.public_text}  ({key.id})")
