@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -29,6 +28,19 @@ def write_log(path: Path, n: int = 6) -> list[str]:
 
 def rewrite(path: Path, lines: list[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines))
+
+
+def site_files(tmp_path: Path, df: pd.DataFrame, extra: str = "") -> tuple[Path, Path]:
+    """A one-site federation on ``df`` with an audit log: the site's config and the federation's."""
+    df.to_csv(tmp_path / "aml.csv", index=False)
+    site = tmp_path / "site_a.toml"
+    site.write_text(
+        '[site]\nname = "site_a"\naudit_log = "audit/site_a.jsonl"\n'
+        f'{extra}[datasets.aml]\npath = "aml.csv"\n'
+    )
+    federation = tmp_path / "federation.toml"
+    federation.write_text('[sites.site_a]\nconfig = "site_a.toml"\n')
+    return site, federation
 
 
 def test_an_intact_chain_verifies_and_continues_after_a_restart(tmp_path):
@@ -122,21 +134,8 @@ def test_a_writer_killed_at_random_points_leaves_a_log_that_verifies_after_resta
 
 def test_fedhem_audit_verify_on_a_site_config(tmp_path, capsys):
     df = pd.DataFrame({"age": [60.0 + i for i in range(20)], "x": range(20)})
-    df.to_csv(tmp_path / "aml.csv", index=False)
-    site = tmp_path / "site_a.toml"
-    site.write_text(
-        textwrap.dedent(
-            """
-            [site]
-            name = "site_a"
-            audit_log = "audit/site_a.jsonl"
-            [datasets.aml]
-            path = "aml.csv"
-            """
-        )
-    )
-    (tmp_path / "federation.toml").write_text('[sites.site_a]\nconfig = "site_a.toml"\n')
-    with fh.Federation.from_config(tmp_path / "federation.toml") as fed:
+    site, federation = site_files(tmp_path, df)
+    with fh.Federation.from_config(federation) as fed:
         fed.describe("aml", ["age"])
         with pytest.raises(fh.FedHemError):
             fed.describe("aml", ["no_such_column"])
@@ -162,22 +161,7 @@ def test_a_site_host_killed_during_queries_restarts_with_a_verifiable_log(tmp_pa
 
     rng = __import__("numpy").random.default_rng(7)
     df = pd.DataFrame({"age": rng.normal(60, 10, 200).round(1), "sex": rng.choice(["F", "M"], 200)})
-    df.to_csv(tmp_path / "aml.csv", index=False)
-    site = tmp_path / "site_a.toml"
-    site.write_text(
-        textwrap.dedent(
-            """
-            [site]
-            name = "site_a"
-            audit_log = "audit/site_a.jsonl"
-            state_dir = "state"
-            [datasets.aml]
-            path = "aml.csv"
-            """
-        )
-    )
-    federation = tmp_path / "federation.toml"
-    federation.write_text('[sites.site_a]\nconfig = "site_a.toml"\n')
+    site, federation = site_files(tmp_path, df, extra='state_dir = "state"\n')
     for delay in (0.2, 0.5):
         fed = fh.Federation.from_config(federation, isolation="process")
         process = fed.coordinator.grid.transport._process
