@@ -148,11 +148,11 @@ def start_embedded(
 
 
 def site_public_keys(address: str) -> dict[str, Any] | None:
-    """The public identity key of every site hosted at ``address`` (None if one has none:
-    its replies cannot be signed)."""
+    """The public identity key of every site hosted at ``address`` (None unless every one signs
+    its replies: sites with identity keys of their own, from their configs)."""
     keys = {}
     for name, ex in embedded_host(address).executors.items():
-        if ex.secure is None:
+        if ex.secure is None or not ex.sign_replies:
             return None
         keys[name] = ex.secure.identity.public_key
     return keys

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from sites import sites_of
 
 import fedhem_kernel as fh
 from fedhem_kernel.__main__ import main
@@ -153,7 +154,14 @@ def test_a_reply_changed_on_its_way_is_ignored_and_a_signature_binds_its_request
     }
     catalog = SiteRequest("catalog", None, {}, None, "alice")
     with fh.Federation.local(tables) as fed:
-        assert set(fed.coordinator.site_keys) == {"north", "south"}
+        # embedded sites (in the researcher's process) do not sign; sites with identity keys
+        # of their own do (test_sites_with_identity_keys_sign_and_are_checked): turn it on here
+        assert fed.coordinator.site_keys is None
+        for executor in sites_of(fed).values():
+            executor.sign_replies = True
+        fed.coordinator.site_keys = {
+            name: ex.secure.identity.public_key for name, ex in sites_of(fed).items()
+        }
         assert fed.describe("d", ["age"]).privacy.released_sites == ["north", "south"]
         original = coordinator_module._decoded
 
@@ -175,3 +183,19 @@ def test_a_reply_changed_on_its_way_is_ignored_and_a_signature_binds_its_request
     assert not reply_is_signed(key, reply, dataclasses.replace(catalog, who="bob"))
     assert not reply_is_signed(fed.coordinator.site_keys["south"], reply, catalog)
     assert not reply_is_signed(key, dataclasses.replace(reply, signature=None), catalog)
+
+
+def test_sites_with_identity_keys_sign_and_are_checked(tmp_path, keys, federation_file):
+    """A site whose config names its identity key signs every reply; the researcher's side
+    checks each against the key the site host reported."""
+    main(["keys", "--out", str(tmp_path / "site_a.identity")])
+    site = tmp_path / "site_a.toml"
+    site.write_text(
+        site.read_text().replace("[site]\n", '[site]\nidentity_key = "site_a.identity"\n', 1)
+    )
+    for isolation in ("in-process", "process"):
+        with fh.Federation.from_config(
+            federation_file, key=keys["alice"], isolation=isolation
+        ) as fed:
+            assert set(fed.coordinator.site_keys) == {"site_a"}
+            assert fed.describe("aml", ["age"]).privacy.released_sites == ["site_a"]

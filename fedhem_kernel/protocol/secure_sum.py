@@ -347,15 +347,34 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    """:func:`_canonical`'s form of what JSON does not take itself (arrays, numpy scalars,
+    bytes); anything else as text."""
+    if isinstance(value, np.ndarray | np.generic | bytes):
+        return _canonical(value)
+    return str(value)
+
+
 def request_binding(step: str, dataset: str | None, where: str | None, params: Any) -> str:
     """A digest of what a sum was asked for (step, dataset, filter and parameters): a site signs
-    it with its masked reply, so a total cannot be passed off as the answer to another request."""
-    text = json.dumps(
-        [SCHEME, step, dataset, where, _canonical(params)],
-        sort_keys=True,
-        default=str,
-        separators=(",", ":"),
-    )
+    it with its masked reply, so a total cannot be passed off as the answer to another request.
+
+    JSON's own (C) encoder walks the parameters, arrays and numpy scalars by :func:`_canonical`'s
+    form; keys JSON cannot sort (mixed types) fall back to walking them all in Python."""
+    try:
+        text = json.dumps(
+            [SCHEME, step, dataset, where, params],
+            sort_keys=True,
+            default=_json_default,
+            separators=(",", ":"),
+        )
+    except TypeError:
+        text = json.dumps(
+            [SCHEME, step, dataset, where, _canonical(params)],
+            sort_keys=True,
+            default=str,
+            separators=(",", ":"),
+        )
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -68,8 +68,12 @@ class SiteExecutor:
         secure: SecureSumParty | None = None,
         state_dir: Path | None = None,
         researchers: Researchers | None = None,
+        sign_replies: bool = False,
     ) -> None:
         self.name = name
+        #: Whether every reply is signed with the site's identity key (a site with an identity
+        #: key of its own, from its config; embedded sites, in the researcher's process, do not).
+        self.sign_replies = sign_replies and secure is not None
         #: The researchers this site answers (None: unsigned requests are answered).
         self.researchers = researchers
         #: Where the site keeps its release ledgers (None: in memory only).
@@ -140,15 +144,17 @@ class SiteExecutor:
             secure=secure,
             state_dir=config.state_dir,
             researchers=Researchers(dict(config.researchers)) if config.researchers else None,
+            sign_replies=config.identity_key is not None,
         )
 
     # -- the request path -------------------------------------------------------------------
     def handle(self, request: SiteRequest) -> SiteReply:
         """Answer one request (refusals and errors included), signed with the site's identity
-        key when it has one (bound to the request: :func:`~fedhem_kernel.protocol.auth.
+        key when it signs its replies (bound to the request: :func:`~fedhem_kernel.protocol.auth.
         sign_reply`)."""
         reply = self._handle(request)
-        if self.secure is not None:
+        if self.sign_replies:
+            assert self.secure is not None
             key = self.secure.identity.private_key
             reply = dataclasses.replace(reply, signature=sign_reply(key, reply, request))
         return reply
