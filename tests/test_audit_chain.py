@@ -192,3 +192,18 @@ def test_a_site_host_killed_during_queries_restarts_with_a_verifiable_log(tmp_pa
             res = again.describe("aml", ["age"], where="age > 40")
             assert res.privacy.released_sites == ["site_a"]
         assert main(["audit", "verify", "--config", str(site)]) == 0
+
+
+def test_a_long_log_is_continued_from_its_end(tmp_path):
+    """The site reads only the end of its log when it starts (a log grows for years): past 64
+    KiB, with a last entry longer than that and a torn line after it, the chain goes on."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    for i in range(100):
+        log.append(query=f"q{i}", outcome="released", filler="x" * 1000)
+    log.append(query="long", outcome="released", detail=["y" * 200_000])
+    with open(path, "a") as fh:
+        fh.write('{"when": "2026-12-08", "query": "torn')
+    AuditLog(path).append(query="after", outcome="released")
+    verdict = verify(path)
+    assert verdict.ok and verdict.entries == 102

@@ -212,6 +212,7 @@ def test_pooled_concordance_close_to_lifelines(name, record_property):
     lower, upper = res.concordance_bounds_
     record_property("concordance_vs_grid", round(res.concordance_index_ - on_grid, 5))
     assert lower <= on_grid <= upper and upper - lower < 0.02
+    assert res.concordance.pairs is None  # the sites release C and its bounds, no pair counts
     assert abs(res.concordance_index_ - on_grid) < 1e-3
     assert abs(res.concordance_index_ - exact) < 0.01
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,8 @@ class Researchers:
             public = public_key_from_text(text)
             self.by_id[key_id(public)] = (name, public)
         self.started = time.time() if started is None else started
-        self._seen: dict[str, float] = {}
+        #: nonces taken, oldest first (a request older than the window is refused anyway)
+        self._seen: OrderedDict[str, float] = OrderedDict()
 
     def check(self, req: SiteRequest, now: float | None = None) -> tuple[str, str]:
         """The researcher's name (as the site knows the key) and key id; AuthError otherwise."""
@@ -187,9 +189,9 @@ class Researchers:
         when = float(auth["time"])
         if not (max(now - WINDOW, self.started - SKEW) <= when <= now + SKEW):
             raise AuthError("the request is too old (or signed before this site started)")
-        for nonce, seen in list(self._seen.items()):  # forget what the window refuses anyway
-            if seen < now - WINDOW - SKEW:
-                del self._seen[nonce]
+        while self._seen and next(iter(self._seen.values())) < now - WINDOW - SKEW:
+            self._seen.popitem(last=False)  # what the window refuses anyway (kept longer if
+            # an older one arrived late: never forgotten early)
         if auth["nonce"] in self._seen:
             raise AuthError("this request was sent before (a replay)")
         self._seen[auth["nonce"]] = when

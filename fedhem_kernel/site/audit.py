@@ -71,23 +71,28 @@ class AuditLog:
         assert self.path is not None
         if not self.path.exists():
             return
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        keep = len(data)
-        lines = data.split(b"\n")
-        if lines and lines[-1] != b"":  # no newline at the end: a torn write
-            keep -= len(lines[-1])
-            lines = lines[:-1]
-        lines = [line for line in lines if line]
-        if lines:
+        size = self.path.stat().st_size
+        window = 1 << 16
+        with open(self.path, "rb") as fh:  # only the end of the log: it can be long
+            while True:
+                start = max(0, size - window)
+                fh.seek(start)
+                data = fh.read()
+                end = data.rfind(b"\n")  # the end of the last whole line
+                begin = data.rfind(b"\n", 0, max(end, 0)) + 1
+                if start == 0 or (end >= 0 and begin > 0):
+                    break
+                window *= 4  # the last whole line starts before this window
+        keep = start + end + 1  # a torn rest after the last newline is cut off
+        if end >= 0:
             try:
-                last = json.loads(lines[-1])
-            except ValueError:  # a torn line that happened to end in a newline is not possible:
-                last = None  # a line is written with its newline in one call; leave it to verify
+                last = json.loads(data[begin:end])
+            except ValueError:  # a whole line that is not JSON: left to verify to name
+                last = None
             if isinstance(last, dict) and isinstance(last.get("hash"), str):
                 self._last = last["hash"]
-                self._count = int(last.get("seq", len(lines) - 1)) + 1
-        if keep < len(data):
+                self._count = int(last.get("seq", 0)) + 1
+        if keep < size:
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
                 fh.flush()

@@ -96,20 +96,26 @@ def _agreed(
             ) from None
         seen.append((ll, grad, hess, nxt))
     ll, grad, hess, nxt = seen[0]
-    for other in seen[1:]:
-        same = (
-            np.isclose(other[0], ll, rtol=1e-9, atol=1e-9)
-            and np.allclose(other[1], grad, rtol=1e-9, atol=1e-9)
-            and np.allclose(other[2], hess, rtol=1e-9, atol=1e-9)
-            and (other[3] is None) == (nxt is None)
-            and (nxt is None or np.allclose(other[3], nxt, rtol=1e-9, atol=1e-12))
+    ended = {v[3] is None for v in seen}
+    flat = [
+        np.concatenate([[v[0]], v[1], v[2].ravel(), [] if v[3] is None else v[3]]) for v in seen
+    ]
+    if len(ended) > 1 or not _same(flat):
+        raise FedHemError(
+            "the sites evaluated the pooled sums differently: no consistent fit", dataset=dataset
         )
-        if not same:
-            raise FedHemError(
-                "the sites evaluated the pooled sums differently: no consistent fit",
-                dataset=dataset,
-            )
     return ll, grad, hess, nxt
+
+
+def _same(values: list) -> bool:
+    """Whether every site sent the same numbers (each computed them from the same opened total
+    with the same code: they differ only by another machine's floating point)."""
+    first = np.asarray(values[0], dtype=float)
+    return all(
+        np.shape(v) == first.shape
+        and np.allclose(np.asarray(v, dtype=float), first, rtol=1e-9, atol=1e-9, equal_nan=True)
+        for v in values[1:]
+    )
 
 
 def fit_cox_pooled(
@@ -230,7 +236,7 @@ def pooled_ph_tests(q: Ask, fit: CoxFit, variance: np.ndarray, ties: str) -> dic
         q.note("a site did not answer the proportional-hazards test: not computed")
         return {}
     expected = [np.asarray(s["expected"], dtype=float) for s in total.shared.values()]
-    if not all(np.allclose(e, expected[0], rtol=1e-9, atol=1e-9) for e in expected):
+    if not _same(expected):
         q.note("the sites computed the proportional-hazards test differently: not computed")
         return {}
     q.note(
@@ -285,8 +291,8 @@ def pooled_concordance(q: Ask, fit: CoxFit) -> Concordance | None:
         if set(total.sites) != set(fit.sites):
             q.note("a site did not answer the concordance rounds: not computed")
             return None
-    values = [tuple(shared["concordance"]) for shared in total.shared.values()]
-    if any(not np.allclose(v, values[0], rtol=1e-12, atol=1e-12, equal_nan=True) for v in values):
+    values = [shared["concordance"] for shared in total.shared.values()]
+    if not _same(values):
         q.note("the sites computed the concordance differently: not computed")
         return None
     value, lower, upper = (float(v) for v in values[0])
@@ -296,4 +302,4 @@ def pooled_concordance(q: Ask, fit: CoxFit) -> Concordance | None:
         "mean ± 5 SD); pairs in one bin count ½ (the bounds: all discordant, all concordant); "
         "strata ignored, as lifelines does; only C and its bounds were released"
     )
-    return Concordance(value, lower, upper, pairs=-1, unresolved=-1)
+    return Concordance(value, lower, upper, pairs=None, unresolved=None)  # not released

@@ -134,7 +134,7 @@ class CoxResult(Result):
         """Harrell's C of the fitted scores, over all pooled pairs (lifelines' definition).
 
         Pairs within a site are compared exactly; pairs across sites from binned scores, a pair in
-        overlapping bins counting ½. :attr:`concordance_bounds_` gives the range those pairs allow.
+        overlapping bins counting ½ (a pooled fit: every pair, by the sites, on binned scores). :attr:`concordance_bounds_` gives the range those pairs allow.
         """
         return self.concordance.value if self.concordance else float("nan")
 
@@ -179,7 +179,7 @@ class CoxResult(Result):
         c = self.concordance
         if c is None:
             return ""
-        if c.unresolved == 0:
+        if c.unresolved == 0:  # (None: not released; the bounds say what binning left open)
             return f"{c.value:.4f}"
         return f"{c.value:.4f} (between {c.lower:.4f} and {c.upper:.4f})"
 

@@ -15,13 +15,16 @@ if TYPE_CHECKING:
 # -- coordinator side -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Concordance:
-    """Harrell's C and what the binning of pairs across sites leaves open."""
+    """Harrell's C and what the binning of pairs across sites leaves open.
+
+    ``pairs`` and ``unresolved`` count the comparable pairs and those the binning leaves open;
+    None where they were not released (a pooled fit: the sites release C and its bounds only)."""
 
     value: float
     lower: float
     upper: float
-    pairs: int
-    unresolved: int
+    pairs: int | None
+    unresolved: int | None
 
 
 @dataclass(frozen=True)
